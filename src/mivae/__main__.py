@@ -1,0 +1,5 @@
+import sys
+
+from mivae.cli import main
+
+sys.exit(main())
