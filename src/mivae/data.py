@@ -177,7 +177,7 @@ def parse_idx(content, path, ndim):
     """
     kind = "image" if ndim == 3 else "label"
     header = 4 + 4 * ndim
-    if len(content) < header:
+    if len(content) < 4:
         raise MivaeError(f"{path} is too short to be an IDX {kind} file ({len(content)} bytes).")
     zero, dtype, got_ndim = int.from_bytes(content[:2], "big"), content[2], content[3]
     if zero != 0 or dtype != _IDX_UBYTE or got_ndim != ndim:
@@ -186,6 +186,8 @@ def parse_idx(content, path, ndim):
         raise MivaeError(
             f"{path} is not an IDX {kind} file: magic number {magic} (0x{magic:08x}), expected {expected} (0x{expected:08x})."
         )
+    if len(content) < header:
+        raise MivaeError(f"{path} is too short to be an IDX {kind} file ({len(content)} bytes).")
     dims = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected_bytes = int(np.prod(dims, dtype=np.int64))
     got_bytes = len(content) - header

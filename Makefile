@@ -1,0 +1,38 @@
+# Two commands set up everything: `make demo` (the main job) and `make test` (the test suite).
+# Both create the virtual environment in .venv on first use and reuse it afterwards.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    ?= out/demo
+
+# MNIST is read from $MIVAE_DATA_DIR, else from a data folder beside the checkout if one is
+# there, else from the user cache (downloaded on first use).
+ifndef MIVAE_DATA_DIR
+ifneq ($(wildcard ../shared/data/mnist/t10k-labels-idx1-ubyte.gz),)
+export MIVAE_DATA_DIR := $(abspath ../shared/data/mnist)
+endif
+endif
+
+.PHONY: demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mivae needs Python 3.11 or newer; set PYTHON=python3.11 or newer.")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build. An unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/mivae data info
+	$(BIN)/mivae corrupt --method random-pixels,vertical-lines --levels 0.5 --out $(OUT)/figure4.png
+	$(BIN)/mivae corrupt --method random-pixels --levels 0.5,0.7,0.9 --out $(OUT)/figure9.png
+	$(BIN)/mivae corrupt --method vertical-lines --levels 0.5,0.7,0.9 --out $(OUT)/figure13.png
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) out
