@@ -60,6 +60,7 @@ def build_parser():
     fetch.set_defaults(run=_data_fetch)
 
     from mivae.corruption import FILL_POLICIES, METHODS
+    from mivae.data import DATASETS as DATASETS_
 
     corrupt = commands.add_parser(
         "corrupt",
@@ -77,6 +78,55 @@ def build_parser():
     corrupt.add_argument("--exact", action="store_true", help="exactly round(cl * p) distinct pixels or columns missing")
     _add_data_options(corrupt)
     corrupt.set_defaults(run=_corrupt)
+
+    from mivae.models import KINDS
+
+    train = commands.add_parser(
+        "train",
+        help="train a VAE, a Type 1 or a Type 2 classifier and save it to a run directory",
+        description="Trains one model on corrupted data, with early stopping on the validation set, and saves it "
+        "with its configuration, history and metrics. Settings come from --config (TOML or JSON with [data], "
+        "[model] and [train] tables) and the flags below, flags winning.",
+    )
+    train.add_argument("kind", choices=KINDS, help="what to train")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
+    train.add_argument("--vae", help="run directory of the trained VAE (vae+mlp, vae+cnn)")
+    data_flags = train.add_argument_group("data")
+    data_flags.add_argument("--dataset", choices=DATASETS_, help="dataset (default: mnist)")
+    data_flags.add_argument("--data-dir", help="folder holding the dataset's files")
+    data_flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
+    data_flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")
+    data_flags.add_argument("--fill", choices=FILL_POLICIES, help="what a model sees in a missing pixel (default: white)")
+    data_flags.add_argument("--exact", action="store_const", const=True, help="exactly round(cl * p) missing units")
+    data_flags.add_argument("--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)")
+    data_flags.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
+    data_flags.add_argument("--seed", type=int, help="seed of the split, the corruption and the training (default: 0)")
+    model_flags = train.add_argument_group("model (each applies to the kinds named)")
+    model_flags.add_argument("--hidden", help="nodes per hidden layer, comma-separated (vae, mlp)")
+    model_flags.add_argument("--latent", type=int, help="latent dimension L (vae)")
+    model_flags.add_argument("--lr", type=float, help="learning rate: Adam (vae), AdaDelta (classifiers)")
+    model_flags.add_argument("--l2", type=float, help="coefficient of the squared weights in the loss")
+    model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
+    model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
+    model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
+    model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
+    train_flags = train.add_argument_group("training")
+    train_flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
+    train_flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
+    train_flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
+    train_flags.add_argument("--device", help="torch device (default: cpu)")
+    train_flags.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="test a trained run on its corrupted test set")
+    evaluate.add_argument("run_dir", help="run directory written by 'mivae train'")
+    evaluate.add_argument("--samples", type=_indices, default=[1, 10, 100, 1000], help="numbers of samples M for multiple imputation (default: 1,10,100,1000)")
+    evaluate.add_argument("--vae", help="VAE run: classify one imputation too (classifiers trained with --clean-train)")
+    evaluate.add_argument("--data-dir", help="folder holding the dataset's files")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
+    evaluate.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
@@ -136,6 +186,82 @@ def _corrupt(args):
     rows = [[column[r] for column in columns] for r in range(len(args.index))]
     image_grid(rows, titles, args.out)
     print(f"wrote {args.out}")
+
+
+def _set_threads(threads):
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def _train(args):
+    from mivae import config as cfg
+    from mivae.models import CONFIGS, classifier_kind
+    from mivae.pipeline import train_model
+    from mivae.runs import load_run, save_run
+
+    _set_threads(args.threads)
+    tables = cfg.read_config_file(args.config) if args.config else {}
+    unknown = sorted(set(tables) - {"data", "model", "train"})
+    if unknown:
+        raise MivaeError(f"unknown table [{unknown[0]}] in {args.config}; expected [data], [model] and [train].")
+    model_cls = CONFIGS[classifier_kind(args.kind)]
+    data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
+    model = cfg.from_dict(model_cls, tables.get("model", {}), "model")
+    train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
+    data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
+    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "dense", "dropout_conv", "dropout_dense")}
+    for name, value in flags.items():
+        if value is not None and name not in {f for f in model_cls.__dataclass_fields__}:
+            raise MivaeError(f"--{name.replace('_', '-')} does not apply to {args.kind} models.")
+    model = cfg.replace(model, **flags)
+    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "seed")})
+    vae_run = load_run(args.vae) if args.vae else None
+
+    def progress(epoch, history):
+        score = f"  val {history.val_score[-1]:.4f}" if history.val_score else ""
+        print(f"epoch {epoch:>3}/{train.epochs}  train loss {history.train_loss[-1]:.4f}{score}  {history.seconds[-1]:.1f}s", flush=True)
+
+    run = train_model(args.kind, data, model, train, args.data_dir, vae_run=vae_run, on_epoch=progress)
+    save_run(run, args.out)
+    print(f"best epoch {run.history.best_epoch}; " + ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items()))
+    print(f"saved {args.out}")
+
+
+def _evaluate(args):
+    from mivae.pipeline import evaluate_run
+    from mivae.runs import load_run, write_json
+
+    _set_threads(args.threads)
+    bad = [m for m in args.samples if m < 1]
+    if bad:
+        raise MivaeError(f"--samples must be whole numbers of at least 1; got {bad[0]}.")
+    run = load_run(args.run_dir)
+    vae_run = load_run(args.vae) if args.vae else None
+    result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed)
+    print(format_evaluation(result))
+    from pathlib import Path
+
+    write_json(Path(args.run_dir) / "evaluation.json", result)
+
+
+def format_evaluation(result):
+    """Returns the printable summary of an `evaluate_run` result."""
+    d = result["data"]
+    lines = [f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images"]
+    if "test_negative_elbo" in result:
+        lines.append(f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats")
+    if "accuracy" in result:
+        lines.append(f"accuracy {result['accuracy']:.4f}")
+    if "accuracy_on_one_vae_imputation" in result:
+        lines.append(f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  (z vs direct {result['z_imputation_vs_direct']:+.2f})")
+    if "single_accuracy" in result:
+        lines.append(f"single imputation (z = mu)  accuracy {result['single_accuracy']:.4f}")
+        for m, row in result["multiple"].items():
+            lines.append(f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}")
+    return "\n".join(lines)
 
 
 def main(argv=None):

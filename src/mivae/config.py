@@ -1,0 +1,159 @@
+"""Configuration: one frozen dataclass per component, filled from files and flags strictly.
+
+An unknown key or a value of the wrong type is a `MivaeError` naming the key, what was
+expected and what was received; nothing is silently ignored.
+"""
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from mivae.errors import MivaeError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, corrupted how: the problem a model is trained and tested on."""
+
+    dataset: str = "mnist"            # mnist, fashion-mnist or digits
+    method: str = "random-pixels"     # corruption method (thesis §3.2)
+    level: float = 0.5                # corruption level cl in [0, 1)
+    fill: str = "white"               # what a model sees in a missing pixel (white = 1.0, the thesis)
+    exact: bool = False               # exactly round(cl * p) missing units instead of D draws
+    seed: int = 0                     # seeds the split and the corruption masks
+    clean_train: bool = False         # train and validate on clean images (thesis Tables 6 and 7)
+    limit: int | None = None          # use only the first `limit` images of each split (quick runs)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The (denoising) variational autoencoder of §2.2 and §3.3."""
+
+    hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer of the encoder; the decoder mirrors them
+    latent: int = 20                      # L, the dimension of the Gaussian latent space
+    lr: float = 1e-3                      # Adam learning rate
+    l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
+    denoising: bool = True                # reconstruct the clean image (§2.2.3), not the corrupted input
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """The multilayer perceptron of §3.3 and appendix A."""
+
+    hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer; the thesis searches 2, 3 and 4 layers
+    l2: float = 1e-5                      # coefficient of the summed squared weights added to the loss
+    lr: float = 1.0                       # AdaDelta learning rate (Zeiler 2012 uses 1.0)
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """The convolutional network of §3.3 and appendix B: 32 and 64 3x3 filters, 2x2 max-pooling."""
+
+    dropout_conv: float = 0.25  # dropout rate before the dense layer
+    dense: int = 128            # nodes of the dense ReLU layer
+    dropout_dense: float = 0.5  # dropout rate after the dense layer
+    l2: float = 0.0             # coefficient of the summed squared weights added to the loss
+    lr: float = 1.0             # AdaDelta learning rate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is fitted: mini-batches, early stopping, seed, device."""
+
+    epochs: int = 50            # most epochs; with no validation set, exactly this many
+    patience: int = 5           # epochs without a better validation score before stopping
+    batch_size: int = 128       # images per gradient step
+    seed: int = 0               # seeds initialisation, shuffling and latent samples
+    device: str = "cpu"         # torch device
+    eval_batch_size: int = 4096  # images per forward pass when evaluating
+
+
+def _describe(tp):
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key):
+    """Returns `value` as type `tp`, or raises MivaeError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        (item, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise MivaeError(f"{key} must be a list of {_describe(item)}; got {value!r}.")
+        return tuple(_coerce(v, item, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise MivaeError(f"{key} must be true or false; got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise MivaeError(f"{key} must be a whole number; got {value!r}.")
+        try:
+            return int(value)
+        except ValueError:
+            raise MivaeError(f"{key} must be a whole number; got {value!r}.") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise MivaeError(f"{key} must be a number; got {value!r}.")
+        try:
+            return float(value)
+        except ValueError:
+            raise MivaeError(f"{key} must be a number; got {value!r}.") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise MivaeError(f"{key} must be a string; got {value!r}.")
+        return value
+    raise TypeError(f"unsupported config field type {tp}")  # a mivae bug, not a user's
+
+
+def from_dict(cls, mapping, section=None):
+    """Returns a `cls` built from `mapping`, refusing unknown keys and wrong types."""
+    section = section or cls.__name__
+    if not isinstance(mapping, dict):
+        raise MivaeError(f"[{section}] must be a table of settings; got {mapping!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise MivaeError(f"unknown setting {unknown[0]!r} in [{section}]; known settings are {', '.join(names)}.")
+    return cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in mapping.items()})
+
+
+def replace(config, **changes):
+    """Returns `config` with `changes` applied strictly (None values are ignored, as unset flags)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    merged = {**dataclasses.asdict(config), **changes}
+    return from_dict(type(config), merged)
+
+
+def to_dict(config):
+    """Returns `config` as plain JSON-ready values."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def read_config_file(path):
+    """Returns the tables of a TOML or JSON config file as a dict of dicts."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise MivaeError(f"cannot read the config file {path}: {e.strerror or e}.") from None
+    try:
+        content = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise MivaeError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}.") from None
+    if not isinstance(content, dict):
+        raise MivaeError(f"{path} must hold tables of settings, like [model] and [train].")
+    return content

@@ -1,0 +1,92 @@
+"""Prediction: class probabilities, single imputation (z = mu) and multiple imputation (thesis §2.2.4).
+
+Multiple imputation of image x: z_k ~ N(mu(x), sigma(x)) for k = 1..M, each decoded and
+classified, and p_multiple = (1/M) sum_k p_k. One pass over M samples gives the accuracy
+for every m <= M: the running mean of one set of samples, not a re-run per m.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mivae.models.classifiers import softmax
+from mivae.models.vae import negative_elbo, reparameterize
+
+
+@torch.inference_mode()
+def predict_proba(model, x, batch_size=4096):
+    """Returns class probabilities (N, C) float32 of `model` in eval mode for images x (N, H, W)."""
+    model.eval()
+    return torch.cat([softmax(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+@torch.inference_mode()
+def impute(vae, x, batch_size=4096):
+    """Returns the single imputation decode(mu) (N, H, W) of images x (N, H, W)."""
+    vae.eval()
+    return torch.cat([vae.decode(vae.encode(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)])
+
+
+@torch.inference_mode()
+def negative_elbo_per_image(vae, x, target, batch_size=4096, seed=0):
+    """Returns the negative ELBO (N,) in nats of `target` given inputs x, one latent sample per image."""
+    vae.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    out = []
+    for i in range(0, len(x), batch_size):
+        mu, logvar = vae.encode(x[i : i + batch_size])
+        logits = vae.decode_logits(reparameterize(mu, logvar, generator))
+        out.append(negative_elbo(logits, target[i : i + batch_size], mu, logvar))
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class MultipleImputation:
+    """The result of M-sample multiple imputation on N images."""
+
+    accuracy: np.ndarray     # (M,): accuracy[m - 1] is the accuracy using the first m samples
+    proba: torch.Tensor      # (N, C): mean of the M softmax vectors per image
+    predictions: dict        # m -> (N,) int64 classes predicted with the first m samples, for requested m
+
+
+@torch.inference_mode()
+def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0):
+    """Returns the `MultipleImputation` of a Type 2 `model` (VAEClassifier) with `samples` samples per image.
+
+    x: (N, H, W) images as the model sees them; y: (N,) labels. `keep` lists the m whose
+    predictions are returned. Images are processed in batches of B, samples in chunks of S,
+    with B * S about `batch_rows` (image, sample) pairs per forward pass. The noise of a
+    batch is drawn as one (B, S, L) tensor from a generator seeded with `seed`.
+    """
+    model.eval()
+    vae, classifier = model.vae, model.classifier
+    chunk = min(samples, batch_rows)               # S: samples per forward pass
+    images_per_batch = max(1, batch_rows // chunk)  # B
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    keep = sorted(set(m for m in keep if 1 <= m <= samples) | {samples})
+    correct = torch.zeros(samples, dtype=torch.int64)
+    predictions = {m: torch.empty(len(x), dtype=torch.int64) for m in keep}
+    probas = []
+    for i in range(0, len(x), images_per_batch):
+        xb, yb = x[i : i + images_per_batch], y[i : i + images_per_batch].cpu()
+        mu, logvar = vae.encode(xb)                                # (B, L)
+        sigma = torch.exp(0.5 * logvar)
+        running = None                                             # (B, C) sums of the samples so far
+        for s0 in range(0, samples, chunk):
+            s = min(chunk, samples - s0)
+            eps = torch.randn((len(xb), s, mu.shape[1]), generator=generator, device=x.device)
+            z = mu[:, None, :] + sigma[:, None, :] * eps            # (B, S, L)
+            p = softmax(classifier(vae.decode(z.flatten(0, 1))))    # (B*S, C)
+            p = p.unflatten(0, (len(xb), s))                        # (B, S, C)
+            cumulative = p.cumsum(dim=1)                            # (B, S, C) sums of the first m samples
+            if running is not None:
+                cumulative += running[:, None, :]
+            predicted = cumulative.argmax(dim=-1).cpu()             # (B, S)
+            correct[s0 : s0 + s] += (predicted == yb[:, None]).sum(dim=0)
+            for m in keep:
+                if s0 < m <= s0 + s:
+                    predictions[m][i : i + len(xb)] = predicted[:, m - s0 - 1]
+            running = cumulative[:, -1, :]                          # (B, C)
+        probas.append((running / samples).cpu())
+    return MultipleImputation((correct.double() / len(x)).numpy(), torch.cat(probas), predictions)

@@ -1,0 +1,27 @@
+"""Model architectures, built from their configs; no training code lives here."""
+
+from mivae.config import CNNConfig, MLPConfig, VAEConfig
+from mivae.models.classifiers import CNN, MLP
+from mivae.models.type2 import VAEClassifier
+from mivae.models.vae import VAE
+
+KINDS = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")
+CONFIGS = {"vae": VAEConfig, "mlp": MLPConfig, "cnn": CNNConfig}
+
+
+def classifier_kind(kind):
+    """Returns the classifier part of a model kind: 'vae+mlp' -> 'mlp'."""
+    return kind.removeprefix("vae+")
+
+
+def build_model(kind, config, image_shape, n_classes=10, vae=None):
+    """Returns an untrained model of `kind` from its `config`; Type 2 kinds wrap the trained `vae`."""
+    if kind == "vae":
+        return VAE(image_shape, config.hidden, config.latent)
+    if kind == "mlp" or kind == "vae+mlp":
+        classifier = MLP(image_shape, n_classes, config.hidden)
+    elif kind == "cnn" or kind == "vae+cnn":
+        classifier = CNN(image_shape, n_classes, config.dense, config.dropout_conv, config.dropout_dense)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return VAEClassifier(vae, classifier) if kind.startswith("vae+") else classifier

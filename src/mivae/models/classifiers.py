@@ -1,0 +1,54 @@
+"""The classifiers of thesis §3.3 (appendices A and B): an MLP and a CNN.
+
+Both take images (B, H, W) and return class logits (B, C); the softmax of §3.3 is
+applied by the loss (cross-entropy) and by `predict_proba`.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from mivae.models.vae import dense_stack
+
+
+class MLP(nn.Module):
+    """Dense ReLU layers of sizes `hidden`, then a linear layer to `n_classes` logits."""
+
+    def __init__(self, image_shape, n_classes=10, hidden=(512, 512)):
+        super().__init__()
+        self.layers = nn.Sequential(dense_stack([math.prod(image_shape), *hidden]), nn.Linear(hidden[-1], n_classes))
+
+    def forward(self, x):
+        return self.layers(x.flatten(1))
+
+
+class CNN(nn.Module):
+    """Two 3x3 convolutions (32 and 64 filters, ReLU), 2x2 max-pooling, dropout, dense ReLU, dropout, logits."""
+
+    def __init__(self, image_shape, n_classes=10, dense=128, dropout_conv=0.25, dropout_dense=0.5):
+        super().__init__()
+        height, width = image_shape
+        flat = 64 * ((height - 4) // 2) * ((width - 4) // 2)  # two valid 3x3 convolutions, then pooling
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(),
+            nn.Conv2d(32, 64, 3), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout_conv),
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(dropout_dense), nn.Linear(dense, n_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x.unsqueeze(1)))  # (B, 1, H, W): one grey channel
+
+
+def l2_penalty(module):
+    """Returns the sum of squared weights of every Linear and Conv2d layer (biases excluded)."""
+    return sum(m.weight.pow(2).sum() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+@torch.no_grad()
+def softmax(logits):
+    """Returns class probabilities (B, C) in float32 from logits (B, C)."""
+    return torch.softmax(logits.float(), dim=-1)

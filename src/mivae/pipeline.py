@@ -1,0 +1,134 @@
+"""Train and evaluate one model on one problem: what `mivae train` and `mivae evaluate` do.
+
+Kinds (thesis §3.3): `vae` (denoising VAE), Type 1 `mlp` and `cnn` on the filled,
+corrupted images, Type 2 `vae+mlp` and `vae+cnn` on the imputations of a trained VAE.
+"""
+
+import numpy as np
+import torch
+
+from mivae.errors import MivaeError
+from mivae.imputation import impute, multiple_imputation, negative_elbo_per_image, predict_proba
+from mivae.models import build_model
+from mivae.problem import make_problem
+from mivae.runs import Run
+from mivae.stats import accuracy, class_distribution, paired_test
+from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
+
+# What a VAE's data config must share with a Type 2 run built on it.
+_SAME_CORRUPTION = ("dataset", "method", "level", "fill", "exact", "seed")
+
+
+def _inputs(part, data):
+    return part.clean if data.clean_train else part.x
+
+
+def check_vae_matches(vae_run, data, where="the VAE run"):
+    """Raises MivaeError unless `vae_run` is a VAE trained on the corruption `data` describes."""
+    if vae_run.kind != "vae":
+        raise MivaeError(f"{where} holds a {vae_run.kind} model; a VAE run is needed.")
+    for key in _SAME_CORRUPTION:
+        mine, theirs = getattr(data, key), getattr(vae_run.data, key)
+        if mine != theirs:
+            raise MivaeError(f"{where} was trained with {key} = {theirs!r}; this run uses {key} = {mine!r}.")
+
+
+def _vae_score(vae, part, data, denoising, batch):
+    """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises."""
+    target = part.clean if denoising else _inputs(part, data)
+    return negative_elbo_per_image(vae, _inputs(part, data), target, batch).mean().item()
+
+
+def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None):
+    """Returns a trained `Run` of `kind` on the problem `data` describes, with validation and test metrics.
+
+    Type 2 kinds need `vae_run`, a trained VAE `Run` on the same corruption; its weights stay fixed.
+    """
+    problem = problem or make_problem(data, data_dir)
+    device = torch.device(train.device)
+    tr, val, test = (p.to(device) for p in (problem.train, problem.val, problem.test))
+    torch.manual_seed(train.seed)
+    batch = train.eval_batch_size
+
+    if kind == "vae":
+        model = build_model("vae", model_config, problem.image_shape).to(device)
+        target = tr.clean if model_config.denoising else _inputs(tr, data)
+        history = fit(model, adam(model, model_config.lr), vae_loss(model_config.l2), _inputs(tr, data), target, train,
+                      score=lambda m: _vae_score(m, val, data, model_config.denoising, batch), higher_is_better=False, on_epoch=on_epoch)
+        metrics = {split: _vae_score(model, part, data, model_config.denoising, batch)
+                   for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test))}
+        return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
+
+    vae = None
+    if kind.startswith("vae+"):
+        if vae_run is None:
+            raise MivaeError(f"a {kind} model is trained on a VAE's imputations; pass --vae with a trained VAE run.")
+        check_vae_matches(vae_run, data)
+        vae = vae_run.model.to(device)
+    model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae).to(device)
+
+    def val_accuracy(m):
+        return accuracy(predict_proba(m, _inputs(val, data), batch).argmax(1).cpu(), val.y.cpu())
+
+    history = fit(model, adadelta(model, model_config.lr), classifier_loss(model_config.l2), _inputs(tr, data), tr.y, train,
+                  score=val_accuracy, on_epoch=on_epoch)
+    metrics = {
+        "val_accuracy": val_accuracy(model),
+        "test_accuracy": accuracy(predict_proba(model, _inputs(test, data), batch).argmax(1).cpu(), test.y.cpu()),
+    }
+    return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
+               vae_run.model_config if vae_run else None, history, metrics)
+
+
+def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0):
+    """Returns the test metrics of `run` on its own corrupted test set, as a JSON-ready dict.
+
+    vae: negative ELBO per image on validation and test. Type 1: accuracy on the corrupted
+    test images; trained on clean data (`clean_train`) also on one imputation by `vae_run`
+    (Tables 6 and 7) with the paired test between the two. Type 2: single imputation and
+    multiple imputation for every m up to max(samples), with z_multi/single at each
+    requested m (Tables 1, 2, 4, 5 and Figures 10-16).
+    """
+    problem = problem or make_problem(run.data, data_dir)
+    device = next(run.model.parameters()).device
+    val, test = problem.val.to(device), problem.test.to(device)
+    batch = run.train.eval_batch_size
+    y = test.y.cpu().numpy()
+    result = {"kind": run.kind, "data": {k: getattr(run.data, k) for k in ("dataset", "method", "level", "seed")},
+              "test_images": len(test)}
+
+    if run.kind == "vae":
+        for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
+            result[split] = _vae_score(run.model, part, run.data, run.model_config.denoising, batch)
+        return result
+
+    if not run.kind.startswith("vae+"):
+        direct = predict_proba(run.model, test.x, batch).argmax(1).cpu().numpy()
+        result["accuracy"] = accuracy(direct, y)
+        result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
+        if vae_run is not None:
+            check_vae_matches(vae_run, run.data)
+            imputed = impute(vae_run.model.to(device), test.x, batch)
+            on_imputation = predict_proba(run.model, imputed, batch).argmax(1).cpu().numpy()
+            result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
+            result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
+        return result
+
+    single = predict_proba(run.model, test.x, batch).argmax(1).cpu().numpy()
+    m_max = max(samples)
+    multi = multiple_imputation(run.model, test.x, test.y, m_max, keep=samples, seed=seed)
+    result["single_accuracy"] = accuracy(single, y)
+    result["single_class_distribution"] = class_distribution(single, run.n_classes).tolist()
+    result["true_class_distribution"] = class_distribution(y, run.n_classes).tolist()
+    result["multiple"] = {}
+    for m in sorted(set(samples)):
+        predicted = multi.predictions[m].numpy()
+        test_vs_single = paired_test(predicted, single, y)
+        result["multiple"][str(m)] = {
+            "accuracy": float(multi.accuracy[m - 1]),
+            "z_multi_single": test_vs_single.z,
+            "mcnemar_p": test_vs_single.mcnemar_p,
+            "class_distribution": class_distribution(predicted, run.n_classes).tolist(),
+        }
+    result["accuracy_curve"] = np.round(multi.accuracy, 6).tolist()
+    return result

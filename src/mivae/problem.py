@@ -1,0 +1,60 @@
+"""A classification problem with missing values: the splits of a dataset, corrupted and filled, as tensors.
+
+`make_problem(DataConfig)` is the one place where data, corruption and fill policy meet.
+Every split is corrupted with its own deterministic masks (seed, split name, method,
+level), so the test images are identical for every model built on the same config.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from mivae.corruption import corrupt, fill, pixel_means
+from mivae.data import load_splits
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split, ready for models: what they see, what it should be, and where it was missing."""
+
+    x: torch.Tensor       # (N, H, W) float32: the filled, corrupted images a model sees
+    clean: torch.Tensor   # (N, H, W) float32: the uncorrupted images (the denoising target)
+    mask: torch.Tensor    # (N, H, W) bool: True where a pixel is missing
+    y: torch.Tensor       # (N,) int64 labels
+
+    def __len__(self):
+        return len(self.y)
+
+    def to(self, device):
+        return Part(self.x.to(device), self.clean.to(device), self.mask.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Train, validation and test parts of one corrupted dataset."""
+
+    train: Part
+    val: Part
+    test: Part
+    image_shape: tuple[int, int]
+    n_classes: int
+
+
+def make_problem(config, data_dir=None):
+    """Returns the `Problem` described by a `DataConfig`: load, split, corrupt, fill."""
+    splits = load_splits(config.dataset, data_dir, seed=config.seed)
+    corrupted = {
+        s.name: corrupt(s.images[: config.limit], config.method, config.level, seed=config.seed, split=s.name, exact=config.exact)
+        for s in splits
+    }
+    means = pixel_means(corrupted["train"]) if config.fill == "mean" else None
+    parts = {}
+    for s in splits:
+        c = corrupted[s.name]
+        parts[s.name] = Part(
+            x=torch.from_numpy(fill(c, config.fill, means)),
+            clean=torch.from_numpy(s.images[: config.limit]),
+            mask=torch.from_numpy(c.mask),
+            y=torch.from_numpy(s.labels[: config.limit]),
+        )
+    return Problem(parts["train"], parts["val"], parts["test"], splits.train.images.shape[1:], splits.n_classes)

@@ -1,0 +1,146 @@
+"""Run directories: a trained model with its resolved configuration, history and metrics.
+
+    RUN_DIR/config.json        kind, data/model/train configs (and the VAE's for Type 2), versions
+    RUN_DIR/model.safetensors  the weights; its metadata holds the digest of the architecture
+    RUN_DIR/history.json       per-epoch training history
+    RUN_DIR/metrics.json       metrics measured after training (validation, test)
+
+Weights are stored with safetensors, which holds tensors only: loading a run can never
+execute code from a file. Every file is written atomically.
+"""
+
+import dataclasses
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from mivae import __version__
+from mivae.artifacts import atomic_path
+from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
+from mivae.errors import MivaeError
+from mivae.models import CONFIGS, KINDS, build_model, classifier_kind
+from mivae.training import History
+
+
+@dataclass
+class Run:
+    """A trained model and everything needed to rebuild and judge it."""
+
+    kind: str                         # one of mivae.models.KINDS
+    data: DataConfig
+    model_config: VAEConfig | MLPConfig | CNNConfig  # the classifier's config for Type 2 kinds
+    train: TrainConfig
+    model: torch.nn.Module
+    image_shape: tuple[int, int]
+    n_classes: int
+    vae_config: VAEConfig | None = None  # Type 2 only: the frozen VAE's config
+    history: History | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def write_json(path, content):
+    """Writes `content` as indented JSON to `path`, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def _architecture_digest(config_json):
+    """The part of config.json that decides the weights' shapes and meaning, hashed."""
+    keys = ("kind", "model", "vae", "image_shape", "n_classes")
+    canonical = json.dumps({k: config_json.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _config_json(run):
+    return {
+        "kind": run.kind,
+        "data": to_dict(run.data),
+        "model": to_dict(run.model_config),
+        "vae": to_dict(run.vae_config) if run.vae_config else None,
+        "train": to_dict(run.train),
+        "image_shape": list(run.image_shape),
+        "n_classes": run.n_classes,
+        "versions": {"mivae": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_run(run, path):
+    """Writes `run` to the directory `path` (created if needed); returns the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        config = _config_json(run)
+        state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"architecture_sha256": _architecture_digest(config)})
+        write_json(path / "config.json", config)
+        write_json(path / "history.json", dataclasses.asdict(run.history or History()))
+        write_json(path / "metrics.json", run.metrics)
+    except OSError as e:
+        raise MivaeError(f"cannot write the run directory {path}: {e.strerror or e}.") from None
+    return path
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MivaeError(f"{path.parent} is not a mivae run directory: {path.name} is missing.") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MivaeError(f"{path} is damaged and cannot be read ({e}).") from None
+
+
+def load_run(path, device="cpu"):
+    """Returns the `Run` saved in directory `path`, its model rebuilt and its weights loaded."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MivaeError(f"run directory {path} does not exist.")
+    config = _read_json(path / "config.json")
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    model_config = from_dict(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
+    vae_config = from_dict(VAEConfig, config.get("vae"), "vae") if kind.startswith("vae+") else None
+    image_shape, n_classes = tuple(config.get("image_shape", ())), config.get("n_classes")
+    vae = build_model("vae", vae_config, image_shape) if vae_config else None
+    model = build_model(kind, model_config, image_shape, n_classes, vae=vae)
+
+    weights = path / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            saved_digest = (f.metadata() or {}).get("architecture_sha256")
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise MivaeError(f"{path} is not a complete run: model.safetensors is missing.") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MivaeError(f"{weights} is damaged or not a safetensors file ({e}).") from None
+    if saved_digest != _architecture_digest(config):
+        raise MivaeError(f"{weights} was saved for a different configuration than {path / 'config.json'}.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise MivaeError(f"{weights} does not hold the weights of the model that config.json describes.") from None
+    model.to(device).eval()
+
+    history = History(**_read_json(path / "history.json")) if (path / "history.json").exists() else None
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    return Run(
+        kind=kind,
+        data=from_dict(DataConfig, config.get("data"), "data"),
+        model_config=model_config,
+        train=from_dict(TrainConfig, config.get("train"), "train"),
+        model=model,
+        image_shape=image_shape,
+        n_classes=n_classes,
+        vae_config=vae_config,
+        history=history,
+        metrics=metrics,
+    )
