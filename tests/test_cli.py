@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -69,7 +70,7 @@ def test_corrupt_runs_on_digits_as_installed(tmp_path):
         (["corrupt", "--method", "random-pixels", "--levels", "0.5", "--out", "x.png", "--dataset", "digits", "--index", "400"], "--index 400 is outside the test set"),
         (["corrupt", "--levels", "0.5", "--out", "x.png"], "the following arguments are required: --method"),
         (["data", "info", "--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
-        (["train"], "argument COMMAND: invalid choice: 'train'"),
+        (["fly"], "argument COMMAND: invalid choice: 'fly'"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_status_2(capsys, tmp_path, monkeypatch, argv, message):
@@ -91,3 +92,70 @@ def test_absent_data_offline_is_one_sentence(tmp_path, monkeypatch):
     assert result.stderr.startswith("mivae: error: MNIST file train-images-idx3-ubyte.gz is not in")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------
+# train and evaluate
+
+
+def test_train_and_evaluate_type_2_on_digits(tmp_path, capsys):
+    data = ["--dataset", "digits", "--corruption", "random-pixels", "--level", "0.5", "--batch-size", "32"]
+    status, out, _ = run(capsys, "train", "vae", *data, "--hidden", "128", "--latent", "8", "--epochs", "60", "--patience", "10", "--out", str(tmp_path / "vae"))
+    assert status == 0
+    assert [line.split()[0] for line in out.splitlines()[:3]] == ["epoch"] * 3
+    assert "val_negative_elbo" in out
+    status, out, _ = run(capsys, "train", "vae+mlp", *data, "--vae", str(tmp_path / "vae"), "--hidden", "64,64", "--epochs", "30", "--out", str(tmp_path / "vm"))
+    assert status == 0
+    status, out, _ = run(capsys, "evaluate", str(tmp_path / "vm"), "--samples", "1,5,20")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "vae+mlp on digits random-pixels 50%, 359 test images"
+    single = float(lines[1].split()[-1])
+    assert single > 0.3  # far above chance (0.1); about 0.4 on half-missing 8x8 digits
+    assert [line.split()[2] for line in lines[2:]] == ["M=1", "M=5", "M=20"]
+    saved = json.loads((tmp_path / "vm" / "evaluation.json").read_text())
+    assert len(saved["accuracy_curve"]) == 20 and saved["single_accuracy"] == pytest.approx(single, abs=1e-4)
+    assert sum(saved["multiple"]["20"]["class_distribution"]) == 359
+
+
+def test_train_type_1_on_an_mnist_slice(tmp_path, mnist_dir, capsys):
+    data = ["--data-dir", str(mnist_dir), "--limit", "2000", "--corruption", "vertical-lines", "--level", "0.5"]
+    status, out, _ = run(capsys, "train", "mlp", *data, "--hidden", "256,256", "--epochs", "5", "--batch-size", "32", "--out", str(tmp_path / "mlp"))
+    assert status == 0
+    metrics = json.loads((tmp_path / "mlp" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.3  # three times chance after 315 AdaDelta steps (0.44 measured)
+    status, out, _ = run(capsys, "evaluate", str(tmp_path / "mlp"), "--data-dir", str(mnist_dir))
+    assert out.splitlines()[1] == f"accuracy {metrics['test_accuracy']:.4f}"  # the saved model, the same test images
+
+
+def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_path, capsys):
+    common = ["--dataset", "digits", "--level", "0.5"]
+    assert run(capsys, "train", "vae", *common, "--hidden", "32", "--latent", "4", "--epochs", "2", "--out", str(tmp_path / "vae"))[0] == 0
+    assert run(capsys, "train", "mlp", *common, "--clean-train", "--hidden", "32,32", "--epochs", "2", "--out", str(tmp_path / "mlp"))[0] == 0
+    status, out, _ = run(capsys, "evaluate", str(tmp_path / "mlp"), "--vae", str(tmp_path / "vae"))
+    assert status == 0
+    assert out.splitlines()[1].startswith("accuracy ") and out.splitlines()[2].startswith("accuracy on one VAE imputation ")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "mlp", "--dataset", "digits", "--latent", "4", "--out", "r"], "--latent does not apply to mlp models."),
+        (["train", "vae+mlp", "--dataset", "digits", "--epochs", "1", "--out", "r"], "pass --vae with a trained VAE run"),
+        (["train", "mlp", "--dataset", "digits", "--level", "1.2", "--out", "r"], "corruption level must be in [0, 1); got 1.2."),
+        (["train", "mlp", "--config", "missing.toml", "--out", "r"], "cannot read the config file missing.toml"),
+        (["evaluate", "nowhere"], "run directory nowhere does not exist."),
+        (["evaluate", "."], "is not a mivae run directory: config.json is missing."),
+    ],
+)
+def test_bad_train_and_evaluate_input_is_one_sentence(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run(capsys, *argv)
+    assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_unknown_config_key_is_refused(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nhiden = [10]\n")
+    status, _, err = run(capsys, "train", "mlp", "--dataset", "digits", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert status == 2 and "unknown setting 'hiden' in [model]; known settings are hidden, l2, lr" in err

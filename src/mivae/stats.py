@@ -25,7 +25,12 @@ class PairedTest:
 
 
 def paired_test(predicted_1, predicted_2, labels):
-    """Returns the `PairedTest` of two classifiers' predictions on the same labelled images."""
+    """Returns the `PairedTest` of two classifiers' predictions on the same labelled images.
+
+    As in §3.6, N counts every image where the predictions differ, including those where
+    both are wrong; so z(1 vs 2) is not exactly -z(2 vs 1) when such images exist. McNemar's
+    test uses only the images where exactly one of the two is right.
+    """
     p1, p2, labels = (np.asarray(a) for a in (predicted_1, predicted_2, labels))
     differ = p1 != p2
     n = int(differ.sum())

@@ -1,0 +1,88 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mivae import pipeline
+from mivae.config import DataConfig, MLPConfig, TrainConfig, VAEConfig
+from mivae.imputation import negative_elbo_per_image
+from mivae.models import build_model
+from mivae.problem import make_problem
+from mivae.training import fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return make_problem(DataConfig(dataset="digits", level=0.5))
+
+
+@pytest.fixture(scope="module")
+def clean_digits():
+    return make_problem(DataConfig(dataset="digits", level=0.0))
+
+
+def test_a_trained_vae_has_a_far_lower_validation_negative_elbo(digits):
+    data = DataConfig(dataset="digits", level=0.5)
+    config = VAEConfig(hidden=(128,), latent=8)
+    untrained = build_model("vae", config, (8, 8))
+    before = negative_elbo_per_image(untrained, digits.val.x, digits.val.clean).mean().item()
+    run = pipeline.train_model("vae", data, config, TrainConfig(epochs=40, batch_size=32), problem=digits)
+    after = run.metrics["val_negative_elbo"]
+    assert after < 0.7 * before  # about 44 nats untrained (64 ln 2 + KL), below 30 trained
+    assert run.history.val_score[run.history.best_epoch - 1] == pytest.approx(min(run.history.val_score))
+
+
+def test_an_mlp_on_clean_digits_exceeds_90_percent(clean_digits):
+    data = DataConfig(dataset="digits", level=0.0)
+    run = pipeline.train_model("mlp", data, MLPConfig(hidden=(128, 64)), TrainConfig(epochs=30), problem=clean_digits)
+    assert run.metrics["test_accuracy"] > 0.9
+
+
+def test_the_vae_is_trained_to_denoise_and_the_classifier_on_corrupted_inputs(digits, monkeypatch):
+    seen = []
+    monkeypatch.setattr(pipeline, "fit", lambda model, opt, loss, inputs, targets, config, **kw: seen.append((inputs, targets)) or fit(model, opt, loss, inputs, targets, dataclasses.replace(config, epochs=1), **kw))
+    data = DataConfig(dataset="digits", level=0.5)
+    pipeline.train_model("vae", data, VAEConfig(hidden=(16,), latent=2), TrainConfig(epochs=1), problem=digits)
+    pipeline.train_model("vae", data, VAEConfig(hidden=(16,), latent=2, denoising=False), TrainConfig(epochs=1), problem=digits)
+    pipeline.train_model("mlp", data, MLPConfig(hidden=(16,)), TrainConfig(epochs=1), problem=digits)
+    pipeline.train_model("mlp", dataclasses.replace(data, clean_train=True), MLPConfig(hidden=(16,)), TrainConfig(epochs=1), problem=digits)
+    (dx, dt), (px, pt), (mx, my), (cx, cy) = seen
+    assert torch.equal(dx, digits.train.x) and torch.equal(dt, digits.train.clean)  # denoising: clean target
+    assert not torch.equal(dx, dt)
+    assert torch.equal(px, digits.train.x) and torch.equal(pt, digits.train.x)    # plain: its own input
+    assert torch.equal(mx, digits.train.x) and torch.equal(my, digits.train.y)
+    assert torch.equal(cx, digits.train.clean)                                    # clean-trained classifier
+
+
+def _tiny_fit(score, patience, epochs=10, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    snapshots = []
+    history = fit(
+        model, torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb), x, y,
+        TrainConfig(epochs=epochs, patience=patience, batch_size=16, seed=seed),
+        score=score, on_epoch=lambda e, h: snapshots.append(model.weight.detach().clone()),
+    )
+    return model, history, snapshots
+
+
+def test_early_stopping_restores_the_best_epoch():
+    scores = iter([0.5, 0.7, 0.9, 0.8, 0.85, 0.6, 0.95, 0.99])
+    model, history, snapshots = _tiny_fit(lambda m: next(scores), patience=3)
+    assert history.best_epoch == 3 and history.stopped_early
+    assert len(history.train_loss) == 6  # three epochs without improvement after epoch 3
+    assert torch.equal(model.weight, snapshots[2])
+
+
+def test_without_a_score_exactly_the_given_epochs_run():
+    _, history, snapshots = _tiny_fit(None, patience=1, epochs=4)
+    assert len(snapshots) == 4 and history.best_epoch == 4 and not history.stopped_early
+
+
+def test_training_is_reproducible_for_a_seed():
+    a, _, _ = _tiny_fit(None, patience=1, epochs=3, seed=5)
+    b, _, _ = _tiny_fit(None, patience=1, epochs=3, seed=5)
+    c, _, _ = _tiny_fit(None, patience=1, epochs=3, seed=6)
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
