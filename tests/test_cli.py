@@ -109,7 +109,7 @@ def test_train_and_evaluate_type_2_on_digits(tmp_path, capsys):
     status, out, _ = run(capsys, "evaluate", str(tmp_path / "vm"), "--samples", "1,5,20")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0] == "vae+mlp on digits random-pixels 50%, 359 test images"
+    assert lines[0].startswith("vae+mlp on digits random-pixels 50%, 359 test images, ")
     single = float(lines[1].split()[-1])
     assert single > 0.3  # far above chance (0.1); about 0.4 on half-missing 8x8 digits
     assert [line.split()[2] for line in lines[2:]] == ["M=1", "M=5", "M=20"]

@@ -79,6 +79,7 @@ def build_parser():
     _add_data_options(corrupt)
     corrupt.set_defaults(run=_corrupt)
 
+    from mivae.hardware import PRECISIONS
     from mivae.models import KINDS
 
     train = commands.add_parser(
@@ -116,7 +117,8 @@ def build_parser():
     train_flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
     train_flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
     train_flags.add_argument("--device", help="torch device (default: cpu)")
-    train_flags.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    train_flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
+    train_flags.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a trained run on its corrupted test set")
@@ -125,7 +127,8 @@ def build_parser():
     evaluate.add_argument("--vae", help="VAE run: classify one imputation too (classifiers trained with --clean-train)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset's files")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
-    evaluate.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    evaluate.add_argument("--precision", choices=PRECISIONS, default="auto", help="matmul precision (default: auto, bf16 where native)")
+    evaluate.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     evaluate.set_defaults(run=_evaluate)
     return parser
 
@@ -189,11 +192,12 @@ def _corrupt(args):
 
 
 def _set_threads(threads):
-    import os
-
+    """Sets the CPU thread count once: as given, else the fastest count measured on this machine."""
     import torch
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    from mivae.hardware import measure_threads
+
+    torch.set_num_threads(threads or measure_threads())
 
 
 def _train(args):
@@ -217,7 +221,7 @@ def _train(args):
         if value is not None and name not in {f for f in model_cls.__dataclass_fields__}:
             raise MivaeError(f"--{name.replace('_', '-')} does not apply to {args.kind} models.")
     model = cfg.replace(model, **flags)
-    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "seed")})
+    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "precision", "seed")})
     vae_run = load_run(args.vae) if args.vae else None
 
     def progress(epoch, history):
@@ -240,7 +244,7 @@ def _evaluate(args):
         raise MivaeError(f"--samples must be whole numbers of at least 1; got {bad[0]}.")
     run = load_run(args.run_dir)
     vae_run = load_run(args.vae) if args.vae else None
-    result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed)
+    result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed, precision=args.precision)
     print(format_evaluation(result))
     from pathlib import Path
 
@@ -250,7 +254,7 @@ def _evaluate(args):
 def format_evaluation(result):
     """Returns the printable summary of an `evaluate_run` result."""
     d = result["data"]
-    lines = [f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images"]
+    lines = [f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, {result['precision']}"]
     if "test_negative_elbo" in result:
         lines.append(f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats")
     if "accuracy" in result:

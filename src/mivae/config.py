@@ -69,6 +69,7 @@ class TrainConfig:
     batch_size: int = 128       # images per gradient step
     seed: int = 0               # seeds initialisation, shuffling and latent samples
     device: str = "cpu"         # torch device
+    precision: str = "auto"     # matmul precision: bf16 where the hardware runs it natively, else fp32
     eval_batch_size: int = 4096  # images per forward pass when evaluating
 
 

@@ -5,6 +5,7 @@ classified, and p_multiple = (1/M) sum_k p_k. One pass over M samples gives the 
 for every m <= M: the running mean of one set of samples, not a re-run per m.
 """
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,11 +15,25 @@ from mivae.models.classifiers import softmax
 from mivae.models.vae import negative_elbo, reparameterize
 
 
+def in_precision(model, dtype):
+    """Returns `model` itself for float32, else an eval-mode copy whose weights are `dtype`.
+
+    Casting the weights once beats autocast, which casts them again in every forward pass.
+    """
+    if dtype == torch.float32:
+        return model
+    return copy.deepcopy(model).to(dtype).eval()
+
+
 @torch.inference_mode()
-def predict_proba(model, x, batch_size=4096):
-    """Returns class probabilities (N, C) float32 of `model` in eval mode for images x (N, H, W)."""
+def predict_proba(model, x, batch_size=4096, dtype=torch.float32):
+    """Returns class probabilities (N, C) float32 of `model` in eval mode for images x (N, H, W).
+
+    `dtype` is the precision of the matmuls; probabilities are always float32.
+    """
     model.eval()
-    return torch.cat([softmax(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+    low = in_precision(model, dtype)
+    return torch.cat([softmax(low(x[i : i + batch_size].to(dtype))) for i in range(0, len(x), batch_size)])
 
 
 @torch.inference_mode()
@@ -51,16 +66,19 @@ class MultipleImputation:
 
 
 @torch.inference_mode()
-def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0):
+def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0, dtype=torch.float32):
     """Returns the `MultipleImputation` of a Type 2 `model` (VAEClassifier) with `samples` samples per image.
 
     x: (N, H, W) images as the model sees them; y: (N,) labels. `keep` lists the m whose
     predictions are returned. Images are processed in batches of B, samples in chunks of S,
     with B * S about `batch_rows` (image, sample) pairs per forward pass. The noise of a
     batch is drawn as one (B, S, L) tensor from a generator seeded with `seed`.
+    Decoding and classification run in `dtype` (bf16 where the hardware is fast at it); the
+    encoder, the noise and the sums of probabilities stay float32.
     """
     model.eval()
-    vae, classifier = model.vae, model.classifier
+    vae = model.vae
+    low = in_precision(model, dtype)  # decoder and classifier in the matmul precision
     chunk = min(samples, batch_rows)               # S: samples per forward pass
     images_per_batch = max(1, batch_rows // chunk)  # B
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -77,7 +95,8 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0):
             s = min(chunk, samples - s0)
             eps = torch.randn((len(xb), s, mu.shape[1]), generator=generator, device=x.device)
             z = mu[:, None, :] + sigma[:, None, :] * eps            # (B, S, L)
-            p = softmax(classifier(vae.decode(z.flatten(0, 1))))    # (B*S, C)
+            images = low.vae.decode(z.flatten(0, 1).to(dtype))      # (B*S, H, W)
+            p = softmax(low.classifier(images))                     # (B*S, C) float32
             p = p.unflatten(0, (len(xb), s))                        # (B, S, C)
             cumulative = p.cumsum(dim=1)                            # (B, S, C) sums of the first m samples
             if running is not None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mivae.errors import MivaeError
+from mivae.hardware import resolve_precision
 from mivae.imputation import impute, multiple_imputation, negative_elbo_per_image, predict_proba
 from mivae.models import build_model
 from mivae.problem import make_problem
@@ -46,6 +47,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     """
     problem = problem or make_problem(data, data_dir)
     device = torch.device(train.device)
+    dtype = resolve_precision(train.precision, device)
     tr, val, test = (p.to(device) for p in (problem.train, problem.val, problem.test))
     torch.manual_seed(train.seed)
     batch = train.eval_batch_size
@@ -68,34 +70,35 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae).to(device)
 
     def val_accuracy(m):
-        return accuracy(predict_proba(m, _inputs(val, data), batch).argmax(1).cpu(), val.y.cpu())
+        return accuracy(predict_proba(m, _inputs(val, data), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
     history = fit(model, adadelta(model, model_config.lr), classifier_loss(model_config.l2), _inputs(tr, data), tr.y, train,
                   score=val_accuracy, on_epoch=on_epoch)
     metrics = {
         "val_accuracy": val_accuracy(model),
-        "test_accuracy": accuracy(predict_proba(model, _inputs(test, data), batch).argmax(1).cpu(), test.y.cpu()),
+        "test_accuracy": accuracy(predict_proba(model, _inputs(test, data), batch, dtype).argmax(1).cpu(), test.y.cpu()),
     }
     return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
                vae_run.model_config if vae_run else None, history, metrics)
 
 
-def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0):
+def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto"):
     """Returns the test metrics of `run` on its own corrupted test set, as a JSON-ready dict.
 
     vae: negative ELBO per image on validation and test. Type 1: accuracy on the corrupted
     test images; trained on clean data (`clean_train`) also on one imputation by `vae_run`
     (Tables 6 and 7) with the paired test between the two. Type 2: single imputation and
     multiple imputation for every m up to max(samples), with z_multi/single at each
-    requested m (Tables 1, 2, 4, 5 and Figures 10-16).
+    requested m (Tables 1, 2, 4, 5 and Figures 10-16). Classification runs in `precision`.
     """
     problem = problem or make_problem(run.data, data_dir)
     device = next(run.model.parameters()).device
+    dtype = resolve_precision(precision, device)
     val, test = problem.val.to(device), problem.test.to(device)
     batch = run.train.eval_batch_size
     y = test.y.cpu().numpy()
     result = {"kind": run.kind, "data": {k: getattr(run.data, k) for k in ("dataset", "method", "level", "seed")},
-              "test_images": len(test)}
+              "test_images": len(test), "precision": str(dtype).removeprefix("torch.")}
 
     if run.kind == "vae":
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
@@ -103,20 +106,19 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
         return result
 
     if not run.kind.startswith("vae+"):
-        direct = predict_proba(run.model, test.x, batch).argmax(1).cpu().numpy()
+        direct = predict_proba(run.model, test.x, batch, dtype).argmax(1).cpu().numpy()
         result["accuracy"] = accuracy(direct, y)
         result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
         if vae_run is not None:
             check_vae_matches(vae_run, run.data)
             imputed = impute(vae_run.model.to(device), test.x, batch)
-            on_imputation = predict_proba(run.model, imputed, batch).argmax(1).cpu().numpy()
+            on_imputation = predict_proba(run.model, imputed, batch, dtype).argmax(1).cpu().numpy()
             result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
             result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
         return result
 
-    single = predict_proba(run.model, test.x, batch).argmax(1).cpu().numpy()
-    m_max = max(samples)
-    multi = multiple_imputation(run.model, test.x, test.y, m_max, keep=samples, seed=seed)
+    single = predict_proba(run.model, test.x, batch, dtype).argmax(1).cpu().numpy()
+    multi = multiple_imputation(run.model, test.x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
     result["single_accuracy"] = accuracy(single, y)
     result["single_class_distribution"] = class_distribution(single, run.n_classes).tolist()
     result["true_class_distribution"] = class_distribution(y, run.n_classes).tolist()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from mivae.hardware import resolve_precision
 from mivae.models.classifiers import l2_penalty
 from mivae.models.vae import negative_elbo
 
@@ -62,6 +63,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     score(model) -> float: the validation score checked after each epoch; training stops
     after `config.patience` epochs without improvement and the best weights are restored.
     Without `score`, exactly `config.epochs` epochs run (retraining with a known epoch count).
+    Forward passes run under bf16 autocast where `config.precision` resolves to bf16.
     on_epoch(epoch, history): called after each epoch, for progress output.
     """
     torch.manual_seed(config.seed)  # latent samples and dropout masks draw from the global stream
@@ -69,6 +71,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     history = History()
     best, best_state, waited = None, None, 0
     n = len(inputs)
+    low_precision = resolve_precision(config.precision, inputs.device) == torch.bfloat16
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -76,7 +79,8 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         total = torch.zeros((), device=inputs.device)
         for i in range(0, n, config.batch_size):
             index = order[i : i + config.batch_size]
-            loss = loss_fn(model, inputs[index], targets[index])
+            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
+                loss = loss_fn(model, inputs[index], targets[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,64 @@
+"""The machine: which precision is fast here, and how many threads to use, both measured or detected.
+
+bf16 matmuls are about 10x faster than float32 on CPUs with AMX or AVX-512 BF16, but are
+emulated, and hundreds of times slower, on CPUs without them. `resolve_precision("auto")`
+picks bf16 only where the hardware supports it; "bf16" and "fp32" force either.
+"""
+
+import os
+import time
+
+import torch
+
+from mivae.errors import MivaeError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def bf16_supported(device="cpu"):
+    """Returns whether `device` runs bf16 matmuls natively."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX-512 BF16 or AMX
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision="auto", device="cpu"):
+    """Returns the torch dtype for matmuls: bfloat16 or float32, as `precision` asks and the hardware allows."""
+    if precision not in PRECISIONS:
+        raise MivaeError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}.")
+    if precision == "bf16" or (precision == "auto" and bf16_supported(device)):
+        return torch.bfloat16
+    return torch.float32
+
+
+def measure_threads(size=1024, repeats=5):
+    """Returns the thread count, from 1 to the number of cores, that runs a float32 matmul fastest.
+
+    On a loaded or hyper-threaded machine fewer threads than cores can win; the caller
+    sets it once with `torch.set_num_threads`.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    before = torch.get_num_threads()
+    best, best_time = 1, float("inf")
+    try:
+        for threads in range(1, cores + 1):
+            torch.set_num_threads(threads)
+            torch.mm(a, b)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.mm(a, b)
+                times.append(time.perf_counter() - start)
+            median = sorted(times)[len(times) // 2]
+            if median < best_time * 0.95:  # more threads must win clearly
+                best, best_time = threads, median
+    finally:
+        torch.set_num_threads(before)
+    return best

@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+
+from mivae.errors import MivaeError
+from mivae.hardware import bf16_supported, measure_threads, resolve_precision
+from mivae.imputation import multiple_imputation, predict_proba
+from mivae.models.classifiers import MLP
+from mivae.models.type2 import VAEClassifier
+from mivae.models.vae import VAE
+
+
+def test_precision_is_forced_or_follows_the_hardware():
+    assert resolve_precision("fp32") == torch.float32
+    assert resolve_precision("bf16") == torch.bfloat16
+    assert resolve_precision("auto") == (torch.bfloat16 if bf16_supported("cpu") else torch.float32)
+    with pytest.raises(MivaeError, match="unknown precision 'fp16'; expected one of auto, bf16, fp32"):
+        resolve_precision("fp16")
+
+
+def test_measured_thread_count_is_a_valid_count():
+    before = torch.get_num_threads()
+    threads = measure_threads(size=256, repeats=3)
+    assert 1 <= threads <= (os.cpu_count() or 1)
+    assert torch.get_num_threads() == before  # measuring leaves the setting alone
+
+
+def test_bf16_probabilities_stay_close_to_float32():
+    torch.manual_seed(0)
+    model = VAEClassifier(VAE((8, 8), (32,), 4), MLP((8, 8), 10, (32,))).eval()
+    x, y = torch.rand(50, 8, 8), torch.randint(0, 10, (50,))
+    full, low = predict_proba(model, x), predict_proba(model, x, dtype=torch.bfloat16)
+    assert low.dtype == torch.float32  # probabilities accumulate in float32 whatever the matmuls
+    assert (full - low).abs().max() < 0.02
+    a = multiple_imputation(model, x, y, 20, seed=1)
+    b = multiple_imputation(model, x, y, 20, seed=1, dtype=torch.bfloat16)
+    assert (a.proba - b.proba).abs().max() < 0.02
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is not cast
