@@ -37,12 +37,13 @@ def classifier_loss(l2):
 
 def adam(model, lr):
     """Returns Adam (Kingma and Ba 2014) over the trainable parameters: the VAE's optimiser (§3.4)."""
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    # fused: one kernel for all parameters instead of a loop over them (measured faster on CPU)
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
 
 
 def adadelta(model, lr):
     """Returns AdaDelta (Zeiler 2012, rho 0.95, eps 1e-6) over the trainable parameters: the classifiers' optimiser."""
-    return torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=lr, rho=0.95, eps=1e-6)
+    return torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=lr, rho=0.95, eps=1e-6, foreach=True)
 
 
 @dataclass

@@ -1,0 +1,312 @@
+"""mivae's benchmark suite: speed against the machine's own measured matmul peak.
+
+    python benchmarks/run.py                   # the full suite, a few minutes on 2 cores
+    python benchmarks/run.py --smoke           # seconds: every code path, tiny sizes (used by the tests)
+
+Prints one table and writes the results to benchmarks/results.json and BENCHMARKS.md.
+Every time is the median of several repeats, and every ratio is taken between figures
+measured in the same run, so that a noisy machine moves both sides alike.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mivae.artifacts import atomic_path
+from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
+from mivae.hardware import bf16_supported, measure_threads, resolve_precision
+from mivae.imputation import in_precision, multiple_imputation
+from mivae.models import build_model
+from mivae.models.classifiers import softmax
+from mivae.runs import write_json
+from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Sizes of the full run and of the smoke run.
+FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=20, repeats=5, epoch_repeats=3, peak_rows=4096)
+SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=2, repeats=2, epoch_repeats=1, peak_rows=256)
+
+VAE = VAEConfig(hidden=(512, 512), latent=20)   # the decoder of the issue's facts: 20-512-512-784
+MLP3 = MLPConfig(hidden=(512, 512, 512))        # a 3-layer MLP
+MLP2 = MLPConfig(hidden=(512, 512))             # the classifier of VAE+MLP: 784-512-512-10
+CNN = CNNConfig()
+BATCH = 128                                     # images per training step, as mivae trains
+
+
+def median_time(fn, repeats, warmup=1):
+    """Returns the median wall time in seconds of `fn()` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype, rows, repeats):
+    """Returns GFLOP/s of a (rows x 784) @ (784 x 512) matmul in `dtype`."""
+    a, b = torch.randn(rows, 784).to(dtype), torch.randn(784, 512).to(dtype)
+    seconds = median_time(lambda: torch.mm(a, b), repeats)
+    return 2 * rows * 784 * 512 / seconds / 1e9
+
+
+def linear_shapes(model):
+    """Returns (in, out) of every Linear layer of `model`, in order."""
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def dense_training_flops(shapes, images):
+    """FLOPs of one epoch's forward and backward matmuls.
+
+    Three matmuls per layer and image (forward, input gradient, weight gradient), except
+    the first layer, whose input (the data) needs no gradient.
+    """
+    macs = sum(3 * i * o for i, o in shapes) - shapes[0][0] * shapes[0][1]
+    return 2 * images * macs
+
+
+def cnn_training_flops(image_shape, config, images):
+    """FLOPs of one CNN epoch's convolutions and dense matmuls, forward and backward."""
+    h, w = image_shape
+    conv1 = 32 * 9 * (h - 2) * (w - 2)          # MACs per image; its input needs no gradient
+    conv2 = 64 * 32 * 9 * (h - 4) * (w - 4)
+    dense = 64 * ((h - 4) // 2) * ((w - 4) // 2) * config.dense + config.dense * 10
+    return 2 * images * (2 * conv1 + 3 * (conv2 + dense))
+
+
+def matmul_only_epoch(shapes, images, dtype, repeats):
+    """Seconds of the forward and backward matmuls alone of one epoch of batches of BATCH images."""
+    weights = [torch.randn(i, o).to(dtype) for i, o in shapes]
+    acts = [torch.randn(BATCH, i).to(dtype) for i, _ in shapes]
+    grads = [torch.randn(BATCH, o).to(dtype) for _, o in shapes]
+
+    def one_step():
+        for layer, (w, a, g) in enumerate(zip(weights, acts, grads)):
+            torch.mm(a, w)          # forward
+            if layer:
+                torch.mm(g, w.t())  # gradient of the input (none for the data)
+            torch.mm(a.t(), g)      # gradient of the weight
+
+    steps = -(-images // BATCH)
+    return median_time(one_step, repeats) * steps
+
+
+def training_epoch(kind, config, x, y, repeats, precision):
+    """Seconds of one mivae training epoch (fit) of `kind` on images x."""
+    model = build_model(kind, config, x.shape[1:])
+    if kind == "vae":
+        optimizer, loss, targets = adam(model, config.lr), vae_loss(config.l2), x
+    else:
+        optimizer, loss, targets = adadelta(model, config.lr), classifier_loss(config.l2), y
+    train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision)
+    return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, warmup=0), model
+
+
+def dataloader_epoch(config, x, y, repeats):
+    """Seconds of one epoch of the conventional DataLoader loop on the same MLP."""
+    model = build_model("mlp", config, x.shape[1:])
+    optimizer, loss = adadelta(model, config.lr), classifier_loss(config.l2)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+
+    def epoch():
+        model.train()
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss(model, xb, yb).backward()
+            optimizer.step()
+
+    return median_time(epoch, repeats, warmup=0)
+
+
+def per_sample_loop(model, x, samples, dtype):
+    """The conventional multiple imputation: a Python loop over samples, one small batch of images at a time."""
+    low = in_precision(model, dtype)
+    with torch.inference_mode():
+        mu, logvar = model.vae.encode(x)
+        total = torch.zeros(len(x), 10)
+        for _ in range(samples):
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            total += softmax(low.classifier(low.vae.decode(z.to(dtype))))
+    return total / samples
+
+
+def per_sample_flops(model, image_shape):
+    """FLOPs to decode and classify one latent sample."""
+    decoder = 2 * sum(i * o for i, o in linear_shapes(model.vae.decoder))
+    classifier = model.classifier
+    if isinstance(classifier, torch.nn.Module) and any(isinstance(m, torch.nn.Conv2d) for m in classifier.modules()):
+        h, w = image_shape
+        conv = 2 * (32 * 9 * (h - 2) * (w - 2) + 64 * 32 * 9 * (h - 4) * (w - 4))
+        return decoder + conv + 2 * sum(i * o for i, o in linear_shapes(classifier))
+    return decoder + 2 * sum(i * o for i, o in linear_shapes(classifier))
+
+
+def run(sizes, threads):
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    dtype = resolve_precision("auto")
+    results = {
+        "machine": {
+            "processor": _processor(),
+            "cores": os.cpu_count(),
+            "threads": threads,
+            "torch": torch.__version__,
+            "bf16_native": bf16_supported("cpu"),
+            "precision": str(dtype).removeprefix("torch."),
+        },
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    r = sizes["repeats"]
+    peak32 = matmul_peak(torch.float32, sizes["peak_rows"], r)
+    # Without native bf16 the emulation is hundreds of times slower: measure it small.
+    peak16 = matmul_peak(torch.bfloat16, sizes["peak_rows"] if bf16_supported() else 64, r)
+    peak = peak16 if dtype == torch.bfloat16 else peak32
+    results["peak_gflops"] = {"float32": peak32, "bfloat16": peak16, "used": peak, "rows": sizes["peak_rows"]}
+
+    x = torch.rand(sizes["images"], 28, 28)
+    y = torch.randint(0, 10, (sizes["images"],))
+    epochs = {}
+    for name, kind, config in (("vae", "vae", VAE), ("mlp3", "mlp", MLP3), ("cnn", "cnn", CNN)):
+        repeats = 1 if kind == "cnn" else sizes["epoch_repeats"]  # a CNN epoch takes minutes on a CPU
+        seconds, model = training_epoch(kind, config, x, y, repeats, "auto")
+        row = {"seconds": seconds, "images": sizes["images"], "batch": BATCH, "precision": results["machine"]["precision"]}
+        if kind == "cnn":
+            flops = cnn_training_flops((28, 28), config, sizes["images"])
+            row.update(memory_format="contiguous (N, 1, H, W); channels_last measured no faster",
+                       gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak)
+        else:
+            shapes = linear_shapes(model)
+            flops = dense_training_flops(shapes, sizes["images"])
+            matmuls = matmul_only_epoch(shapes, sizes["images"], dtype, r)
+            row.update(gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak,
+                       matmul_only_seconds=matmuls, ratio_to_matmuls=seconds / matmuls)
+        epochs[name] = row
+    loader = dataloader_epoch(MLP3, x, y, sizes["epoch_repeats"])
+    epochs["mlp3"]["dataloader_seconds"] = loader
+    epochs["mlp3"]["speedup_over_dataloader"] = loader / epochs["mlp3"]["seconds"]
+    results["training_epoch"] = epochs
+
+    mi = {}
+    vae = build_model("vae", VAE, (28, 28))
+    for name, kind, config in (("vae+mlp", "vae+mlp", MLP2), ("vae+cnn", "vae+cnn", CNN)):
+        model = build_model(kind, config, (28, 28), vae=vae).eval()
+        n, samples = sizes["mi_images"], sizes["mi_samples"]
+        if kind == "vae+cnn":
+            n, samples = max(1, n // 10), samples  # the CNN costs about 10x more per sample
+        xi, yi = x[:n], y[:n]
+        seconds = median_time(lambda: multiple_imputation(model, xi, yi, samples, dtype=dtype), max(1, r // 2))
+        rate = n * samples / seconds
+        flops = per_sample_flops(model, (28, 28))
+        loop_n = sizes["loop_images"] if kind == "vae+mlp" else max(1, sizes["loop_images"] // 10)
+        loop_samples = max(1, samples // 10)
+        loop = median_time(lambda: per_sample_loop(model, x[:loop_n], loop_samples, dtype), 1)
+        loop_rate = loop_n * loop_samples / loop
+        mi[name] = {
+            "image_samples_per_second": rate,
+            "gflops": rate * flops / 1e9,
+            "fraction_of_peak": rate * flops / 1e9 / peak,
+            "seconds_for_10000_images_x_3000": 10_000 * 3000 / rate,
+            "per_sample_loop_image_samples_per_second": loop_rate,
+            "speedup_over_per_sample_loop": rate / loop_rate,
+        }
+    results["multiple_imputation"] = mi
+    return results
+
+
+def _processor():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def markdown(results, command):
+    """Returns BENCHMARKS.md for `results`."""
+    m, p = results["machine"], results["peak_gflops"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {results['date']}  ",
+        f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} threads (measured), torch {m['torch']}, "
+        f"native bf16: {'yes' if m['bf16_native'] else 'no'}, precision used: {m['precision']}",
+        "",
+        "Every time is the median of several repeats; every fraction is of the peak measured in the same run.",
+        "",
+        f"## Matmul peak (({p['rows']} x 784) @ (784 x 512))",
+        "",
+        "| precision | GFLOP/s |",
+        "|---|---|",
+        f"| float32 | {p['float32']:.1f} |",
+        f"| bfloat16 | {p['bfloat16']:.1f}{'' if m['bf16_native'] else ' (emulated: no native bf16 on this CPU)'} |",
+        "",
+        "## One training epoch",
+        "",
+        "| model | images | seconds | GFLOP/s | of peak | matmuls alone (s) | epoch / matmuls |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["training_epoch"].items():
+        if "matmul_only_seconds" in row:
+            lines.append(f"| {name} | {row['images']} | {row['seconds']:.2f} | {row['gflops']:.1f} | {row['fraction_of_peak']:.0%} | "
+                         f"{row['matmul_only_seconds']:.2f} | {row['ratio_to_matmuls']:.2f} |")
+        else:
+            lines.append(f"| {name} ({row['precision']}, {row['memory_format']}) | {row['images']} | {row['seconds']:.2f} | "
+                         f"{row['gflops']:.1f} | {row['fraction_of_peak']:.0%} | | |")
+    mlp = results["training_epoch"]["mlp3"]
+    lines += ["", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
+              f"mivae's loop is {mlp['speedup_over_dataloader']:.2f}x as fast.", "",
+              "## Multiple imputation", "",
+              "| model | image-samples/s | GFLOP/s | of peak | 10,000 x 3,000 (s) | per-sample loop (image-samples/s) | speed-up |",
+              "|---|---|---|---|---|---|---|"]
+    for name, row in results["multiple_imputation"].items():
+        lines.append(f"| {name} | {row['image_samples_per_second']:,.0f} | {row['gflops']:.1f} | {row['fraction_of_peak']:.0%} | "
+                     f"{row['seconds_for_10000_images_x_3000']:,.0f} | {row['per_sample_loop_image_samples_per_second']:,.0f} | "
+                     f"{row['speedup_over_per_sample_loop']:.1f}x |")
+    precision = ROOT / "benchmarks" / "precision.json"
+    if precision.exists():
+        check = json.loads(precision.read_text())
+        lines += ["", "## bf16 against float32 on the same models and test set", "",
+                  f"Command: `{check['command']}` ({check['test_images']} test images; native bf16 on that machine: "
+                  f"{'yes' if check['bf16_native'] else 'no, emulated'})", "",
+                  "| model | float32 accuracy | bf16 accuracy | images differing | z (bf16 vs float32) |", "|---|---|---|---|---|"]
+        for row in check["rows"]:
+            lines.append(f"| {row['name']} | {row['float32_accuracy']:.4f} | {row['bfloat16_accuracy']:.4f} | "
+                         f"{row['differing_images']} | {row['z_bf16_vs_float32']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks every code path in seconds")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"), help="JSON results file")
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="Markdown report file")
+    args = parser.parse_args(argv)
+    threads = args.threads or measure_threads()
+    results = run(SMOKE if args.smoke else FULL, threads)
+    command = "python benchmarks/run.py" + (" --smoke" if args.smoke else "")
+    report = markdown(results, command)
+    write_json(args.out, results)
+    with atomic_path(args.markdown) as tmp:
+        tmp.write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
