@@ -14,7 +14,7 @@ export MIVAE_DATA_DIR := $(abspath ../shared/data/mnist)
 endif
 endif
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mivae needs Python 3.11 or newer; set PYTHON=python3.11 or newer.")'
@@ -33,6 +33,9 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) out

@@ -20,7 +20,8 @@ def vae_loss(l2):
 
     def loss(vae, x, target):
         logits, mu, logvar = vae(x)
-        return negative_elbo(logits, target, mu, logvar).mean() + l2 * l2_penalty(vae)
+        value = negative_elbo(logits, target, mu, logvar).mean()
+        return value + l2 * l2_penalty(vae) if l2 else value
 
     return loss
 
@@ -29,8 +30,11 @@ def classifier_loss(l2):
     """Returns loss(model, x, y): categorical cross-entropy plus `l2` times the squared trainable weights."""
 
     def loss(model, x, y):
+        value = F.cross_entropy(model(x), y)
+        if not l2:
+            return value
         trainable = getattr(model, "classifier", model)  # Type 2: the frozen VAE is not regularised
-        return F.cross_entropy(model(x), y) + l2 * l2_penalty(trainable)
+        return value + l2 * l2_penalty(trainable)
 
     return loss
 
