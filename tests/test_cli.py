@@ -18,8 +18,9 @@ def run(capsys, *argv):
 def test_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "mivae", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("data", "corrupt"):
-        assert command in result.stdout
+    commands = result.stdout.split("COMMAND\n", 1)[1]  # the listing after "positional arguments: COMMAND"
+    listed = [line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("      ")]
+    assert listed == ["data", "corrupt", "train", "evaluate"]
 
 
 def test_data_info_prints_split_sizes_and_class_counts(capsys):
@@ -145,6 +146,14 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
         (["train", "mlp", "--dataset", "digits", "--level", "1.2", "--out", "r"], "corruption level must be in [0, 1); got 1.2."),
         (["train", "mlp", "--config", "missing.toml", "--out", "r"], "cannot read the config file missing.toml"),
         (["evaluate", "nowhere"], "run directory nowhere does not exist."),
+        (["train", "mlp", "--dataset", "digits", "--seed", "-1", "--out", "r"], "seed must be a whole number of at least 0; got -1."),
+        (["data", "info", "--dataset", "digits", "--seed", "-1"], "seed must be a whole number of at least 0; got -1."),
+        (["train", "mlp", "--dataset", "digits", "--batch-size", "0", "--out", "r"], "batch_size must be at least 1; got 0."),
+        (["train", "mlp", "--dataset", "digits", "--hidden", ",", "--out", "r"], "hidden needs at least one layer of at least one node; got []."),
+        (["train", "mlp", "--dataset", "digits", "--limit", "0", "--out", "r"], "limit must be at least 1; got 0."),
+        (["train", "cnn", "--dataset", "digits", "--dropout-conv", "1.5", "--out", "r"], "dropout_conv must be in [0, 1); got 1.5."),
+        (["train", "mlp", "--dataset", "digits", "--threads", "-1", "--out", "r"], "--threads must be at least 1; got -1."),
+        (["evaluate", ".", "--samples", ","], "--samples must be whole numbers of at least 1"),
         (["evaluate", "."], "is not a mivae run directory: config.json is missing."),
     ],
 )

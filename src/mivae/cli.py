@@ -6,6 +6,7 @@ status 2.
 
 import argparse
 import sys
+from pathlib import Path
 
 from mivae import __version__
 from mivae.errors import MivaeError
@@ -168,6 +169,8 @@ def _corrupt(args):
     from mivae.figures import check_figure_path, image_grid
 
     check_figure_path(args.out)
+    if not args.index:
+        raise MivaeError("--index needs at least one test image index.")
     methods = [check_method(m) for m in args.method]
     levels = [check_level(level) for level in args.levels]
     splits = load_splits(args.dataset, args.data_dir, seed=args.seed)
@@ -197,6 +200,8 @@ def _set_threads(threads):
 
     from mivae.hardware import measure_threads
 
+    if threads is not None and threads < 1:
+        raise MivaeError(f"--threads must be at least 1; got {threads}.")
     torch.set_num_threads(threads or measure_threads())
 
 
@@ -239,16 +244,16 @@ def _evaluate(args):
     from mivae.runs import load_run, write_json
 
     _set_threads(args.threads)
-    bad = [m for m in args.samples if m < 1]
-    if bad:
-        raise MivaeError(f"--samples must be whole numbers of at least 1; got {bad[0]}.")
+    if not args.samples or min(args.samples) < 1:
+        raise MivaeError(f"--samples must be whole numbers of at least 1, like 1,10,100; got {args.samples or 'none'}.")
     run = load_run(args.run_dir)
     vae_run = load_run(args.vae) if args.vae else None
     result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed, precision=args.precision)
     print(format_evaluation(result))
-    from pathlib import Path
-
-    write_json(Path(args.run_dir) / "evaluation.json", result)
+    try:
+        write_json(Path(args.run_dir) / "evaluation.json", result)
+    except OSError as e:
+        raise MivaeError(f"cannot write {Path(args.run_dir) / 'evaluation.json'}: {e.strerror or e}.") from None
 
 
 def format_evaluation(result):

@@ -12,7 +12,22 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mivae.errors import MivaeError
+
+
+def _require(condition, message):
+    if not condition:
+        raise MivaeError(message)
+
+
+def _check_layers(name, hidden):
+    _require(len(hidden) > 0 and all(n >= 1 for n in hidden), f"{name} needs at least one layer of at least one node; got {list(hidden)}.")
+
+
+def _check_rate(name, value):
+    _require(0.0 <= value < 1.0, f"{name} must be in [0, 1); got {value}.")
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,10 @@ class DataConfig:
     clean_train: bool = False         # train and validate on clean images (thesis Tables 6 and 7)
     limit: int | None = None          # use only the first `limit` images of each split (quick runs)
 
+    def __post_init__(self):
+        _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
+        _require(self.limit is None or self.limit >= 1, f"limit must be at least 1; got {self.limit}.")
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -39,6 +58,11 @@ class VAEConfig:
     l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
     denoising: bool = True                # reconstruct the clean image (§2.2.3), not the corrupted input
 
+    def __post_init__(self):
+        _check_layers("hidden", self.hidden)
+        _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
+        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+
 
 @dataclass(frozen=True)
 class MLPConfig:
@@ -47,6 +71,10 @@ class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer; the thesis searches 2, 3 and 4 layers
     l2: float = 1e-5                      # coefficient of the summed squared weights added to the loss
     lr: float = 1.0                       # AdaDelta learning rate (Zeiler 2012 uses 1.0)
+
+    def __post_init__(self):
+        _check_layers("hidden", self.hidden)
+        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,12 @@ class CNNConfig:
     dropout_dense: float = 0.5  # dropout rate after the dense layer
     l2: float = 0.0             # coefficient of the summed squared weights added to the loss
     lr: float = 1.0             # AdaDelta learning rate
+
+    def __post_init__(self):
+        _check_rate("dropout_conv", self.dropout_conv)
+        _check_rate("dropout_dense", self.dropout_dense)
+        _require(self.dense >= 1, f"dense must be at least 1; got {self.dense}.")
+        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,17 @@ class TrainConfig:
     device: str = "cpu"         # torch device
     precision: str = "auto"     # matmul precision: bf16 where the hardware runs it natively, else fp32
     eval_batch_size: int = 4096  # images per forward pass when evaluating
+
+    def __post_init__(self):
+        for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
+            _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
+        _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
+        _require(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise MivaeError(f"device {self.device!r} is not a torch device, like cpu or cuda.") from None
+        _require(device.type != "cuda" or torch.cuda.is_available(), f"device {self.device!r} is not available: this torch sees no GPU.")
 
 
 def _describe(tp):

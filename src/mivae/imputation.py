@@ -73,12 +73,12 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0, 
     predictions are returned. Images are processed in batches of B, samples in chunks of S,
     with B * S about `batch_rows` (image, sample) pairs per forward pass. The noise of a
     batch is drawn as one (B, S, L) tensor from a generator seeded with `seed`.
-    Decoding and classification run in `dtype` (bf16 where the hardware is fast at it); the
-    encoder, the noise and the sums of probabilities stay float32.
+    The network runs in `dtype` (bf16 where the hardware is fast at it), exactly as in
+    `predict_proba`, so single and multiple imputation differ only in the sampling; the
+    noise and the sums of probabilities stay float32.
     """
     model.eval()
-    vae = model.vae
-    low = in_precision(model, dtype)  # decoder and classifier in the matmul precision
+    low = in_precision(model, dtype)
     chunk = min(samples, batch_rows)               # S: samples per forward pass
     images_per_batch = max(1, batch_rows // chunk)  # B
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -88,7 +88,7 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0, 
     probas = []
     for i in range(0, len(x), images_per_batch):
         xb, yb = x[i : i + images_per_batch], y[i : i + images_per_batch].cpu()
-        mu, logvar = vae.encode(xb)                                # (B, L)
+        mu, logvar = (t.float() for t in low.vae.encode(xb.to(dtype)))  # (B, L), encoded as predict_proba does
         sigma = torch.exp(0.5 * logvar)
         running = None                                             # (B, C) sums of the samples so far
         for s0 in range(0, samples, chunk):

@@ -28,6 +28,8 @@ def check_vae_matches(vae_run, data, where="the VAE run"):
     """Raises MivaeError unless `vae_run` is a VAE trained on the corruption `data` describes."""
     if vae_run.kind != "vae":
         raise MivaeError(f"{where} holds a {vae_run.kind} model; a VAE run is needed.")
+    if vae_run.data.clean_train:
+        raise MivaeError(f"{where} was trained on clean images; imputation needs a VAE trained on the corrupted data.")
     for key in _SAME_CORRUPTION:
         mine, theirs = getattr(data, key), getattr(vae_run.data, key)
         if mine != theirs:

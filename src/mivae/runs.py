@@ -109,7 +109,9 @@ def load_run(path, device="cpu"):
         raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
     model_config = from_dict(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
     vae_config = from_dict(VAEConfig, config.get("vae"), "vae") if kind.startswith("vae+") else None
-    image_shape, n_classes = tuple(config.get("image_shape", ())), config.get("n_classes")
+    image_shape, n_classes = tuple(config.get("image_shape") or ()), config.get("n_classes")
+    if len(image_shape) != 2 or not isinstance(n_classes, int):
+        raise MivaeError(f"{path / 'config.json'} is damaged: it lacks a valid image_shape or n_classes.")
     vae = build_model("vae", vae_config, image_shape) if vae_config else None
     model = build_model(kind, model_config, image_shape, n_classes, vae=vae)
 
@@ -130,7 +132,12 @@ def load_run(path, device="cpu"):
         raise MivaeError(f"{weights} does not hold the weights of the model that config.json describes.") from None
     model.to(device).eval()
 
-    history = History(**_read_json(path / "history.json")) if (path / "history.json").exists() else None
+    history = None
+    if (path / "history.json").exists():
+        try:
+            history = History(**_read_json(path / "history.json"))
+        except TypeError:
+            raise MivaeError(f"{path / 'history.json'} is damaged: it does not hold a training history.") from None
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
     return Run(
         kind=kind,
