@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
+from mivae.data import load_splits
+from mivae.errors import MivaeError
 from mivae.hardware import bf16_supported, measure_threads, resolve_precision
 from mivae.imputation import in_precision, multiple_imputation
 from mivae.models import build_model
@@ -33,8 +35,8 @@ from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 ROOT = Path(__file__).resolve().parents[1]
 
 # Sizes of the full run and of the smoke run.
-FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=20, repeats=5, epoch_repeats=3, peak_rows=4096)
-SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=2, repeats=2, epoch_repeats=1, peak_rows=256)
+FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=1000, repeats=5, epoch_repeats=3, peak_rows=4096, cnn_steps=40)
+SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=20, repeats=2, epoch_repeats=1, peak_rows=256, cnn_steps=2)
 
 VAE = VAEConfig(hidden=(512, 512), latent=20)   # the decoder of the issue's facts: 20-512-512-784
 MLP3 = MLPConfig(hidden=(512, 512, 512))        # a 3-layer MLP
@@ -86,6 +88,24 @@ def cnn_training_flops(image_shape, config, images):
     return 2 * images * (2 * conv1 + 3 * (conv2 + dense))
 
 
+def cnn_memory_formats(x, y, steps):
+    """Returns seconds per training step of the CNN with contiguous and with channels_last input and weights."""
+    seconds = {}
+    for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        model = build_model("cnn", CNN, x.shape[1:]).to(memory_format=fmt)
+        optimizer = adadelta(model, CNN.lr)
+        xb = x[:BATCH].unsqueeze(1).contiguous(memory_format=fmt)  # (B, 1, H, W)
+
+        def step():
+            loss = torch.nn.functional.cross_entropy(model.head(model.features(xb)), y[:BATCH])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        seconds[name] = median_time(lambda: [step() for _ in range(steps)], 1) / steps
+    return seconds
+
+
 def matmul_only_epoch(shapes, images, dtype, repeats):
     """Seconds of the forward and backward matmuls alone of one epoch of batches of BATCH images."""
     weights = [torch.randn(i, o).to(dtype) for i, o in shapes]
@@ -114,8 +134,8 @@ def training_epoch(kind, config, x, y, repeats, precision):
     return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, warmup=0), model
 
 
-def dataloader_epoch(config, x, y, repeats):
-    """Seconds of one epoch of the conventional DataLoader loop on the same MLP."""
+def dataloader_epoch(config, x, y, repeats, dtype):
+    """Seconds of one epoch of the conventional DataLoader loop on the same MLP, at the same precision."""
     model = build_model("mlp", config, x.shape[1:])
     optimizer, loss = adadelta(model, config.lr), classifier_loss(config.l2)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
@@ -124,14 +144,16 @@ def dataloader_epoch(config, x, y, repeats):
         model.train()
         for xb, yb in loader:
             optimizer.zero_grad()
-            loss(model, xb, yb).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                value = loss(model, xb, yb)
+            value.backward()
             optimizer.step()
 
     return median_time(epoch, repeats, warmup=0)
 
 
 def per_sample_loop(model, x, samples, dtype):
-    """The conventional multiple imputation: a Python loop over samples, one small batch of images at a time."""
+    """The conventional multiple imputation: a Python loop over samples, all images `x` in each pass."""
     low = in_precision(model, dtype)
     with torch.inference_mode():
         mu, logvar = model.vae.encode(x)
@@ -151,6 +173,15 @@ def per_sample_flops(model, image_shape):
         conv = 2 * (32 * 9 * (h - 2) * (w - 2) + 64 * 32 * 9 * (h - 4) * (w - 4))
         return decoder + conv + 2 * sum(i * o for i, o in linear_shapes(classifier))
     return decoder + 2 * sum(i * o for i, o in linear_shapes(classifier))
+
+
+def training_images(n):
+    """Returns n MNIST training images and labels, or random ones of the same shape where MNIST is absent."""
+    try:
+        train = load_splits("mnist", download=False).train
+        return torch.from_numpy(train.images[:n]), torch.from_numpy(train.labels[:n]), "mnist"
+    except MivaeError:
+        return torch.rand(n, 28, 28), torch.randint(0, 10, (n,)), "random (MNIST not found)"
 
 
 def run(sizes, threads):
@@ -175,8 +206,7 @@ def run(sizes, threads):
     peak = peak16 if dtype == torch.bfloat16 else peak32
     results["peak_gflops"] = {"float32": peak32, "bfloat16": peak16, "used": peak, "rows": sizes["peak_rows"]}
 
-    x = torch.rand(sizes["images"], 28, 28)
-    y = torch.randint(0, 10, (sizes["images"],))
+    x, y, results["data"] = training_images(sizes["images"])
     epochs = {}
     for name, kind, config in (("vae", "vae", VAE), ("mlp3", "mlp", MLP3), ("cnn", "cnn", CNN)):
         repeats = 1 if kind == "cnn" else sizes["epoch_repeats"]  # a CNN epoch takes minutes on a CPU
@@ -184,7 +214,8 @@ def run(sizes, threads):
         row = {"seconds": seconds, "images": sizes["images"], "batch": BATCH, "precision": results["machine"]["precision"]}
         if kind == "cnn":
             flops = cnn_training_flops((28, 28), config, sizes["images"])
-            row.update(memory_format="contiguous (N, 1, H, W); channels_last measured no faster",
+            formats = cnn_memory_formats(x, y, sizes["cnn_steps"])
+            row.update(memory_format="contiguous (N, 1, H, W)", step_seconds_by_memory_format=formats,
                        gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak)
         else:
             shapes = linear_shapes(model)
@@ -193,7 +224,7 @@ def run(sizes, threads):
             row.update(gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak,
                        matmul_only_seconds=matmuls, ratio_to_matmuls=seconds / matmuls)
         epochs[name] = row
-    loader = dataloader_epoch(MLP3, x, y, sizes["epoch_repeats"])
+    loader = dataloader_epoch(MLP3, x, y, sizes["epoch_repeats"], dtype)
     epochs["mlp3"]["dataloader_seconds"] = loader
     epochs["mlp3"]["speedup_over_dataloader"] = loader / epochs["mlp3"]["seconds"]
     results["training_epoch"] = epochs
@@ -210,7 +241,7 @@ def run(sizes, threads):
         rate = n * samples / seconds
         flops = per_sample_flops(model, (28, 28))
         loop_n = sizes["loop_images"] if kind == "vae+mlp" else max(1, sizes["loop_images"] // 10)
-        loop_samples = max(1, samples // 10)
+        loop_samples = max(1, samples // 30)
         loop = median_time(lambda: per_sample_loop(model, x[:loop_n], loop_samples, dtype), 1)
         loop_rate = loop_n * loop_samples / loop
         mi[name] = {
@@ -267,8 +298,10 @@ def markdown(results, command):
         else:
             lines.append(f"| {name} ({row['precision']}, {row['memory_format']}) | {row['images']} | {row['seconds']:.2f} | "
                          f"{row['gflops']:.1f} | {row['fraction_of_peak']:.0%} | | |")
-    mlp = results["training_epoch"]["mlp3"]
-    lines += ["", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
+    mlp, cnn = results["training_epoch"]["mlp3"], results["training_epoch"]["cnn"]
+    formats = cnn["step_seconds_by_memory_format"]
+    lines += ["", f"Training data: {results['data']}, batches of {mlp['batch']}. CNN step time by memory format: "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in formats.items()) + ".", "", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
               f"mivae's loop is {mlp['speedup_over_dataloader']:.2f}x as fast.", "",
               "## Multiple imputation", "",
               "| model | image-samples/s | GFLOP/s | of peak | 10,000 x 3,000 (s) | per-sample loop (image-samples/s) | speed-up |",
