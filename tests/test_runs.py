@@ -31,6 +31,8 @@ def test_a_saved_run_loads_back_to_identical_predictions(tmp_path, kind, config)
     assert torch.equal(predict_proba(loaded.model, x), predict_proba(run.model, x))
     assert (loaded.kind, loaded.data, loaded.model_config, loaded.train) == (kind, DATA, config, TrainConfig(epochs=3))
     assert loaded.history.best_epoch == 1 and loaded.metrics == {"test_accuracy": 0.5}
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["precision"] in ("float32", "bfloat16") and resolved["threads"] >= 1
 
 
 def test_a_saved_vae_decodes_identically(tmp_path):

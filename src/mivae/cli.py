@@ -223,8 +223,9 @@ def _train(args):
     data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
     flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "dense", "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
-        if value is not None and name not in {f for f in model_cls.__dataclass_fields__}:
-            raise MivaeError(f"--{name.replace('_', '-')} does not apply to {args.kind} models.")
+        if value is not None and name not in model_cls.__dataclass_fields__:
+            flag = "--plain" if name == "denoising" else f"--{name.replace('_', '-')}"
+            raise MivaeError(f"{flag} does not apply to {args.kind} models.")
     model = cfg.replace(model, **flags)
     train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "precision", "seed")})
     vae_run = load_run(args.vae) if args.vae else None

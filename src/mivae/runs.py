@@ -25,6 +25,7 @@ from mivae import __version__
 from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
+from mivae.hardware import resolve_precision
 from mivae.models import CONFIGS, KINDS, build_model, classifier_kind
 from mivae.training import History
 
@@ -68,6 +69,10 @@ def _config_json(run):
         "image_shape": list(run.image_shape),
         "n_classes": run.n_classes,
         "versions": {"mivae": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "resolved": {  # what "auto" settings turned into on the machine that trained the run
+            "precision": str(resolve_precision(run.train.precision, run.train.device)).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
