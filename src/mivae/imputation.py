@@ -86,18 +86,21 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0, 
     correct = torch.zeros(samples, dtype=torch.int64)
     predictions = {m: torch.empty(len(x), dtype=torch.int64) for m in keep}
     probas = []
+    # Encode every image once, in large batches, as predict_proba does: (N, L) each.
+    encoded = [low.vae.encode(x[i : i + 4096].to(dtype)) for i in range(0, len(x), 4096)]
+    mu_all = torch.cat([e[0] for e in encoded]).float()
+    sigma_all = torch.exp(0.5 * torch.cat([e[1] for e in encoded]).float())
     for i in range(0, len(x), images_per_batch):
-        xb, yb = x[i : i + images_per_batch], y[i : i + images_per_batch].cpu()
-        mu, logvar = (t.float() for t in low.vae.encode(xb.to(dtype)))  # (B, L), encoded as predict_proba does
-        sigma = torch.exp(0.5 * logvar)
+        yb = y[i : i + images_per_batch].cpu()
+        mu, sigma = mu_all[i : i + images_per_batch], sigma_all[i : i + images_per_batch]  # (B, L)
         running = None                                             # (B, C) sums of the samples so far
         for s0 in range(0, samples, chunk):
             s = min(chunk, samples - s0)
-            eps = torch.randn((len(xb), s, mu.shape[1]), generator=generator, device=x.device)
+            eps = torch.randn((len(mu), s, mu.shape[1]), generator=generator, device=x.device)
             z = mu[:, None, :] + sigma[:, None, :] * eps            # (B, S, L)
             images = low.vae.decode(z.flatten(0, 1).to(dtype))      # (B*S, H, W)
             p = softmax(low.classifier(images))                     # (B*S, C) float32
-            p = p.unflatten(0, (len(xb), s))                        # (B, S, C)
+            p = p.unflatten(0, (len(mu), s))                        # (B, S, C)
             cumulative = p.cumsum(dim=1)                            # (B, S, C) sums of the first m samples
             if running is not None:
                 cumulative += running[:, None, :]
@@ -105,7 +108,7 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=8192, seed=0, 
             correct[s0 : s0 + s] += (predicted == yb[:, None]).sum(dim=0)
             for m in keep:
                 if s0 < m <= s0 + s:
-                    predictions[m][i : i + len(xb)] = predicted[:, m - s0 - 1]
+                    predictions[m][i : i + len(mu)] = predicted[:, m - s0 - 1]
             running = cumulative[:, -1, :]                          # (B, C)
         probas.append((running / samples).cpu())
     return MultipleImputation((correct.double() / len(x)).numpy(), torch.cat(probas), predictions)
