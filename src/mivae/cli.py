@@ -61,7 +61,7 @@ def build_parser():
     fetch.set_defaults(run=_data_fetch)
 
     from mivae.corruption import FILL_POLICIES, METHODS
-    from mivae.data import DATASETS as DATASETS_
+    from mivae.data import DATASETS
 
     corrupt = commands.add_parser(
         "corrupt",
@@ -95,7 +95,7 @@ def build_parser():
     train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
     train.add_argument("--vae", help="run directory of the trained VAE (vae+mlp, vae+cnn)")
     data_flags = train.add_argument_group("data")
-    data_flags.add_argument("--dataset", choices=DATASETS_, help="dataset (default: mnist)")
+    data_flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
     data_flags.add_argument("--data-dir", help="folder holding the dataset's files")
     data_flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
     data_flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")

@@ -143,20 +143,14 @@ def _coerce(value, tp, key):
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise MivaeError(f"{key} must be true or false; got {value!r}.")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise MivaeError(f"{key} must be a whole number; got {value!r}.")
+    if tp in (int, float):
+        what, allowed = ("a whole number", (int, str)) if tp is int else ("a number", (int, float, str))
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise MivaeError(f"{key} must be {what}; got {value!r}.")
         try:
-            return int(value)
+            return tp(value)
         except ValueError:
-            raise MivaeError(f"{key} must be a whole number; got {value!r}.") from None
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise MivaeError(f"{key} must be a number; got {value!r}.")
-        try:
-            return float(value)
-        except ValueError:
-            raise MivaeError(f"{key} must be a number; got {value!r}.") from None
+            raise MivaeError(f"{key} must be {what}; got {value!r}.") from None
     if tp is str:
         if not isinstance(value, str):
             raise MivaeError(f"{key} must be a string; got {value!r}.")
