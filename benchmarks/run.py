@@ -127,9 +127,9 @@ def training_epoch(kind, config, x, y, repeats, precision):
     """Seconds of one mivae training epoch (fit) of `kind` on images x."""
     model = build_model(kind, config, x.shape[1:])
     if kind == "vae":
-        optimizer, loss, targets = adam(model, config.lr), vae_loss(config.l2), x
+        optimizer, loss, targets = adam(model, config.lr, config.l2), vae_loss, x
     else:
-        optimizer, loss, targets = adadelta(model, config.lr), classifier_loss(config.l2), y
+        optimizer, loss, targets = adadelta(model, config.lr, config.l2), classifier_loss, y
     train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision)
     return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, warmup=0), model
 
@@ -137,7 +137,7 @@ def training_epoch(kind, config, x, y, repeats, precision):
 def dataloader_epoch(config, x, y, repeats, dtype):
     """Seconds of one epoch of the conventional DataLoader loop on the same MLP, at the same precision."""
     model = build_model("mlp", config, x.shape[1:])
-    optimizer, loss = adadelta(model, config.lr), classifier_loss(config.l2)
+    optimizer, loss = adadelta(model, config.lr, config.l2), classifier_loss
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
 
     def epoch():

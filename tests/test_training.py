@@ -86,3 +86,24 @@ def test_training_is_reproducible_for_a_seed():
     b, _, _ = _tiny_fit(None, patience=1, epochs=3, seed=5)
     c, _, _ = _tiny_fit(None, patience=1, epochs=3, seed=6)
     assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+
+
+def test_weight_decay_is_exactly_the_thesis_l2_term():
+    # One AdaDelta step on loss + l2 * sum(w^2) equals one step on the loss with weight decay 2 * l2.
+    from mivae.models.classifiers import MLP, l2_penalty
+    from mivae.training import adadelta, classifier_loss
+
+    torch.manual_seed(0)
+    a = MLP((4, 4), 3, (8,))
+    b = MLP((4, 4), 3, (8,))
+    b.load_state_dict(a.state_dict())
+    initial = [p.clone() for p in a.parameters()]
+    x, y, l2 = torch.randn(16, 4, 4), torch.randint(0, 3, (16,)), 0.05
+    opt_a, opt_b = adadelta(a, 1.0), adadelta(b, 1.0, l2=l2)
+    (classifier_loss(a, x, y) + l2 * l2_penalty(a)).backward()
+    classifier_loss(b, x, y).backward()
+    opt_a.step()
+    opt_b.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), initial))  # the step moved every parameter

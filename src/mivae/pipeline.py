@@ -57,7 +57,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     if kind == "vae":
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
-        history = fit(model, adam(model, model_config.lr), vae_loss(model_config.l2), _inputs(tr, data), target, train,
+        history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss, _inputs(tr, data), target, train,
                       score=lambda m: _vae_score(m, val, data, model_config.denoising, batch), higher_is_better=False, on_epoch=on_epoch)
         metrics = {split: _vae_score(model, part, data, model_config.denoising, batch)
                    for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test))}
@@ -74,7 +74,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     def val_accuracy(m):
         return accuracy(predict_proba(m, _inputs(val, data), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
-    history = fit(model, adadelta(model, model_config.lr), classifier_loss(model_config.l2), _inputs(tr, data), tr.y, train,
+    history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data), tr.y, train,
                   score=val_accuracy, on_epoch=on_epoch)
     metrics = {
         "val_accuracy": val_accuracy(model),

@@ -11,43 +11,42 @@ import torch
 from torch.nn import functional as F
 
 from mivae.hardware import resolve_precision
-from mivae.models.classifiers import l2_penalty
 from mivae.models.vae import negative_elbo
 
 
-def vae_loss(l2):
-    """Returns loss(vae, x, target): the batch-mean negative ELBO (eq. 2.8) plus `l2` times the squared weights."""
-
-    def loss(vae, x, target):
-        logits, mu, logvar = vae(x)
-        value = negative_elbo(logits, target, mu, logvar).mean()
-        return value + l2 * l2_penalty(vae) if l2 else value
-
-    return loss
+def vae_loss(vae, x, target):
+    """Returns the batch-mean negative ELBO (eq. 2.8) of `target` given inputs x."""
+    logits, mu, logvar = vae(x)
+    return negative_elbo(logits, target, mu, logvar).mean()
 
 
-def classifier_loss(l2):
-    """Returns loss(model, x, y): categorical cross-entropy plus `l2` times the squared trainable weights."""
-
-    def loss(model, x, y):
-        value = F.cross_entropy(model(x), y)
-        if not l2:
-            return value
-        trainable = getattr(model, "classifier", model)  # Type 2: the frozen VAE is not regularised
-        return value + l2 * l2_penalty(trainable)
-
-    return loss
+def classifier_loss(model, x, y):
+    """Returns the categorical cross-entropy of the model's softmax against labels y."""
+    return F.cross_entropy(model(x), y)
 
 
-def adam(model, lr):
-    """Returns Adam (Kingma and Ba 2014) over the trainable parameters: the VAE's optimiser (§3.4)."""
+def _parameter_groups(model, l2):
+    """The trainable parameters, with the L2 term on weights only.
+
+    Adding l2 * sum(w^2) to the loss adds 2 * l2 * w to each weight's gradient; the
+    optimiser's (coupled) weight decay of 2 * l2 adds exactly that, without a pass over the
+    weights in every forward and backward.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = [p for p in trainable if p.dim() > 1]  # Linear and Conv2d weights; biases are not penalised
+    biases = [p for p in trainable if p.dim() <= 1]
+    return [{"params": weights, "weight_decay": 2 * l2}, {"params": biases, "weight_decay": 0.0}]
+
+
+def adam(model, lr, l2=0.0):
+    """Returns Adam (Kingma and Ba 2014) with L2 coefficient `l2`: the VAE's optimiser (§3.4)."""
     # fused: one kernel for all parameters instead of a loop over them (measured faster on CPU)
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
+    return torch.optim.Adam(_parameter_groups(model, l2), lr=lr, fused=True)
 
 
-def adadelta(model, lr):
-    """Returns AdaDelta (Zeiler 2012, rho 0.95, eps 1e-6) over the trainable parameters: the classifiers' optimiser."""
-    return torch.optim.Adadelta([p for p in model.parameters() if p.requires_grad], lr=lr, rho=0.95, eps=1e-6, foreach=True)
+def adadelta(model, lr, l2=0.0):
+    """Returns AdaDelta (Zeiler 2012, rho 0.95, eps 1e-6) with L2 coefficient `l2`: the classifiers' optimiser."""
+    return torch.optim.Adadelta(_parameter_groups(model, l2), lr=lr, rho=0.95, eps=1e-6, foreach=True)
 
 
 @dataclass
