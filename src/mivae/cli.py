@@ -61,7 +61,6 @@ def build_parser():
     fetch.set_defaults(run=_data_fetch)
 
     from mivae.corruption import FILL_POLICIES, METHODS
-    from mivae.data import DATASETS
 
     corrupt = commands.add_parser(
         "corrupt",
@@ -94,16 +93,7 @@ def build_parser():
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
     train.add_argument("--vae", help="run directory of the trained VAE (vae+mlp, vae+cnn)")
-    data_flags = train.add_argument_group("data")
-    data_flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
-    data_flags.add_argument("--data-dir", help="folder holding the dataset's files")
-    data_flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
-    data_flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")
-    data_flags.add_argument("--fill", choices=FILL_POLICIES, help="what a model sees in a missing pixel (default: white)")
-    data_flags.add_argument("--exact", action="store_const", const=True, help="exactly round(cl * p) missing units")
-    data_flags.add_argument("--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)")
-    data_flags.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
-    data_flags.add_argument("--seed", type=int, help="seed of the split, the corruption and the training (default: 0)")
+    _add_problem_flags(train)
     model_flags = train.add_argument_group("model (each applies to the kinds named)")
     model_flags.add_argument("--hidden", help="nodes per hidden layer, comma-separated (vae, mlp)")
     model_flags.add_argument("--latent", type=int, help="latent dimension L (vae)")
@@ -113,13 +103,7 @@ def build_parser():
     model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
     model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
     model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
-    train_flags = train.add_argument_group("training")
-    train_flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
-    train_flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
-    train_flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
-    train_flags.add_argument("--device", help="torch device (default: cpu)")
-    train_flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
-    train_flags.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
+    _add_fit_flags(train)
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="test a trained run on its corrupted test set")
@@ -131,7 +115,77 @@ def build_parser():
     evaluate.add_argument("--precision", choices=PRECISIONS, default="auto", help="matmul precision (default: auto, bf16 where native)")
     evaluate.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     evaluate.set_defaults(run=_evaluate)
+
+    search = commands.add_parser(
+        "search",
+        help="select a model by random search (thesis §3.5), retrain the best on train + validation, test it once",
+        description="Random search with Optuna: every trial trains with early stopping on the validation set; the best "
+        "configuration (lowest validation negative ELBO for vae, highest validation accuracy otherwise) is retrained on "
+        "train + validation for its best epoch count and tested once. The study is kept in OUT/study.db (or --storage), "
+        "so an interrupted search continues with --resume, and any number of workers can share a --storage database.",
+    )
+    search.add_argument("kind", nargs="?", choices=KINDS, help="what to select")
+    search.add_argument("--show-space", action="store_true", help="print the search spaces and their reasons, then exit")
+    search.add_argument("--out", help="search directory: study, search.json and the final run in final/")
+    search.add_argument("--trials", type=int, default=100, help="trials in the whole study, all workers together (default: 100)")
+    search.add_argument("--layers", type=int, choices=(2, 3, 4), default=2, help="hidden layers of an MLP; each count is its own search (default: 2)")
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: OUT/study.db)")
+    search.add_argument("--study", help="study name (default: from kind, dataset, corruption, level and seed)")
+    search.add_argument("--resume", action="store_true", help="continue an existing study")
+    search.add_argument("--search-seed", type=int, default=0, help="seed of the random draws (default: 0)")
+    search.add_argument("--config", help="TOML or JSON file with [data] and [train] tables")
+    search.add_argument("--vae", help="run directory of the selected VAE, retrained on train + validation (vae+mlp, vae+cnn)")
+    _add_problem_flags(search)
+    _add_fit_flags(search)
+    search.set_defaults(run=_search)
     return parser
+
+
+def _add_problem_flags(parser):
+    """Flags of DataConfig: which data, corrupted how."""
+    from mivae.corruption import FILL_POLICIES, METHODS
+    from mivae.data import DATASETS
+
+    flags = parser.add_argument_group("data")
+    flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
+    flags.add_argument("--data-dir", help="folder holding the dataset's files")
+    flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
+    flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")
+    flags.add_argument("--fill", choices=FILL_POLICIES, help="what a model sees in a missing pixel (default: white)")
+    flags.add_argument("--exact", action="store_const", const=True, help="exactly round(cl * p) missing units")
+    flags.add_argument("--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)")
+    flags.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
+    flags.add_argument("--seed", type=int, help="seed of the split, the corruption and the training (default: 0)")
+
+
+def _add_fit_flags(parser):
+    """Flags of TrainConfig: how a model is fitted."""
+    from mivae.hardware import PRECISIONS
+
+    flags = parser.add_argument_group("training")
+    flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
+    flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
+    flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
+    flags.add_argument("--device", help="torch device (default: cpu)")
+    flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
+    flags.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
+
+
+def _resolve(args, tables, model_cls=None):
+    """Returns (data, model, train) configs: file tables first, flags over them; model is None without model_cls."""
+    from mivae import config as cfg
+
+    allowed = {"data", "model", "train"} if model_cls else {"data", "train"}
+    unknown = sorted(set(tables) - allowed)
+    if unknown:
+        raise MivaeError(f"unknown table [{unknown[0]}] in {args.config}; expected {' and '.join(f'[{t}]' for t in sorted(allowed))}.")
+    data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
+    data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
+    train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
+    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "precision", "seed")})
+    model = cfg.from_dict(model_cls, tables.get("model", {}), "model") if model_cls else None
+    return data, model, train
 
 
 def _indices(text):
@@ -213,21 +267,14 @@ def _train(args):
 
     _set_threads(args.threads)
     tables = cfg.read_config_file(args.config) if args.config else {}
-    unknown = sorted(set(tables) - {"data", "model", "train"})
-    if unknown:
-        raise MivaeError(f"unknown table [{unknown[0]}] in {args.config}; expected [data], [model] and [train].")
     model_cls = CONFIGS[classifier_kind(args.kind)]
-    data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
-    model = cfg.from_dict(model_cls, tables.get("model", {}), "model")
-    train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
-    data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
+    data, model, train = _resolve(args, tables, model_cls)
     flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "dense", "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
             flag = "--plain" if name == "denoising" else f"--{name.replace('_', '-')}"
             raise MivaeError(f"{flag} does not apply to {args.kind} models.")
     model = cfg.replace(model, **flags)
-    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "precision", "seed")})
     vae_run = load_run(args.vae) if args.vae else None
 
     def progress(epoch, history):
@@ -255,6 +302,49 @@ def _evaluate(args):
         write_json(Path(args.run_dir) / "evaluation.json", result)
     except OSError as e:
         raise MivaeError(f"cannot write {Path(args.run_dir) / 'evaluation.json'}: {e.strerror or e}.") from None
+
+
+def _search(args):
+    import optuna
+    from tqdm.auto import tqdm
+
+    from mivae import config as cfg
+    from mivae.runs import load_run
+    from mivae.selection import describe_spaces, search
+
+    if args.show_space:
+        print(describe_spaces())
+        return
+    if args.kind is None or args.out is None:
+        raise MivaeError("mivae search needs a KIND and --out, or --show-space.")
+    if args.trials < 1:
+        raise MivaeError(f"--trials must be at least 1; got {args.trials}.")
+    _set_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tables = cfg.read_config_file(args.config) if args.config else {}
+    data, _, train = _resolve(args, tables)
+    vae_run = load_run(args.vae) if args.vae else None
+    if args.kind.startswith("vae+") and vae_run is None:
+        raise MivaeError(f"a {args.kind} search trains on a VAE's imputations; pass --vae with the selected VAE's final run.")
+    bar = tqdm(total=args.trials, desc=f"search {args.kind}", unit="trial", disable=None)
+
+    def progress(study):
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+        bar.n = min(len(finished), args.trials)
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete:
+            bar.set_postfix_str(f"best {study.best_value:.4f}")
+        bar.refresh()
+
+    try:
+        result = search(args.kind, data, args.trials, args.out, train, storage=args.storage, study_name=args.study,
+                        seed=args.search_seed, resume=args.resume, timeout=args.timeout, vae_run=vae_run,
+                        layers=args.layers, data_dir=args.data_dir, on_trial=progress)
+    finally:
+        bar.close()
+    print(f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}")
+    print("retrained on train + validation; test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items()))
+    print(f"saved {result.run_dir} and {Path(args.out) / 'search.json'}")
 
 
 def format_evaluation(result):

@@ -42,10 +42,12 @@ def _vae_score(vae, part, data, denoising, batch):
     return negative_elbo_per_image(vae, _inputs(part, data), target, batch).mean().item()
 
 
-def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None):
+def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True):
     """Returns a trained `Run` of `kind` on the problem `data` describes, with validation and test metrics.
 
     Type 2 kinds need `vae_run`, a trained VAE `Run` on the same corruption; its weights stay fixed.
+    With `validate` false, exactly `train.epochs` epochs run with no early stopping and only
+    test metrics are reported (the final retraining on train + validation of §3.5).
     """
     problem = problem or make_problem(data, data_dir)
     device = torch.device(train.device)
@@ -57,10 +59,11 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     if kind == "vae":
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
+        score = (lambda m: _vae_score(m, val, data, model_config.denoising, batch)) if validate else None
         history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss, _inputs(tr, data), target, train,
-                      score=lambda m: _vae_score(m, val, data, model_config.denoising, batch), higher_is_better=False, on_epoch=on_epoch)
-        metrics = {split: _vae_score(model, part, data, model_config.denoising, batch)
-                   for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test))}
+                      score=score, higher_is_better=False, on_epoch=on_epoch)
+        parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
+        metrics = {name: _vae_score(model, part, data, model_config.denoising, batch) for name, part in parts}
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
     vae = None
@@ -75,11 +78,9 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         return accuracy(predict_proba(m, _inputs(val, data), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
     history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data), tr.y, train,
-                  score=val_accuracy, on_epoch=on_epoch)
-    metrics = {
-        "val_accuracy": val_accuracy(model),
-        "test_accuracy": accuracy(predict_proba(model, _inputs(test, data), batch, dtype).argmax(1).cpu(), test.y.cpu()),
-    }
+                  score=val_accuracy if validate else None, on_epoch=on_epoch)
+    metrics = {"val_accuracy": val_accuracy(model)} if validate else {}
+    metrics["test_accuracy"] = accuracy(predict_proba(model, _inputs(test, data), batch, dtype).argmax(1).cpu(), test.y.cpu())
     return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
                vae_run.model_config if vae_run else None, history, metrics)
 

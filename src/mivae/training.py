@@ -4,6 +4,7 @@ The whole training set lives in memory as tensors; a batch is a slice of a shuff
 """
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +50,10 @@ def adadelta(model, lr, l2=0.0):
     return torch.optim.Adadelta(_parameter_groups(model, l2), lr=lr, rho=0.95, eps=1e-6, foreach=True)
 
 
+class TrainingDiverged(Exception):
+    """The loss or the validation score became NaN or infinite."""
+
+
 @dataclass
 class History:
     """What happened during training, epoch by epoch."""
@@ -90,8 +95,12 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
             optimizer.step()
             total += loss.detach() * len(index)
         history.train_loss.append(total.item() / n)
+        if not math.isfinite(history.train_loss[-1]):
+            raise TrainingDiverged(f"the training loss became {history.train_loss[-1]} in epoch {epoch}")
         if score is not None:
             value = float(score(model))
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"the validation score became {value} in epoch {epoch}")
             history.val_score.append(value)
             if best is None or (value > best if higher_is_better else value < best):
                 best, waited, history.best_epoch = value, 0, epoch

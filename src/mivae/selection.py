@@ -1,0 +1,276 @@
+"""Model selection as in thesis §3.5: random search with Optuna, then one retraining and one test.
+
+The protocol, for every kind:
+1. Random search (Bergstra and Bengio 2012) over the space below; each trial trains with
+   early stopping on the validation set and records its best epoch.
+2. VAEs are ranked by validation negative ELBO, classifiers by validation accuracy.
+3. The best configuration is retrained on train + validation for its recorded number of
+   epochs and evaluated once on the test set.
+Type 2 searches take a VAE that was itself selected and retrained on train + validation.
+
+The study lives in a database: by default SQLite in the search directory, so an
+interrupted search resumes with `resume=True`; or any Optuna storage URL, such as a
+PostgreSQL server shared by a fleet of workers. `trials` counts the whole study.
+"""
+
+import math
+import time
+import warnings
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
+from mivae.errors import MivaeError
+from mivae.models import CONFIGS, classifier_kind
+from mivae.pipeline import train_model
+from mivae.problem import Part, Problem, make_problem
+from mivae.runs import save_run, write_json
+from mivae.training import TrainingDiverged
+
+# ----------------------------------------------------------------------------------------
+# Search spaces: (name, low, high, log) for numbers. The thesis gives no ranges; these
+# cover the sizes it shows (Figs. 5 and 6) with room on both sides, on log scales where
+# the effect of a value goes with its order of magnitude.
+
+SPACES = {
+    "vae": {
+        "layers": ((1, 3, False), "hidden layers of the encoder (the decoder mirrors it); §3.3 lists it first"),
+        "nodes": ((128, 1024, True), "nodes per hidden layer; Fig. 5 shows a few hundred"),
+        "lr": ((1e-4, 3e-3, True), "Adam learning rate, around Adam's usual 1e-3"),
+        "l2": ((1e-8, 1e-3, True), "L2 coefficient; from negligible to strong"),
+        "latent": ((2, 64, True), "latent dimension L; the thesis picks it per corruption level"),
+    },
+    "mlp": {
+        "nodes": ((64, 1024, True), "nodes of each hidden layer, drawn per layer"),
+        "l2": ((1e-8, 1e-3, True), "L2 coefficient; the MLP's only regulariser"),
+    },
+    "cnn": {
+        "dropout_conv": ((0.0, 0.6, False), "dropout before the dense layer"),
+        "dropout_dense": ((0.0, 0.7, False), "dropout after the dense layer"),
+        "dense": ((32, 512, True), "nodes of the dense layer"),
+    },
+}
+MLP_LAYERS = (2, 3, 4)  # searched separately, as §3.5 does
+
+
+def _suggest(trial, name, bounds):
+    low, high, log = bounds
+    if isinstance(low, int) and isinstance(high, int):
+        return trial.suggest_int(name, low, high, log=log)
+    return trial.suggest_float(name, low, high, log=log)
+
+
+def suggest_config(kind, trial, layers=2):
+    """Returns the model config a `trial` draws for `kind` (Type 2 kinds draw their classifier)."""
+    classifier = kind.removeprefix("vae+")
+    if kind == "vae":
+        space = {k: bounds for k, (bounds, _) in SPACES["vae"].items()}
+        n = _suggest(trial, "layers", space["layers"])
+        nodes = _suggest(trial, "nodes", space["nodes"])
+        return VAEConfig(hidden=(nodes,) * n, latent=_suggest(trial, "latent", space["latent"]),
+                         lr=_suggest(trial, "lr", space["lr"]), l2=_suggest(trial, "l2", space["l2"]))
+    if classifier == "mlp":
+        (nodes, _), (l2, _) = SPACES["mlp"]["nodes"], SPACES["mlp"]["l2"]
+        hidden = tuple(_suggest(trial, f"nodes_{i + 1}", nodes) for i in range(layers))
+        return MLPConfig(hidden=hidden, l2=_suggest(trial, "l2", l2))
+    return CNNConfig(**{k: _suggest(trial, k, bounds) for k, (bounds, _) in SPACES["cnn"].items()})
+
+
+def describe_spaces():
+    """Returns the search spaces as printable text, with the reason for each range."""
+    lines = []
+    for kind, space in SPACES.items():
+        title = f"{kind} (searched separately with {', '.join(map(str, MLP_LAYERS))} layers)" if kind == "mlp" else kind
+        lines.append(f"{title}:")
+        for name, ((low, high, log), reason) in space.items():
+            lines.append(f"  {name:<14} {low:g} to {high:g}{' (log scale)' if log else ''}  - {reason}")
+    lines.append("Type 2 kinds (vae+mlp, vae+cnn) search their classifier's space on top of a selected VAE.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# Random draws keyed by trial number: reproducible, and never duplicated across workers.
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Random search whose draws depend only on (seed, trial number, parameter name).
+
+    Independent uniform draws, as Optuna's RandomSampler makes, but two workers of one
+    study never draw the same configuration, and a rerun with the same seed draws the same.
+    """
+
+    def __init__(self, seed=0):
+        self.seed = seed
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(name.encode())])
+        d = distribution
+        if isinstance(d, optuna.distributions.CategoricalDistribution):
+            return d.choices[rng.integers(len(d.choices))]
+        low, high = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
+        if isinstance(d, optuna.distributions.IntDistribution):
+            if d.log:
+                value = round(math.exp(rng.uniform(math.log(d.low - 0.5), math.log(d.high + 0.5))))
+                return int(min(max(value, d.low), d.high))
+            return int(d.low + d.step * rng.integers((d.high - d.low) // d.step + 1))
+        value = rng.uniform(low, high)
+        return float(math.exp(value) if d.log else value)
+
+
+# ----------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search produced."""
+
+    best_params: dict
+    best_value: float
+    best_epoch: int
+    test_metrics: dict
+    run_dir: Path
+
+
+def _merge(a, b):
+    """Returns the concatenation of two `Part`s: train + validation for the final retraining."""
+    return Part(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in ("x", "clean", "mask", "y")))
+
+
+def default_storage(directory):
+    """Returns the SQLite URL of the study kept in a search directory."""
+    return f"sqlite:///{Path(directory).resolve() / 'study.db'}"
+
+
+def open_study(storage, study_name, seed, resume, direction):
+    """Returns the Optuna study, created or (with `resume`) loaded; stale trials of dead workers marked failed.
+
+    Workers of a fleet join a shared study by passing `resume` too.
+    """
+    url = storage
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+                rdb = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+            break
+        except Exception as e:  # SQLAlchemy and driver errors have no common base worth naming
+            if attempt == 4 or "Failed to import" in str(e):
+                raise MivaeError(f"cannot open the study storage {url}: {str(e).splitlines()[0]}.") from None
+            time.sleep(0.5 * (attempt + 1))  # workers starting together race to create the tables
+    existing = {s.study_name for s in optuna.study.get_all_study_summaries(rdb)}
+    if study_name in existing and not resume:
+        raise MivaeError(f"a study named {study_name!r} already exists in {url}; pass --resume to continue it.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction,
+                                sampler=TrialSeededSampler(seed), load_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # workers whose heartbeat stopped more than 90 s ago
+    return study
+
+
+def interrupted_running_trials(study):
+    """Marks the study's RUNNING trials failed (interrupted): for resuming a local study no worker runs."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _budget_slot(study, trial):
+    """The trial's place in the budget: its number, minus the interrupted trials before it."""
+    lost = sum(1 for t in study.get_trials(deepcopy=False)
+               if t.number < trial.number and t.user_attrs.get("interrupted"))
+    return trial.number - lost
+
+
+def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
+           timeout=None, vae_run=None, layers=2, data_dir=None, problem=None, on_trial=None):
+    """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
+
+    directory: the search directory (study, result, final run). storage: an Optuna storage
+    URL shared by workers; by default SQLite in `directory`. on_trial(study): called after
+    each finished trial (progress).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    problem = problem or make_problem(data, data_dir)
+    higher_is_better = kind != "vae"
+    label = f"{kind}{layers}" if kind.removeprefix("vae+") == "mlp" else kind
+    study_name = study_name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
+    study = open_study(storage or default_storage(directory), study_name, seed, resume,
+                       "maximize" if higher_is_better else "minimize")
+    if resume and storage is None:
+        interrupted_running_trials(study)
+
+    def objective(trial):
+        if _budget_slot(study, trial) >= trials:
+            study.stop()
+            raise optuna.TrialPruned("the study's trial budget was already used by other workers")
+        config = suggest_config(kind, trial, layers)
+        trial.set_user_attr("config", to_dict(config))
+        try:
+            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run)
+        except TrainingDiverged as e:
+            trial.set_user_attr("failure", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("best_epoch", run.history.best_epoch)
+        return run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
+
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+    def budget_used():
+        return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if not t.user_attrs.get("interrupted"))
+
+    def stop_when_done(study_, trial):
+        if on_trial is not None:
+            on_trial(study_)
+        if budget_used() >= trials:
+            study_.stop()
+
+    if budget_used() < trials:
+        study.optimize(objective, timeout=timeout, callbacks=[stop_when_done], catch=(), gc_after_trial=True)
+    return finish(kind, data, study, directory, train, problem, vae_run)
+
+
+def finish(kind, data, study, directory, train, problem, vae_run):
+    """Retrains the study's best configuration on train + validation and tests it once."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        reasons = {t.user_attrs.get("failure") for t in study.get_trials(deepcopy=False)} - {None}
+        raise MivaeError(f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
+                         f"no configuration can be selected.")
+    best = study.best_trial
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
+    config = CONFIGS[classifier_kind(kind)](**fields)
+    epochs = best.user_attrs["best_epoch"]
+    both = Problem(_merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes)
+    final = train_model(kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False)
+    run_dir = save_run(final, directory / "final")
+    result = {
+        "kind": kind,
+        "study": study.study_name,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_epoch": epochs,
+        "best_config": best.user_attrs["config"],
+        "test_metrics": {k: v for k, v in final.metrics.items() if k.startswith("test")},
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                    "best_epoch": t.user_attrs.get("best_epoch"), "failure": t.user_attrs.get("failure"),
+                    "interrupted": bool(t.user_attrs.get("interrupted"))}
+                   for t in study.get_trials(deepcopy=False)],
+    }
+    write_json(directory / "search.json", result)
+    return SearchResult(best.params, best.value, epochs, result["test_metrics"], run_dir)
+

@@ -1,0 +1,181 @@
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+import pytest
+import torch
+
+from mivae import selection
+from mivae.config import DataConfig, TrainConfig
+from mivae.errors import MivaeError
+from mivae.problem import make_problem
+from mivae.runs import Run
+from mivae.training import History, TrainingDiverged
+
+DATA = DataConfig(dataset="digits", level=0.3)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(DATA)
+
+
+def test_draws_depend_only_on_seed_and_trial_number():
+    def draws(seed, numbers):
+        study = optuna.create_study(sampler=selection.TrialSeededSampler(seed))
+        out = {}
+        for _ in range(max(numbers) + 1):
+            trial = study.ask()
+            out[trial.number] = selection.suggest_config("vae", trial)
+            study.tell(trial, 0.0)
+        return [out[n] for n in numbers]
+
+    assert draws(3, [0, 1, 2]) == draws(3, [0, 1, 2])
+    assert draws(3, [0])[0] != draws(4, [0])[0]
+    first, second, third = draws(3, [0, 1, 2])
+    assert first != second != third
+    for config in (first, second, third):  # inside the documented space
+        assert 1 <= len(config.hidden) <= 3 and 128 <= config.hidden[0] <= 1024
+        assert 2 <= config.latent <= 64 and 1e-4 <= config.lr <= 3e-3 and 1e-8 <= config.l2 <= 1e-3
+
+
+def test_mlp_searches_draw_each_layer_and_the_space_is_shown():
+    trial = optuna.trial.FixedTrial({"nodes_1": 100, "nodes_2": 200, "nodes_3": 300, "l2": 1e-5})
+    assert selection.suggest_config("mlp", trial, layers=3).hidden == (100, 200, 300)
+    text = selection.describe_spaces()
+    assert "latent" in text and "dropout_conv" in text and "2, 3, 4 layers" in text
+
+
+def _fake_train(values, diverge=()):
+    """A stand-in for train_model: trial i scores values[i]; calls are recorded."""
+    calls = []
+
+    def train_model(kind, data, config, train, problem=None, vae_run=None, validate=True, **kw):
+        calls.append((config, train.epochs, validate, len(problem.train)))
+        if not validate:
+            return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=train.epochs), {"test_accuracy": 0.5})
+        i = len([c for c in calls if c[2]]) - 1
+        if i in diverge:
+            raise TrainingDiverged("the training loss became nan in epoch 2")
+        return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1), {"val_accuracy": values[i]})
+
+    return train_model, calls
+
+
+def test_selection_retrains_the_best_validation_score_on_train_and_validation(tmp_path, problem, monkeypatch):
+    fake, calls = _fake_train([0.5, 0.9, 0.7, 0.6])
+    monkeypatch.setattr(selection, "train_model", fake)
+    result = selection.search("mlp", DATA, 4, tmp_path, TrainConfig(epochs=30), problem=problem)
+    assert result.best_value == 0.9 and result.best_epoch == 2
+    searched, final = calls[:4], calls[4]
+    assert final[0] == searched[1][0]                        # the configuration of trial 1
+    assert final[1] == 2 and final[2] is False                 # its recorded epochs, no early stopping
+    assert final[3] == len(problem.train) + len(problem.val)   # on train + validation
+    assert all(c[3] == len(problem.train) and c[1] == 30 for c in searched)
+    assert (tmp_path / "search.json").exists() and (tmp_path / "final" / "config.json").exists()
+
+
+def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem, monkeypatch):
+    fake, _ = _fake_train([0.5, 0.0, 0.7], diverge={1})
+    monkeypatch.setattr(selection, "train_model", fake)
+    result = selection.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem)
+    assert result.best_value == 0.7
+    trials = optuna.load_study(study_name="mlp2-digits-random-pixels-0.3-seed0", storage=selection.default_storage(tmp_path)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert trials[1].user_attrs["failure"] == "the training loss became nan in epoch 2"
+
+
+def test_a_search_where_every_trial_fails_is_a_clear_error(tmp_path, problem, monkeypatch):
+    fake, _ = _fake_train([0, 0], diverge={0, 1})
+    monkeypatch.setattr(selection, "train_model", fake)
+    with pytest.raises(MivaeError, match="every trial of the search failed \\(the training loss became nan in epoch 2\\)"):
+        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem)
+
+
+def _mivae(*args):
+    return [sys.executable, "-m", "mivae", "search", "mlp", "--dataset", "digits", "--level", "0.3", "--epochs", "3", "--threads", "1", *args]
+
+
+def _complete(storage, name):
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # the database exists before the study does
+        return {}
+    return {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+def test_a_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path):
+    storage, name = selection.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
+    worker = subprocess.Popen(_mivae("--trials", "8", "--out", str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    before = {}
+    while time.time() < deadline and worker.poll() is None:
+        time.sleep(0.2)
+        if (tmp_path / "study.db").exists():
+            before = _complete(storage, name)
+            if len(before) >= 2:
+                break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    before = _complete(storage, name)
+    assert 2 <= len(before) < 8, "the worker was not killed mid-search"
+    result = subprocess.run(_mivae("--trials", "8", "--out", str(tmp_path), "--resume"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    after = _complete(storage, name)
+    assert len(after) == 8                                         # the total, not 8 more
+    assert all(after[n] == v for n, v in before.items())           # finished trials kept as they were
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on loopback in a temporary data directory; skipped, with the reason, if it cannot start."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (the CI script installs Debian's postgresql package)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
+    bin_dir = bins[-1]
+    data = tempfile.mkdtemp(prefix="mivae-pg-")
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    init = subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"], capture_output=True, text=True)
+    if init.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"PostgreSQL initdb failed: {init.stderr.strip()[-300:]}")
+    start = subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log",
+                            "-o", f"-p {port} -h 127.0.0.1 -k {data}", "start"], capture_output=True, text=True)
+    if start.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(f"the PostgreSQL server did not start: {start.stderr.strip()[-300:]}")
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
+    args = ["--trials", "6", "--storage", postgres, "--study", "fleet", "--resume"]
+    workers = [subprocess.Popen(_mivae(*args, "--out", str(tmp_path / f"w{i}")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    errors = [w.communicate(timeout=300)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], errors
+    study = optuna.load_study(study_name="fleet", storage=postgres)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6                                              # exactly the budget
+    assert sorted(t.number for t in complete) == list(range(6))
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 6   # no configuration twice
+    assert {len(t.params) for t in complete} == {3}                        # two layers' nodes and l2
