@@ -154,6 +154,9 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
         (["train", "cnn", "--dataset", "digits", "--dropout-conv", "1.5", "--out", "r"], "dropout_conv must be in [0, 1); got 1.5."),
         (["train", "mlp", "--dataset", "digits", "--threads", "-1", "--out", "r"], "--threads must be at least 1; got -1."),
         (["evaluate", ".", "--samples", ","], "--samples must be whole numbers of at least 1"),
+        (["search", "--out", "s"], "mivae search needs a KIND and --out, or --show-space."),
+        (["search", "mlp", "--out", "s", "--trials", "0"], "--trials must be at least 1; got 0."),
+        (["search", "vae+mlp", "--dataset", "digits", "--out", "s"], "pass --vae with the selected VAE's final run."),
         (["evaluate", "."], "is not a mivae run directory: config.json is missing."),
     ],
 )
@@ -161,6 +164,12 @@ def test_bad_train_and_evaluate_input_is_one_sentence(capsys, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     status, _, err = run(capsys, *argv)
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_search_shows_its_spaces(capsys):
+    status, out, _ = run(capsys, "search", "--show-space")
+    assert status == 0
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")][:3] == ["vae", "mlp (searched separately with 2, 3, 4 layers)", "cnn"]
 
 
 def test_unknown_config_key_is_refused(capsys, tmp_path):
