@@ -179,3 +179,20 @@ def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
     assert sorted(t.number for t in complete) == list(range(6))
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 6   # no configuration twice
     assert {len(t.params) for t in complete} == {3}                        # two layers' nodes and l2
+
+
+def test_only_trials_that_ran_their_course_spend_the_budget():
+    study = optuna.create_study()
+    states = []
+    for state, attrs in [("COMPLETE", {}), ("FAIL", {}), ("PRUNED", {"failure": "diverged"}),
+                         ("FAIL", {"interrupted": True}), ("PRUNED", {"over_budget": True})]:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 1.0 if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+        states.append(state)
+    spent = [selection.spends_budget(t) for t in study.trials]
+    # A worker that died (FAIL without a recorded failure), an interrupted trial and an over-budget one give their slot back.
+    assert spent == [True, False, True, False, False]
+    last = study.ask()
+    assert selection._budget_slot(study, last) == 2

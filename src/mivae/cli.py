@@ -310,7 +310,7 @@ def _search(args):
 
     from mivae import config as cfg
     from mivae.runs import load_run
-    from mivae.selection import describe_spaces, search
+    from mivae.selection import spends_budget, describe_spaces, search
 
     if args.show_space:
         print(describe_spaces())
@@ -329,7 +329,7 @@ def _search(args):
     bar = tqdm(total=args.trials, desc=f"search {args.kind}", unit="trial", disable=None)
 
     def progress(study):
-        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+        finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and spends_budget(t)]
         bar.n = min(len(finished), args.trials)
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:

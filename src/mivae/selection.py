@@ -188,11 +188,17 @@ def interrupted_running_trials(study):
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def spends_budget(t):
+    """Whether trial t counts against --trials: finished or running, and not lost to a dead worker or over budget."""
+    if t.user_attrs.get("interrupted") or t.user_attrs.get("over_budget"):
+        return False
+    # A failed trial without a recorded failure died with its worker (marked by its missing heartbeat).
+    return not (t.state == optuna.trial.TrialState.FAIL and "failure" not in t.user_attrs)
+
+
 def _budget_slot(study, trial):
-    """The trial's place in the budget: its number, minus the interrupted trials before it."""
-    lost = sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < trial.number and t.user_attrs.get("interrupted"))
-    return trial.number - lost
+    """The trial's place in the budget: the trials before it that spend budget."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and spends_budget(t))
 
 
 def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
@@ -216,6 +222,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
 
     def objective(trial):
         if _budget_slot(study, trial) >= trials:
+            trial.set_user_attr("over_budget", True)
             study.stop()
             raise optuna.TrialPruned("the study's trial budget was already used by other workers")
         config = suggest_config(kind, trial, layers)
@@ -231,7 +238,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
     def budget_used():
-        return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if not t.user_attrs.get("interrupted"))
+        return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if spends_budget(t))
 
     def stop_when_done(study_, trial):
         if on_trial is not None:
