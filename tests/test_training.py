@@ -107,3 +107,17 @@ def test_weight_decay_is_exactly_the_thesis_l2_term():
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, msg=name)
     assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), initial))  # the step moved every parameter
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_the_reason():
+    from mivae.training import TrainingDiverged
+
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
+    epochs = iter(range(100))
+
+    def loss(m, xb, yb):  # finite in epoch 1, NaN from epoch 2 on
+        return torch.nn.functional.cross_entropy(m(xb), yb) * (float("nan") if next(epochs) >= 4 else 1.0)
+
+    with pytest.raises(TrainingDiverged, match="the training loss became nan in epoch 2"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, TrainConfig(epochs=5, batch_size=8))
