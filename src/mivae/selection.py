@@ -183,6 +183,7 @@ def open_study(storage, study_name, seed, resume, direction):
 
 def interrupted_running_trials(study):
     """Marks the study's RUNNING trials failed (interrupted): for resuming a local study no worker runs."""
+    # Optuna has no public call to change another trial's state; its storage API does it.
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
