@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 import shutil
 import signal
@@ -40,10 +41,23 @@ def test_draws_depend_only_on_seed_and_trial_number():
     assert draws(3, [0, 1, 2]) == draws(3, [0, 1, 2])
     assert draws(3, [0])[0] != draws(4, [0])[0]
     first, second, third = draws(3, [0, 1, 2])
-    assert first != second != third
+    assert first != second and second != third and first != third
     for config in (first, second, third):  # inside the documented space
         assert 1 <= len(config.hidden) <= 3 and 128 <= config.hidden[0] <= 1024
         assert 2 <= config.latent <= 64 and 1e-4 <= config.lr <= 3e-3 and 1e-8 <= config.l2 <= 1e-3
+
+
+def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
+    def fourth_vae_draw(earlier_kind):
+        study = optuna.create_study(sampler=selection.TrialSeededSampler(5))
+        for _ in range(3):
+            trial = study.ask()
+            selection.suggest_config(earlier_kind, trial)
+            study.tell(trial, 0.0)
+        return selection.suggest_config("vae", study.ask())
+
+    # A stream-based sampler (Optuna's RandomSampler) would differ here: the earlier trials drew other parameters.
+    assert fourth_vae_draw("cnn") == fourth_vae_draw("mlp")
 
 
 def test_mlp_searches_draw_each_layer_and_the_space_is_shown():
@@ -64,7 +78,8 @@ def _fake_train(values, diverge=()):
         i = len([c for c in calls if c[2]]) - 1
         if i in diverge:
             raise TrainingDiverged("the training loss became nan in epoch 2")
-        return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1), {"val_accuracy": values[i]})
+        return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1),
+                   {"val_accuracy": values[i], "val_negative_elbo": values[i]})
 
     return train_model, calls
 
@@ -80,6 +95,38 @@ def test_selection_retrains_the_best_validation_score_on_train_and_validation(tm
     assert final[3] == len(problem.train) + len(problem.val)   # on train + validation
     assert all(c[3] == len(problem.train) and c[1] == 30 for c in searched)
     assert (tmp_path / "search.json").exists() and (tmp_path / "final" / "config.json").exists()
+
+
+def test_vaes_are_selected_by_the_lowest_validation_negative_elbo(tmp_path, problem, monkeypatch):
+    fake, calls = _fake_train([150.0, 120.0, 180.0])
+    monkeypatch.setattr(selection, "train_model", fake)
+    result = selection.search("vae", DATA, 3, tmp_path, TrainConfig(), problem=problem)
+    assert result.best_value == 120.0 and calls[3][0] == calls[1][0]
+
+
+def test_mlp_architectures_are_searched_apart_and_the_best_of_all_is_retrained(tmp_path, problem, monkeypatch):
+    fake, calls = _fake_train([0.5, 0.6, 0.95, 0.7])  # two trials with 2 layers, then two with 3
+    monkeypatch.setattr(selection, "train_model", fake)
+    result = selection.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
+    assert result.best_value == 0.95
+    assert [len(c[0].hidden) for c in calls] == [2, 2, 3, 3, 3]  # the final retraining: the 3-layer winner
+    assert calls[4][0] == calls[2][0]
+    summary = json.loads((tmp_path / "search.json").read_text())["studies"]
+    assert summary == {"mlp2-digits-random-pixels-0.3-seed0": 0.6, "mlp3-digits-random-pixels-0.3-seed0": 0.95}
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, problem, monkeypatch):
+    fake, _ = _fake_train([0.5, 0.6, 0.7, 0.8])
+    monkeypatch.setattr(selection, "train_model", fake)
+    selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem)
+    with pytest.raises(MivaeError, match="was run with other settings"):
+        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, resume=True)
+
+
+def test_type_2_searches_need_a_vae_retrained_on_train_and_validation(tmp_path, problem):
+    early_stopped = Run("vae", DATA, None, TrainConfig(), torch.nn.Linear(1, 1), (8, 8), 10, None, History(val_score=[100.0], best_epoch=1))
+    with pytest.raises(MivaeError, match="needs the selected VAE retrained on train \\+ validation"):
+        selection.search("vae+mlp", DATA, 1, tmp_path, TrainConfig(), problem=problem, vae_run=early_stopped)
 
 
 def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem, monkeypatch):
@@ -100,7 +147,8 @@ def test_a_search_where_every_trial_fails_is_a_clear_error(tmp_path, problem, mo
 
 
 def _mivae(*args):
-    return [sys.executable, "-m", "mivae", "search", "mlp", "--dataset", "digits", "--level", "0.3", "--epochs", "3", "--threads", "1", *args]
+    return [sys.executable, "-m", "mivae", "search", "mlp", "--layers", "2", "--dataset", "digits", "--level", "0.3",
+            "--epochs", "3", "--threads", "1", *args]
 
 
 def _complete(storage, name):
@@ -162,23 +210,27 @@ def postgres():
     if start.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
         pytest.skip(f"the PostgreSQL server did not start: {start.stderr.strip()[-300:]}")
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
 
 
 def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
-    args = ["--trials", "6", "--storage", postgres, "--study", "fleet", "--resume"]
+    args = ["--trials", "8", "--storage", postgres, "--study", "fleet", "--resume"]
     workers = [subprocess.Popen(_mivae(*args, "--out", str(tmp_path / f"w{i}")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
     errors = [w.communicate(timeout=300)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
     study = optuna.load_study(study_name="fleet", storage=postgres)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 6                                              # exactly the budget
-    assert sorted(t.number for t in complete) == list(range(6))
-    assert len({tuple(sorted(t.params.items())) for t in complete}) == 6   # no configuration twice
+    assert len(complete) == 8                                              # exactly the budget
+    assert sorted(t.number for t in complete) == list(range(8))
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 8   # no configuration twice
     assert {len(t.params) for t in complete} == {3}                        # two layers' nodes and l2
+    assert len({t.user_attrs["worker"] for t in complete}) == 2            # both workers ran trials
+    # Each worker waited for the whole study, so both retrained the same winner.
+    results = [json.loads((tmp_path / f"w{i}" / "search.json").read_text()) for i in range(2)]
+    assert results[0]["best_trial"] == results[1]["best_trial"] == study.best_trial.number
 
 
 def test_only_trials_that_ran_their_course_spend_the_budget():

@@ -128,7 +128,7 @@ def build_parser():
     search.add_argument("--show-space", action="store_true", help="print the search spaces and their reasons, then exit")
     search.add_argument("--out", help="search directory: study, search.json and the final run in final/")
     search.add_argument("--trials", type=int, default=100, help="trials in the whole study, all workers together (default: 100)")
-    search.add_argument("--layers", type=int, choices=(2, 3, 4), default=2, help="hidden layers of an MLP; each count is its own search (default: 2)")
+    search.add_argument("--layers", type=_indices, default=[2, 3, 4], help="hidden-layer counts of an MLP, comma-separated; one study each, the best of all retrained (default: 2,3,4, as §3.5)")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     search.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: OUT/study.db)")
     search.add_argument("--study", help="study name (default: from kind, dataset, corruption, level and seed)")
@@ -319,6 +319,8 @@ def _search(args):
         raise MivaeError("mivae search needs a KIND and --out, or --show-space.")
     if args.trials < 1:
         raise MivaeError(f"--trials must be at least 1; got {args.trials}.")
+    if not args.layers or not set(args.layers) <= {2, 3, 4}:
+        raise MivaeError(f"--layers takes 2, 3 or 4, comma-separated; got {args.layers or 'none'}.")
     _set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tables = cfg.read_config_file(args.config) if args.config else {}
@@ -326,11 +328,14 @@ def _search(args):
     vae_run = load_run(args.vae) if args.vae else None
     if args.kind.startswith("vae+") and vae_run is None:
         raise MivaeError(f"a {args.kind} search trains on a VAE's imputations; pass --vae with the selected VAE's final run.")
-    bar = tqdm(total=args.trials, desc=f"search {args.kind}", unit="trial", disable=None)
+    studies = len(args.layers) if args.kind.removeprefix("vae+") == "mlp" else 1
+    bar = tqdm(total=args.trials * studies, desc=f"search {args.kind}", unit="trial", disable=None)
+    done_before = {}
 
     def progress(study):
         finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and spends_budget(t)]
-        bar.n = min(len(finished), args.trials)
+        done_before[study.study_name] = min(len(finished), args.trials)
+        bar.n = sum(done_before.values())
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:
             bar.set_postfix_str(f"best {study.best_value:.4f}")
@@ -339,7 +344,7 @@ def _search(args):
     try:
         result = search(args.kind, data, args.trials, args.out, train, storage=args.storage, study_name=args.study,
                         seed=args.search_seed, resume=args.resume, timeout=args.timeout, vae_run=vae_run,
-                        layers=args.layers, data_dir=args.data_dir, on_trial=progress)
+                        layers=tuple(args.layers), data_dir=args.data_dir, on_trial=progress)
     finally:
         bar.close()
     print(f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}")

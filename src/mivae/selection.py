@@ -14,6 +14,8 @@ PostgreSQL server shared by a fleet of workers. `trials` counts the whole study.
 """
 
 import math
+import os
+import socket
 import time
 import warnings
 import zlib
@@ -105,6 +107,8 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, seed=0):
+        if seed < 0:
+            raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
         self.seed = seed
 
     def infer_relative_search_space(self, study, trial):
@@ -125,7 +129,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
                 return int(min(max(value, d.low), d.high))
             return int(d.low + d.step * rng.integers((d.high - d.low) // d.step + 1))
         value = rng.uniform(low, high)
-        return float(math.exp(value) if d.log else value)
+        return float(min(max(math.exp(value) if d.log else value, d.low), d.high))  # exp may land an ulp outside
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,32 +206,30 @@ def _budget_slot(study, trial):
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and spends_budget(t))
 
 
-def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
-           timeout=None, vae_run=None, layers=2, data_dir=None, problem=None, on_trial=None):
-    """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
+def _settings(kind, layers, data, train):
+    """What a study's trials depend on; a resumed or joined study must have been run with the same."""
+    return {"kind": kind, "layers": layers, "data": to_dict(data),
+            "train": {k: v for k, v in to_dict(train).items() if k not in ("device", "precision")}}
 
-    directory: the search directory (study, result, final run). storage: an Optuna storage
-    URL shared by workers; by default SQLite in `directory`. on_trial(study): called after
-    each finished trial (progress).
+
+def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0):
+    """Runs trials of `study` until `trials` of them have run their course, counting every worker's.
+
+    A worker that finds the budget taken waits for the other workers' running trials, so
+    that the winner is picked from a finished study; if one of them dies, its slot is run
+    again here. Stops early at `deadline` (time.monotonic()).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    problem = problem or make_problem(data, data_dir)
     higher_is_better = kind != "vae"
-    label = f"{kind}{layers}" if kind.removeprefix("vae+") == "mlp" else kind
-    study_name = study_name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
-    study = open_study(storage or default_storage(directory), study_name, seed, resume,
-                       "maximize" if higher_is_better else "minimize")
-    if resume and storage is None:
-        interrupted_running_trials(study)
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
     def objective(trial):
         if _budget_slot(study, trial) >= trials:
             trial.set_user_attr("over_budget", True)
             study.stop()
-            raise optuna.TrialPruned("the study's trial budget was already used by other workers")
+            raise optuna.TrialPruned("the study's trial budget was already taken by other workers")
         config = suggest_config(kind, trial, layers)
         trial.set_user_attr("config", to_dict(config))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run)
         except TrainingDiverged as e:
@@ -236,29 +238,82 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         trial.set_user_attr("best_epoch", run.history.best_epoch)
         return run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
 
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-
     def budget_used():
         return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if spends_budget(t))
 
-    def stop_when_done(study_, trial):
+    def after_trial(study_, trial):
         if on_trial is not None:
             on_trial(study_)
         if budget_used() >= trials:
             study_.stop()
 
-    if budget_used() < trials:
-        study.optimize(objective, timeout=timeout, callbacks=[stop_when_done], catch=(), gc_after_trial=True)
-    return finish(kind, data, study, directory, train, problem, vae_run)
+    while budget_used() < trials:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if spends_budget(t)]
+        if running and budget_used() + len(running) >= trials:
+            time.sleep(poll)  # the rest of the budget is running on other workers
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            continue
+        study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(), gc_after_trial=True)
 
 
-def finish(kind, data, study, directory, train, problem, vae_run):
-    """Retrains the study's best configuration on train + validation and tests it once."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
+           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None):
+    """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
+
+    directory: the search directory (studies, result, final run). storage: an Optuna
+    storage URL shared by workers; by default SQLite in `directory`. For MLP kinds, one
+    study of `trials` trials per hidden-layer count in `layers`; the winner over all of
+    them by validation score is the one retrained and tested. on_trial(study): called
+    after each finished trial (progress).
+    """
+    if seed < 0:
+        raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MivaeError(f"cannot create the search directory {directory}: {e.strerror or e}.") from None
+    if kind.startswith("vae+") and vae_run is not None and vae_run.history and vae_run.history.val_score:
+        raise MivaeError("the VAE run was trained with early stopping on the validation set; a Type 2 search needs the "
+                         "selected VAE retrained on train + validation (§3.5): the final/ run of 'mivae search vae'.")
+    problem = problem or make_problem(data, data_dir)
+    direction = "minimize" if kind == "vae" else "maximize"
+    deadline = None if timeout is None else time.monotonic() + timeout
+    counts = layers if kind.removeprefix("vae+") == "mlp" else (None,)
+    studies = []
+    for n in counts:
+        label = f"{kind}{n}" if n else kind
+        name = f"{study_name}-{n}" if study_name and len(counts) > 1 else study_name
+        name = name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
+        study = open_study(storage or default_storage(directory), name, seed, resume, direction)
+        settings = _settings(kind, n, data, train)
+        if not study.user_attrs:
+            for key, value in settings.items():
+                study.set_user_attr(key, value)
+        elif {k: study.user_attrs.get(k) for k in settings} != settings:
+            raise MivaeError(f"the study {name!r} was run with other settings (kind, layers, data or training) than "
+                             f"this search; give this search another --study name or --out.")
+        if resume and storage is None:
+            interrupted_running_trials(study)
+        run_study(study, kind, n, data, train, trials, problem, vae_run, deadline, on_trial)
+        studies.append(study)
+    return finish(kind, data, studies, directory, train, problem, vae_run)
+
+
+def finish(kind, data, studies, directory, train, problem, vae_run):
+    """Retrains the best configuration of all `studies` on train + validation and tests it once."""
+    complete = [s for s in studies if s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if not complete:
-        reasons = {t.user_attrs.get("failure") for t in study.get_trials(deepcopy=False)} - {None}
+        reasons = {t.user_attrs.get("failure") for s in studies for t in s.get_trials(deepcopy=False)} - {None}
         raise MivaeError(f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
                          f"no configuration can be selected.")
+    pick = min if kind == "vae" else max  # lowest validation negative ELBO, highest validation accuracy
+    study = pick(complete, key=lambda s: s.best_value)
     best = study.best_trial
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
     config = CONFIGS[classifier_kind(kind)](**fields)
@@ -269,6 +324,7 @@ def finish(kind, data, study, directory, train, problem, vae_run):
     result = {
         "kind": kind,
         "study": study.study_name,
+        "studies": {s.study_name: (s.best_value if s in complete else None) for s in studies},
         "best_trial": best.number,
         "best_value": best.value,
         "best_epoch": epochs,
@@ -279,6 +335,9 @@ def finish(kind, data, study, directory, train, problem, vae_run):
                     "interrupted": bool(t.user_attrs.get("interrupted"))}
                    for t in study.get_trials(deepcopy=False)],
     }
-    write_json(directory / "search.json", result)
+    try:
+        write_json(directory / "search.json", result)
+    except OSError as e:
+        raise MivaeError(f"cannot write {directory / 'search.json'}: {e.strerror or e}.") from None
     return SearchResult(best.params, best.value, epochs, result["test_metrics"], run_dir)
 
