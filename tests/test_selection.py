@@ -248,3 +248,21 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
     assert spent == [True, False, True, False, False]
     last = study.ask()
     assert selection._budget_slot(study, last) == 2
+
+
+def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
+    storage, name = selection.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
+    worker = subprocess.Popen(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_complete(storage, name)) < 1:
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and err.strip().endswith("mivae: interrupted.")
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # nothing left hanging
+    assert 1 <= len(_complete(storage, name)) < 8
+    result = subprocess.run(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path), "--resume"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert len(_complete(storage, name)) == 8
