@@ -6,11 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
 
-# MNIST is read from $MIVAE_DATA_DIR, else from a data folder beside the checkout if one is
-# there, else from the user cache (downloaded on first use).
+# Datasets are read from $MIVAE_DATA_DIR, else from a data folder beside the checkout if one is
+# there (one subfolder per dataset), else from the user cache (downloaded on first use).
 ifndef MIVAE_DATA_DIR
 ifneq ($(wildcard ../shared/data/mnist/t10k-labels-idx1-ubyte.gz),)
-export MIVAE_DATA_DIR := $(abspath ../shared/data/mnist)
+export MIVAE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 

@@ -9,9 +9,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _mnist_dir():
-    for candidate in (os.environ.get("MIVAE_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist"):
-        if candidate and (Path(candidate) / "t10k-labels-idx1-ubyte.gz").is_file():
-            return Path(candidate)
+    env = os.environ.get("MIVAE_DATA_DIR")
+    candidates = [Path(env), Path(env) / "mnist"] if env else []
+    for candidate in [*candidates, REPO.parent / "shared" / "data" / "mnist"]:
+        if (candidate / "t10k-labels-idx1-ubyte.gz").is_file():
+            return candidate
     return None
 
 

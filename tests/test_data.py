@@ -88,8 +88,19 @@ def test_data_dir_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert resolve_data_dir("mnist") == tmp_path / "xdg" / "mivae" / "mnist"
     monkeypatch.setenv("MIVAE_DATA_DIR", str(tmp_path / "env"))
-    assert resolve_data_dir("mnist") == tmp_path / "env"
-    assert resolve_data_dir("mnist", tmp_path / "option") == tmp_path / "option"
+    assert resolve_data_dir("mnist") == tmp_path / "env" / "mnist"  # nothing there yet: a folder per dataset
+    assert resolve_data_dir("mnist", tmp_path / "option") == tmp_path / "option" / "mnist"
+
+
+def test_a_data_folder_holds_datasets_or_one_datasets_files(mnist_dir, tmp_path):
+    # A folder of dataset folders: each dataset finds its own.
+    (tmp_path / "root" / "fashion-mnist").mkdir(parents=True)
+    (tmp_path / "root" / "mnist").symlink_to(mnist_dir)
+    assert resolve_data_dir("mnist", tmp_path / "root") == tmp_path / "root" / "mnist"
+    assert resolve_data_dir("fashion-mnist", tmp_path / "root") == tmp_path / "root" / "fashion-mnist"
+    # A folder holding the files themselves is used as it is.
+    assert resolve_data_dir("mnist", mnist_dir) == mnist_dir
+    assert load_idx_dataset("mnist", tmp_path / "root", download=False)[1].class_counts().tolist() == MNIST_TEST_COUNTS
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +182,7 @@ def test_label_out_of_range_is_named(mnist_dir, tmp_path):
 
 
 def test_missing_files_without_download_say_where_to_put_them(tmp_path):
-    with pytest.raises(MivaeError, match=f"not in {tmp_path}; put the four MNIST files there, or point --data-dir or MIVAE_DATA_DIR"):
+    with pytest.raises(MivaeError, match=f"not in {tmp_path / 'mnist'}; put the four MNIST files there, or point --data-dir or MIVAE_DATA_DIR"):
         load_idx_dataset("mnist", tmp_path, download=False)
 
 
@@ -241,7 +252,7 @@ def test_download_refuses_a_mirror_serving_the_wrong_file(mnist_dir, mirror, tmp
     with pytest.raises(MivaeError, match="t10k-labels-idx1-ubyte.gz is not in .* could not be downloaded .*does not match the published SHA-256"):
         fetch("mnist", target)
     # The good files stay; the bad one is not left behind, not even half-written.
-    assert sorted(p.name for p in target.iterdir()) == sorted(e.name for e in MNIST.files if e is not MNIST.test_labels)
+    assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(e.name for e in MNIST.files if e is not MNIST.test_labels)
 
 
 def test_offline_download_fails_with_one_sentence(tmp_path, monkeypatch):
@@ -249,5 +260,6 @@ def test_offline_download_fails_with_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(MivaeError) as info:
         load_idx_dataset("mnist", tmp_path / "nowhere")
     message = str(info.value)
+    assert not (tmp_path / "nowhere").exists()  # no empty folder left behind
     assert message.startswith("MNIST file train-images-idx3-ubyte.gz is not in")
     assert "\n" not in message and message.endswith("folder that holds them.")

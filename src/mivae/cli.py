@@ -380,6 +380,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("mivae: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away, as `mivae data info | head` does
+        sys.stdout = None
+        return 0
     return 0
 
 

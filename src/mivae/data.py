@@ -7,8 +7,9 @@ or foreign file is one clear `MivaeError`, never a reshape traceback.
 
 Where the files are looked for, in order: the `data_dir` argument (`--data-dir`), the
 environment variable `MIVAE_DATA_DIR`, then a per-user cache directory
-(`$XDG_CACHE_HOME/mivae/<dataset>`, by default `~/.cache/mivae/<dataset>`). The folder
-holds one dataset's four files under their standard names. Files that are absent are
+(`$XDG_CACHE_HOME/mivae/<dataset>`, by default `~/.cache/mivae/<dataset>`). A given folder
+holds either one subfolder per dataset (`mnist/`, `fashion-mnist/`) or one dataset's four
+files under their standard names. Files that are absent are
 downloaded from the dataset's public mirrors (or `MIVAE_MIRRORS`, comma-separated
 base URLs) with a progress bar.
 """
@@ -16,6 +17,7 @@ base URLs) with a progress bar.
 import gzip
 import hashlib
 import os
+import shutil
 import urllib.error
 import urllib.request
 import zlib
@@ -136,12 +138,21 @@ def cache_dir():
 
 
 def resolve_data_dir(dataset, data_dir=None):
-    """Returns the folder for `dataset`'s files: `data_dir`, else $MIVAE_DATA_DIR, else the cache."""
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("MIVAE_DATA_DIR"):
-        return Path(os.environ["MIVAE_DATA_DIR"]).expanduser()
-    return cache_dir() / dataset
+    """Returns the folder for `dataset`'s files: under `data_dir`, else $MIVAE_DATA_DIR, else the cache.
+
+    A given folder may hold one subfolder per dataset (`<dir>/mnist`, `<dir>/fashion-mnist`)
+    or the dataset's files themselves; a dataset found in neither way goes to `<dir>/<dataset>`.
+    """
+    given = data_dir if data_dir is not None else os.environ.get("MIVAE_DATA_DIR") or None
+    if given is None:
+        return cache_dir() / dataset
+    root = Path(given).expanduser()
+    if (root / dataset).is_dir():
+        return root / dataset
+    spec = IDX_DATASETS.get(dataset)
+    if spec is not None and any(_find(root, entry) for entry in spec.files):
+        return root
+    return root / dataset
 
 
 def _mirrors(spec):
@@ -274,11 +285,21 @@ def fetch(dataset, data_dir=None, download=True):
                 f"{spec.title} file {entry.name} is not in {folder}; put the four {spec.title} files there, "
                 f"or point --data-dir or MIVAE_DATA_DIR at a folder that holds them."
             )
+        created = None  # the highest folder this call creates
+        for candidate in (folder, *folder.parents):
+            if candidate.exists():
+                break
+            created = candidate
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MivaeError(f"cannot create the data folder {folder}: {e.strerror or e}.") from None
-        _download_file(spec, entry, folder)
+        try:
+            _download_file(spec, entry, folder)
+        except MivaeError:
+            if created is not None and not any(p.is_file() for p in created.rglob("*")):
+                shutil.rmtree(created)  # leave no empty folders behind a failed download
+            raise
     return folder
 
 
