@@ -310,7 +310,7 @@ def _search(args):
 
     from mivae import config as cfg
     from mivae.runs import load_run
-    from mivae.selection import spends_budget, describe_spaces, search
+    from mivae.selection import describe_spaces, search, spends_budget
 
     if args.show_space:
         print(describe_spaces())
