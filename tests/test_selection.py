@@ -216,7 +216,7 @@ def postgres():
 
 
 def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
-    args = ["--trials", "8", "--storage", postgres, "--study", "fleet", "--resume"]
+    args = ["--trials", "8", "--epochs", "10", "--storage", postgres, "--study", "fleet", "--resume"]  # trials long enough to overlap
     workers = [subprocess.Popen(_mivae(*args, "--out", str(tmp_path / f"w{i}")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
     errors = [w.communicate(timeout=300)[1] for w in workers]
