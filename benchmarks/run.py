@@ -166,13 +166,11 @@ def per_sample_loop(model, x, samples, dtype):
 
 def per_sample_flops(model, image_shape):
     """FLOPs to decode and classify one latent sample."""
-    decoder = 2 * sum(i * o for i, o in linear_shapes(model.vae.decoder))
-    classifier = model.classifier
-    if isinstance(classifier, torch.nn.Module) and any(isinstance(m, torch.nn.Conv2d) for m in classifier.modules()):
-        h, w = image_shape
-        conv = 2 * (32 * 9 * (h - 2) * (w - 2) + 64 * 32 * 9 * (h - 4) * (w - 4))
-        return decoder + conv + 2 * sum(i * o for i, o in linear_shapes(classifier))
-    return decoder + 2 * sum(i * o for i, o in linear_shapes(classifier))
+    dense = 2 * sum(i * o for i, o in linear_shapes(model.vae.decoder) + linear_shapes(model.classifier))
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model.classifier.modules()):
+        return dense
+    h, w = image_shape
+    return dense + 2 * (32 * 9 * (h - 2) * (w - 2) + 64 * 32 * 9 * (h - 4) * (w - 4))  # the two convolutions
 
 
 def training_images(n):

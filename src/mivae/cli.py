@@ -236,7 +236,8 @@ def _corrupt(args):
     columns = [test.images[args.index]]
     for method in methods:
         for level in levels:
-            corrupted = corrupt(test.images, method, level, seed=args.seed, split="test", exact=args.exact)
+            # Image i's mask does not depend on how many images are corrupted: the shown prefix suffices.
+            corrupted = corrupt(test.images[: max(args.index) + 1], method, level, seed=args.seed, split="test", exact=args.exact)
             means = None
             if args.fill == "mean":
                 means = pixel_means(corrupt(splits.train.images, method, level, seed=args.seed, split="train", exact=args.exact))
