@@ -31,7 +31,7 @@ from mivae.errors import MivaeError
 from mivae.models import CONFIGS, classifier_kind
 from mivae.pipeline import train_model
 from mivae.problem import Part, Problem, make_problem
-from mivae.runs import save_run, write_json
+from mivae.runs import load_run, save_run, write_json
 from mivae.training import TrainingDiverged
 
 # ----------------------------------------------------------------------------------------
@@ -212,12 +212,14 @@ def _settings(kind, layers, data, train):
             "train": {k: v for k, v in to_dict(train).items() if k not in ("device", "precision")}}
 
 
-def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0):
+def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0,
+              keep_runs=None):
     """Runs trials of `study` until `trials` of them have run their course, counting every worker's.
 
     A worker that finds the budget taken waits for the other workers' running trials, so
     that the winner is picked from a finished study; if one of them dies, its slot is run
-    again here. Stops early at `deadline` (time.monotonic()).
+    again here. Stops early at `deadline` (time.monotonic()). With `keep_runs`, a folder,
+    every finished trial's run is saved there as `<trial number>/`.
     """
     higher_is_better = kind != "vae"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -236,6 +238,8 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
             trial.set_user_attr("failure", str(e))
             raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("best_epoch", run.history.best_epoch)
+        if keep_runs is not None:
+            save_run(run, Path(keep_runs) / str(trial.number))
         return run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
 
     def budget_used():
@@ -262,14 +266,17 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
 
 
 def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
-           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None):
+           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None, retrain=True):
     """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
 
     directory: the search directory (studies, result, final run). storage: an Optuna
     storage URL shared by workers; by default SQLite in `directory`. For MLP kinds, one
     study of `trials` trials per hidden-layer count in `layers`; the winner over all of
     them by validation score is the one retrained and tested. on_trial(study): called
-    after each finished trial (progress).
+    after each finished trial (progress). With `retrain` false (a cheaper protocol for
+    small budgets), the winning trial's own model, trained on train with early stopping
+    on validation, is the final one: every trial's run is kept in `trials/`, and a Type 2
+    search accepts a VAE selected the same way.
     """
     if seed < 0:
         raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
@@ -278,7 +285,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MivaeError(f"cannot create the search directory {directory}: {e.strerror or e}.") from None
-    if kind.startswith("vae+") and vae_run is not None and vae_run.history and vae_run.history.val_score:
+    if retrain and kind.startswith("vae+") and vae_run is not None and vae_run.history and vae_run.history.val_score:
         raise MivaeError("the VAE run was trained with early stopping on the validation set; a Type 2 search needs the "
                          "selected VAE retrained on train + validation (§3.5): the final/ run of 'mivae search vae'.")
     problem = problem or make_problem(data, data_dir)
@@ -300,13 +307,17 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
                              f"this search; give this search another --study name or --out.")
         if resume and storage is None:
             interrupted_running_trials(study)
-        run_study(study, kind, n, data, train, trials, problem, vae_run, deadline, on_trial)
+        run_study(study, kind, n, data, train, trials, problem, vae_run, deadline, on_trial,
+                  keep_runs=None if retrain else directory / "trials" / study.study_name)
         studies.append(study)
-    return finish(kind, data, studies, directory, train, problem, vae_run)
+    return finish(kind, data, studies, directory, train, problem, vae_run, retrain)
 
 
-def finish(kind, data, studies, directory, train, problem, vae_run):
-    """Retrains the best configuration of all `studies` on train + validation and tests it once."""
+def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True):
+    """Retrains the best configuration of all `studies` on train + validation and tests it once.
+
+    Without `retrain`, the best trial's kept run is the final run.
+    """
     complete = [s for s in studies if s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     if not complete:
         reasons = {t.user_attrs.get("failure") for s in studies for t in s.get_trials(deepcopy=False)} - {None}
@@ -318,8 +329,11 @@ def finish(kind, data, studies, directory, train, problem, vae_run):
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
     config = CONFIGS[classifier_kind(kind)](**fields)
     epochs = best.user_attrs["best_epoch"]
-    both = Problem(_merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes)
-    final = train_model(kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False)
+    if retrain:
+        both = Problem(_merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes)
+        final = train_model(kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False)
+    else:
+        final = load_run(directory / "trials" / study.study_name / str(best.number))
     run_dir = save_run(final, directory / "final")
     result = {
         "kind": kind,
@@ -328,6 +342,7 @@ def finish(kind, data, studies, directory, train, problem, vae_run):
         "best_trial": best.number,
         "best_value": best.value,
         "best_epoch": epochs,
+        "retrained": retrain,
         "best_config": best.user_attrs["config"],
         "test_metrics": {k: v for k, v in final.metrics.items() if k.startswith("test")},
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,

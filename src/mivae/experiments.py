@@ -1,0 +1,315 @@
+"""The study of thesis §4 as cached units of work: presets, the matrix of searches and evaluations.
+
+    RUN_DIR/study.json                     the preset and seed; a resumed run must match them
+    RUN_DIR/units/<label>-<key>/           one search per trained model (study.db, search.json, final/)
+    RUN_DIR/results/<group>/<name>.json    one evaluation per (model, test set), with the key it was made from
+    RUN_DIR/results/table3.json            Table 3: three VAEs of different quality
+    RUN_DIR/results/figures/*.json         the images Figures 4, 8, 9 and 13 show
+    RUN_DIR/report/                        written by mivae.report from results/ alone
+
+A key is the hash of everything a unit depends on (its kind, data, training settings,
+search budget, seed and the keys of the units it builds on). A unit whose key already
+has a finished artifact is reused; an interrupted search resumes its Optuna study.
+"""
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
+from mivae.errors import MivaeError
+from mivae.models import CONFIGS, classifier_kind
+from mivae.pipeline import evaluate_run, train_model
+from mivae.problem import make_problem
+from mivae.runs import load_run, save_run, write_json
+from mivae.selection import search
+
+METHODS = ("random-pixels", "vertical-lines")
+LEVELS = (0.5, 0.7, 0.9)
+SEARCHED = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")
+# Table 3: two VAEs deliberately weaker than the selected one at Random Pixels 70 % (one epoch each).
+WEAK_VAES = {"weaker": VAEConfig(hidden=(128,), latent=2), "weakest": VAEConfig(hidden=(16,), latent=1)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How big the study is: data, search budgets, training lengths and samples M."""
+
+    name: str
+    dataset: str
+    trials: dict            # kind -> trials per study (the MLP kinds: per layer count)
+    mlp_layers: tuple       # hidden-layer counts searched separately for MLPs (§3.5)
+    epochs: dict            # kind -> most epochs of one training
+    patience: int           # early-stopping patience in epochs
+    batch_size: int         # images per gradient step
+    samples: dict           # "mlp" / "cnn" -> M, the samples of multiple imputation
+    retrain: bool           # retrain the winner on train + validation (§3.5) or keep the winning trial
+    about: str
+
+
+PRESETS = {
+    "smoke": Preset(
+        "smoke", "digits", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 2, "vae+cnn": 1}, mlp_layers=(2,),
+        epochs={"vae": 40, "mlp": 40, "cnn": 15, "vae+mlp": 40, "vae+cnn": 15}, patience=5, batch_size=32,
+        samples={"mlp": 300, "cnn": 100}, retrain=True,
+        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about a minute"),
+    "quick": Preset(
+        "quick", "mnist", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 2, "vae+cnn": 1}, mlp_layers=(2,),
+        epochs={"vae": 8, "mlp": 8, "cnn": 2, "vae+mlp": 8, "vae+cnn": 2}, patience=2, batch_size=128,
+        samples={"mlp": 300, "cnn": 20}, retrain=False,
+        about="full MNIST, 1-2 trials per search, the winning trial kept (no retraining), M = 300 for MLPs and "
+              "20 for CNNs: the whole matrix in under an hour on 2 CPU cores"),
+    "thesis": Preset(
+        "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
+        epochs=dict.fromkeys(SEARCHED, 50), patience=5, batch_size=128, samples={"mlp": 3000, "cnn": 3000}, retrain=True,
+        about="the thesis' protocol: 100-trial searches, retraining on train + validation, M = 3000; "
+              "days on 2 cores, meant for a fleet of workers sharing --storage"),
+}
+
+# Seconds per image and epoch (training) or per image-sample (multiple imputation), measured
+# on 2 cores in float32 (BENCHMARKS.md); only for the time-left estimate of the progress bar.
+_TRAIN_COST = {"vae": 7.5e-5, "mlp": 6e-5, "vae+mlp": 8.5e-5, "cnn": 9e-4, "vae+cnn": 9.5e-4}
+_SAMPLE_COST = {"mlp": 1.7e-5, "cnn": 3e-4}
+
+
+def setting_name(method, level):
+    return f"{method}-{level:g}"
+
+
+def key_of(spec):
+    """The key of a unit: a short hash of the JSON of everything it depends on."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Study:
+    """One reproduce run directory: runs each unit once, and reuses what earlier runs finished."""
+
+    def __init__(self, preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
+        if preset not in PRESETS:
+            raise MivaeError(f"unknown preset {preset!r}; known presets are {', '.join(PRESETS)}.")
+        if seed < 0:
+            raise MivaeError(f"the seed must be a whole number of at least 0; got {seed}.")
+        self.preset, self.out, self.seed = PRESETS[preset], Path(out), seed
+        self.data_dir, self.storage, self.limit = data_dir, storage, limit
+        identity = {"preset": dataclasses.asdict(self.preset), "seed": seed, "limit": limit}
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MivaeError(f"cannot create the run directory {self.out}: {e.strerror or e}.") from None
+        existing = self.out / "study.json"
+        if existing.exists():
+            try:
+                earlier = json.loads(existing.read_text())
+            except (OSError, json.JSONDecodeError):
+                earlier = None
+            if earlier is None or earlier.get("identity") != identity:
+                raise MivaeError(f"{self.out} holds a study with another preset, seed or limit; give another --out.")
+        else:
+            write_json(existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        self.bar = tqdm(total=round(self.estimated_seconds()), unit="s", desc="reproduce", disable=not progress,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} est. s [{elapsed}<{remaining}]")
+        self.done = []  # (label, seconds, reused) of every unit, in order
+        self._problems = {}
+
+    # -- the plan -------------------------------------------------------------------------
+
+    def data(self, method, level, clean_train=False):
+        return DataConfig(dataset=self.preset.dataset, method=method, level=level, seed=self.seed,
+                          clean_train=clean_train, limit=self.limit)
+
+    def train_config(self, kind, epochs=None):
+        return TrainConfig(epochs=epochs or self.preset.epochs[kind], patience=self.preset.patience,
+                           batch_size=self.preset.batch_size, seed=self.seed)
+
+    def _images(self):
+        n = {"digits": (1078, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
+        return tuple(min(k, self.limit) if self.limit else k for k in n)
+
+    def _search_cost(self, kind):
+        n_train, _ = self._images()
+        layers = len(self.preset.mlp_layers) if kind.endswith("mlp") else 1
+        trials = self.preset.trials[kind] * layers + (1.2 if self.preset.retrain else 0)
+        return trials * self.preset.epochs[kind] * n_train * _TRAIN_COST[kind] * (0.2 if self.preset.dataset == "digits" else 1)
+
+    def estimated_seconds(self):
+        """A rough estimate of the whole study's compute on 2 cores, for the progress bar."""
+        _, n_test = self._images()
+        per_setting = sum(self._search_cost(k) for k in SEARCHED)
+        per_setting += sum(n_test * self.preset.samples[c] * _SAMPLE_COST[c] for c in ("mlp", "cnn"))
+        return 6 * per_setting + self._search_cost("mlp") + self._search_cost("cnn") + 2 * self._search_cost("vae+mlp") / 3
+
+    # -- units ----------------------------------------------------------------------------
+
+    def _unit(self, label, spec, cost, work):
+        """Runs `work(directory)` unless the unit with this spec finished before; returns its output."""
+        directory = self.out / "units" / f"{label}-{key_of(spec)}"
+        self.bar.set_description(f"reproduce: {label}")
+        start = time.monotonic()
+        finished = (directory / "unit.json").exists()
+        result = work(directory, finished)
+        seconds = time.monotonic() - start
+        if finished:
+            trained_in = json.loads((directory / "unit.json").read_text())["seconds"]
+        else:
+            trained_in = round(seconds, 2)
+            write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
+        self.done.append((label, seconds, finished))
+        self.bar.update(round(cost))
+        return result, key_of(spec), trained_in
+
+    def searched(self, kind, data, vae=None):
+        """Returns (final Run, search.json content, key) of the §3.5 search for `kind` on `data`."""
+        vae_run, vae_key = vae or (None, None)
+        train = self.train_config(kind)
+        layers = self.preset.mlp_layers if classifier_kind(kind) == "mlp" else (None,)
+        spec = {"kind": kind, "data": to_dict(data), "train": to_dict(train), "trials": self.preset.trials[kind],
+                "layers": list(layers), "retrain": self.preset.retrain, "seed": self.seed, "vae": vae_key}
+        setting = "clean" if data.clean_train else setting_name(data.method, data.level)
+        label = f"{kind}-{setting}"
+
+        def work(directory, finished):
+            if not finished:
+                resume = self.storage is not None or (directory / "study.db").exists()
+                search(kind, data, self.preset.trials[kind], directory, train, storage=self.storage,
+                       study_name=f"{label}-{key_of(spec)}" if self.storage else None, seed=self.seed, resume=resume,
+                       vae_run=vae_run, layers=layers, problem=self.problem(data), retrain=self.preset.retrain)
+            return load_run(directory / "final"), json.loads((directory / "search.json").read_text())
+
+        (run, summary), key, seconds = self._unit(label, spec, self._search_cost(kind), work)
+        return run, {**summary, "seconds": seconds}, key
+
+    def trained(self, label, kind, data, config, epochs, vae=None):
+        """Returns (Run, key) of one training with a fixed config (Table 3), early stopping on validation."""
+        vae_run, vae_key = vae or (None, None)
+        train = self.train_config(kind, epochs)
+        spec = {"kind": kind, "data": to_dict(data), "model": to_dict(config), "train": to_dict(train), "vae": vae_key}
+        cost = train.epochs * self._images()[0] * _TRAIN_COST[kind] * (0.2 if self.preset.dataset == "digits" else 1)
+
+        def work(directory, finished):
+            if not finished:
+                save_run(train_model(kind, data, config, train, problem=self.problem(data), vae_run=vae_run), directory)
+            return load_run(directory)
+
+        run, key, _ = self._unit(label, spec, cost, work)
+        return run, key
+
+    def evaluated(self, group, name, run_key, compute, cost=0.0, **spec):
+        """Returns the evaluation results/<group>/<name>.json, computing it unless its key matches."""
+        path = self.out / "results" / group / f"{name}.json"
+        key = key_of({"run": run_key, **spec})
+        self.bar.set_description(f"reproduce: evaluate {group}/{name}")
+        if path.exists():
+            result = json.loads(path.read_text())
+            if result.get("key") == key:
+                self.bar.update(round(cost))
+                return result
+        start = time.monotonic()
+        result = {"key": key, **compute()}
+        result["seconds"] = round(time.monotonic() - start, 2)
+        write_json(path, result)
+        self.bar.update(round(cost))
+        return result
+
+    def problem(self, data):
+        """The Problem of `data`, built once per setting (corrupting 70,000 images takes seconds)."""
+        key = dataclasses.replace(data, clean_train=False)
+        if key not in self._problems:
+            self._problems.clear()  # one setting at a time: each holds the whole dataset
+            self._problems[key] = make_problem(key, self.data_dir)
+        return self._problems[key]
+
+
+def _samples_kept(m):
+    return tuple(sorted({k for k in (1, 10, 100, 1000) if k <= m} | {m}))
+
+
+def run_study(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
+    """Runs (or resumes) the whole study of §4 in `out`; returns the `Study` (its `done` lists every unit)."""
+    study = Study(preset, out, seed, data_dir, storage, limit, progress)
+    p = study.preset
+    vaes, vae_mlps, examples = {}, {}, {"index": 0}
+    for method in METHODS:
+        for level in LEVELS:
+            setting = setting_name(method, level)
+            data = study.data(method, level)
+            problem = study.problem(data)
+            examples["clean"], examples[setting] = problem.test.clean[0].tolist(), problem.test.x[0].tolist()
+            vae, vae_summary, vae_key = study.searched("vae", data)
+            vaes[setting] = (vae, vae_key)
+            study.evaluated(setting, "vae", vae_key, lambda: {**evaluate_run(vae, problem=problem),
+                                                               "search": vae_summary})
+            for kind in ("mlp", "cnn"):
+                run, summary, key = study.searched(kind, data)
+                study.evaluated(setting, kind, key, lambda: {**evaluate_run(run, problem=problem), "search": summary})
+            for classifier in ("mlp", "cnn"):
+                kind = f"vae+{classifier}"
+                run, summary, key = study.searched(kind, data, vae=(vae, vae_key))
+                m = p.samples[classifier]
+                cost = len(problem.test) * m * _SAMPLE_COST[classifier] * (0.2 if p.dataset == "digits" else 1)
+                study.evaluated(setting, kind, key, lambda: {**evaluate_run(run, samples=_samples_kept(m), problem=problem,
+                                                                            seed=seed), "search": summary},
+                                cost=cost, samples=m, seed=seed)
+                if classifier == "mlp":
+                    vae_mlps[setting] = (run, key)
+            if setting == "random-pixels-0.5":
+                hard_run, hard_key = vae_mlps[setting]
+                study.evaluated("figures", "figure8", hard_key, lambda: hard_image(hard_run, problem, seed), seed=seed)
+    study.evaluated("figures", "examples", None, lambda: examples, dataset=p.dataset, seed=seed)
+
+    # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
+    clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
+    for kind in ("mlp", "cnn"):
+        run, summary, key = study.searched(kind, clean)
+        for method in METHODS:
+            for level in LEVELS:
+                setting = setting_name(method, level)
+                data, (vae, vae_key) = study.data(method, level), vaes[setting]
+                study.evaluated(setting, f"clean-{kind}", key,
+                                lambda: {**evaluate_run(run, vae_run=vae, problem=study.problem(data), data=data),
+                                         "search": summary}, vae=vae_key)
+
+    # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
+    data = study.data("random-pixels", 0.7)
+    type2_rp70 = vae_mlps["random-pixels-0.7"][0]
+    table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
+               "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
+               "test_accuracy": type2_rp70.metrics["test_accuracy"]}]
+    for name, config in WEAK_VAES.items():
+        vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
+        run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
+                                 epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
+        table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
+                       "test_accuracy": run.metrics["test_accuracy"]})
+    write_json(study.out / "results" / "table3.json", {"rows": table3})
+    study.bar.close()
+    finished = json.loads((study.out / "study.json").read_text())
+    write_json(study.out / "study.json", {**finished, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                          "units": [{"label": label, "seconds": round(s, 2), "reused": r}
+                                                    for label, s, r in study.done]})
+    return study
+
+
+@torch.inference_mode()
+def hard_image(run, problem, seed, candidates=500, n=16):
+    """Figure 8: the test image whose n imputations the VAE+MLP classifies most diversely, with them."""
+    generator = torch.Generator().manual_seed(seed)
+    model = run.model.eval()
+    x = problem.test.x[:candidates]
+    mu, logvar = model.vae.encode(x)
+    eps = torch.randn((len(x), n, mu.shape[1]), generator=generator)
+    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
+    images = model.vae.decode(z.flatten(0, 1))
+    predicted = model.classifier(images).argmax(1).view(len(x), n)
+    counts = torch.stack([torch.bincount(row, minlength=run.n_classes) for row in predicted]).double()
+    p = counts / n
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    i = int(entropy.argmax())
+    return {"index": i, "label": int(problem.test.y[i]), "predicted": predicted[i].tolist(),
+            "clean": problem.test.clean[i].tolist(), "corrupted": problem.test.x[i].tolist(),
+            "imputations": images.view(len(x), n, *x.shape[1:])[i].tolist()}
