@@ -266,3 +266,17 @@ def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
     result = subprocess.run(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path), "--resume"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(_complete(storage, name)) == 8
+
+
+def test_without_retraining_the_winning_trial_itself_is_the_final_run(tmp_path, problem):
+    from mivae.runs import load_run
+
+    result = selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=3, patience=2), problem=problem, retrain=False)
+    summary = json.loads((tmp_path / "search.json").read_text())
+    kept = tmp_path / "trials" / summary["study"]
+    assert sorted(p.name for p in kept.iterdir()) == ["0", "1"]  # every trial's run is kept
+    best, final = load_run(kept / str(summary["best_trial"])), load_run(result.run_dir)
+    assert summary["retrained"] is False and final.metrics == best.metrics
+    assert final.metrics["val_accuracy"] == result.best_value  # trained on train only, validated, never retrained
+    for a, b in zip(best.model.state_dict().values(), final.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -1,0 +1,181 @@
+"""`mivae reproduce --preset smoke` end to end: every table and figure present and sane, caching, resume, report."""
+
+import csv
+import json
+import math
+import shutil
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from mivae import experiments, report
+from mivae.cli import main
+from mivae.errors import MivaeError
+from mivae.report import THESIS
+
+SETTINGS = [experiments.setting_name(m, lv) for m in experiments.METHODS for lv in experiments.LEVELS]
+
+
+class Interrupt(BaseException):
+    """Stands for Ctrl-C or a killed process in the middle of a study."""
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """A smoke study interrupted after two finished searches, then resumed to the end; its report."""
+    out = tmp_path_factory.mktemp("reproduce") / "smoke"
+    real_search = experiments.search
+    calls = []
+
+    def interrupted_search(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise Interrupt
+        return real_search(*args, **kwargs)
+
+    experiments.search = interrupted_search
+    try:
+        with pytest.raises(Interrupt):
+            experiments.run_study("smoke", out, progress=False)
+        finished_before = sorted(p.name for p in (out / "units").iterdir() if (p / "unit.json").exists())
+        calls.clear()
+        experiments.search = lambda *a, **k: (calls.append(a[0]), real_search(*a, **k))[1]
+        study = experiments.run_study("smoke", out, progress=False)
+    finally:
+        experiments.search = real_search
+    report.build_report(out)
+    return {"out": out, "study": study, "finished_before": finished_before, "searches_after_resume": list(calls),
+            "results": json.loads((out / "report" / "results.json").read_text())}
+
+
+def _cells(smoke, table):
+    return [c for c in smoke["results"]["cells"] if c["table"] == table]
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_units(smoke):
+    assert len(smoke["finished_before"]) == 2  # the VAE and MLP searches of the first setting
+    done = smoke["study"].done
+    reused = [label for label, _, was_reused in done if was_reused]
+    assert reused == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5"]
+    assert "vae" not in smoke["searches_after_resume"][:1] and smoke["searches_after_resume"][0] == "cnn"
+    # 6 settings x 5 searches + 2 clean classifiers (Table 3's four trainings are not searches)
+    assert len(smoke["searches_after_resume"]) == 6 * 5 + 2 - 2
+
+
+def test_tables_1_2_4_5_hold_every_cell_in_range_beside_the_thesis(smoke):
+    for table in (1, 2, 4, 5):
+        cells = _cells(smoke, table)
+        assert len(cells) == 3 * 4
+        assert [c["thesis"] for c in cells] == [v for level in experiments.LEVELS for v in THESIS[table][level]]
+        for c in cells:
+            if c["column"].startswith("z"):
+                assert math.isfinite(c["ours"]) and abs(c["ours"]) <= math.sqrt(359)  # |z| <= sqrt(N differing)
+            else:
+                assert 0.0 <= c["ours"] <= 1.0
+    # The models learned at 50 % missing: Type 1 well above chance (0.1); Type 2, whose VAE learns from only
+    # 1,078 images here, more than 3 standard deviations of a guess on 359 images (0.016) above it.
+    for table in (1, 2, 4, 5):
+        row = {c["column"]: c["ours"] for c in _cells(smoke, table) if c["row"] == 0.5}
+        assert row["MLP" if table in (1, 4) else "CNN"] > 0.5, row
+        assert all(v > 0.15 for k, v in row.items() if k.startswith("VAE")), row
+
+
+def test_multiple_imputation_results_are_consistent(smoke):
+    for setting in SETTINGS:
+        for classifier, m in (("mlp", 300), ("cnn", 100)):
+            e = json.loads((smoke["out"] / "results" / setting / f"vae+{classifier}.json").read_text())
+            curve = e["accuracy_curve"]
+            assert len(curve) == m and all(0 <= a <= 1 for a in curve)
+            assert curve[-1] == pytest.approx(e["multiple"][str(m)]["accuracy"], abs=1e-6)
+            assert sum(e["true_class_distribution"]) == e["test_images"] == 359
+            assert sum(e["multiple"][str(m)]["class_distribution"]) == 359
+            assert math.isfinite(e["z_multi_max_vs_10"])
+
+
+def test_table_3_orders_the_vaes_by_quality(smoke):
+    rows = {c["row"]: {} for c in _cells(smoke, 3)}
+    for c in _cells(smoke, 3):
+        rows[c["row"]][c["column"]] = c["ours"]
+    assert list(rows) == ["selected", "weaker", "weakest"]
+    elbo = [rows[r]["negative ELBO"] for r in rows]
+    assert all(e > 0 for e in elbo) and elbo[0] < elbo[1] and elbo[0] < elbo[2]  # one epoch and a tiny latent are worse
+    assert all(0 <= rows[r]["accuracy"] <= 1 for r in rows)
+
+
+def test_tables_6_and_7_test_clean_trained_classifiers_on_every_corruption(smoke):
+    for table in (6, 7):
+        cells = _cells(smoke, table)
+        assert len(cells) == 12 and all(0 <= c["ours"] <= 1 for c in cells)
+    first = json.loads((smoke["out"] / "results" / "random-pixels-0.5" / "clean-mlp.json").read_text())
+    other = json.loads((smoke["out"] / "results" / "vertical-lines-0.9" / "clean-mlp.json").read_text())
+    assert first["data"]["method"] == "random-pixels" and other["data"] == {**first["data"], "method": "vertical-lines", "level": 0.9}
+    assert first["search"] == other["search"]  # one classifier, selected on clean validation images, tested everywhere
+
+
+def test_every_figure_is_a_real_image(smoke):
+    figures = smoke["results"]["figures"]
+    assert sorted(map(int, figures)) == [4, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+    for file in figures.values():
+        image = matplotlib.image.imread(smoke["out"] / "report" / "figures" / file)
+        assert image.shape[0] > 150 and image.shape[1] > 150
+        assert image[..., :3].std() > 0.05  # drawn, not blank
+    figure8 = json.loads((smoke["out"] / "results" / "figures" / "figure8.json").read_text())
+    assert len(figure8["imputations"]) == 16 and len(figure8["predicted"]) == 16
+    assert np.asarray(figure8["imputations"]).min() >= 0 and np.asarray(figure8["imputations"]).max() <= 1
+
+
+def test_the_markdown_report_has_every_table_figure_and_observation(smoke):
+    text = (smoke["out"] / "report" / "report.md").read_text()
+    for n in (1, 2, 3, 4, 5, 6, 7):
+        assert f"## Table {n}:" in text
+    for n in (4, 8, 9, 10, 11, 12, 13, 14, 15, 16):
+        assert f"![Figure {n}](figures/figure{n}.png)" in text
+    observations = smoke["results"]["observations"]
+    assert len(observations) == 6 and all(isinstance(o["held"], bool) for o in observations)
+    assert text.count("**Held.**") + text.count("**Did not hold.**") == 6
+    with open(smoke["out"] / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(smoke["results"]["cells"]) == 4 * 12 + 3 * 2 + 2 * 12
+
+
+def test_a_finished_study_is_reused_without_training(smoke, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished unit was trained again")
+
+    monkeypatch.setattr(experiments, "search", no_training)
+    monkeypatch.setattr(experiments, "train_model", no_training)
+    monkeypatch.setattr(experiments, "evaluate_run", no_training)
+    study = experiments.run_study("smoke", smoke["out"], progress=False)
+    assert all(reused for _, _, reused in study.done)
+
+
+def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke["out"], copy, ignore=shutil.ignore_patterns("units", "report"))  # no models at all
+    assert main(["report", str(copy)]) == 0
+    assert str(copy / "report" / "report.md") in capsys.readouterr().out
+    rebuilt = json.loads((copy / "report" / "results.json").read_text())
+    assert rebuilt["cells"] == smoke["results"]["cells"] and rebuilt["observations"] == smoke["results"]["observations"]
+
+
+def test_a_run_directory_keeps_its_preset_and_seed(smoke):
+    with pytest.raises(MivaeError, match="another preset, seed or limit"):
+        experiments.Study("smoke", smoke["out"], seed=1, progress=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "--preset", "huge"], "unknown preset 'huge'; known presets are smoke, quick, thesis."),
+    (["reproduce", "--limit", "0"], "--limit must be at least 1; got 0."),
+    (["report", "/nonexistent/run"], "/nonexistent/run is not a reproduce run directory: study.json is missing."),
+])
+def test_bad_reproduce_and_report_arguments_are_one_sentence(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"mivae: error: {message}\n"
+
+
+def test_an_unfinished_run_cannot_be_reported(tmp_path, capsys):
+    experiments.Study("smoke", tmp_path / "run", progress=False)
+    assert main(["report", str(tmp_path / "run")]) == 2
+    assert "is not finished" in capsys.readouterr().err
