@@ -26,10 +26,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/mivae data info
-	$(BIN)/mivae corrupt --method random-pixels,vertical-lines --levels 0.5 --out $(OUT)/figure4.png
-	$(BIN)/mivae corrupt --method random-pixels --levels 0.5,0.7,0.9 --out $(OUT)/figure9.png
-	$(BIN)/mivae corrupt --method vertical-lines --levels 0.5,0.7,0.9 --out $(OUT)/figure13.png
+	$(BIN)/mivae reproduce --preset smoke --out $(OUT)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
+from mivae.hardware import resolve_precision
 from mivae.models import CONFIGS, classifier_kind
 from mivae.pipeline import evaluate_run, train_model
 from mivae.problem import make_problem
@@ -231,6 +232,7 @@ def _samples_kept(m):
 
 def run_study(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
     """Runs (or resumes) the whole study of §4 in `out`; returns the `Study` (its `done` lists every unit)."""
+    started = time.monotonic()
     study = Study(preset, out, seed, data_dir, storage, limit, progress)
     p = study.preset
     vaes, vae_mlps, examples = {}, {}, {"index": 0}
@@ -289,7 +291,12 @@ def run_study(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
     write_json(study.out / "results" / "table3.json", {"rows": table3})
     study.bar.close()
     finished = json.loads((study.out / "study.json").read_text())
-    write_json(study.out / "study.json", {**finished, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+               "precision": str(resolve_precision("auto", "cpu")).removeprefix("torch.")}
+    invocation = {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.monotonic() - started, 1),
+                  "units_run": sum(not r for *_, r in study.done), "units_reused": sum(r for *_, r in study.done)}
+    write_json(study.out / "study.json", {**finished, "finished": invocation["finished"], "machine": machine,
+                                          "invocations": finished.get("invocations", []) + [invocation],
                                           "units": [{"label": label, "seconds": round(s, 2), "reused": r}
                                                     for label, s, r in study.done]})
     return study

@@ -337,11 +337,14 @@ def build_report(run_dir):
     md.append(f"# mivae reproduce: preset `{preset['name']}`\n")
     md.append(f"The study of §4 of Zethraeus (2019), re-run by `mivae reproduce --preset {preset['name']}` "
               f"(seed {study['identity']['seed']}), started {study.get('started', '?')}, finished {study.get('finished', '?')}.")
-    seconds = sum(u["seconds"] for u in study.get("units", []) if not u["reused"])
+    machine = study.get("machine", {})
     md.append(f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
-              f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; "
-              f"{'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}. "
-              f"Compute of the units run in the last invocation: {seconds / 60:.1f} min.\n")
+              f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
+              f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}.")
+    runs = "; ".join(f"{i['seconds'] / 60:.1f} min running {i['units_run']} units and reusing {i['units_reused']}"
+                     for i in study.get("invocations", []))
+    md.append(f"Wall time per invocation: {runs or 'not recorded'}; on {machine.get('threads', '?')} CPU threads in "
+              f"{machine.get('precision', '?')} (torch {machine.get('torch', '?')}).\n")
     md.append("Every cell reads **ours (thesis)**. Accuracies are on the whole test set, identical for every model of a "
               "setting. z_multi/single is the paired test of §3.6 (multiple with the largest M against single imputation).\n")
 
