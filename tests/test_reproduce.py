@@ -139,15 +139,19 @@ def test_the_markdown_report_has_every_table_figure_and_observation(smoke):
     assert len(rows) == len(smoke["results"]["cells"]) == 4 * 12 + 3 * 2 + 2 * 12
 
 
-def test_a_finished_study_is_reused_without_training(smoke, monkeypatch):
+def test_the_command_reuses_a_finished_study_without_training(smoke, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished unit was trained again")
 
     monkeypatch.setattr(experiments, "search", no_training)
     monkeypatch.setattr(experiments, "train_model", no_training)
     monkeypatch.setattr(experiments, "evaluate_run", no_training)
-    study = experiments.run_study("smoke", smoke["out"], progress=False)
-    assert all(reused for _, _, reused in study.done)
+    assert main(["reproduce", "--preset", "smoke", "--out", str(smoke["out"]), "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "36 trained units, 36 reused from earlier runs." in out
+    assert f"report: {smoke['out'] / 'report' / 'report.md'}" in out
+    invocations = json.loads((smoke["out"] / "study.json").read_text())["invocations"]
+    assert [i["units_run"] for i in invocations] == [34, 0] and invocations[-1]["units_reused"] == 36
 
 
 def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, capsys):

@@ -2,7 +2,10 @@ import math
 
 import numpy as np
 
-from mivae.stats import accuracy, class_distribution, mcnemar_exact, paired_test
+import pytest
+
+from mivae.stats import (accuracy, accuracy_at_coverage, brier_score, class_distribution, expected_calibration_error,
+                         mcnemar_exact, negative_log_likelihood, paired_test, uncertainty)
 
 
 def test_paired_test_by_hand():
@@ -36,3 +39,37 @@ def test_mcnemar_exact_values():
 def test_accuracy_and_class_distribution():
     assert accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
     assert class_distribution([0, 2, 2, 9], 10).tolist() == [1, 0, 2, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_perfect_and_uniform_probabilities_score_as_by_hand():
+    labels = np.array([0, 1, 2, 1])
+    perfect = np.eye(3)[labels]
+    assert negative_log_likelihood(perfect, labels) == 0.0 and brier_score(perfect, labels) == 0.0
+    assert expected_calibration_error(perfect, labels) == 0.0
+    uniform = np.full((4, 10), 0.1)
+    assert math.isclose(negative_log_likelihood(uniform, labels), math.log(10))
+    assert math.isclose(brier_score(uniform, labels), 0.81 + 9 * 0.01)  # (0.9)^2 + 9 x (0.1)^2
+    confidently_wrong = np.eye(3)[[1, 2, 0, 0]]
+    assert math.isclose(brier_score(confidently_wrong, labels), 2.0)  # the worst possible
+
+
+def test_calibration_error_by_hand():
+    # Two bins: four images at confidence 0.9 (3 right), two at 0.6 (both wrong).
+    proba = np.array([[0.9, 0.1]] * 4 + [[0.6, 0.4]] * 2)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    expected = 4 / 6 * abs(0.75 - 0.9) + 2 / 6 * abs(0.0 - 0.6)
+    assert math.isclose(expected_calibration_error(proba, labels, bins=10), expected)
+
+
+def test_rejecting_the_least_confident_raises_accuracy():
+    proba = np.array([[0.99, 0.01], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    labels = np.array([0, 0, 1, 1])  # the two confident ones are right, the two hesitant ones wrong
+    curve = accuracy_at_coverage(proba, labels, coverages=(0.5, 0.75, 1.0))
+    assert curve == {0.5: 1.0, 0.75: 2 / 3, 1.0: 0.5}
+    summary = uncertainty(proba, labels)
+    assert summary["accuracy_at_coverage"]["1.0"] == accuracy(proba.argmax(1), labels)
+
+
+def test_probabilities_of_the_wrong_shape_are_refused():
+    with pytest.raises(ValueError, match=r"shape \(N, C\) for N = 3 labels; got shape \(2, 10\)"):
+        brier_score(np.full((2, 10), 0.1), np.array([0, 1, 2]))

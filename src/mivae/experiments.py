@@ -129,7 +129,7 @@ class Study:
                            batch_size=self.preset.batch_size, seed=self.seed)
 
     def _images(self):
-        n = {"digits": (1078, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
+        n = {"digits": (1079, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
         return tuple(min(k, self.limit) if self.limit else k for k in n)
 
     def _search_cost(self, kind):
@@ -177,9 +177,15 @@ class Study:
         def work(directory, finished):
             if not finished:
                 resume = self.storage is not None or (directory / "study.db").exists()
-                search(kind, data, self.preset.trials[kind], directory, train, storage=self.storage,
-                       study_name=f"{label}-{key_of(spec)}" if self.storage else None, seed=self.seed, resume=resume,
-                       vae_run=vae_run, layers=layers, problem=self.problem(data), retrain=self.preset.retrain)
+                trials = tqdm(total=self.preset.trials[kind] * len(layers), desc=f"  {label} trials", unit="trial",
+                              leave=False, disable=self.bar.disable)
+                try:
+                    search(kind, data, self.preset.trials[kind], directory, train, storage=self.storage,
+                           study_name=f"{label}-{key_of(spec)}" if self.storage else None, seed=self.seed, resume=resume,
+                           vae_run=vae_run, layers=layers, problem=self.problem(data), retrain=self.preset.retrain,
+                           on_trial=lambda study: trials.update(1))
+                finally:
+                    trials.close()
             return load_run(directory / "final"), json.loads((directory / "search.json").read_text())
 
         (run, summary), key, seconds = self._unit(label, spec, self._search_cost(kind), work)
