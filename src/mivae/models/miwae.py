@@ -1,0 +1,147 @@
+"""VAEs that learn from incomplete images alone: MIWAE (Mattei and Frellsen 2019) and not-MIWAE
+(Ipsen, Mattei and Frellsen 2021).
+
+Inputs are mask-aware: (B, 2, H, W) with channel 0 the values, 0 where missing, and channel 1 the
+mask, 1 where missing; no value is ever mistaken for an observation. The decoder's Bernoulli
+likelihood covers observed pixels only, so training never needs a clean image.
+
+For K samples z_k ~ q(z | x_obs, s), the log importance weights are
+
+    log w_k = log p(x_obs | z_k) + log p(z_k) - log q(z_k | x_obs, s)      (MIWAE)
+            + log p(s | x_obs, x_miss_k)                                      (not-MIWAE)
+
+and log (1/K) sum_k w_k is the importance-weighted bound on log p(x_obs) (or log p(x_obs, s)),
+which is the masked ELBO for K = 1 and tightens as K grows. not-MIWAE's missingness model is
+self-masking, one logistic per pixel: p(missing_j | x_j) = sigmoid(-a_j (x_j - b_j)); its
+x_miss_k is the decoder's mean for the missing pixels (a Bernoulli draw has no gradient).
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mivae.models.vae import dense_stack
+
+
+def mask_aware(values, mask):
+    """Returns the (B, 2, H, W) input of a mask-aware model: values zeroed where `mask` (True = missing), and the mask."""
+    mask = mask.to(values.dtype)
+    return torch.stack([torch.nan_to_num(values) * (1 - mask), mask], dim=1)
+
+
+class MIWAE(nn.Module):
+    """An importance-weighted VAE for images of `image_shape` (H, W) with missing pixels.
+
+    `missingness` is None (MIWAE: missing at random is assumed) or "self-masking" (not-MIWAE).
+    """
+
+    def __init__(self, image_shape, hidden=(512, 512), latent=20, missingness=None):
+        super().__init__()
+        if missingness not in (None, "self-masking"):
+            raise ValueError(f"unknown missingness model {missingness!r}")
+        self.image_shape, self.missingness = tuple(image_shape), missingness
+        pixels = math.prod(self.image_shape)
+        self.encoder = dense_stack([2 * pixels, *hidden])
+        self.to_mu = nn.Linear(hidden[-1], latent)
+        self.to_logvar = nn.Linear(hidden[-1], latent)
+        self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], pixels))
+        if missingness == "self-masking":
+            self.mask_scale = nn.Parameter(torch.zeros(self.image_shape))   # a_j
+            self.mask_shift = nn.Parameter(torch.full(self.image_shape, 0.5))  # b_j
+
+    def encode(self, inputs):
+        """Returns (mu, logvar), each (B, L), of q(z | x_obs, s) for mask-aware inputs (B, 2, H, W)."""
+        h = self.encoder(inputs.flatten(1))
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)  # bounded: exp never overflows
+
+    def decode_logits(self, z):
+        """Returns the Bernoulli logits (..., H, W) of p(x | z) for latents z (..., L)."""
+        return self.decoder(z).unflatten(-1, self.image_shape)
+
+    def decode(self, z):
+        """Returns the decoder's mean images (..., H, W) in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def sample_latents(self, inputs, samples, generator=None):
+        """Returns z (K, B, L) drawn from q(z | x_obs, s), with mu and logvar (B, L)."""
+        mu, logvar = self.encode(inputs)
+        eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
+
+    def log_weights(self, inputs, samples, generator=None):
+        """Returns (log w (K, B), decoder logits (K, B, H, W)) for mask-aware inputs (B, 2, H, W)."""
+        values, missing = inputs[:, 0], inputs[:, 1]
+        z, mu, logvar = self.sample_latents(inputs, samples, generator)
+        logits = self.decode_logits(z)                                             # (K, B, H, W)
+        observed = 1 - missing
+        log_px = -(F.binary_cross_entropy_with_logits(logits, values.expand_as(logits), reduction="none") * observed)
+        log_w = log_px.flatten(2).sum(-1)                                          # log p(x_obs | z_k)
+        log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+        log_qz = -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+        log_w = log_w + log_pz - log_qz
+        if self.missingness == "self-masking":
+            completed = values * observed + torch.sigmoid(logits) * missing        # x_obs with x_miss_k filled in
+            missing_logit = -self.mask_scale * (completed - self.mask_shift)
+            log_ps = -F.binary_cross_entropy_with_logits(missing_logit, missing.expand_as(missing_logit), reduction="none")
+            log_w = log_w + log_ps.flatten(2).sum(-1)
+        return log_w, logits
+
+    def forward(self, inputs):
+        """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised IS."""
+        return impute_importance(self, inputs, samples=50)
+
+
+def iwae_bound(log_w):
+    """Returns log (1/K) sum_k w_k per image (B,) from log weights (K, B)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def miwae_loss(model, inputs, targets=None, samples=5):
+    """Returns the batch mean of the negative importance-weighted bound with K = `samples` (the masked ELBO for K = 1)."""
+    log_w, _ = model.log_weights(inputs, samples)
+    return -iwae_bound(log_w).mean()
+
+
+def importance_weights(log_w):
+    """Returns the self-normalised importance weights (K, B): non-negative, summing to one over K."""
+    return torch.softmax(log_w, dim=0)
+
+
+@torch.no_grad()
+def impute_importance(model, inputs, samples=50, generator=None):
+    """Returns E[x | x_obs] (B, H, W) by self-normalised importance sampling: observed pixels are kept exactly."""
+    log_w, logits = model.log_weights(inputs, samples, generator)
+    means = (importance_weights(log_w)[..., None, None] * torch.sigmoid(logits)).sum(0)
+    values, missing = inputs[:, 0], inputs[:, 1]
+    return values * (1 - missing) + means * missing
+
+
+@torch.no_grad()
+def impute_multiple(model, inputs, imputations, samples=50, generator=None):
+    """Returns (M, B, H, W) imputations by sampling-importance-resampling from K = `samples` proposals.
+
+    Each imputation picks a proposal k with probability w_k and fills the missing pixels with its
+    decoder mean; observed pixels are kept exactly.
+    """
+    log_w, logits = model.log_weights(inputs, samples, generator)
+    picks = torch.multinomial(importance_weights(log_w).T, imputations, replacement=True, generator=generator)  # (B, M)
+    chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[torch.arange(len(inputs))[:, None], picks]           # (B, M, H, W)
+    values, missing = inputs[:, 0], inputs[:, 1]
+    return (values[:, None] * (1 - missing[:, None]) + chosen * missing[:, None]).transpose(0, 1)
+
+
+@torch.no_grad()
+def classify_importance(model, classifier, inputs, samples=50, generator=None, weighted=True):
+    """Returns p(y | x_obs) (B, C): sum_k w_k p(y | x_k) over K completed images x_k (supMIWAE's estimate).
+
+    With `weighted` false, the uniform mean over the K samples of q, as the thesis' multiple imputation.
+    `classifier` maps completed images (N, H, W) to logits.
+    """
+    log_w, logits = model.log_weights(inputs, samples, generator)
+    values, missing = inputs[:, 0], inputs[:, 1]
+    completed = values * (1 - missing) + torch.sigmoid(logits) * missing          # (K, B, H, W)
+    proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
+    weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
+    return (weights[..., None] * proba).sum(0)

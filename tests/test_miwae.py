@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from mivae.models.miwae import (MIWAE, classify_importance, importance_weights, impute_importance, impute_multiple,
+                                iwae_bound, mask_aware, miwae_loss)
+
+
+def _batch(n=256, seed=0, missing=0.5):
+    g = torch.Generator().manual_seed(seed)
+    values = (torch.rand((n, 8, 8), generator=g) > 0.6).float()
+    mask = torch.rand((n, 8, 8), generator=g) < missing
+    return values, mask
+
+
+def _model(seed=0, missingness=None):
+    torch.manual_seed(seed)
+    return MIWAE((8, 8), hidden=(32,), latent=4, missingness=missingness).eval()
+
+
+def _log_w(model, inputs, k, seed=1):
+    with torch.no_grad():
+        return model.log_weights(inputs, k, torch.Generator().manual_seed(seed))[0]
+
+
+def test_the_bound_is_at_least_the_elbo_and_tightens_as_k_grows():
+    model, (values, mask) = _model(), _batch()
+    with torch.no_grad():
+        model.decoder[0][0].weight.mul_(10)  # make the images depend strongly on z, so K matters
+    inputs = mask_aware(values, mask)
+    log_w = _log_w(model, inputs, 10)
+    assert torch.all(iwae_bound(log_w) >= log_w.mean(0) - 1e-5)  # the same samples: log mean exp >= mean log
+    bounds = [iwae_bound(_log_w(model, inputs, k)).mean().item() for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2], bounds
+    assert miwae_loss(model, inputs, samples=1).item() == pytest.approx(-_log_w(model, inputs, 1, seed=2).mean().item(), rel=0.05)
+
+
+def test_missing_entries_never_reach_the_bound():
+    model, (values, mask) = _model(), _batch(64)
+    garbage = torch.where(mask, torch.rand(values.shape) * 100, values)  # other values where missing
+    nan = torch.where(mask, torch.nan, values)                           # or NaN, as mivae's corruption gives
+    reference = _log_w(model, mask_aware(values, mask), 5)
+    assert torch.equal(_log_w(model, mask_aware(garbage, mask), 5), reference)
+    assert torch.equal(_log_w(model, mask_aware(nan, mask), 5), reference)
+    flipped = values.clone()
+    observed = (~mask[0]).nonzero()[0]
+    flipped[0, observed[0], observed[1]] = 1 - flipped[0, observed[0], observed[1]]  # one observed pixel changes
+    changed = _log_w(model, mask_aware(flipped, mask), 5)
+    assert not torch.equal(changed[:, 0], reference[:, 0]) and torch.equal(changed[:, 1:], reference[:, 1:])
+
+
+def test_importance_weights_sum_to_one():
+    model, (values, mask) = _model(), _batch(32)
+    w = importance_weights(_log_w(model, mask_aware(values, mask), 20))
+    assert torch.all(w >= 0) and torch.allclose(w.sum(0), torch.ones(32))
+
+
+def test_imputations_keep_every_observed_pixel():
+    model, (values, mask) = _model(), _batch(16)
+    inputs = mask_aware(values, mask)
+    single = impute_importance(model, inputs, samples=20)
+    assert torch.equal(single[~mask], values[~mask]) and single.min() >= 0 and single.max() <= 1
+    multiple = impute_multiple(model, inputs, imputations=7, samples=20, generator=torch.Generator().manual_seed(0))
+    assert multiple.shape == (7, 16, 8, 8)
+    assert torch.equal(multiple[:, ~mask], values[~mask].expand(7, -1))
+    assert multiple[:, mask].std(0).max() > 0  # different proposals were resampled
+    one_proposal = impute_multiple(model, inputs, imputations=5, samples=1)
+    assert torch.allclose(one_proposal, one_proposal[0].expand_as(one_proposal))  # K = 1: nothing to choose from
+
+
+def test_weighted_classification_is_a_distribution_and_uniform_weights_give_the_plain_mean():
+    model, (values, mask) = _model(), _batch(16)
+    inputs = mask_aware(values, mask)
+    torch.manual_seed(3)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    weighted = classify_importance(model, classifier, inputs, samples=30, generator=torch.Generator().manual_seed(4))
+    uniform = classify_importance(model, classifier, inputs, samples=30, generator=torch.Generator().manual_seed(4), weighted=False)
+    assert torch.allclose(weighted.sum(1), torch.ones(16)) and torch.allclose(uniform.sum(1), torch.ones(16))
+    assert not torch.allclose(weighted, uniform)  # the weights matter
+
+
+def test_not_miwae_adds_the_log_likelihood_of_the_mask():
+    values, mask = _batch(32)
+    inputs = mask_aware(values, mask)
+    plain, selfmasking = _model(0), _model(0, "self-masking")
+    with torch.no_grad():
+        selfmasking.mask_scale.zero_()  # a_j = 0: every pixel missing with probability 1/2, whatever its value
+    difference = _log_w(selfmasking, inputs, 5) - _log_w(plain, inputs, 5)
+    assert torch.allclose(difference, torch.full_like(difference, -64 * math.log(2)), atol=1e-3)
+    with torch.no_grad():
+        selfmasking.mask_scale.fill_(5.0)  # now the mask's likelihood depends on the (imputed) values
+    assert not torch.allclose(_log_w(selfmasking, inputs, 5) - _log_w(plain, inputs, 5), difference)
+
+
+def test_training_on_incomplete_images_alone_raises_the_bound():
+    from mivae.config import TrainConfig
+    from mivae.training import adam, fit
+
+    values, mask = _batch(512, seed=5, missing=0.3)
+    values = values * torch.linspace(0, 1, 8)  # some structure to learn: brighter to the right
+    inputs = mask_aware(values, mask)
+    model = _model(1).train()
+    before = iwae_bound(_log_w(model.eval(), inputs, 10)).mean().item()
+    fit(model, adam(model, 3e-3), miwae_loss, inputs, torch.zeros(len(inputs)), TrainConfig(epochs=15, batch_size=64))
+    after = iwae_bound(_log_w(model, inputs, 10)).mean().item()
+    assert after > before + 5, (before, after)
