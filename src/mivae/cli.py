@@ -100,6 +100,8 @@ def build_parser():
     model_flags.add_argument("--lr", type=float, help="learning rate: Adam (vae), AdaDelta (classifiers)")
     model_flags.add_argument("--l2", type=float, help="coefficient of the squared weights in the loss")
     model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
+    model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
+                             help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
     model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
     model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
     model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
@@ -324,7 +326,7 @@ def _train(args):
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
     data, model, train = _resolve(args, tables, model_cls)
-    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "dense", "dropout_conv", "dropout_dense")}
+    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "dense", "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
             flag = "--plain" if name == "denoising" else f"--{name.replace('_', '-')}"

@@ -57,6 +57,7 @@ class VAEConfig:
     lr: float = 1e-3                      # Adam learning rate
     l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
     denoising: bool = True                # reconstruct the clean image (§2.2.3), not the corrupted input
+    mask_input: bool = False              # the encoder sees zero-filled values and the mask, not the white fill
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
@@ -71,6 +72,7 @@ class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer; the thesis searches 2, 3 and 4 layers
     l2: float = 1e-5                      # coefficient of the summed squared weights added to the loss
     lr: float = 1.0                       # AdaDelta learning rate (Zeiler 2012 uses 1.0)
+    mask_input: bool = False              # see zero-filled values and the mask (2 x pixels inputs), not the fill
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
@@ -86,6 +88,7 @@ class CNNConfig:
     dropout_dense: float = 0.5  # dropout rate after the dense layer
     l2: float = 0.0             # coefficient of the summed squared weights added to the loss
     lr: float = 1.0             # AdaDelta learning rate
+    mask_input: bool = False    # see zero-filled values and the mask as a second channel, not the fill
 
     def __post_init__(self):
         _check_rate("dropout_conv", self.dropout_conv)

@@ -20,8 +20,13 @@ from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 _SAME_CORRUPTION = ("dataset", "method", "level", "fill", "exact", "seed")
 
 
-def _inputs(part, data):
-    return part.clean if data.clean_train else part.x
+def _sees_mask(kind, model_config, vae_config=None):
+    """Whether a model of `kind` takes mask-aware inputs: its own choice, or for Type 2 its VAE's."""
+    return bool((vae_config if kind.startswith("vae+") else model_config).mask_input)
+
+
+def _inputs(part, data, with_mask=False):
+    return part.inputs(clean=data.clean_train, with_mask=with_mask)
 
 
 def check_vae_matches(vae_run, data, where="the VAE run"):
@@ -36,10 +41,10 @@ def check_vae_matches(vae_run, data, where="the VAE run"):
             raise MivaeError(f"{where} was trained with {key} = {theirs!r}; this run uses {key} = {mine!r}.")
 
 
-def _vae_score(vae, part, data, denoising, batch):
+def _vae_score(vae, part, data, config, batch):
     """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises."""
-    target = part.clean if denoising else _inputs(part, data)
-    return negative_elbo_per_image(vae, _inputs(part, data), target, batch).mean().item()
+    target = part.clean if config.denoising else _inputs(part, data)
+    return negative_elbo_per_image(vae, _inputs(part, data, config.mask_input), target, batch).mean().item()
 
 
 def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True):
@@ -59,11 +64,12 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     if kind == "vae":
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
-        score = (lambda m: _vae_score(m, val, data, model_config.denoising, batch)) if validate else None
-        history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss, _inputs(tr, data), target, train,
+        score = (lambda m: _vae_score(m, val, data, model_config, batch)) if validate else None
+        history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss,
+                      _inputs(tr, data, model_config.mask_input), target, train,
                       score=score, higher_is_better=False, on_epoch=on_epoch)
         parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
-        metrics = {name: _vae_score(model, part, data, model_config.denoising, batch) for name, part in parts}
+        metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
     vae = None
@@ -73,14 +79,16 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         check_vae_matches(vae_run, data)
         vae = vae_run.model.to(device)
     model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae).to(device)
+    with_mask = _sees_mask(kind, model_config, vae_run.model_config if vae_run else None)
 
     def val_accuracy(m):
-        return accuracy(predict_proba(m, _inputs(val, data), batch, dtype).argmax(1).cpu(), val.y.cpu())
+        return accuracy(predict_proba(m, _inputs(val, data, with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
-    history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data), tr.y, train,
-                  score=val_accuracy if validate else None, on_epoch=on_epoch)
+    history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data, with_mask), tr.y,
+                  train, score=val_accuracy if validate else None, on_epoch=on_epoch)
     metrics = {"val_accuracy": val_accuracy(model)} if validate else {}
-    metrics["test_accuracy"] = accuracy(predict_proba(model, _inputs(test, data), batch, dtype).argmax(1).cpu(), test.y.cpu())
+    test_inputs = _inputs(test, data, with_mask)
+    metrics["test_accuracy"] = accuracy(predict_proba(model, test_inputs, batch, dtype).argmax(1).cpu(), test.y.cpu())
     return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
                vae_run.model_config if vae_run else None, history, metrics)
 
@@ -110,23 +118,24 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
 
     if run.kind == "vae":
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
-            result[split] = _vae_score(run.model, part, run.data, run.model_config.denoising, batch)
+            result[split] = _vae_score(run.model, part, run.data, run.model_config, batch)
         return result
 
+    x = test.inputs(with_mask=_sees_mask(run.kind, run.model_config, run.vae_config))
     if not run.kind.startswith("vae+"):
-        direct = predict_proba(run.model, test.x, batch, dtype).argmax(1).cpu().numpy()
+        direct = predict_proba(run.model, x, batch, dtype).argmax(1).cpu().numpy()
         result["accuracy"] = accuracy(direct, y)
         result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
         if vae_run is not None:
             check_vae_matches(vae_run, data)
-            imputed = impute(vae_run.model.to(device), test.x, batch)
+            imputed = impute(vae_run.model.to(device), test.inputs(with_mask=vae_run.model_config.mask_input), batch)
             on_imputation = predict_proba(run.model, imputed, batch, dtype).argmax(1).cpu().numpy()
             result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
             result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
         return result
 
-    single = predict_proba(run.model, test.x, batch, dtype).argmax(1).cpu().numpy()
-    multi = multiple_imputation(run.model, test.x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
+    single = predict_proba(run.model, x, batch, dtype).argmax(1).cpu().numpy()
+    multi = multiple_imputation(run.model, x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
     result["single_accuracy"] = accuracy(single, y)
     result["single_class_distribution"] = class_distribution(single, run.n_classes).tolist()
     result["true_class_distribution"] = class_distribution(y, run.n_classes).tolist()

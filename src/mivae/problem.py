@@ -28,6 +28,21 @@ class Part:
     def to(self, device):
         return Part(self.x.to(device), self.clean.to(device), self.mask.to(device), self.y.to(device))
 
+    def inputs(self, clean=False, with_mask=False):
+        """What a model sees: the filled images, or the clean ones; `with_mask`: (N, 2, H, W) by `mask_aware`."""
+        x, mask = (self.clean, torch.zeros_like(self.mask)) if clean else (self.x, self.mask)
+        return mask_aware(x, mask) if with_mask else x
+
+
+def mask_aware(values, mask):
+    """Returns the (N, 2, H, W) input of a mask-aware model: values zeroed where `mask` (True = missing), and the mask.
+
+    No value stands in for a missing pixel: whatever `values` holds there (a fill, NaN) is replaced by 0,
+    and the second channel tells the model it is missing.
+    """
+    mask = mask.to(values.dtype)
+    return torch.stack([torch.nan_to_num(values) * (1 - mask), mask], dim=1)
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -1,7 +1,8 @@
 """The classifiers of thesis §3.3 (appendices A and B): an MLP and a CNN.
 
-Both take images (B, H, W) and return class logits (B, C); the softmax of §3.3 is
-applied by the loss (cross-entropy) and by `predict_proba`.
+Both take images (B, H, W), or mask-aware inputs (B, 2, H, W) when built with `channels=2`, and
+return class logits (B, C); the softmax of §3.3 is applied by the loss (cross-entropy) and by
+`predict_proba`.
 """
 
 import math
@@ -15,9 +16,9 @@ from mivae.models.vae import dense_stack
 class MLP(nn.Module):
     """Dense ReLU layers of sizes `hidden`, then a linear layer to `n_classes` logits."""
 
-    def __init__(self, image_shape, n_classes=10, hidden=(512, 512)):
+    def __init__(self, image_shape, n_classes=10, hidden=(512, 512), channels=1):
         super().__init__()
-        self.layers = nn.Sequential(dense_stack([math.prod(image_shape), *hidden]), nn.Linear(hidden[-1], n_classes))
+        self.layers = nn.Sequential(dense_stack([channels * math.prod(image_shape), *hidden]), nn.Linear(hidden[-1], n_classes))
 
     def forward(self, x):
         return self.layers(x.flatten(1))
@@ -26,12 +27,12 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Two 3x3 convolutions (32 and 64 filters, ReLU), 2x2 max-pooling, dropout, dense ReLU, dropout, logits."""
 
-    def __init__(self, image_shape, n_classes=10, dense=128, dropout_conv=0.25, dropout_dense=0.5):
+    def __init__(self, image_shape, n_classes=10, dense=128, dropout_conv=0.25, dropout_dense=0.5, channels=1):
         super().__init__()
         height, width = image_shape
         flat = 64 * ((height - 4) // 2) * ((width - 4) // 2)  # two valid 3x3 convolutions, then pooling
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(),
+            nn.Conv2d(channels, 32, 3), nn.ReLU(),
             nn.Conv2d(32, 64, 3), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Dropout(dropout_conv),
@@ -40,7 +41,7 @@ class CNN(nn.Module):
         self.head = nn.Sequential(nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(dropout_dense), nn.Linear(dense, n_classes))
 
     def forward(self, x):
-        return self.head(self.features(x.unsqueeze(1)))  # (B, 1, H, W): one grey channel
+        return self.head(self.features(x if x.dim() == 4 else x.unsqueeze(1)))  # (B, 1, H, W): one grey channel
 
 
 def l2_penalty(module):

@@ -23,12 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mivae.models.vae import dense_stack
-
-
-def mask_aware(values, mask):
-    """Returns the (B, 2, H, W) input of a mask-aware model: values zeroed where `mask` (True = missing), and the mask."""
-    mask = mask.to(values.dtype)
-    return torch.stack([torch.nan_to_num(values) * (1 - mask), mask], dim=1)
+from mivae.problem import mask_aware  # noqa: F401  (re-exported: the input these models take)
 
 
 class MIWAE(nn.Module):

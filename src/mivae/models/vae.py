@@ -23,17 +23,17 @@ def dense_stack(sizes):
 class VAE(nn.Module):
     """A VAE for images of `image_shape` (H, W) with values in [0, 1]."""
 
-    def __init__(self, image_shape, hidden=(512, 512), latent=20):
+    def __init__(self, image_shape, hidden=(512, 512), latent=20, channels=1):
         super().__init__()
         self.image_shape = tuple(image_shape)
         pixels = math.prod(self.image_shape)
-        self.encoder = dense_stack([pixels, *hidden])
+        self.encoder = dense_stack([channels * pixels, *hidden])  # channels = 2: mask-aware inputs (B, 2, H, W)
         self.to_mu = nn.Linear(hidden[-1], latent)
         self.to_logvar = nn.Linear(hidden[-1], latent)
         self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], pixels))
 
     def encode(self, x):
-        """Returns (mu, logvar), each (B, L), of q(z | x) for images x (B, H, W)."""
+        """Returns (mu, logvar), each (B, L), of q(z | x) for images x (B, H, W) or mask-aware inputs (B, 2, H, W)."""
         h = self.encoder(x.flatten(1))
         return self.to_mu(h), self.to_logvar(h)
 
