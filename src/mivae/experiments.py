@@ -61,10 +61,10 @@ PRESETS = {
         samples={"mlp": 300, "cnn": 100}, retrain=True,
         about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about two minutes"),
     "quick": Preset(
-        "quick", "mnist", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 2, "vae+cnn": 1}, mlp_layers=(2,),
+        "quick", "mnist", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1}, mlp_layers=(2,),
         epochs={"vae": 8, "mlp": 8, "cnn": 2, "vae+mlp": 8, "vae+cnn": 2}, patience=2, batch_size=128,
-        samples={"mlp": 300, "cnn": 20}, retrain=False,
-        about="full MNIST, 1-2 trials per search, the winning trial kept (no retraining), M = 300 for MLPs and "
+        samples={"mlp": 100, "cnn": 20}, retrain=False,
+        about="full MNIST, 1-2 trials per search, the winning trial kept (no retraining), M = 100 for MLPs and "
               "20 for CNNs: the whole matrix in under an hour on 2 CPU cores"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
@@ -75,7 +75,7 @@ PRESETS = {
 
 # Seconds per image and epoch (training) or per image-sample (multiple imputation), measured
 # on 2 cores in float32 (BENCHMARKS.md); only for the time-left estimate of the progress bar.
-_TRAIN_COST = {"vae": 7.5e-5, "mlp": 6e-5, "vae+mlp": 8.5e-5, "cnn": 9e-4, "vae+cnn": 9.5e-4}
+_TRAIN_COST = {"vae": 7.5e-5, "mlp": 6e-5, "vae+mlp": 8.5e-5, "cnn": 1.4e-3, "vae+cnn": 1.4e-3}
 _SAMPLE_COST = {"mlp": 1.7e-5, "cnn": 3e-4}
 
 
