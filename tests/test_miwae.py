@@ -105,3 +105,30 @@ def test_training_on_incomplete_images_alone_raises_the_bound():
     fit(model, adam(model, 3e-3), miwae_loss, inputs, torch.zeros(len(inputs)), TrainConfig(epochs=15, batch_size=64))
     after = iwae_bound(_log_w(model, inputs, 10)).mean().item()
     assert after > before + 5, (before, after)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mivae.config import DataConfig
+    from mivae.problem import make_problem
+
+    data = DataConfig(dataset="digits", level=0.5)
+    return data, make_problem(data)
+
+
+@pytest.mark.parametrize("kind", ["miwae", "not-miwae"])
+def test_trained_on_incomplete_digits_alone_it_imputes_better_than_any_constant(kind, digits, tmp_path):
+    from mivae.config import MIWAEConfig, TrainConfig
+    from mivae.pipeline import evaluate_run, train_model
+    from mivae.runs import load_run, save_run
+
+    data, problem = digits
+    run = train_model(kind, data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20),
+                      TrainConfig(epochs=30, batch_size=64, patience=5), problem=problem)
+    test = problem.test
+    missing = test.clean[test.mask]
+    best_constant = missing.std().item()  # the RMSE of the ideal constant fill: the true mean of the missing pixels
+    assert run.metrics["test_rmse_missing"] < 0.9 * best_constant, (run.metrics, best_constant)
+    assert 0 < run.metrics["test_negative_bound"] < 64 * math.log(2) * 2  # nats for 8x8 images, half of them observed
+    again = evaluate_run(load_run(save_run(run, tmp_path / kind)), problem=problem)
+    assert again["test_rmse_missing"] == pytest.approx(run.metrics["test_rmse_missing"])

@@ -80,7 +80,7 @@ def build_parser():
     corrupt.set_defaults(run=_corrupt)
 
     from mivae.hardware import PRECISIONS
-    from mivae.models import KINDS
+    from mivae.models import KINDS, SEARCHABLE
 
     train = commands.add_parser(
         "train",
@@ -102,6 +102,7 @@ def build_parser():
     model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
     model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
                              help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
+    model_flags.add_argument("--importance-samples", dest="samples", type=int, help="K, importance samples per image in training (miwae, not-miwae)")
     model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
     model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
     model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
@@ -128,7 +129,7 @@ def build_parser():
         "train + validation for its best epoch count and tested once. The study is kept in OUT/study.db (or --storage), "
         "so an interrupted search continues with --resume, and any number of workers can share a --storage database.",
     )
-    search.add_argument("kind", nargs="?", choices=KINDS, help="what to select")
+    search.add_argument("kind", nargs="?", choices=SEARCHABLE, help="what to select")
     search.add_argument("--show-space", action="store_true", help="print the search spaces and their reasons, then exit")
     search.add_argument("--out", help="search directory: study, search.json and the final run in final/")
     search.add_argument("--trials", type=int, default=100, help="trials in the whole study, all workers together (default: 100)")
@@ -326,10 +327,11 @@ def _train(args):
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
     data, model, train = _resolve(args, tables, model_cls)
-    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "dense", "dropout_conv", "dropout_dense")}
+    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "samples", "dense",
+                                           "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
-            flag = "--plain" if name == "denoising" else f"--{name.replace('_', '-')}"
+            flag = {"denoising": "--plain", "samples": "--importance-samples"}.get(name, f"--{name.replace('_', '-')}")
             raise MivaeError(f"{flag} does not apply to {args.kind} models.")
     model = cfg.replace(model, **flags)
     vae_run = load_run(args.vae) if args.vae else None
@@ -415,6 +417,9 @@ def format_evaluation(result):
     lines = [f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, {result['precision']}"]
     if "test_negative_elbo" in result:
         lines.append(f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats")
+    if "test_negative_bound" in result:
+        lines.append(f"negative importance-weighted bound per image: validation {result['val_negative_bound']:.1f} nats, "
+                     f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels {result['test_rmse_missing']:.4f}")
     if "accuracy" in result:
         lines.append(f"accuracy {result['accuracy']:.4f}")
     if "accuracy_on_one_vae_imputation" in result:

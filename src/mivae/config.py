@@ -66,6 +66,25 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
+class MIWAEConfig:
+    """An importance-weighted VAE that learns from incomplete images alone (MIWAE; not-MIWAE adds a missingness model)."""
+
+    hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer of the encoder; the decoder mirrors them
+    latent: int = 20                      # L, the dimension of the Gaussian latent space
+    lr: float = 1e-3                      # Adam learning rate
+    l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
+    samples: int = 5                      # K: importance samples per image in the training bound
+    eval_samples: int = 50                # K for validation, test bounds and imputation
+
+    def __post_init__(self):
+        _check_layers("hidden", self.hidden)
+        _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
+        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+        _require(self.samples >= 1 and self.eval_samples >= 1,
+                 f"samples and eval_samples must be at least 1; got {self.samples} and {self.eval_samples}.")
+
+
+@dataclass(frozen=True)
 class MLPConfig:
     """The multilayer perceptron of §3.3 and appendix A."""
 

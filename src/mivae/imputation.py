@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mivae.models.classifiers import softmax
+from mivae.models.miwae import impute_importance, iwae_bound
 from mivae.models.vae import negative_elbo, reparameterize
 
 
@@ -124,3 +125,36 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
             running = cumulative[:, -1, :]                          # (B, C)
         probas.append((running / samples).cpu())
     return MultipleImputation((correct.double() / len(x)).numpy(), torch.cat(probas), predictions)
+
+
+# ----------------------------------------------------------------------------------------
+# Models that learn from incomplete images alone (mivae.models.miwae): mask-aware inputs (N, 2, H, W)
+
+
+def _rows(samples, rows=8192):
+    """Images per forward pass so that about `rows` (image, sample) pairs are decoded at once."""
+    return max(1, rows // samples)
+
+
+@torch.inference_mode()
+def negative_bound_per_image(model, inputs, samples, seed=0):
+    """Returns -log (1/K) sum_k w_k (N,) in nats for mask-aware inputs: the negative importance-weighted bound."""
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    step = _rows(samples)
+    return torch.cat([-iwae_bound(model.log_weights(inputs[i : i + step], samples, generator)[0])
+                      for i in range(0, len(inputs), step)])
+
+
+@torch.inference_mode()
+def impute_incomplete(model, inputs, samples, seed=0):
+    """Returns the single imputations (N, H, W) of mask-aware inputs by self-normalised importance sampling."""
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    step = _rows(samples)
+    return torch.cat([impute_importance(model, inputs[i : i + step], samples, generator) for i in range(0, len(inputs), step)])
+
+
+def rmse_on_missing(imputed, clean, mask):
+    """Returns the root mean squared error over the missing pixels only."""
+    return torch.sqrt(((imputed - clean)[mask] ** 2).mean()).item()

@@ -2,15 +2,20 @@
 
 Kinds (thesis §3.3): `vae` (denoising VAE), Type 1 `mlp` and `cnn` on the filled,
 corrupted images, Type 2 `vae+mlp` and `vae+cnn` on the imputations of a trained VAE.
+Beyond the thesis: `miwae` and `not-miwae`, which learn from the incomplete images alone.
 """
+
+from functools import partial
 
 import numpy as np
 import torch
 
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
-from mivae.imputation import impute, multiple_imputation, negative_elbo_per_image, predict_proba
-from mivae.models import build_model
+from mivae.imputation import (impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
+                              negative_elbo_per_image, predict_proba, rmse_on_missing)
+from mivae.models import INCOMPLETE, build_model
+from mivae.models.miwae import miwae_loss
 from mivae.problem import make_problem
 from mivae.runs import Run
 from mivae.stats import accuracy, class_distribution, paired_test
@@ -47,6 +52,16 @@ def _vae_score(vae, part, data, config, batch):
     return negative_elbo_per_image(vae, _inputs(part, data, config.mask_input), target, batch).mean().item()
 
 
+def _incomplete_metrics(model, parts, samples):
+    """The negative importance-weighted bound and the RMSE of the single imputation on the missing pixels, per part."""
+    metrics = {}
+    for name, part in parts:
+        inputs = part.inputs(with_mask=True)
+        metrics[f"{name}_negative_bound"] = negative_bound_per_image(model, inputs, samples).mean().item()
+        metrics[f"{name}_rmse_missing"] = rmse_on_missing(impute_incomplete(model, inputs, samples), part.clean, part.mask)
+    return metrics
+
+
 def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True):
     """Returns a trained `Run` of `kind` on the problem `data` describes, with validation and test metrics.
 
@@ -70,6 +85,17 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
                       score=score, higher_is_better=False, on_epoch=on_epoch)
         parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
         metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
+        return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
+
+    if kind in INCOMPLETE:
+        if data.clean_train:
+            raise MivaeError(f"a {kind} model learns from incomplete images; it cannot be trained on clean ones.")
+        model = build_model(kind, model_config, problem.image_shape).to(device)
+        k = model_config.eval_samples
+        score = (lambda m: negative_bound_per_image(m, val.inputs(with_mask=True), k).mean().item()) if validate else None
+        history = fit(model, adam(model, model_config.lr, model_config.l2), partial(miwae_loss, samples=model_config.samples),
+                      tr.inputs(with_mask=True), tr.y, train, score=score, higher_is_better=False, on_epoch=on_epoch)
+        metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
     vae = None
@@ -120,6 +146,8 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
             result[split] = _vae_score(run.model, part, run.data, run.model_config, batch)
         return result
+    if run.kind in INCOMPLETE:
+        return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
 
     x = test.inputs(with_mask=_sees_mask(run.kind, run.model_config, run.vae_config))
     if not run.kind.startswith("vae+"):
