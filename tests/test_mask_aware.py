@@ -45,3 +45,7 @@ def test_mask_aware_models_train_and_evaluate_through_the_pipeline(problem):
     type2 = train_model("vae+mlp", DATA, MLPConfig(hidden=(64,)), train, problem=problem, vae_run=vae)
     result = evaluate_run(type2, samples=(1, 5), problem=problem)
     assert result["single_accuracy"] == type2.metrics["test_accuracy"] and 0 <= result["multiple"]["5"]["accuracy"] <= 1
+    for which, acc in (("single", result["single_accuracy"]), ("multiple", result["multiple"]["5"]["accuracy"])):
+        u = result[f"{which}_uncertainty"]
+        assert u["nll"] > 0 and 0 <= u["brier"] <= 2 and 0 <= u["ece"] <= 1
+        assert u["accuracy_at_coverage"]["1.0"] == pytest.approx(acc)  # nothing rejected: the plain accuracy

@@ -37,11 +37,11 @@ def smoke(tmp_path_factory):
     experiments.search = interrupted_search
     try:
         with pytest.raises(Interrupt):
-            experiments.run_study("smoke", out, progress=False)
+            experiments.reproduce("smoke", out, progress=False)
         finished_before = sorted(p.name for p in (out / "units").iterdir() if (p / "unit.json").exists())
         calls.clear()
         experiments.search = lambda *a, **k: (calls.append(a[0]), real_search(*a, **k))[1]
-        study = experiments.run_study("smoke", out, progress=False)
+        study = experiments.reproduce("smoke", out, progress=False)
     finally:
         experiments.search = real_search
     report.build_report(out)

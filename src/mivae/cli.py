@@ -92,7 +92,7 @@ def build_parser():
     train.add_argument("kind", choices=KINDS, help="what to train")
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
-    train.add_argument("--vae", help="run directory of the trained VAE (vae+mlp, vae+cnn)")
+    train.add_argument("--vae", help="run directory of the trained imputer: a vae (vae+mlp, vae+cnn), miwae or not-miwae run")
     _add_problem_flags(train)
     model_flags = train.add_argument_group("model (each applies to the kinds named)")
     model_flags.add_argument("--hidden", help="nodes per hidden layer, comma-separated (vae, mlp)")
@@ -176,7 +176,7 @@ def _add_study_commands(commands):
 def _reproduce(args):
     import optuna
 
-    from mivae.experiments import PRESETS, run_study
+    from mivae.experiments import PRESETS, reproduce
     from mivae.report import build_report
 
     if args.preset not in PRESETS:
@@ -186,7 +186,7 @@ def _reproduce(args):
     _set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out or f"out/reproduce-{args.preset}")
-    study = run_study(args.preset, out, seed=args.seed, data_dir=args.data_dir, storage=args.storage, limit=args.limit,
+    study = reproduce(args.preset, out, seed=args.seed, data_dir=args.data_dir, storage=args.storage, limit=args.limit,
                       progress=True)
     reused = sum(1 for _, _, r in study.done if r)
     print(f"{len(study.done)} trained units, {reused} reused from earlier runs.")

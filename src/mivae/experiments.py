@@ -236,7 +236,7 @@ def _samples_kept(m):
     return tuple(sorted({k for k in (1, 10, 100, 1000) if k <= m} | {m}))
 
 
-def run_study(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
+def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
     """Runs (or resumes) the whole study of §4 in `out`; returns the `Study` (its `done` lists every unit)."""
     started = time.monotonic()
     study = Study(preset, out, seed, data_dir, storage, limit, progress)
@@ -272,12 +272,12 @@ def run_study(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
     clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
-    for kind in ("mlp", "cnn"):
-        run, summary, key = study.searched(kind, clean)
-        for method in METHODS:
-            for level in LEVELS:
-                setting = setting_name(method, level)
-                data, (vae, vae_key) = study.data(method, level), vaes[setting]
+    cleans = {kind: study.searched(kind, clean) for kind in ("mlp", "cnn")}
+    for method in METHODS:
+        for level in LEVELS:
+            setting = setting_name(method, level)
+            data, (vae, vae_key) = study.data(method, level), vaes[setting]
+            for kind, (run, summary, key) in cleans.items():
                 study.evaluated(setting, f"clean-{kind}", key,
                                 lambda: {**evaluate_run(run, vae_run=vae, problem=study.problem(data), data=data),
                                          "search": summary}, vae=vae_key)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mivae.models.classifiers import softmax
-from mivae.models.miwae import impute_importance, iwae_bound
+from mivae.models.miwae import classify_importance, impute_importance, iwae_bound
 from mivae.models.vae import negative_elbo, reparameterize
 
 
@@ -158,3 +158,17 @@ def impute_incomplete(model, inputs, samples, seed=0):
 def rmse_on_missing(imputed, clean, mask):
     """Returns the root mean squared error over the missing pixels only."""
     return torch.sqrt(((imputed - clean)[mask] ** 2).mean()).item()
+
+
+@torch.inference_mode()
+def classify_incomplete(model, inputs, samples, seed=0, weighted=True):
+    """Returns p(y | x_obs) (N, C) of a MIWAE-based Type 2 `model` over K = `samples` imputations per image.
+
+    `weighted`: each imputation's class probabilities weighted by its self-normalised importance
+    weight (supMIWAE); else their plain mean. The same seed draws the same imputations for both.
+    """
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    step = _rows(samples)
+    return torch.cat([classify_importance(model.imputer, model.classifier, inputs[i : i + step], samples, generator, weighted)
+                      for i in range(0, len(inputs), step)])

@@ -12,13 +12,13 @@ import torch
 
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
-from mivae.imputation import (impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
+from mivae.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
                               negative_elbo_per_image, predict_proba, rmse_on_missing)
-from mivae.models import INCOMPLETE, build_model
+from mivae.models import INCOMPLETE, build_model, imputer_kind
 from mivae.models.miwae import miwae_loss
 from mivae.problem import make_problem
 from mivae.runs import Run
-from mivae.stats import accuracy, class_distribution, paired_test
+from mivae.stats import accuracy, class_distribution, paired_test, uncertainty
 from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 
 # What a VAE's data config must share with a Type 2 run built on it.
@@ -26,18 +26,21 @@ _SAME_CORRUPTION = ("dataset", "method", "level", "fill", "exact", "seed")
 
 
 def _sees_mask(kind, model_config, vae_config=None):
-    """Whether a model of `kind` takes mask-aware inputs: its own choice, or for Type 2 its VAE's."""
-    return bool((vae_config if kind.startswith("vae+") else model_config).mask_input)
+    """Whether a model of `kind` takes mask-aware inputs: always for MIWAEs; else its own choice, or its VAE's."""
+    imputer = imputer_kind(kind)
+    if kind in INCOMPLETE or imputer in INCOMPLETE:
+        return True
+    return bool((vae_config if imputer else model_config).mask_input)
 
 
 def _inputs(part, data, with_mask=False):
     return part.inputs(clean=data.clean_train, with_mask=with_mask)
 
 
-def check_vae_matches(vae_run, data, where="the VAE run"):
-    """Raises MivaeError unless `vae_run` is a VAE trained on the corruption `data` describes."""
-    if vae_run.kind != "vae":
-        raise MivaeError(f"{where} holds a {vae_run.kind} model; a VAE run is needed.")
+def check_vae_matches(vae_run, data, where="the VAE run", kind="vae"):
+    """Raises MivaeError unless `vae_run` is a model of `kind` (the imputer) trained on the corruption `data` describes."""
+    if vae_run.kind != kind:
+        raise MivaeError(f"{where} holds a {vae_run.kind} model; a {kind} run is needed.")
     if vae_run.data.clean_train:
         raise MivaeError(f"{where} was trained on clean images; imputation needs a VAE trained on the corrupted data.")
     for key in _SAME_CORRUPTION:
@@ -60,6 +63,23 @@ def _incomplete_metrics(model, parts, samples):
         metrics[f"{name}_negative_bound"] = negative_bound_per_image(model, inputs, samples).mean().item()
         metrics[f"{name}_rmse_missing"] = rmse_on_missing(impute_incomplete(model, inputs, samples), part.clean, part.mask)
     return metrics
+
+
+def _importance_weighted_evaluation(run, x, labels, samples, seed, batch, dtype):
+    """A MIWAE-based Type 2 run: single imputation, and K = `samples` imputations averaged with importance
+    weights (supMIWAE's p(y | x_obs)) and uniformly (the thesis' multiple imputation), with paired tests."""
+    y = labels.cpu().numpy()
+    probas = {"single": predict_proba(run.model, x, batch, dtype),
+              "importance_weighted": classify_incomplete(run.model, x, samples, seed, weighted=True),
+              "uniform": classify_incomplete(run.model, x, samples, seed, weighted=False)}
+    predicted = {name: p.argmax(1).cpu().numpy() for name, p in probas.items()}
+    result = {"samples": samples, "true_class_distribution": class_distribution(y, run.n_classes).tolist()}
+    for name, p in probas.items():
+        result[name] = {"accuracy": accuracy(predicted[name], y), "uncertainty": uncertainty(p.cpu().numpy(), y),
+                        "class_distribution": class_distribution(predicted[name], run.n_classes).tolist()}
+    result["z_weighted_vs_single"] = paired_test(predicted["importance_weighted"], predicted["single"], y).z
+    result["z_weighted_vs_uniform"] = paired_test(predicted["importance_weighted"], predicted["uniform"], y).z
+    return result
 
 
 def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True):
@@ -98,13 +118,14 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
-    vae = None
-    if kind.startswith("vae+"):
+    vae, imputer = None, imputer_kind(kind)
+    if imputer:
         if vae_run is None:
-            raise MivaeError(f"a {kind} model is trained on a VAE's imputations; pass --vae with a trained VAE run.")
-        check_vae_matches(vae_run, data)
+            raise MivaeError(f"a {kind} model is trained on a {imputer}'s imputations; pass --vae with a trained {imputer} run.")
+        check_vae_matches(vae_run, data, kind=imputer)
         vae = vae_run.model.to(device)
-    model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae).to(device)
+    model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae,
+                        imputer_config=vae_run.model_config if vae_run else None).to(device)
     with_mask = _sees_mask(kind, model_config, vae_run.model_config if vae_run else None)
 
     def val_accuracy(m):
@@ -150,10 +171,14 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
         return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
 
     x = test.inputs(with_mask=_sees_mask(run.kind, run.model_config, run.vae_config))
-    if not run.kind.startswith("vae+"):
-        direct = predict_proba(run.model, x, batch, dtype).argmax(1).cpu().numpy()
+    if imputer_kind(run.kind) in INCOMPLETE:
+        return {**result, **_importance_weighted_evaluation(run, x, test.y, max(samples), seed, batch, dtype)}
+    if not imputer_kind(run.kind):
+        proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
+        direct = proba.argmax(1)
         result["accuracy"] = accuracy(direct, y)
         result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
+        result["uncertainty"] = uncertainty(proba, y)
         if vae_run is not None:
             check_vae_matches(vae_run, data)
             imputed = impute(vae_run.model.to(device), test.inputs(with_mask=vae_run.model_config.mask_input), batch)
@@ -162,9 +187,13 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
             result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
         return result
 
-    single = predict_proba(run.model, x, batch, dtype).argmax(1).cpu().numpy()
+    single_proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
+    single = single_proba.argmax(1)
     multi = multiple_imputation(run.model, x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
     result["single_accuracy"] = accuracy(single, y)
+    # Does multiple imputation give better uncertainty than single (the thesis' §5 advice)? Measured:
+    result["single_uncertainty"] = uncertainty(single_proba, y)
+    result["multiple_uncertainty"] = uncertainty(multi.proba.numpy(), y)  # with all max(samples) samples
     result["single_class_distribution"] = class_distribution(single, run.n_classes).tolist()
     result["true_class_distribution"] = class_distribution(y, run.n_classes).tolist()
     result["multiple"] = {}

@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from mivae import __version__
 from mivae.artifacts import atomic_path
-from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
+from mivae.config import CNNConfig, DataConfig, MIWAEConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
-from mivae.models import CONFIGS, KINDS, build_model, classifier_kind
+from mivae.models import CONFIGS, KINDS, build_model, classifier_kind, imputer_kind
 from mivae.training import History
 
 
@@ -41,7 +41,7 @@ class Run:
     model: torch.nn.Module
     image_shape: tuple[int, int]
     n_classes: int
-    vae_config: VAEConfig | None = None  # Type 2 only: the frozen VAE's config
+    vae_config: VAEConfig | MIWAEConfig | None = None  # Type 2 only: the frozen imputer's config
     history: History | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -113,12 +113,13 @@ def load_run(path, device="cpu"):
     if kind not in KINDS:
         raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
     model_config = from_dict(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
-    vae_config = from_dict(VAEConfig, config.get("vae"), "vae") if kind.startswith("vae+") else None
+    imputer = imputer_kind(kind)
+    vae_config = from_dict(CONFIGS[imputer], config.get("vae"), "vae") if imputer else None
     image_shape, n_classes = tuple(config.get("image_shape") or ()), config.get("n_classes")
     if len(image_shape) != 2 or not isinstance(n_classes, int):
         raise MivaeError(f"{path / 'config.json'} is damaged: it lacks a valid image_shape or n_classes.")
-    vae = build_model("vae", vae_config, image_shape) if vae_config else None
-    model = build_model(kind, model_config, image_shape, n_classes, vae=vae)
+    vae = build_model(imputer, vae_config, image_shape) if imputer else None
+    model = build_model(kind, model_config, image_shape, n_classes, vae=vae, imputer_config=vae_config)
 
     weights = path / "model.safetensors"
     try:

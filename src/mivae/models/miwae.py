@@ -140,3 +140,30 @@ def classify_importance(model, classifier, inputs, samples=50, generator=None, w
     proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
     weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
     return (weights[..., None] * proba).sum(0)
+
+
+class MIWAEClassifier(nn.Module):
+    """A trained MIWAE or not-MIWAE with fixed weights, then a trainable classifier on its imputations.
+
+    In training mode every step sees one imputation per image resampled (SIR) from `samples`
+    proposals; in eval mode, the single imputation by self-normalised importance sampling with
+    `eval_samples` proposals. `classify_importance` gives the importance-weighted p(y | x_obs).
+    """
+
+    def __init__(self, imputer, classifier, samples=5, eval_samples=50):
+        super().__init__()
+        self.imputer = imputer.requires_grad_(False)
+        self.classifier = classifier
+        self.samples, self.eval_samples = samples, eval_samples
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.imputer.eval()  # frozen: never in training mode
+        return self
+
+    def forward(self, inputs):
+        if self.training:
+            images = impute_multiple(self.imputer, inputs, imputations=1, samples=self.samples)[0]
+        else:
+            images = impute_importance(self.imputer, inputs, self.eval_samples)
+        return self.classifier(images)
