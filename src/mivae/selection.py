@@ -1,8 +1,9 @@
 """Model selection as in thesis §3.5: random search with Optuna, then one retraining and one test.
 
 The protocol, for every kind:
-1. Random search (Bergstra and Bengio 2012) over the space below; each trial trains with
-   early stopping on the validation set and records its best epoch.
+1. Random search (Bergstra and Bengio 2012) over the space below, after a first trial of the
+   default configuration; each trial trains with early stopping on the validation set and
+   records its best epoch.
 2. VAEs are ranked by validation negative ELBO, classifiers by validation accuracy.
 3. The best configuration is retrained on train + validation for its recorded number of
    epochs and evaluated once on the test set.
@@ -81,6 +82,23 @@ def suggest_config(kind, trial, layers=2):
         hidden = tuple(_suggest(trial, f"nodes_{i + 1}", nodes) for i in range(layers))
         return MLPConfig(hidden=hidden, l2=_suggest(trial, "l2", l2))
     return CNNConfig(**{k: _suggest(trial, k, bounds) for k, (bounds, _) in SPACES["cnn"].items()})
+
+
+def default_params(kind, layers=2):
+    """The parameters of `kind`'s default configuration (mivae.config), as a trial of its space draws them.
+
+    Every study's first trial runs them, so even a budget of one trial selects a sensible model.
+    The VAE's default L2 of 0 lies below the space; its floor, 1e-8, stands in for it.
+    """
+    classifier = kind.removeprefix("vae+")
+    if kind == "vae":
+        d = VAEConfig()
+        return {"layers": len(d.hidden), "nodes": d.hidden[0], "latent": d.latent, "lr": d.lr, "l2": SPACES["vae"]["l2"][0][0]}
+    if classifier == "mlp":
+        d = MLPConfig()
+        return {**{f"nodes_{i + 1}": d.hidden[0] for i in range(layers)}, "l2": d.l2}
+    d = CNNConfig()
+    return {"dropout_conv": d.dropout_conv, "dropout_dense": d.dropout_dense, "dense": d.dense}
 
 
 def describe_spaces():
@@ -302,6 +320,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         if not study.user_attrs:
             for key, value in settings.items():
                 study.set_user_attr(key, value)
+            study.enqueue_trial(default_params(kind, n or 2))  # trial 0: the defaults
         elif {k: study.user_attrs.get(k) for k in settings} != settings:
             raise MivaeError(f"the study {name!r} was run with other settings (kind, layers, data or training) than "
                              f"this search; give this search another --study name or --out.")
