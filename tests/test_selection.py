@@ -280,3 +280,28 @@ def test_without_retraining_the_winning_trial_itself_is_the_final_run(tmp_path, 
     assert final.metrics["val_accuracy"] == result.best_value  # trained on train only, validated, never retrained
     for a, b in zip(best.model.state_dict().values(), final.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_the_first_trial_of_every_study_runs_the_default_configuration(tmp_path, problem, monkeypatch):
+    from mivae.config import MLPConfig, VAEConfig
+
+    fake, calls = _fake_train([0.5, 0.6, 0.7, 0.8, 0.9, 0.4])
+    monkeypatch.setattr(selection, "train_model", fake)
+    selection.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
+    assert calls[0][0] == MLPConfig() and calls[3][0] == MLPConfig(hidden=(512, 512, 512))
+    assert calls[1][0] != MLPConfig() and calls[4][0] != calls[3][0]  # then random draws
+    vae = selection.suggest_config("vae", optuna.trial.FixedTrial(selection.default_params("vae")))
+    assert vae == VAEConfig(l2=1e-8)  # the space's floor stands in for the default L2 of 0
+
+
+def test_a_first_trial_lost_to_a_crash_is_run_again_with_the_defaults():
+    first = selection.default_params("cnn")
+    study = optuna.create_study(sampler=selection.TrialSeededSampler(0, first))
+    lost = study.ask()
+    assert selection.suggest_config("cnn", lost) == selection.CNNConfig()
+    study._storage.set_trial_user_attr(lost._trial_id, "interrupted", True)  # as resuming a local study marks it
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+    again = study.ask()
+    assert again.number == 1 and selection.suggest_config("cnn", again) == selection.CNNConfig()
+    study.tell(again, 0.5)
+    assert selection.suggest_config("cnn", study.ask()) != selection.CNNConfig()

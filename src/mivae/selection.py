@@ -122,12 +122,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
     Independent uniform draws, as Optuna's RandomSampler makes, but two workers of one
     study never draw the same configuration, and a rerun with the same seed draws the same.
+    With `first` (parameter values), the study's first trial that spends budget runs them
+    instead: the default configuration, also when that trial is run again after a crash.
     """
 
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, first=None):
         if seed < 0:
             raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
-        self.seed = seed
+        self.seed, self.first = seed, first or {}
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -136,6 +138,8 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, name, distribution):
+        if name in self.first and _budget_slot(study, trial) == 0:
+            return self.first[name]
         rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(name.encode())])
         d = distribution
         if isinstance(d, optuna.distributions.CategoricalDistribution):
@@ -175,10 +179,11 @@ def default_storage(directory):
     return f"sqlite:///{Path(directory).resolve() / 'study.db'}"
 
 
-def open_study(storage, study_name, seed, resume, direction):
+def open_study(storage, study_name, seed, resume, direction, first=None):
     """Returns the Optuna study, created or (with `resume`) loaded; stale trials of dead workers marked failed.
 
-    Workers of a fleet join a shared study by passing `resume` too.
+    Workers of a fleet join a shared study by passing `resume` too. `first`: the parameters
+    of the first trial (see TrialSeededSampler).
     """
     url = storage
     for attempt in range(5):
@@ -196,7 +201,7 @@ def open_study(storage, study_name, seed, resume, direction):
         raise MivaeError(f"a study named {study_name!r} already exists in {url}; pass --resume to continue it.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction,
-                                sampler=TrialSeededSampler(seed), load_if_exists=True)
+                                sampler=TrialSeededSampler(seed, first), load_if_exists=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # workers whose heartbeat stopped more than 90 s ago
@@ -315,12 +320,11 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         label = f"{kind}{n}" if n else kind
         name = f"{study_name}-{n}" if study_name and len(counts) > 1 else study_name
         name = name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
-        study = open_study(storage or default_storage(directory), name, seed, resume, direction)
+        study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2))
         settings = _settings(kind, n, data, train)
         if not study.user_attrs:
             for key, value in settings.items():
                 study.set_user_attr(key, value)
-            study.enqueue_trial(default_params(kind, n or 2))  # trial 0: the defaults
         elif {k: study.user_attrs.get(k) for k in settings} != settings:
             raise MivaeError(f"the study {name!r} was run with other settings (kind, layers, data or training) than "
                              f"this search; give this search another --study name or --out.")
