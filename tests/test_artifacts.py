@@ -14,3 +14,15 @@ def test_atomic_path_replaces_the_file_only_on_success(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "first"                  # the old file survives
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary left behind
+
+
+def test_a_written_file_gets_the_usual_permissions_not_the_temporary_files(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644

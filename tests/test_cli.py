@@ -20,7 +20,7 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     commands = result.stdout.split("COMMAND\n", 1)[1]  # the listing after "positional arguments: COMMAND"
     listed = [line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("      ")]
-    assert listed == ["data", "corrupt", "train", "evaluate", "search"]
+    assert listed == ["data", "corrupt", "train", "evaluate", "search", "reproduce", "report"]
 
 
 def test_data_info_prints_split_sizes_and_class_counts(capsys):
@@ -142,7 +142,7 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
     "argv, message",
     [
         (["train", "mlp", "--dataset", "digits", "--latent", "4", "--out", "r"], "--latent does not apply to mlp models."),
-        (["train", "vae+mlp", "--dataset", "digits", "--epochs", "1", "--out", "r"], "pass --vae with a trained VAE run"),
+        (["train", "vae+mlp", "--dataset", "digits", "--epochs", "1", "--out", "r"], "pass --vae with a trained vae run"),
         (["train", "mlp", "--dataset", "digits", "--level", "1.2", "--out", "r"], "corruption level must be in [0, 1); got 1.2."),
         (["train", "mlp", "--config", "missing.toml", "--out", "r"], "cannot read the config file missing.toml"),
         (["evaluate", "nowhere"], "run directory nowhere does not exist."),

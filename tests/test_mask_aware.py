@@ -33,7 +33,7 @@ def test_a_mask_aware_model_never_sees_the_values_of_missing_pixels(kind, config
 
 def test_type_2_classifiers_see_complete_imputations_so_a_mask_input_is_refused():
     vae = build_model("vae", VAEConfig(hidden=(16,), latent=2, mask_input=True), (8, 8))
-    with pytest.raises(MivaeError, match="mask_input applies to its VAE"):
+    with pytest.raises(MivaeError, match="mask_input applies to the imputer"):
         build_model("vae+mlp", MLPConfig(mask_input=True), (8, 8), vae=vae)
 
 

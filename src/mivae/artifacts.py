@@ -6,6 +6,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it onto `path` only on success.
@@ -21,6 +27,7 @@ def atomic_path(path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # the rename must not overtake the data on disk
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a written file gets the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

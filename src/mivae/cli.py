@@ -119,8 +119,6 @@ def build_parser():
     evaluate.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     evaluate.set_defaults(run=_evaluate)
 
-    _add_study_commands(commands)
-
     search = commands.add_parser(
         "search",
         help="select a model by random search (thesis §3.5), retrain the best on train + validation, test it once",
@@ -144,6 +142,8 @@ def build_parser():
     _add_problem_flags(search)
     _add_fit_flags(search)
     search.set_defaults(run=_search)
+
+    _add_study_commands(commands)
     return parser
 
 

@@ -85,7 +85,7 @@ class MIWAE(nn.Module):
 
     def forward(self, inputs):
         """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised IS."""
-        return impute_importance(self, inputs, samples=50)
+        return impute_importance(self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0))
 
 
 def iwae_bound(log_w):
@@ -164,6 +164,7 @@ class MIWAEClassifier(nn.Module):
     def forward(self, inputs):
         if self.training:
             images = impute_multiple(self.imputer, inputs, imputations=1, samples=self.samples)[0]
-        else:
-            images = impute_importance(self.imputer, inputs, self.eval_samples)
+        else:  # the same proposals on every call: the single imputation is a fixed function of the input
+            generator = torch.Generator(device=inputs.device).manual_seed(0)
+            images = impute_importance(self.imputer, inputs, self.eval_samples, generator)
         return self.classifier(images)
