@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
-from mivae.models import CONFIGS, classifier_kind
+from mivae.models import classifier_kind
 from mivae.pipeline import evaluate_run, train_model
 from mivae.problem import make_problem
 from mivae.runs import load_run, save_run, write_json
@@ -207,8 +208,12 @@ class Study:
         run, key, _ = self._unit(label, spec, cost, work)
         return run, key
 
-    def evaluated(self, group, name, run_key, compute, cost=0.0, **spec):
-        """Returns the evaluation results/<group>/<name>.json, computing it unless its key matches."""
+    def evaluate(self, run, data, **options):
+        """`evaluate_run` of `run` on the test set of `data`, with the setting's cached Problem."""
+        return evaluate_run(run, problem=self.problem(data), data=data, **options)
+
+    def evaluated(self, group, name, run_key, compute, cost=0.0, extra=None, **spec):
+        """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key matches."""
         path = self.out / "results" / group / f"{name}.json"
         key = key_of({"run": run_key, **spec})
         self.bar.set_description(f"reproduce: evaluate {group}/{name}")
@@ -218,7 +223,7 @@ class Study:
                 self.bar.update(round(cost))
                 return result
         start = time.monotonic()
-        result = {"key": key, **compute()}
+        result = {"key": key, **compute(), **(extra or {})}
         result["seconds"] = round(time.monotonic() - start, 2)
         write_json(path, result)
         self.bar.update(round(cost))
@@ -251,24 +256,22 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
             examples["clean"], examples[setting] = problem.test.clean[0].tolist(), problem.test.x[0].tolist()
             vae, vae_summary, vae_key = study.searched("vae", data)
             vaes[setting] = (vae, vae_key)
-            study.evaluated(setting, "vae", vae_key, lambda: {**evaluate_run(vae, problem=problem),
-                                                               "search": vae_summary})
+            study.evaluated(setting, "vae", vae_key, partial(study.evaluate, vae, data), extra={"search": vae_summary})
             for kind in ("mlp", "cnn"):
                 run, summary, key = study.searched(kind, data)
-                study.evaluated(setting, kind, key, lambda: {**evaluate_run(run, problem=problem), "search": summary})
+                study.evaluated(setting, kind, key, partial(study.evaluate, run, data), extra={"search": summary})
             for classifier in ("mlp", "cnn"):
                 kind = f"vae+{classifier}"
                 run, summary, key = study.searched(kind, data, vae=(vae, vae_key))
                 m = p.samples[classifier]
                 cost = len(problem.test) * m * _SAMPLE_COST[classifier] * (0.2 if p.dataset == "digits" else 1)
-                study.evaluated(setting, kind, key, lambda: {**evaluate_run(run, samples=_samples_kept(m), problem=problem,
-                                                                            seed=seed), "search": summary},
-                                cost=cost, samples=m, seed=seed)
+                study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
+                                cost=cost, extra={"search": summary}, samples=m, seed=seed)
                 if classifier == "mlp":
                     vae_mlps[setting] = (run, key)
             if setting == "random-pixels-0.5":
                 hard_run, hard_key = vae_mlps[setting]
-                study.evaluated("figures", "figure8", hard_key, lambda: hard_image(hard_run, problem, seed), seed=seed)
+                study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, problem, seed), seed=seed)
     study.evaluated("figures", "examples", None, lambda: examples, dataset=p.dataset, seed=seed)
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
@@ -279,9 +282,8 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
             setting = setting_name(method, level)
             data, (vae, vae_key) = study.data(method, level), vaes[setting]
             for kind, (run, summary, key) in cleans.items():
-                study.evaluated(setting, f"clean-{kind}", key,
-                                lambda: {**evaluate_run(run, vae_run=vae, problem=study.problem(data), data=data),
-                                         "search": summary}, vae=vae_key)
+                study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
+                                extra={"search": summary}, vae=vae_key)
 
     # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
     data = study.data("random-pixels", 0.7)

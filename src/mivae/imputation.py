@@ -95,7 +95,7 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
     chunk = min(samples, batch_rows)               # S: samples per forward pass
     images_per_batch = max(1, batch_rows // chunk)  # B
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    keep = sorted(set(m for m in keep if 1 <= m <= samples) | {samples})
+    keep = sorted({m for m in keep if 1 <= m <= samples} | {samples})
     correct = torch.zeros(samples, dtype=torch.int64)
     predictions = {m: torch.empty(len(x), dtype=torch.int64) for m in keep}
     probas = []
