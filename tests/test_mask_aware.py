@@ -49,3 +49,12 @@ def test_mask_aware_models_train_and_evaluate_through_the_pipeline(problem):
         u = result[f"{which}_uncertainty"]
         assert u["nll"] > 0 and 0 <= u["brier"] <= 2 and 0 <= u["ece"] <= 1
         assert u["accuracy_at_coverage"]["1.0"] == pytest.approx(acc)  # nothing rejected: the plain accuracy
+
+
+def test_the_second_channel_marks_the_observed_pixels(problem):
+    part = problem.test
+    inputs = mask_aware(part.x, part.mask)
+    assert inputs.shape == (len(part), 2, 8, 8)
+    assert torch.equal(inputs[:, 1], (~part.mask).float())  # 1 = observed: mostly zeros when most is missing
+    assert torch.equal(inputs[:, 0][part.mask], torch.zeros(int(part.mask.sum())))
+    assert torch.equal(inputs[:, 0][~part.mask], part.clean[~part.mask])

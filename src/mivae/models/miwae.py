@@ -1,8 +1,8 @@
 """VAEs that learn from incomplete images alone: MIWAE (Mattei and Frellsen 2019) and not-MIWAE
 (Ipsen, Mattei and Frellsen 2021).
 
-Inputs are mask-aware: (B, 2, H, W) with channel 0 the values, 0 where missing, and channel 1 the
-mask, 1 where missing; no value is ever mistaken for an observation. The decoder's Bernoulli
+Inputs are mask-aware: (B, 2, H, W) with channel 0 the values, 0 where missing, and channel 1
+1 where observed, 0 where missing; no value is ever mistaken for an observation. The decoder's Bernoulli
 likelihood covers observed pixels only, so training never needs a clean image.
 
 For K samples z_k ~ q(z | x_obs, s), the log importance weights are
@@ -67,7 +67,7 @@ class MIWAE(nn.Module):
 
     def log_weights(self, inputs, samples, generator=None):
         """Returns (log w (K, B), decoder logits (K, B, H, W)) for mask-aware inputs (B, 2, H, W)."""
-        values, missing = inputs[:, 0], inputs[:, 1]
+        values, missing = _split(inputs)
         z, mu, logvar = self.sample_latents(inputs, samples, generator)
         logits = self.decode_logits(z)                                             # (K, B, H, W)
         observed = 1 - missing
@@ -86,6 +86,11 @@ class MIWAE(nn.Module):
     def forward(self, inputs):
         """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised IS."""
         return impute_importance(self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0))
+
+
+def _split(inputs):
+    """(values, missing) (B, H, W) each from mask-aware inputs, whose second channel is 1 where observed."""
+    return inputs[:, 0], 1 - inputs[:, 1]
 
 
 def iwae_bound(log_w):
@@ -109,7 +114,7 @@ def impute_importance(model, inputs, samples=50, generator=None):
     """Returns E[x | x_obs] (B, H, W) by self-normalised importance sampling: observed pixels are kept exactly."""
     log_w, logits = model.log_weights(inputs, samples, generator)
     means = (importance_weights(log_w)[..., None, None] * torch.sigmoid(logits)).sum(0)
-    values, missing = inputs[:, 0], inputs[:, 1]
+    values, missing = _split(inputs)
     return values * (1 - missing) + means * missing
 
 
@@ -123,7 +128,7 @@ def impute_multiple(model, inputs, imputations, samples=50, generator=None):
     log_w, logits = model.log_weights(inputs, samples, generator)
     picks = torch.multinomial(importance_weights(log_w).T, imputations, replacement=True, generator=generator)  # (B, M)
     chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[torch.arange(len(inputs))[:, None], picks]           # (B, M, H, W)
-    values, missing = inputs[:, 0], inputs[:, 1]
+    values, missing = _split(inputs)
     return (values[:, None] * (1 - missing[:, None]) + chosen * missing[:, None]).transpose(0, 1)
 
 
@@ -135,7 +140,7 @@ def classify_importance(model, classifier, inputs, samples=50, generator=None, w
     `classifier` maps completed images (N, H, W) to logits.
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
-    values, missing = inputs[:, 0], inputs[:, 1]
+    values, missing = _split(inputs)
     completed = values * (1 - missing) + torch.sigmoid(logits) * missing          # (K, B, H, W)
     proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
     weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
