@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mivae.models.miwae import (MIWAE, classify_importance, importance_weights, impute_importance, impute_multiple,
-                                iwae_bound, mask_aware, miwae_loss)
+                                iwae_bound, miwae_loss)
+from mivae.problem import mask_aware
 
 
 def _batch(n=256, seed=0, missing=0.5):

@@ -131,33 +131,40 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
 # Models that learn from incomplete images alone (mivae.models.miwae): mask-aware inputs (N, 2, H, W)
 
 
-def _rows(samples, rows=8192):
-    """Images per forward pass so that about `rows` (image, sample) pairs are decoded at once."""
-    return max(1, rows // samples)
+def _in_batches(step, model, inputs, samples, seed=0, *args):
+    """Runs step(model, batch, samples, generator, *args) over batches of about 8,192 (image, sample) pairs, concatenated.
+
+    One generator seeded with `seed` draws the samples of every batch, so a call is reproducible.
+    """
+    model.eval()
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    size = max(1, 8192 // samples)
+    return torch.cat([step(model, inputs[i : i + size], samples, generator, *args) for i in range(0, len(inputs), size)])
+
+
+def _negative_bound(model, inputs, samples, generator):
+    return -iwae_bound(model.log_weights(inputs, samples, generator)[0])
 
 
 @torch.inference_mode()
 def negative_bound_per_image(model, inputs, samples, seed=0):
     """Returns -log (1/K) sum_k w_k (N,) in nats for mask-aware inputs: the negative importance-weighted bound."""
-    model.eval()
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    step = _rows(samples)
-    return torch.cat([-iwae_bound(model.log_weights(inputs[i : i + step], samples, generator)[0])
-                      for i in range(0, len(inputs), step)])
+    return _in_batches(_negative_bound, model, inputs, samples, seed)
 
 
 @torch.inference_mode()
 def impute_incomplete(model, inputs, samples, seed=0):
     """Returns the single imputations (N, H, W) of mask-aware inputs by self-normalised importance sampling."""
-    model.eval()
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    step = _rows(samples)
-    return torch.cat([impute_importance(model, inputs[i : i + step], samples, generator) for i in range(0, len(inputs), step)])
+    return _in_batches(impute_importance, model, inputs, samples, seed)
 
 
 def rmse_on_missing(imputed, clean, mask):
     """Returns the root mean squared error over the missing pixels only."""
     return torch.sqrt(((imputed - clean)[mask] ** 2).mean()).item()
+
+
+def _classify(model, inputs, samples, generator, weighted):
+    return classify_importance(model.imputer, model.classifier, inputs, samples, generator, weighted)
 
 
 @torch.inference_mode()
@@ -167,8 +174,4 @@ def classify_incomplete(model, inputs, samples, seed=0, weighted=True):
     `weighted`: each imputation's class probabilities weighted by its self-normalised importance
     weight (supMIWAE); else their plain mean. The same seed draws the same imputations for both.
     """
-    model.eval()
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    step = _rows(samples)
-    return torch.cat([classify_importance(model.imputer, model.classifier, inputs[i : i + step], samples, generator, weighted)
-                      for i in range(0, len(inputs), step)])
+    return _in_batches(_classify, model, inputs, samples, seed, weighted)

@@ -111,8 +111,8 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         if data.clean_train:
             raise MivaeError(f"a {kind} model learns from incomplete images; it cannot be trained on clean ones.")
         model = build_model(kind, model_config, problem.image_shape).to(device)
-        k = model_config.eval_samples
-        score = (lambda m: negative_bound_per_image(m, val.inputs(with_mask=True), k).mean().item()) if validate else None
+        k, val_inputs = model_config.eval_samples, val.inputs(with_mask=True)
+        score = (lambda m: negative_bound_per_image(m, val_inputs, k).mean().item()) if validate else None
         history = fit(model, adam(model, model_config.lr, model_config.l2), partial(miwae_loss, samples=model_config.samples),
                       tr.inputs(with_mask=True), tr.y, train, score=score, higher_is_better=False, on_epoch=on_epoch)
         metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)

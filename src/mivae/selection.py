@@ -70,7 +70,7 @@ def _suggest(trial, name, bounds):
 
 def suggest_config(kind, trial, layers=2):
     """Returns the model config a `trial` draws for `kind` (Type 2 kinds draw their classifier)."""
-    classifier = kind.removeprefix("vae+")
+    classifier = classifier_kind(kind)
     if kind == "vae":
         space = {k: bounds for k, (bounds, _) in SPACES["vae"].items()}
         n = _suggest(trial, "layers", space["layers"])
@@ -90,7 +90,7 @@ def default_params(kind, layers=2):
     Every study's first trial runs them, so even a budget of one trial selects a sensible model.
     The VAE's default L2 of 0 lies below the space; its floor, 1e-8, stands in for it.
     """
-    classifier = kind.removeprefix("vae+")
+    classifier = classifier_kind(kind)
     if kind == "vae":
         d = VAEConfig()
         return {"layers": len(d.hidden), "nodes": d.hidden[0], "latent": d.latent, "lr": d.lr, "l2": SPACES["vae"]["l2"][0][0]}
@@ -314,7 +314,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
     problem = problem or make_problem(data, data_dir)
     direction = "minimize" if kind == "vae" else "maximize"
     deadline = None if timeout is None else time.monotonic() + timeout
-    counts = layers if kind.removeprefix("vae+") == "mlp" else (None,)
+    counts = layers if classifier_kind(kind) == "mlp" else (None,)
     studies = []
     for n in counts:
         label = f"{kind}{n}" if n else kind

@@ -41,7 +41,7 @@ class CNN(nn.Module):
         self.head = nn.Sequential(nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(dropout_dense), nn.Linear(dense, n_classes))
 
     def forward(self, x):
-        return self.head(self.features(x if x.dim() == 4 else x.unsqueeze(1)))  # (B, 1, H, W): one grey channel
+        return self.head(self.features(x if x.dim() == 4 else x.unsqueeze(1)))  # images (B, H, W) get one grey channel
 
 
 def l2_penalty(module):

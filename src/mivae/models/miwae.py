@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from mivae.models.vae import dense_stack
-from mivae.problem import mask_aware  # noqa: F401  (re-exported: the input these models take)
 
 
 class MIWAE(nn.Module):
@@ -67,19 +66,19 @@ class MIWAE(nn.Module):
 
     def log_weights(self, inputs, samples, generator=None):
         """Returns (log w (K, B), decoder logits (K, B, H, W)) for mask-aware inputs (B, 2, H, W)."""
-        values, missing = _split(inputs)
+        values, observed = inputs[:, 0], inputs[:, 1]
         z, mu, logvar = self.sample_latents(inputs, samples, generator)
         logits = self.decode_logits(z)                                             # (K, B, H, W)
-        observed = 1 - missing
         log_px = -(F.binary_cross_entropy_with_logits(logits, values.expand_as(logits), reduction="none") * observed)
         log_w = log_px.flatten(2).sum(-1)                                          # log p(x_obs | z_k)
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
         log_qz = -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
         log_w = log_w + log_pz - log_qz
         if self.missingness == "self-masking":
-            completed = values * observed + torch.sigmoid(logits) * missing        # x_obs with x_miss_k filled in
+            completed = complete(inputs, torch.sigmoid(logits))                  # x_obs with x_miss_k filled in
             missing_logit = -self.mask_scale * (completed - self.mask_shift)
-            log_ps = -F.binary_cross_entropy_with_logits(missing_logit, missing.expand_as(missing_logit), reduction="none")
+            missing = (1 - observed).expand_as(missing_logit)
+            log_ps = -F.binary_cross_entropy_with_logits(missing_logit, missing, reduction="none")
             log_w = log_w + log_ps.flatten(2).sum(-1)
         return log_w, logits
 
@@ -88,9 +87,13 @@ class MIWAE(nn.Module):
         return impute_importance(self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0))
 
 
-def _split(inputs):
-    """(values, missing) (B, H, W) each from mask-aware inputs, whose second channel is 1 where observed."""
-    return inputs[:, 0], 1 - inputs[:, 1]
+def complete(inputs, fill):
+    """Returns the images of mask-aware inputs (B, 2, H, W) with `fill` (..., B, H, W) in their missing pixels.
+
+    The second channel of the inputs is 1 where observed; observed pixels are kept exactly.
+    """
+    values, observed = inputs[:, 0], inputs[:, 1]
+    return values * observed + fill * (1 - observed)
 
 
 def iwae_bound(log_w):
@@ -113,9 +116,7 @@ def importance_weights(log_w):
 def impute_importance(model, inputs, samples=50, generator=None):
     """Returns E[x | x_obs] (B, H, W) by self-normalised importance sampling: observed pixels are kept exactly."""
     log_w, logits = model.log_weights(inputs, samples, generator)
-    means = (importance_weights(log_w)[..., None, None] * torch.sigmoid(logits)).sum(0)
-    values, missing = _split(inputs)
-    return values * (1 - missing) + means * missing
+    return complete(inputs, (importance_weights(log_w)[..., None, None] * torch.sigmoid(logits)).sum(0))
 
 
 @torch.no_grad()
@@ -128,8 +129,7 @@ def impute_multiple(model, inputs, imputations, samples=50, generator=None):
     log_w, logits = model.log_weights(inputs, samples, generator)
     picks = torch.multinomial(importance_weights(log_w).T, imputations, replacement=True, generator=generator)  # (B, M)
     chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[torch.arange(len(inputs))[:, None], picks]           # (B, M, H, W)
-    values, missing = _split(inputs)
-    return (values[:, None] * (1 - missing[:, None]) + chosen * missing[:, None]).transpose(0, 1)
+    return complete(inputs, chosen.transpose(0, 1))
 
 
 @torch.no_grad()
@@ -140,8 +140,7 @@ def classify_importance(model, classifier, inputs, samples=50, generator=None, w
     `classifier` maps completed images (N, H, W) to logits.
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
-    values, missing = _split(inputs)
-    completed = values * (1 - missing) + torch.sigmoid(logits) * missing          # (K, B, H, W)
+    completed = complete(inputs, torch.sigmoid(logits))                           # (K, B, H, W)
     proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
     weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
     return (weights[..., None] * proba).sum(0)
