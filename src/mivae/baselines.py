@@ -4,14 +4,19 @@ An imputer is fitted on (the first `fit_images` of) the corrupted training image
 missing, and fills the missing pixels of any split; observed pixels are kept exactly. The
 completed images then go to the same classifiers as everywhere else.
 
-Measured costs on 2 cores (MNIST, 784 pixels): SimpleImputer is instant; IterativeImputer with
-3 rounds fitted on 10,000 images takes about 30 s; KNNImputer's transform compares every image
-with every fitted one, about 900 s for 10,000 test images against 10,000 fitted ones, so
-imputing the 50,000 training images with it is not feasible here.
+Measured costs on 2 cores (MNIST, 784 pixels, Random Pixels 50 %): SimpleImputer is instant;
+IterativeImputer with 3 rounds, each pixel regressed on its 50 nearest pixels, fits on 10,000
+images in 53 s and fills 10,000 more in 3 s (RMSE 0.125 on the missing test pixels; with all 783
+other pixels as regressors the fit had not finished after 12 minutes); KNNImputer's transform
+compares every image with every fitted one, about 900 s for 10,000 test images against 10,000
+fitted ones, so imputing the 50,000 training images with it is not feasible here.
 """
+
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.experimental import enable_iterative_imputer  # noqa: F401  (makes IterativeImputer importable)
 from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 
@@ -21,13 +26,15 @@ IMPUTERS = ("mean", "knn", "iterative")
 
 
 def make_imputer(name, seed=0):
-    """Returns an unfitted scikit-learn imputer: `mean`, `knn` (5 neighbours) or `iterative` (3 rounds)."""
+    """Returns an unfitted scikit-learn imputer: `mean`, `knn` (5 neighbours) or `iterative` (3 rounds, each
+    feature regressed on its 50 nearest features)."""
     if name == "mean":
         return SimpleImputer(strategy="mean", keep_empty_features=True)
     if name == "knn":
         return KNNImputer(n_neighbors=5, keep_empty_features=True)
     if name == "iterative":
-        return IterativeImputer(max_iter=3, random_state=seed, keep_empty_features=True, skip_complete=True)
+        return IterativeImputer(max_iter=3, n_nearest_features=50, random_state=seed, keep_empty_features=True,
+                                skip_complete=True)
     raise MivaeError(f"unknown baseline imputer {name!r}; known imputers are {', '.join(IMPUTERS)}.")
 
 
@@ -40,7 +47,9 @@ def _rows(part):
 def fit_imputer(name, part, fit_images=None, seed=0):
     """Returns the imputer `name` fitted on the first `fit_images` corrupted images of `part` (all by default)."""
     rows = _rows(part)[:fit_images]
-    return make_imputer(name, seed).fit(rows)
+    with warnings.catch_warnings():  # three rounds are a chosen budget, not a failure to converge
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return make_imputer(name, seed).fit(rows)
 
 
 def impute_part(imputer, part):

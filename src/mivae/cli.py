@@ -201,15 +201,17 @@ def _report(args):
 
 def _add_problem_flags(parser):
     """Flags of DataConfig: which data, corrupted how."""
-    from mivae.corruption import FILL_POLICIES, METHODS
+    from mivae.corruption import METHODS
     from mivae.data import DATASETS
+    from mivae.problem import FILLS
 
     flags = parser.add_argument_group("data")
     flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
     flags.add_argument("--data-dir", help="folder holding the dataset's files")
     flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
     flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")
-    flags.add_argument("--fill", choices=FILL_POLICIES, help="what a model sees in a missing pixel (default: white)")
+    flags.add_argument("--fill", choices=FILLS, help="what a model sees in a missing pixel: a constant, the pixel means, "
+                       "or scikit-learn's IterativeImputer or KNNImputer (default: white)")
     flags.add_argument("--exact", action="store_const", const=True, help="exactly round(cl * p) missing units")
     flags.add_argument("--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)")
     flags.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")

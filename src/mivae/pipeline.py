@@ -49,6 +49,16 @@ def check_vae_matches(vae_run, data, where="the VAE run", kind="vae"):
             raise MivaeError(f"{where} was trained with {key} = {theirs!r}; this run uses {key} = {mine!r}.")
 
 
+def one_imputation(vae_run, data, part, batch=4096):
+    """The single imputation (N, H, W) of `part` by a trained imputer run on the corruption `data`: the
+    thesis' VAE decodes z = mu; a MIWAE or not-MIWAE uses self-normalised importance sampling."""
+    check_vae_matches(vae_run, data, kind=vae_run.kind if vae_run.kind in INCOMPLETE else "vae")
+    model = vae_run.model.to(part.y.device)
+    if vae_run.kind in INCOMPLETE:
+        return impute_incomplete(model, part.inputs(with_mask=True), vae_run.model_config.eval_samples)
+    return impute(model, part.inputs(with_mask=vae_run.model_config.mask_input), batch)
+
+
 def _vae_score(vae, part, data, config, batch):
     """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises."""
     target = part.clean if config.denoising else _inputs(part, data)
@@ -65,18 +75,27 @@ def _incomplete_metrics(model, parts, samples):
     return metrics
 
 
-def _importance_weighted_evaluation(run, x, labels, samples, seed, batch, dtype):
+def _importance_weighted_probas(run, part, samples, seed, batch, dtype):
+    x = part.inputs(with_mask=True)
+    return {"single": predict_proba(run.model, x, batch, dtype),
+            "importance_weighted": classify_incomplete(run.model, x, samples, seed, weighted=True),
+            "uniform": classify_incomplete(run.model, x, samples, seed, weighted=False)}
+
+
+def _importance_weighted_evaluation(run, val, test, samples, seed, batch, dtype):
     """A MIWAE-based Type 2 run: single imputation, and K = `samples` imputations averaged with importance
-    weights (supMIWAE's p(y | x_obs)) and uniformly (the thesis' multiple imputation), with paired tests."""
-    y = labels.cpu().numpy()
-    probas = {"single": predict_proba(run.model, x, batch, dtype),
-              "importance_weighted": classify_incomplete(run.model, x, samples, seed, weighted=True),
-              "uniform": classify_incomplete(run.model, x, samples, seed, weighted=False)}
+    weights (supMIWAE's p(y | x_obs)) and uniformly (the thesis' multiple imputation), with paired tests.
+    Validation accuracy of each is reported too, for choosing between them without the test set."""
+    y = test.y.cpu().numpy()
+    val_probas = _importance_weighted_probas(run, val, samples, seed, batch, dtype)
+    probas = _importance_weighted_probas(run, test, samples, seed, batch, dtype)
     predicted = {name: p.argmax(1).cpu().numpy() for name, p in probas.items()}
     result = {"samples": samples, "true_class_distribution": class_distribution(y, run.n_classes).tolist()}
     for name, p in probas.items():
         result[name] = {"accuracy": accuracy(predicted[name], y), "uncertainty": uncertainty(p.cpu().numpy(), y),
-                        "class_distribution": class_distribution(predicted[name], run.n_classes).tolist()}
+                        "val_accuracy": accuracy(val_probas[name].argmax(1).cpu(), val.y.cpu()),
+                        "class_distribution": class_distribution(predicted[name], run.n_classes).tolist(),
+                        "predicted": predicted[name].tolist()}
     result["z_weighted_vs_single"] = paired_test(predicted["importance_weighted"], predicted["single"], y).z
     result["z_weighted_vs_uniform"] = paired_test(predicted["importance_weighted"], predicted["uniform"], y).z
     return result
@@ -146,8 +165,8 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
 
     `data` tests a run trained on clean images on another corruption than its own.
     vae: negative ELBO per image on validation and test. Type 1: accuracy on the corrupted
-    test images; trained on clean data (`clean_train`) also on one imputation by `vae_run`
-    (Tables 6 and 7) with the paired test between the two. Type 2: single imputation and
+    test images; trained on clean data (`clean_train`) also on one imputation by `vae_run`, a VAE,
+    MIWAE or not-MIWAE (Tables 6 and 7), with the paired test between the two. Type 2: single imputation and
     multiple imputation for every m up to max(samples), with z_multi/single at each
     requested m (Tables 1, 2, 4, 5 and Figures 10-16). Classification runs in `precision`.
     """
@@ -170,20 +189,25 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
     if run.kind in INCOMPLETE:
         return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
 
-    x = test.inputs(with_mask=_sees_mask(run.kind, run.model_config, run.vae_config))
+    with_mask = _sees_mask(run.kind, run.model_config, run.vae_config)
+    x = test.inputs(with_mask=with_mask)
     if imputer_kind(run.kind) in INCOMPLETE:
-        return {**result, **_importance_weighted_evaluation(run, x, test.y, max(samples), seed, batch, dtype)}
+        return {**result, **_importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)}
     if not imputer_kind(run.kind):
         proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
         direct = proba.argmax(1)
         result["accuracy"] = accuracy(direct, y)
+        result["val_accuracy"] = accuracy(predict_proba(run.model, val.inputs(with_mask=with_mask), batch, dtype).argmax(1).cpu(),
+                                          val.y.cpu())
         result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
         result["uncertainty"] = uncertainty(proba, y)
+        result["predicted"] = direct.tolist()  # for paired tests between any two evaluations of this test set
         if vae_run is not None:
-            check_vae_matches(vae_run, data)
-            imputed = impute(vae_run.model.to(device), test.inputs(with_mask=vae_run.model_config.mask_input), batch)
-            on_imputation = predict_proba(run.model, imputed, batch, dtype).argmax(1).cpu().numpy()
+            on_imputation, on_val = (predict_proba(run.model, one_imputation(vae_run, data, part, batch), batch, dtype)
+                                     .argmax(1).cpu().numpy() for part in (test, val))
             result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
+            result["val_accuracy_on_one_vae_imputation"] = accuracy(on_val, val.y.cpu().numpy())
+            result["predicted_on_one_vae_imputation"] = on_imputation.tolist()
             result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
         return result
 

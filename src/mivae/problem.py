@@ -3,14 +3,24 @@
 `make_problem(DataConfig)` is the one place where data, corruption and fill policy meet.
 Every split is corrupted with its own deterministic masks (seed, split name, method,
 level), so the test images are identical for every model built on the same config.
+
+A fill is a constant (`white`, `zero`), the per-pixel mean of the observed training pixels
+(`mean`, what scikit-learn's SimpleImputer does), or a scikit-learn imputer fitted on the
+first `IMPUTER_FIT_IMAGES` corrupted training images (`iterative`, `knn`; see `mivae.baselines`).
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from mivae.corruption import corrupt, fill, pixel_means
+from mivae.corruption import FILL_POLICIES, corrupt, fill, pixel_means
 from mivae.data import load_splits
+from mivae.errors import MivaeError
+
+IMPUTER_FILLS = ("iterative", "knn")
+FILLS = FILL_POLICIES + IMPUTER_FILLS
+IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 30 s on these; see mivae.baselines for KNN's cost
 
 
 @dataclass(frozen=True)
@@ -61,19 +71,27 @@ class Problem:
 
 def make_problem(config, data_dir=None):
     """Returns the `Problem` described by a `DataConfig`: load, split, corrupt, fill."""
+    if config.fill not in FILLS:
+        raise MivaeError(f"unknown fill policy {config.fill!r}; expected one of {', '.join(FILLS)}.")
     splits = load_splits(config.dataset, data_dir, seed=config.seed)
     corrupted = {
         s.name: corrupt(s.images[: config.limit], config.method, config.level, seed=config.seed, split=s.name, exact=config.exact)
         for s in splits
     }
     means = pixel_means(corrupted["train"]) if config.fill == "mean" else None
+    policy = "white" if config.fill in IMPUTER_FILLS else config.fill  # replaced by the imputer's values below
     parts = {}
     for s in splits:
         c = corrupted[s.name]
         parts[s.name] = Part(
-            x=torch.from_numpy(fill(c, config.fill, means)),
+            x=torch.from_numpy(fill(c, policy, means)),
             clean=torch.from_numpy(s.images[: config.limit]),
             mask=torch.from_numpy(c.mask),
             y=torch.from_numpy(s.labels[: config.limit]),
         )
+    if config.fill in IMPUTER_FILLS:
+        from mivae.baselines import fit_imputer, impute_part  # scikit-learn loads only when a problem needs it
+
+        imputer = fit_imputer(config.fill, parts["train"], IMPUTER_FIT_IMAGES, seed=config.seed)
+        parts = {name: dataclasses.replace(part, x=impute_part(imputer, part)) for name, part in parts.items()}
     return Problem(parts["train"], parts["val"], parts["test"], splits.train.images.shape[1:], splits.n_classes)

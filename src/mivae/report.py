@@ -2,7 +2,8 @@
 
 Built from RUN_DIR/results/ alone (never trains, never reads the dataset):
 
-    RUN_DIR/report/report.md       tables in the thesis' layout, "ours (thesis)", figures, §5's observations
+    RUN_DIR/report/report.md       tables in the thesis' layout, "ours (thesis)", figures, §5's observations,
+                                   and the "Beyond the thesis" section (mivae.report_beyond)
     RUN_DIR/report/figures/*.png   Figures 4, 8-16
     RUN_DIR/report/results.csv     every table cell: table, row, column, ours, thesis
     RUN_DIR/report/results.json    the same cells, the observations and the run's settings
@@ -20,6 +21,8 @@ from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
 from mivae.experiments import LEVELS, METHODS, setting_name
 from mivae.figures import image_grid, plt, save_figure
+from mivae.report_beyond import RESULTS as BEYOND_RESULTS
+from mivae.report_beyond import section as beyond_section
 from mivae.runs import write_json
 
 # The thesis' Tables 1-7 (§4), cell by cell.
@@ -46,7 +49,7 @@ def load_results(run_dir):
         raise MivaeError(f"{run_dir} is not a reproduce run directory: study.json is missing.")
     results = {}
     needed = [(setting_name(m, lv), n) for m in METHODS for lv in LEVELS
-              for n in ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn", "clean-mlp", "clean-cnn")]
+              for n in ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn", "clean-mlp", "clean-cnn", *BEYOND_RESULTS)]
     needed += [("figures", "examples"), ("figures", "figure8")]
     for group, name in needed:
         path = results_dir / group / f"{name}.json"
@@ -387,6 +390,11 @@ def build_report(run_dir):
     md.append("## The six observations of §5, checked\n")
     for i, o in enumerate(obs, 1):
         md.append(f"{i}. **{'Held' if o['held'] else 'Did not hold'}.** {o['claim']} {o['statistic']}")
+    thesis_cells = {(method, level, classifier): THESIS[table][level][column] for table, method in CLEAN_TABLES
+                    for level in LEVELS for classifier, column in (("mlp", 1), ("cnn", 3))}
+    beyond_md, beyond = beyond_section(results, thesis_cells)
+    md.append("")
+    md += beyond_md
     md.append("\n## Model selection\n")
     md.append("Validation score: accuracy for classifiers, negative ELBO for VAEs. Selection used validation data only.\n")
     md.append(_selection_rows(results) + "\n")
@@ -398,7 +406,7 @@ def build_report(run_dir):
     writer.writerows(cells)
     with atomic_path(out / "results.csv") as tmp:
         tmp.write_text(text.getvalue())
-    write_json(out / "results.json", {"study": study, "figures": figures, "observations": obs,
+    write_json(out / "results.json", {"study": study, "figures": figures, "observations": obs, "beyond": beyond,
                                       "cells": [dict(zip(("table", "row", "column", "ours", "thesis"), c)) for c in cells]})
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
