@@ -1,6 +1,7 @@
 """`mivae reproduce --preset smoke` end to end: every table and figure present and sane, caching, resume, report."""
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -8,11 +9,13 @@ import shutil
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 
-from mivae import experiments, report
+from mivae import experiments, report, report_beyond
 from mivae.cli import main
 from mivae.errors import MivaeError
 from mivae.report import THESIS
+from mivae.runs import load_run
 
 SETTINGS = [experiments.setting_name(m, lv) for m in experiments.METHODS for lv in experiments.LEVELS]
 
@@ -148,10 +151,11 @@ def test_the_command_reuses_a_finished_study_without_training(smoke, monkeypatch
     monkeypatch.setattr(experiments, "evaluate_run", no_training)
     assert main(["reproduce", "--preset", "smoke", "--out", str(smoke["out"]), "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "36 trained units, 36 reused from earlier runs." in out
+    # 36 units of the thesis' study (32 searches, Table 3's 4 trainings) and 6 x 6 beyond it
+    assert "72 trained units, 72 reused from earlier runs." in out
     assert f"report: {smoke['out'] / 'report' / 'report.md'}" in out
     invocations = json.loads((smoke["out"] / "study.json").read_text())["invocations"]
-    assert [i["units_run"] for i in invocations] == [34, 0] and invocations[-1]["units_reused"] == 36
+    assert [i["units_run"] for i in invocations] == [70, 0] and invocations[-1]["units_reused"] == 72
 
 
 def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, capsys):
@@ -161,11 +165,76 @@ def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, ca
     assert str(copy / "report" / "report.md") in capsys.readouterr().out
     rebuilt = json.loads((copy / "report" / "results.json").read_text())
     assert rebuilt["cells"] == smoke["results"]["cells"] and rebuilt["observations"] == smoke["results"]["observations"]
+    assert rebuilt["beyond"] == smoke["results"]["beyond"]
 
 
-def test_a_run_directory_keeps_its_preset_and_seed(smoke):
+def test_a_run_directory_keeps_its_preset_and_seed_but_not_the_wording_of_its_description(smoke, monkeypatch):
     with pytest.raises(MivaeError, match="another preset, seed or limit"):
         experiments.Study("smoke", smoke["out"], seed=1, progress=False)
+    reworded = dataclasses.replace(experiments.PRESETS["smoke"], about="the same study, described anew")
+    monkeypatch.setitem(experiments.PRESETS, "smoke", reworded)
+    experiments.Study("smoke", smoke["out"], progress=False)  # accepted: no result depends on the description
+    monkeypatch.setitem(experiments.PRESETS, "smoke", dataclasses.replace(reworded, patience=6))
+    with pytest.raises(MivaeError, match="another preset, seed or limit"):
+        experiments.Study("smoke", smoke["out"], progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Beyond the thesis
+
+
+def _result(smoke, setting, name):
+    return json.loads((smoke["out"] / "results" / setting / f"{name}.json").read_text())
+
+
+def test_beyond_trains_mask_aware_models_and_vaes_that_never_see_a_clean_image(smoke):
+    for setting in SETTINGS:
+        for classifier in ("mlp", "cnn"):
+            (unit,) = (smoke["out"] / "units").glob(f"beyond-mask-{classifier}-{setting}-*")
+            run = load_run(unit)
+            assert run.model_config.mask_input and run.data.fill == "white"
+            first = next(m for m in run.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+            assert (first.in_features == 2 * 64) if classifier == "mlp" else (first.in_channels == 2)
+        vae = _result(smoke, setting, "incomplete-vae")
+        assert vae["kind"] == ("not-miwae" if setting.startswith("vertical") else "miwae")
+        (unit,) = (smoke["out"] / "units").glob(f"beyond-{vae['kind']}-{setting}-*")
+        assert not load_run(unit).data.clean_train
+        assert 0 < vae["test_rmse_missing"] < 1 and math.isfinite(vae["test_negative_bound"])
+
+
+def test_importance_weighted_classification_reports_accuracy_and_uncertainty_of_each_variant(smoke):
+    labels = _result(smoke, "figures", "examples")["test_labels"]
+    for setting in SETTINGS:
+        e = _result(smoke, setting, "incomplete-vae+mlp")
+        assert e["samples"] == 50
+        for variant in ("single", "importance_weighted", "uniform"):
+            v = e[variant]
+            assert len(v["predicted"]) == len(labels) == 359
+            assert v["accuracy"] == pytest.approx(np.mean(np.array(v["predicted"]) == labels))
+            assert 0 <= v["val_accuracy"] <= 1 and sum(v["class_distribution"]) == 359
+            u = v["uncertainty"]
+            assert u["nll"] > 0 and 0 <= u["brier"] <= 2 and 0 <= u["ece"] <= 1
+            assert u["accuracy_at_coverage"]["1.0"] == pytest.approx(v["accuracy"])
+        assert math.isfinite(e["z_weighted_vs_uniform"]) and math.isfinite(e["z_weighted_vs_single"])
+
+
+def test_the_beyond_section_chooses_on_validation_and_reports_every_target(smoke):
+    beyond = smoke["results"]["beyond"]
+    assert [t["setting"] for t in beyond["targets"]] == SETTINGS
+    for t in beyond["targets"]:
+        rows = report_beyond.candidates({n: _result(smoke, t["setting"], n) for n in report_beyond.RESULTS + ("cnn",)})
+        assert len(rows) == 7 and t["val_accuracy"] == max(val for _, val, _, _ in rows)
+        assert (t["method"], t["test_accuracy"]) in [(name, test) for name, _, test, _ in rows]
+        assert t["met"] == (t["test_accuracy"] >= t["target"]) and math.isfinite(t["z_vs_our_thesis_cnn"])
+    u = beyond["uncertainty"]
+    assert u["comparisons"] == 6 * 4 * 3  # settings x (VAE+MLP, VAE+CNN, two weighted variants) x (NLL, Brier, ECE)
+    assert u["held"] == (u["multiple_better"] > u["comparisons"] / 2)
+    clean = beyond["clean_scenario"]
+    assert len(clean) == 12 and all(r["met"] == (r["chosen_test"] >= r["thesis"] + 0.10 or r["chosen_test"] >= 0.95)
+                                    for r in clean)
+    assert all(set(r["test"]) == {"thesis' VAE", "(not-)MIWAE", "mean", "iterative"} for r in clean)
+    text = (smoke["out"] / "report" / "report.md").read_text()
+    assert "## Beyond the thesis" in text and text.count("| missed |") + text.count("| **met** |") == 6 + 12
 
 
 @pytest.mark.parametrize("argv, message", [
