@@ -134,7 +134,7 @@ class Study:
         return TrainConfig(epochs=epochs or self.preset.epochs[kind], patience=self.preset.patience,
                            batch_size=self.preset.batch_size, seed=self.seed)
 
-    def _images(self):
+    def image_counts(self):
         n = {"digits": (1079, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
         return tuple(min(k, self.limit) if self.limit else k for k in n)
 
@@ -148,14 +148,14 @@ class Study:
         return _TRAIN_COST[kind]
 
     def _search_cost(self, kind):
-        n_train, _ = self._images()
+        n_train, _ = self.image_counts()
         layers = len(self.preset.mlp_layers) if kind.endswith("mlp") else 1
         trials = self.preset.trials[kind] * layers + (1.2 if self.preset.retrain else 0)
         return trials * self.preset.epochs[kind] * n_train * _TRAIN_COST[kind] * self.cost_scale
 
     def estimated_seconds(self):
         """A rough estimate of the whole study's compute on 2 cores, for the progress bar."""
-        _, n_test = self._images()
+        _, n_test = self.image_counts()
         per_setting = sum(self._search_cost(k) for k in SEARCHED)
         per_setting += sum(n_test * self.preset.samples[c] * _SAMPLE_COST[c] * self.cost_scale for c in ("mlp", "cnn"))
         tables367 = self._search_cost("mlp") + self._search_cost("cnn") + 2 * self._search_cost("vae+mlp") / 3
@@ -212,7 +212,7 @@ class Study:
         vae_run, vae_key = vae or (None, None)
         train = self.train_config(kind, epochs)
         spec = {"kind": kind, "data": to_dict(data), "model": to_dict(config), "train": to_dict(train), "vae": vae_key}
-        cost = train.epochs * self._images()[0] * _TRAIN_COST[kind] * self.cost_scale
+        cost = train.epochs * self.image_counts()[0] * _TRAIN_COST[kind] * self.cost_scale
 
         def work(directory, finished):
             if not finished:
