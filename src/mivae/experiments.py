@@ -69,7 +69,7 @@ PRESETS = {
         about="full MNIST; the default configuration of every model (the first trial of each search) and one random "
               "draw for the MLPs, at most 20 epochs (VAEs), 12-15 (MLPs) and 2 (CNNs); the winning trial kept (no "
               "retraining); M = 100 for MLPs and 20 for CNNs: the thesis' matrix in under an hour on 2 CPU cores, "
-              "the beyond-the-thesis stage in about an hour more"),
+              "the beyond-the-thesis stage in about 90 minutes more"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
         epochs=dict.fromkeys(SEARCHED, 50), patience=5, batch_size=128, samples={"mlp": 3000, "cnn": 3000}, retrain=True,
