@@ -20,7 +20,7 @@ from mivae.errors import MivaeError
 
 IMPUTER_FILLS = ("iterative", "knn")
 FILLS = FILL_POLICIES + IMPUTER_FILLS
-IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 30 s on these; see mivae.baselines for KNN's cost
+IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 53 s on these; see mivae.baselines for KNN's cost
 
 
 @dataclass(frozen=True)

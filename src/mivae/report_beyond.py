@@ -106,8 +106,7 @@ def clean_scenario(results, thesis_cells):
             own = setting[f"clean-{classifier}"]
             options = {"thesis' VAE": (own["val_accuracy_on_one_vae_imputation"], own["accuracy_on_one_vae_imputation"])}
             miwae = setting[f"clean-{classifier}-on-incomplete-vae"]
-            options["(not-)MIWAE"] = (miwae["val_accuracy_on_one_vae_imputation"],
-                                                          miwae["accuracy_on_one_vae_imputation"])
+            options["(not-)MIWAE"] = (miwae["val_accuracy_on_one_vae_imputation"], miwae["accuracy_on_one_vae_imputation"])
             for b in BASELINES:
                 e = setting[f"clean-{classifier}-on-{b}"]
                 options[b] = (e["val_accuracy"], e["accuracy"])
