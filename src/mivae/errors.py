@@ -7,3 +7,7 @@ class MivaeError(Exception):
     The CLI prints the message and exits with status 2; anything else that escapes
     is a bug in mivae and keeps its traceback.
     """
+
+
+class InputError(MivaeError, ValueError):
+    """A bad value, parameter or table given to the Python API: a ValueError to scikit-learn, one sentence to the CLI."""

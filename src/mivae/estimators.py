@@ -1,0 +1,435 @@
+"""scikit-learn estimators for any table with missing values: VAEImputer, MIWAEImputer, MultipleImputationClassifier.
+
+They follow the contract of `sklearn.impute`: `__init__` only stores parameters, `fit` validates its
+input and returns self, learned state ends in `_`, `transform` checks that the estimator was fitted
+and that the feature count matches, and never refits. They work inside Pipeline, GridSearchCV and
+cross_val_score. Input is a DataFrame (column types from its dtypes) or a 2-D array (continuous
+unless `categorical` names columns), NaN or None where missing; output has the same form, columns
+and order, with every observed entry kept exactly.
+
+Both imputers are mask-aware VAEs over the encoded rows (mivae.table, mivae.models.tabular) that
+learn from the observed entries alone; no complete row is needed.
+
+- `VAEImputer` trains on the masked ELBO and imputes as the thesis does: single imputation decodes
+  z = mu, multiple imputation decodes latent samples z ~ q(z | x_obs).
+- `MIWAEImputer` trains on the importance-weighted bound with K samples (Mattei and Frellsen 2019)
+  and imputes by self-normalised importance sampling (single) and sampling-importance-resampling
+  (multiple).
+
+Multiple imputations draw the missing entries from p(x | z), observation noise and all, so M
+completed tables carry the uncertainty of the missing values, as proper multiple imputation needs.
+"""
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from mivae.config import TrainConfig
+from mivae.errors import InputError
+from mivae.models.miwae import importance_weights, iwae_bound
+from mivae.models.tabular import LIKELIHOODS, TabularVAE
+from mivae.table import CONTINUOUS, Schema, infer_kinds
+from mivae.training import adam, fit
+
+BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
+
+
+def _validate_table(estimator, X, reset, categorical):
+    """Returns X checked by scikit-learn (feature count and names against fit) in the form the schema reads.
+
+    A DataFrame is returned as it is, its dtypes intact; an array is converted to float64 when every
+    column is continuous (so a non-number is an error there) and kept as objects otherwise.
+    """
+    frame = hasattr(X, "dtypes") and hasattr(X, "columns")
+    numeric = not frame and not categorical
+    checked = validate_data(estimator, X, reset=reset, dtype="numeric" if numeric else None,
+                            ensure_all_finite="allow-nan")
+    return X if frame else checked
+
+
+def _check_positive_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise InputError(f"{name} must be a whole number of at least {low}; got {value!r}.")
+
+
+def _check_number(name, value, low, high, low_open=True, high_open=False):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise InputError(f"{name} must be a number in {interval}; got {value!r}.")
+
+
+class _TabularImputer(TransformerMixin, BaseEstimator):
+    """What the two imputers share: validation, the schema, training, and turning encoded imputations into tables."""
+
+    training_samples = 1  # K of the training bound; MIWAEImputer sets its own
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _check_params(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}.")
+        hidden = self.hidden
+        if not isinstance(hidden, (tuple, list)) or not hidden or not all(
+                isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
+        if self.latent is not None:
+            _check_positive_int("latent", self.latent)
+        for name in ("max_epochs", "patience", "batch_size"):
+            _check_positive_int(name, getattr(self, name))
+        _check_number("lr", self.lr, 0, math.inf)
+        _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
+
+    def fit(self, X, y=None):
+        """Fits the imputer on table X (n, d) with NaN where missing; y is ignored. Returns self."""
+        self._check_params()
+        X = _validate_table(self, X, reset=True, categorical=self.categorical)
+        try:
+            kinds = infer_kinds(X, self.categorical)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self.schema_ = Schema.fit(X, kinds)
+        empty = [c.name for c in self.schema_.columns if c.empty]
+        if len(empty) == len(self.schema_.columns):
+            raise InputError("every column is missing in every row, so there is nothing to learn from.")
+        if empty:
+            warnings.warn(f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
+                          "in the model and come back missing.", UserWarning, stacklevel=2)
+        values, observed = (torch.from_numpy(a) for a in self.schema_.encode(X))
+        columns = len(self.schema_.modelled)
+        self.latent_ = self.latent or max(1, min(columns - 1, 16))
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        torch.manual_seed(seed)  # the initial weights
+        self.model_ = TabularVAE(self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood)
+        self.seed_ = seed
+        self.history_ = self._train(values, observed, seed)
+        return self
+
+    def _train(self, values, observed, seed):
+        """Trains model_ on the encoded rows, holding out validation_fraction of them for early stopping."""
+        n = len(values)
+        n_val = int(n * self.validation_fraction)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        val, train = order[:n_val], order[n_val:]
+        rows = torch.cat([values, observed], dim=1)      # (n, W + C): one tensor, sliced into batches by fit
+        width = values.shape[1]
+        samples = self.training_samples
+        latent = self.latent_
+
+        def loss(model, batch, _):
+            eps = torch.randn(samples, len(batch), latent)
+            log_w, _ = model.log_weights(batch[:, :width], batch[:, width:], eps)
+            return -iwae_bound(log_w).mean()
+
+        score = None
+        if n_val >= 1:
+            val_eps = torch.randn((samples, n_val, latent), generator=torch.Generator().manual_seed(seed + 1))
+
+            @torch.no_grad()
+            def score(model):  # the same noise every epoch: the bound moves only with the weights
+                model.eval()
+                log_w, _ = model.log_weights(values[val], observed[val], val_eps)
+                return iwae_bound(log_w).mean().item()
+
+        config = TrainConfig(epochs=self.max_epochs, patience=self.patience, batch_size=min(self.batch_size, len(train)),
+                             seed=seed, precision=self.precision)
+        return fit(self.model_, adam(self.model_, self.lr), loss, rows[train], rows[train], config, score=score)
+
+    def _encode(self, X):
+        check_is_fitted(self, "model_")
+        X = _validate_table(self, X, reset=False, categorical=self.categorical)
+        try:
+            values, observed = self.schema_.encode(X)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return X, torch.from_numpy(values), torch.from_numpy(observed)
+
+    def _observed_slots(self, observed):
+        return observed[:, self.model_.column_of_slot]
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        """Returns the encoded single imputation (B, W) of encoded rows; observed slots kept."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        """Returns M encoded imputations (M, B, W) drawn from p(x_miss | x_obs); observed slots kept.
+
+        With `shared`, the same noise serves every row, so each row's imputations are a fixed function
+        of that row alone; otherwise every row draws its own.
+        """
+        raise NotImplementedError
+
+    def _noise(self, shape, rows, generator, shared, uniform=False):
+        """Returns noise (*shape, rows or 1, ...) : standard normal, or uniform in [0, 1)."""
+        size = (*shape[:1], 1 if shared else rows, *shape[1:])
+        return torch.rand(size, generator=generator) if uniform else torch.randn(size, generator=generator)
+
+    def _observation_noise(self, imputations, rows, generator, shared):
+        model = self.model_
+        return (self._noise((imputations, model.n_continuous), rows, generator, shared),
+                self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True))
+
+    def _in_batches(self, fn, values, observed, dim=0):
+        self.model_.eval()
+        parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS]) for i in range(0, len(values), BATCH_ROWS)]
+        return torch.cat(parts, dim=dim) if parts else torch.zeros((0, values.shape[1]))
+
+    def transform(self, X):
+        """Returns the single imputation of table X: the same form, columns and order, observed entries kept exactly."""
+        X, values, observed = self._encode(X)
+        completed = self._in_batches(self._single, values, observed)
+        return self.schema_.assemble(self.schema_.decode(completed.numpy(), X), X)
+
+    def sample(self, X, n_imputations=10):
+        """Returns a list of `n_imputations` completed copies of table X, each drawn from p(x_miss | x_obs).
+
+        Each copy has X's form, columns and order; observed entries are kept exactly. The draws come
+        from random_state, so an int random_state gives the same copies on every call.
+        """
+        _check_positive_int("n_imputations", n_imputations)
+        X, values, observed = self._encode(X)
+        generator = torch.Generator().manual_seed(int(check_random_state(self.random_state).randint(2**31 - 1)))
+        draws = self._in_batches(lambda v, o: self._draw(v, o, n_imputations, generator, shared=False), values, observed, dim=1)
+        return [self.schema_.assemble(self.schema_.decode(d.numpy(), X), X) for d in draws]
+
+    def encoded_imputations(self, X, n_imputations, seed=0, shared=True):
+        """Returns (imputations (M, n, W) float32, observed (n, columns)) in the model's encoding: standardised
+        continuous values and one-hot labels, for classifiers that work on the encoding. With `shared`,
+        each row's imputations depend on that row alone (common random numbers)."""
+        X, values, observed = self._encode(X)
+        generator = torch.Generator().manual_seed(seed)
+        draws = self._in_batches(lambda v, o: self._draw(v, o, n_imputations, generator, shared), values, observed, dim=1)
+        return draws.numpy(), observed.numpy()
+
+
+class VAEImputer(_TabularImputer):
+    """Imputes a table with a VAE trained on the masked ELBO, as the thesis' VAE (§2.2) on incomplete data.
+
+    Parameters
+    ----------
+    categorical : list of column names (DataFrame) or indices (array), or None
+        Columns to treat as categorical besides those a DataFrame's dtypes make categorical.
+    likelihood : "gaussian" or "student-t"
+        The decoder's distribution for continuous columns (standardised internally).
+    hidden : tuple of int
+        Nodes per hidden ReLU layer of the encoder; the decoder mirrors them.
+    latent : int or None
+        Latent dimension L; None takes the number of columns minus one, between 1 and 16.
+    lr : float
+        Adam learning rate.
+    max_epochs, patience, batch_size : int
+        Most epochs; epochs without a better validation bound before stopping; rows per step.
+    validation_fraction : float in [0, 1)
+        Rows held out for early stopping; 0 trains for max_epochs.
+    precision : "auto", "bf16" or "fp32"
+        Matmul precision in training; fp32 by default, where small tables lose nothing in speed.
+    random_state : int, RandomState or None
+        Seeds the weights, the held-out rows, the training noise and the imputations.
+
+    Attributes
+    ----------
+    schema_ : mivae.table.Schema, the column types and scalings.
+    model_ : mivae.models.tabular.TabularVAE, the trained network.
+    history_ : mivae.training.History.
+    latent_ : int, the latent dimension used.
+    n_features_in_, feature_names_in_ : as every scikit-learn estimator.
+    """
+
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=300,
+                 patience=30, batch_size=64, validation_fraction=0.1, precision="fp32", random_state=None):
+        self.categorical = categorical
+        self.likelihood = likelihood
+        self.hidden = hidden
+        self.latent = latent
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.random_state = random_state
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        mu, _ = self.model_.encode(values, observed)                  # z = mu, as the thesis' single imputation
+        keep = self._observed_slots(observed)
+        return values * keep + self.model_.means(self.model_.decode(mu)) * (1 - keep)
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        model = self.model_
+        mu, logvar = model.encode(values, observed)
+        z = mu + torch.exp(0.5 * logvar) * self._noise((imputations, self.latent_), len(values), generator, shared)
+        draws = model.draw(model.decode(z), *self._observation_noise(imputations, len(values), generator, shared))
+        keep = self._observed_slots(observed)
+        return values * keep + draws * (1 - keep)                     # (M, B, W)
+
+
+class MIWAEImputer(_TabularImputer):
+    """Imputes a table with MIWAE (Mattei and Frellsen 2019): the importance-weighted bound with K samples.
+
+    Parameters are those of VAEImputer, and:
+
+    importance_samples : int
+        K of the training bound (5 to 50 in the paper; K = 1 is VAEImputer's masked ELBO).
+    imputation_samples : int
+        Proposals per row for imputation: the self-normalised importance-sampling mean (transform)
+        and the pool that sampling-importance-resampling draws from (sample).
+    """
+
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=300,
+                 patience=30, batch_size=64, validation_fraction=0.1, precision="fp32", importance_samples=20,
+                 imputation_samples=100, random_state=None):
+        self.categorical = categorical
+        self.likelihood = likelihood
+        self.hidden = hidden
+        self.latent = latent
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.importance_samples = importance_samples
+        self.imputation_samples = imputation_samples
+        self.random_state = random_state
+
+    def _check_params(self):
+        super()._check_params()
+        _check_positive_int("importance_samples", self.importance_samples)
+        _check_positive_int("imputation_samples", self.imputation_samples)
+
+    @property
+    def training_samples(self):
+        return self.importance_samples
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        # The same K proposals for every row and call: the imputation is a fixed function of its row.
+        generator = torch.Generator().manual_seed(self.seed_)
+        eps = torch.randn((self.imputation_samples, 1, self.latent_), generator=generator)
+        log_w, params = self.model_.log_weights(values, observed, eps)
+        expected = (importance_weights(log_w)[..., None] * self.model_.means(params)).sum(0)   # (B, W)
+        keep = self._observed_slots(observed)
+        return values * keep + expected * (1 - keep)
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        model, rows = self.model_, len(values)
+        eps = self._noise((self.imputation_samples, self.latent_), rows, generator, shared)
+        log_w, params = model.log_weights(values, observed, eps)                  # (K, B)
+        cdf = importance_weights(log_w).cumsum(0).T                               # (B, K)
+        u = self._noise((imputations,), rows, generator, shared, uniform=True).expand(imputations, rows)
+        picks = torch.searchsorted(cdf.contiguous(), u.T.contiguous()).clamp(max=len(log_w) - 1).T   # (M, B)
+        columns = torch.arange(rows)[None, :]
+        chosen = {key: (value[picks, columns] if key != "logits" else [v[picks, columns] for v in value])
+                  for key, value in params.items()}
+        draws = model.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
+        keep = self._observed_slots(observed)
+        return values * keep + draws * (1 - keep)
+
+
+class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
+    """Classifies rows with missing entries by averaging a classifier's class probabilities over M imputations.
+
+    The thesis' multiple imputation (§2.2.4) for any table: the imputer is fitted on X (labels
+    unseen), the classifier is trained on M imputations of every training row stacked, and
+    predict_proba is the mean of its probabilities over M imputations of each row. The classifier
+    sees the imputer's encoding (standardised continuous columns, one-hot categorical ones), so it
+    needs no preprocessing of its own.
+
+    Parameters
+    ----------
+    imputer : VAEImputer, MIWAEImputer or None
+        Cloned and fitted on X; None takes MIWAEImputer().
+    classifier : a scikit-learn classifier with predict_proba, or None
+        Cloned and fitted on the imputations; None takes LogisticRegression(max_iter=1000).
+    n_imputations : int
+        M, the imputations per row in training and in prediction.
+    add_indicator : bool
+        Also give the classifier the observed mask (1 = observed), so missingness itself can inform
+        the class (useful when values are missing not at random).
+    random_state : int, RandomState or None
+        Seeds the imputer (where its own random_state is None) and the imputations.
+
+    Attributes
+    ----------
+    imputer_, classifier_ : the fitted estimators.
+    classes_ : the class labels, as given.
+    n_features_in_, feature_names_in_ : as every scikit-learn estimator.
+    """
+
+    def __init__(self, imputer=None, classifier=None, n_imputations=10, add_indicator=False, random_state=None):
+        self.imputer = imputer
+        self.classifier = classifier
+        self.n_imputations = n_imputations
+        self.add_indicator = add_indicator
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _features(self, X, seed, shared):
+        draws, observed = self.imputer_.encoded_imputations(X, self.n_imputations, seed=seed, shared=shared)
+        if self.add_indicator:
+            draws = np.concatenate([draws, np.broadcast_to(observed, (len(draws), *observed.shape))], axis=2)
+        return draws                                                    # (M, n, features)
+
+    def fit(self, X, y):
+        """Fits the imputer on X and the classifier on M imputations of X with labels y. Returns self."""
+        imputer = MIWAEImputer() if self.imputer is None else self.imputer
+        if not isinstance(imputer, _TabularImputer):
+            raise InputError(f"imputer must be a VAEImputer or MIWAEImputer, which draw multiple imputations; "
+                             f"got {type(imputer).__name__}.")
+        _check_positive_int("n_imputations", self.n_imputations)
+        categorical = imputer.categorical
+        X = _validate_table(self, X, reset=True, categorical=categorical)
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if len(y) != len(X):
+            raise InputError(f"X has {len(X)} rows but y has {len(y)} labels.")
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        rng = check_random_state(self.random_state)
+        self.imputer_ = clone(imputer)
+        if self.imputer_.random_state is None and self.random_state is not None:
+            self.imputer_.set_params(random_state=int(rng.randint(2**31 - 1)))
+        self.imputer_.fit(X)
+        self.seed_ = int(rng.randint(2**31 - 1))
+        features = self._features(X, self.seed_, shared=False)
+        self.classifier_ = clone(LogisticRegression(max_iter=1000) if self.classifier is None else self.classifier)
+        self.classifier_.fit(features.reshape(-1, features.shape[-1]), np.tile(encoder.transform(y), len(features)))
+        return self
+
+    def predict_proba(self, X):
+        """Returns the class probabilities (n, classes), averaged over M imputations of each row."""
+        check_is_fitted(self, "classifier_")
+        X = _validate_table(self, X, reset=False, categorical=self.imputer_.categorical)
+        features = self._features(X, self.seed_, shared=True)
+        proba = np.zeros((features.shape[1], len(self.classes_)))
+        for imputation in features:
+            proba[:, self.classifier_.classes_] += self.classifier_.predict_proba(imputation)
+        return proba / len(features)
+
+    def predict(self, X):
+        """Returns the most probable class of each row, as labelled in fit."""
+        return self.classes_[self.predict_proba(X).argmax(1)]

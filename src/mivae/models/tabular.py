@@ -1,0 +1,149 @@
+"""A VAE for table rows of mixed types with missing entries, trained on the observed entries alone.
+
+The row arrives encoded (mivae.table): values (B, W), zero where missing, beside observed (B, C),
+1 where column c is observed. The encoder sees both; the decoder gives, per continuous column, a
+Gaussian or Student-t (Mattei and Frellsen 2019 use the latter for UCI tables) with a mean and a
+scale (and degrees of freedom), and per categorical column a softmax over its labels.
+
+For K samples z_k ~ q(z | x_obs, s) the log importance weights are
+
+    log w_k = sum over observed columns of log p(x_j | z_k) + log p(z_k) - log q(z_k | x_obs, s)
+
+and log (1/K) sum_k w_k is the importance-weighted bound on log p(x_obs) (MIWAE; the masked ELBO
+for K = 1). Noise comes in as tensors so that a caller can share it across rows (common random
+numbers make an imputation a fixed function of its row) or draw it anew for every row.
+"""
+
+import math
+
+import torch
+from scipy import special
+from torch import nn
+from torch.nn import functional as F
+
+from mivae.models.vae import dense_stack
+
+LIKELIHOODS = ("gaussian", "student-t")
+MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
+MIN_DF = 3.0      # the smallest degrees of freedom of a Student-t head: its variance stays finite
+
+
+def gaussian_log_prob(x, mean, scale):
+    """Returns log N(x; mean, scale^2), elementwise."""
+    return -0.5 * ((x - mean) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)
+
+
+def student_t_log_prob(x, mean, scale, df):
+    """Returns the log density of Student's t with `df` degrees of freedom, location `mean`, scale `scale`, elementwise."""
+    t = (x - mean) / scale
+    return (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi) - scale.log()
+            - (df + 1) / 2 * torch.log1p(t.pow(2) / df))
+
+
+def gaussian_log_density(z, mu=None, logvar=None):
+    """Returns log N(z; mu, diag(exp(logvar))) summed over the last dimension (the standard normal by default)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+class TabularVAE(nn.Module):
+    """A mask-aware VAE over encoded rows with the given column `layout` of (kind, width) pairs."""
+
+    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian"):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}.")
+        self.layout, self.likelihood = tuple(layout), likelihood
+        kinds = [kind for kind, _ in self.layout]
+        self.n_continuous = kinds.count("continuous")
+        width = sum(w for _, w in self.layout)
+        # Which encoded slot belongs to which column, and where the continuous slots and categorical blocks sit.
+        column_of_slot = [j for j, (_, w) in enumerate(self.layout) for _ in range(w)]
+        starts = [sum(w for _, w in self.layout[:j]) for j in range(len(self.layout))]
+        self.register_buffer("column_of_slot", torch.tensor(column_of_slot, dtype=torch.long), persistent=False)
+        self.register_buffer("continuous_slots", torch.tensor(
+            [s for s, (kind, _) in zip(starts, self.layout) if kind == "continuous"], dtype=torch.long), persistent=False)
+        self.blocks = [(j, s, w) for j, (s, (kind, w)) in enumerate(zip(starts, self.layout)) if kind == "categorical"]
+        self.continuous_columns = [j for j, kind in enumerate(kinds) if kind == "continuous"]
+        heads = (3 if likelihood == "student-t" else 2) * self.n_continuous + sum(w for _, _, w in self.blocks)
+        self.encoder = dense_stack([width + len(self.layout), *hidden])
+        self.to_mu = nn.Linear(hidden[-1], latent)
+        self.to_logvar = nn.Linear(hidden[-1], latent)
+        self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], heads))
+
+    def encode(self, values, observed):
+        """Returns (mu, logvar), each (B, L), of q(z | x_obs, s)."""
+        h = self.encoder(torch.cat([values * observed[:, self.column_of_slot], observed], dim=1))
+        return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 12.0)  # bounded: exp never overflows
+
+    def decode(self, z):
+        """Returns the decoder's parameters for latents z (..., L): a dict of mean, scale, df (..., continuous)
+        and logits, a list of (..., labels) per categorical column."""
+        out = self.decoder(z).float()
+        n = self.n_continuous
+        params = {"mean": out[..., :n], "scale": F.softplus(out[..., n : 2 * n]) + MIN_SCALE}
+        offset = 2 * n
+        if self.likelihood == "student-t":
+            params["df"] = F.softplus(out[..., offset : offset + n]) + MIN_DF
+            offset += n
+        params["logits"] = []
+        for _, _, w in self.blocks:
+            params["logits"].append(out[..., offset : offset + w])
+            offset += w
+        return params
+
+    def log_likelihood(self, params, values, observed):
+        """Returns log p(x_obs | z) (..., B) summed over the observed columns of encoded rows (B, W)."""
+        total = torch.zeros(params["mean"].shape[:-1], device=values.device)
+        if self.n_continuous:
+            x = values[:, self.continuous_slots]
+            if self.likelihood == "student-t":
+                log_p = student_t_log_prob(x, params["mean"], params["scale"], params["df"])
+            else:
+                log_p = gaussian_log_prob(x, params["mean"], params["scale"])
+            total = total + (log_p * observed[:, self.continuous_columns]).sum(-1)
+        for (j, s, w), logits in zip(self.blocks, params["logits"]):
+            # the one-hot block is all zeros where the column is missing, so it adds nothing there
+            total = total + (values[:, s : s + w] * F.log_softmax(logits, dim=-1)).sum(-1) * observed[:, j]
+        return total
+
+    def log_weights(self, values, observed, eps):
+        """Returns (log w (K, B), decoder params) for standard normal noise eps (K, B or 1, L)."""
+        mu, logvar = self.encode(values, observed)
+        z = mu + torch.exp(0.5 * logvar) * eps                                    # (K, B, L)
+        params = self.decode(z)
+        log_w = self.log_likelihood(params, values, observed) + gaussian_log_density(z) - gaussian_log_density(z, mu, logvar)
+        return log_w, params
+
+    def means(self, params):
+        """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""
+        parts = [params["mean"][..., [self.continuous_columns.index(j)]] if kind == "continuous"
+                 else torch.softmax(params["logits"][[b[0] for b in self.blocks].index(j)], dim=-1)
+                 for j, (kind, _) in enumerate(self.layout)]
+        return torch.cat(parts, dim=-1)
+
+    def draw(self, params, noise_continuous, uniform_categorical):
+        """Returns encoded rows (..., B, W) drawn from p(x | z), by inverse CDF of the given noise: standard normal
+        (..., n_continuous) for the continuous heads and uniform (..., n_categorical) for the labels."""
+        mean, scale = params["mean"], params["scale"]
+        if self.likelihood == "student-t":
+            continuous = mean + scale * student_t_quantile(noise_continuous, params["df"])
+        else:
+            continuous = mean + scale * noise_continuous
+        parts, b = [], 0
+        for j, (kind, w) in enumerate(self.layout):
+            if kind == "continuous":
+                parts.append(continuous[..., [self.continuous_columns.index(j)]])
+            else:
+                cdf = torch.softmax(params["logits"][b], dim=-1).cumsum(-1)
+                label = (cdf < uniform_categorical[..., [b]]).sum(-1).clamp(max=w - 1)
+                parts.append(F.one_hot(label, w).to(cdf.dtype))
+                b += 1
+        return torch.cat(parts, dim=-1)
+
+
+def student_t_quantile(normal, df):
+    """Returns the Student-t quantiles (df degrees of freedom) at the probabilities of standard normal draws."""
+    u = special.ndtr(normal.double().cpu().numpy())
+    return torch.from_numpy(special.stdtrit(df.double().cpu().numpy(), u)).to(normal)

@@ -1,0 +1,213 @@
+"""Tables with missing values: column types and the encoding a model sees.
+
+A table is a pandas DataFrame or a 2-D array with one row per example; NaN (or None) marks a
+missing entry. Each column is *continuous*, standardised by the mean and standard deviation of its
+observed entries, or *categorical*, one-hot over the labels seen when the schema was fitted.
+Types come from a DataFrame's dtypes (numbers are continuous; bool, object, string and category
+columns are categorical) or are declared.
+
+The encoding is `values` (n, width) float32, zero where missing, beside `observed` (n, columns)
+float32, 1 where observed: missingness travels as that mask, never as a fill value. A column with no
+observed entry at fit is *empty*: it takes no part in the model and comes back missing.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+CONTINUOUS, CATEGORICAL = "continuous", "categorical"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a fitted schema."""
+
+    name: str
+    kind: str                    # CONTINUOUS or CATEGORICAL
+    mean: float = 0.0            # continuous: mean of the observed entries, in the column's units
+    std: float = 1.0             # continuous: their standard deviation (1 where the column is constant)
+    categories: tuple = ()       # categorical: the labels seen at fit, in a fixed order
+    empty: bool = False          # no observed entry at fit: left out of the model, returned missing
+    dtype: object = None         # a DataFrame column's dtype, restored on output where it can hold the result
+
+    @property
+    def width(self):
+        """Returns the number of encoded slots: 1 for a continuous column, one per label for a categorical one."""
+        if self.empty:
+            return 0
+        return 1 if self.kind == CONTINUOUS else len(self.categories)
+
+
+def is_missing(column):
+    """Returns the boolean missing mask (n,) of a 1-D column: NaN, None and pandas' NA are missing."""
+    return np.asarray(pd.isna(column), dtype=bool)
+
+
+def _label_order(label):
+    """Sort key that orders mixed labels (numbers and strings) without comparing across types."""
+    return (type(label).__name__, label)
+
+
+def infer_kinds(X, categorical=None):
+    """Returns each column's kind for a DataFrame or 2-D array X; `categorical` lists names or indices declared categorical.
+
+    Numeric columns are continuous unless declared; bool, object, string and category columns are
+    categorical. Raises ValueError for a declared column that is not in X.
+    """
+    names = column_names(X)
+    declared = set()
+    for key in categorical or ():
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(names):
+            declared.add(int(key))
+        elif key in names:
+            declared.add(names.index(key))
+        else:
+            raise ValueError(f"categorical column {key!r} is not in the table, whose columns are {_listing(names)}.")
+    dtypes = list(X.dtypes) if hasattr(X, "dtypes") else [np.asarray(X).dtype] * len(names)
+    return [CATEGORICAL if j in declared or not _numeric(dtype) else CONTINUOUS for j, dtype in enumerate(dtypes)]
+
+
+def _numeric(dtype):
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def column_names(X):
+    """Returns the column names of a DataFrame, else the positions 0..d-1 of a 2-D array."""
+    if hasattr(X, "columns"):
+        return list(X.columns)
+    return list(range(np.shape(X)[1]))
+
+
+def _listing(names, most=8):
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def columns_of(X):
+    """Returns the columns of a DataFrame or 2-D array as a list of 1-D numpy arrays."""
+    if hasattr(X, "iloc"):
+        return [X.iloc[:, j].to_numpy() for j in range(X.shape[1])]
+    X = np.asarray(X)
+    return [X[:, j] for j in range(X.shape[1])]
+
+
+def as_float(column, name):
+    """Returns a continuous column as float64 (NaN where missing); raises ValueError naming a value that is not a number."""
+    missing = is_missing(column)
+    try:
+        out = np.asarray(np.where(missing, np.nan, column), dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next(v for v, m in zip(column, missing) if not m and not _is_number(v))
+        raise ValueError(f"column {name!r} is continuous but holds the value {bad!r}, which is not a number; "
+                         "declare it categorical or fix the value.") from None
+    if np.isinf(out).any():
+        raise ValueError(f"column {name!r} holds an infinite value; mivae accepts finite numbers and NaN for missing.")
+    return out
+
+
+def _is_number(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class Schema:
+    """The fitted column types and scalings of a table; encodes tables for a model and decodes its output."""
+
+    def __init__(self, columns):
+        self.columns = tuple(columns)
+        self.modelled = [c for c in self.columns if not c.empty]
+        self.width = sum(c.width for c in self.modelled)
+
+    @classmethod
+    def fit(cls, X, kinds):
+        """Returns the schema of table X with the given column kinds, scaled on its observed entries."""
+        dtypes = list(X.dtypes) if hasattr(X, "dtypes") else [None] * len(kinds)
+        columns = []
+        for name, kind, column, dtype in zip(column_names(X), kinds, columns_of(X), dtypes):
+            observed = ~is_missing(column)
+            if kind == CONTINUOUS:
+                values = as_float(column, name)[observed]
+                std = float(values.std()) if len(values) else 1.0
+                columns.append(Column(name, kind, float(values.mean()) if len(values) else 0.0,
+                                      std if std > 1e-12 else 1.0, empty=not len(values), dtype=dtype))
+            else:
+                labels = tuple(sorted(set(column[observed].tolist()), key=_label_order))
+                columns.append(Column(name, kind, categories=labels, empty=not labels, dtype=dtype))
+        return cls(columns)
+
+    def layout(self):
+        """Returns the modelled columns' (kind, width) pairs, in encoding order."""
+        return tuple((c.kind, c.width) for c in self.modelled)
+
+    def encode(self, X):
+        """Returns (values (n, width), observed (n, modelled columns)) float32 arrays for table X.
+
+        Continuous values are standardised, categorical ones one-hot; both are 0 where missing.
+        Raises ValueError for a categorical label not seen at fit.
+        """
+        columns = columns_of(X)
+        n = len(columns[0]) if columns else 0
+        values = np.zeros((n, self.width), dtype=np.float32)
+        observed = np.zeros((n, len(self.modelled)), dtype=np.float32)
+        slot = 0
+        modelled = [(c, col) for c, col in zip(self.columns, columns) if not c.empty]
+        for j, (c, column) in enumerate(modelled):
+            seen = ~is_missing(column)
+            observed[:, j] = seen
+            if c.kind == CONTINUOUS:
+                values[:, slot] = np.where(seen, (np.nan_to_num(as_float(column, c.name)) - c.mean) / c.std, 0.0)
+            else:
+                index = {label: k for k, label in enumerate(c.categories)}
+                unknown = [v for v in column[seen].tolist() if v not in index]
+                if unknown:
+                    raise ValueError(f"column {c.name!r} holds the label {unknown[0]!r}, which was not seen at fit; "
+                                     f"known labels are {_listing(list(c.categories))}.")
+                rows = np.flatnonzero(seen)
+                values[rows, slot + np.array([index[v] for v in column[seen].tolist()], dtype=np.int64)] = 1.0
+            slot += c.width
+        return values, observed
+
+    def decode(self, values, X):
+        """Returns the columns of table X with their missing entries taken from encoded `values` (n, width).
+
+        Observed entries are kept exactly as given; a continuous slot is unstandardised, a
+        categorical block is read as its most probable label (argmax). Empty columns stay missing.
+        """
+        out, slot = [], 0
+        for c, column in zip(self.columns, columns_of(X)):
+            missing = is_missing(column)
+            if c.empty:
+                out.append(column.copy())
+                continue
+            if c.kind == CONTINUOUS:
+                filled = values[:, slot].astype(np.float64) * c.std + c.mean
+                out.append(np.where(missing, filled, as_float(column, c.name)))
+            else:
+                labels = np.array(c.categories, dtype=object)[values[:, slot : slot + c.width].argmax(1)]
+                filled = column.astype(object).copy()
+                filled[missing] = labels[missing]
+                out.append(filled)
+            slot += c.width
+        return out
+
+    def assemble(self, columns, like):
+        """Returns decoded `columns` as a table shaped like the input `like`: a DataFrame (same index, columns and,
+        where they can hold the values, dtypes) or a 2-D array (float64 if every column is numeric, else object)."""
+        if hasattr(like, "columns"):
+            frame = pd.DataFrame({j: col for j, col in enumerate(columns)}, index=like.index)
+            frame.columns = like.columns
+            for j, c in enumerate(self.columns):
+                if c.kind == CATEGORICAL and c.dtype is not None:
+                    try:
+                        frame.isetitem(j, frame.iloc[:, j].astype(c.dtype))
+                    except (TypeError, ValueError):
+                        pass  # a bool column with missing entries was object in the input; it stays object
+            return frame
+        try:
+            return np.column_stack([np.asarray(col, dtype=np.float64) for col in columns]) if columns else np.empty((0, 0))
+        except (TypeError, ValueError):
+            return np.column_stack([np.asarray(col, dtype=object) for col in columns])
