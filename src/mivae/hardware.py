@@ -5,6 +5,7 @@ emulated, and hundreds of times slower, on CPUs without them. `resolve_precision
 picks bf16 only where the hardware supports it; "bf16" and "fp32" force either.
 """
 
+import contextlib
 import os
 import time
 
@@ -70,3 +71,14 @@ def measure_threads(size=1024, repeats=5):
     finally:
         torch.set_num_threads(before)
     return best
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """Runs the block with torch using `threads` CPU threads, then restores the count it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,99 @@
+"""Table files: CSV and Parquet in, checked, and completed tables out, written atomically.
+
+A file that cannot be a table gets one sentence saying why: missing, not a table, no rows, or a
+column of numbers with some entry that is not a number (a typo there would otherwise turn the
+whole column into labels).
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mivae.artifacts import atomic_path
+from mivae.errors import MivaeError
+
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path):
+    """Returns "csv" or "parquet" from a path's suffix; raises MivaeError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise MivaeError(f"{path} is neither CSV nor Parquet: mivae reads and writes {', '.join(FORMATS)} files.")
+    return FORMATS[suffix]
+
+
+def read_table(path, categorical=(), continuous=()):
+    """Returns the table in a CSV or Parquet file as a DataFrame, empty cells as NaN.
+
+    Columns named in `continuous` must hold numbers; an undeclared text column whose entries are
+    mostly numbers is taken for a numeric column with a bad entry, and refused with that entry named.
+    Columns named in `categorical` are kept as labels whatever they hold.
+    """
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise MivaeError(f"{path} does not exist or is not a file.")
+    try:
+        if fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise MivaeError(f"{path} is empty: a table needs a header line and at least one row.") from None
+    except UnicodeDecodeError:
+        raise MivaeError(f"{path} is not a text table: it holds bytes that are not UTF-8 text.") from None
+    except (pd.errors.ParserError, csv.Error, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MivaeError(f"{path} is not a readable {fmt.upper()} table ({reason}).") from None
+    if frame.shape[1] == 0:
+        raise MivaeError(f"{path} has no columns.")
+    if len(frame) == 0:
+        raise MivaeError(f"{path} has a header but no rows.")
+    duplicated = frame.columns[frame.columns.duplicated()].tolist()
+    if duplicated or any(str(c).startswith("Unnamed: ") for c in frame.columns):
+        raise MivaeError(f"{path} needs a header line naming every column once.")
+    frame.columns = [str(c) for c in frame.columns]
+    for name in [*categorical, *continuous]:
+        if name not in frame.columns:
+            raise MivaeError(f"column {name!r} is not in {path}, whose columns are {', '.join(frame.columns)}.")
+    for name in frame.columns:
+        if name in categorical:
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+        elif not pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
+            frame[name] = _numbers_or_labels(frame[name], path, declared_numeric=name in continuous)
+    return frame
+
+
+def _numbers_or_labels(column, path, declared_numeric):
+    """Returns a text column as floats when it is numbers, else as it is; refuses numbers with a stray entry."""
+    present = column.notna()
+    if column[present].map(lambda v: isinstance(v, (bool, np.bool_))).all():
+        return column                                   # true/false with gaps: labels, not 1.0 and 0.0
+    numbers = pd.to_numeric(column.where(present), errors="coerce")
+    bad = present & numbers.isna()
+    if not bad.any():
+        return numbers.astype(np.float64)
+    if declared_numeric or bad.sum() < present.sum() / 2:
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise MivaeError(f"column {column.name!r} of {path} holds numbers but row {row + 1} holds "
+                         f"{column.iloc[row]!r}; fix that entry, leave it empty for missing, or declare the column "
+                         "categorical.")
+    return column
+
+
+def write_table(frame, path):
+    """Writes a DataFrame to a CSV or Parquet file (by suffix) atomically; returns the path."""
+    path = Path(path)
+    fmt = table_format(path)
+    try:
+        with atomic_path(path) as tmp:
+            if fmt == "parquet":
+                frame.to_parquet(tmp, index=False)
+            else:
+                frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except OSError as e:
+        raise MivaeError(f"cannot write {path}: {e.strerror or e}.") from None
+    return path
