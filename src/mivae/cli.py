@@ -189,7 +189,7 @@ def _add_table_model_flags(parser):
     parser.add_argument("--continuous", type=_names, default=[], help="comma-separated columns that must hold numbers")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="distribution of continuous "
                         "columns (default: gaussian)")
-    parser.add_argument("--epochs", type=int, default=300, help="most training epochs (default: 300)")
+    parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the imputations (default: 0)")
 
 

@@ -276,8 +276,8 @@ class VAEImputer(_TabularImputer):
     n_features_in_, feature_names_in_ : as every scikit-learn estimator.
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=300,
-                 patience=30, batch_size=64, validation_fraction=0.1, precision="fp32", threads=1, random_state=None):
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
+                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", threads=1, random_state=None):
         self.categorical = categorical
         self.likelihood = likelihood
         self.hidden = hidden
@@ -319,8 +319,8 @@ class MIWAEImputer(_TabularImputer):
         and the pool that sampling-importance-resampling draws from (sample).
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=300,
-                 patience=30, batch_size=64, validation_fraction=0.1, precision="fp32", importance_samples=20,
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
+                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", importance_samples=20,
                  imputation_samples=100, threads=1, random_state=None):
         self.categorical = categorical
         self.likelihood = likelihood
