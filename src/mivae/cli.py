@@ -230,9 +230,9 @@ def _impute(args):
         raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
     data = Path(args.data)
     ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
-    out = Path(args.out)
-    _check_writable(out)
     frame = read_table(data, args.categorical, args.continuous)
+    out = Path(args.out)
+    _check_writable(out)  # before training: a folder that cannot take the tables should not cost a fit
     imputer = _table_imputer(args, [c for c in args.categorical if c in frame.columns])
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:

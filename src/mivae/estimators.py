@@ -51,11 +51,14 @@ def _validate_table(estimator, X, reset, categorical):
     A DataFrame is returned as it is, its dtypes intact; an array is converted to float64 when every
     column is continuous (so a non-number is an error there) and kept as objects otherwise.
     """
-    frame = hasattr(X, "dtypes") and hasattr(X, "columns")
-    numeric = not frame and not categorical
-    checked = validate_data(estimator, X, reset=reset, dtype="numeric" if numeric else None,
-                            ensure_all_finite="allow-nan")
-    return X if frame else checked
+    if hasattr(X, "dtypes") and hasattr(X, "columns"):
+        # names and count only: converting the whole frame would lose its dtypes (categories, nullable integers)
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+        if len(X) == 0 or X.shape[1] == 0:
+            raise InputError(f"X needs at least one row and one column; got a table of shape {X.shape}.")
+        return X
+    return validate_data(estimator, X, reset=reset, dtype=None if categorical else "numeric",
+                         ensure_all_finite="allow-nan")
 
 
 def _threaded(method):

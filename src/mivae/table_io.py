@@ -52,9 +52,9 @@ def read_table(path, categorical=(), continuous=()):
         raise MivaeError(f"{path} has no columns.")
     if len(frame) == 0:
         raise MivaeError(f"{path} has a header but no rows.")
-    duplicated = frame.columns[frame.columns.duplicated()].tolist()
-    if duplicated or any(str(c).startswith("Unnamed: ") for c in frame.columns):
-        raise MivaeError(f"{path} needs a header line naming every column once.")
+    names = _csv_header(path) if fmt == "csv" else [str(c) for c in frame.columns]
+    if len(set(names)) < len(names) or any(not n.strip() for n in names):
+        raise MivaeError(f"{path} needs a header line naming every column once; it has {', '.join(map(repr, names))}.")
     frame.columns = [str(c) for c in frame.columns]
     for name in [*categorical, *continuous]:
         if name not in frame.columns:
@@ -65,6 +65,12 @@ def read_table(path, categorical=(), continuous=()):
         elif not pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
             frame[name] = _numbers_or_labels(frame[name], path, declared_numeric=name in continuous)
     return frame
+
+
+def _csv_header(path):
+    """Returns the names on a CSV file's first line as written (pandas renames a repeated name)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [n.strip() for n in next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))]
 
 
 def _numbers_or_labels(column, path, declared_numeric):

@@ -1,0 +1,173 @@
+"""End-to-end tests of `mivae impute` and `mivae classify` on small real tables, and of table files."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+from mivae.amputation import ampute
+from mivae.cli import main
+from mivae.errors import MivaeError
+from mivae.table_io import read_table, write_table
+
+FAST = ["--epochs", "15"]
+
+
+def mixed_frame(rows=60, seed=0):
+    """A table of every column type: floats, integers, text labels and true/false, with gaps."""
+    rng = np.random.default_rng(seed)
+    size = rng.normal(size=rows)
+    frame = pd.DataFrame({
+        "height": 1.7 + 0.1 * size,
+        "age": rng.integers(20, 60, rows),
+        "colour": np.where(size > 0.5, "red", np.where(size < -0.5, "blue", "green")),
+        "member": size > 0,
+        "weight": 70 + 8 * size + rng.normal(size=rows),
+    })
+    holes = rng.random(frame.shape) < 0.2
+    return frame.astype(object).mask(holes), holes
+
+
+def run(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_impute_round_trips_a_mixed_csv(tmp_path, capsys):
+    frame, holes = mixed_frame()
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    status, out, err = run(capsys, "impute", tmp_path / "people.csv", "--samples", 3, "--single", "--out", tmp_path / "out", *FAST)
+    assert status == 0, err
+    assert "3 continuous and 2 categorical columns" in out
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["people.imputed-1.csv", "people.imputed-2.csv", "people.imputed-3.csv", "people.single.csv"]
+    original = pd.read_csv(tmp_path / "people.csv")
+    tables = [pd.read_csv(tmp_path / "out" / name) for name in written]
+    for table in tables:
+        assert list(table.columns) == list(original.columns) and len(table) == len(original)
+        assert not table.isna().any().any()
+        assert set(table["colour"]) <= {"red", "green", "blue"}
+        assert set(table["member"]) <= {True, False}
+        for name in original.columns:   # observed entries come back exactly as read
+            seen = original[name].notna()
+            assert (table.loc[seen, name] == original.loc[seen, name]).all(), name
+    missing_weight = original["weight"].isna()
+    assert not np.allclose(tables[0].loc[missing_weight, "weight"], tables[1].loc[missing_weight, "weight"])
+
+
+def test_impute_parquet_in_and_out(tmp_path, capsys):
+    frame, _ = mixed_frame()
+    frame["colour"] = frame["colour"].astype("category")
+    frame[["height", "weight"]] = frame[["height", "weight"]].astype(float)
+    frame["age"] = frame["age"].astype("Int64")
+    frame["member"] = frame["member"].astype("boolean")
+    frame.to_parquet(tmp_path / "people.parquet")
+    status, _, err = run(capsys, "impute", tmp_path / "people.parquet", "--samples", 2, "--out", tmp_path / "out", *FAST)
+    assert status == 0, err
+    table = pd.read_parquet(tmp_path / "out" / "people.imputed-1.parquet")
+    assert list(table.columns) == list(frame.columns)
+    assert table["colour"].dtype == "category" and set(table["colour"]) <= {"red", "green", "blue"}
+    assert not table.isna().any().any()
+
+
+def test_impute_reports_and_keeps_an_all_missing_column(tmp_path, capsys):
+    frame, _ = mixed_frame()
+    frame["nothing"] = np.nan
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    status, _, err = run(capsys, "impute", tmp_path / "t.csv", "--samples", 1, "--out", tmp_path / "out", *FAST)
+    assert status == 0
+    assert "'nothing'" in err and "no observed value" in err
+    table = pd.read_csv(tmp_path / "out" / "t.imputed-1.csv")
+    assert table["nothing"].isna().all() and not table.drop(columns="nothing").isna().any().any()
+
+
+def test_classify_cross_validates_over_imputations(tmp_path, capsys):
+    data = load_wine(as_frame=True)
+    table = data.data.mask(ampute(data.data.to_numpy(), 0.2, seed=0))
+    table["kind"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
+    table.to_csv(tmp_path / "wine.csv", index=False)
+    status, out, err = run(capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--samples", 3,
+                           "--epochs", 30)
+    assert status == 0, err
+    assert out.count("fold ") == 3
+    accuracy = float(out.split("accuracy ")[-1].split()[0])
+    assert accuracy > 0.8  # wine has three classes; chance is about 0.4
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+BAD_FILES = {
+    "missing": (lambda d: d / "absent.csv", "does not exist"),
+    "empty": (lambda d: _write(d / "empty.csv", ""), "is empty"),
+    "no rows": (lambda d: _write(d / "header.csv", "a,b,c\n"), "no rows"),
+    "binary": (lambda d: (d / "bin.csv").write_bytes(gzip.compress(bytes(range(256)) * 50)) and d / "bin.csv", "not"),
+    "ragged": (lambda d: _write(d / "ragged.csv", "a,b\n1,2\n3,4,5,6\n"), "not a readable CSV"),
+    "garbage in numbers": (lambda d: _write(d / "g.csv", "a,b\n1,2\n3,x7\n5,6\n7,8\n"), "row 2 holds 'x7'"),
+    "not a table suffix": (lambda d: _write(d / "t.xlsx", "a\n1\n"), "neither CSV nor Parquet"),
+    "no header": (lambda d: _write(d / "h.csv", "a,a\n1,2\n"), "header"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_files_are_one_sentence_and_write_nothing(case, tmp_path, capsys):
+    make, expected = BAD_FILES[case]
+    path = make(tmp_path)
+    status, out, err = run(capsys, "impute", path, "--out", tmp_path / "out", *FAST)
+    assert status == 2
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--target", "nope"], "target column 'nope' is not in"),
+    (["--target", "c"], "target column 'c' is missing in 1 of 4 rows"),
+    (["--target", "a", "--folds", "1"], "--folds must be at least 2"),
+    (["--target", "a", "--samples", "0"], "--samples must be at least 1"),
+])
+def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, capsys):
+    path = _write(tmp_path / "t.csv", "a,b,c\n0,1.5,x\n1,,y\n0,2.5,\n1,3.0,x\n")
+    status, _, err = run(capsys, "classify", path, *argv)
+    assert status == 2 and expected in err and err.count("\n") == 1
+
+
+def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
+    path = _write(tmp_path / "t.csv", "a,b\n1,2\n3,\n")
+    for argv, expected in [(["--samples", "0"], "--samples must be at least 1"),
+                           (["--samples", "-3"], "--samples must be at least 1"),
+                           (["--epochs", "0"], "--epochs must be at least 1"),
+                           (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
+                           (["--categorical", "zzz"], "column 'zzz' is not in")]:
+        status, _, err = run(capsys, "impute", path, "--out", tmp_path / "out", *argv)
+        assert status == 2 and expected in err, (argv, err)
+
+
+def test_impute_refuses_an_unwritable_folder(tmp_path, capsys):
+    path = _write(tmp_path / "t.csv", "a,b\n1,2\n3,\n")
+    blocker = _write(tmp_path / "file", "")
+    status, _, err = run(capsys, "impute", path, "--out", blocker / "out")
+    assert status == 2 and "cannot write to" in err
+
+
+def test_read_table_types_and_declarations(tmp_path):
+    path = _write(tmp_path / "t.csv", "n,code,word\n1.5,1,a\n,2,b\n2.5,,\n")
+    frame = read_table(path)
+    assert frame["n"].dtype == np.float64 and frame["code"].dtype == np.float64 and frame["n"].isna().sum() == 1
+    declared = read_table(path, categorical=["code"])
+    assert declared["code"].dtype == object and declared["code"].tolist()[:2] == [1.0, 2.0]
+    with pytest.raises(MivaeError, match="column 'word' .* holds numbers but row 1 holds 'a'"):
+        read_table(path, continuous=["word"])
+
+
+def test_write_table_is_atomic_and_round_trips(tmp_path):
+    frame = pd.DataFrame({"x": [1.0, 2.5], "y": ["a", "b"]})
+    for name in ("t.csv", "t.parquet", "t.tsv"):
+        write_table(frame, tmp_path / name)
+        back = read_table(tmp_path / name)
+        assert back["x"].tolist() == [1.0, 2.5] and back["y"].tolist() == ["a", "b"]
+    assert not list(tmp_path.glob(".*.part"))
