@@ -250,7 +250,7 @@ def mixed_frame(n=300, seed=0):
         "b": b,
         "count": pd.array(np.round(2 * b + 5).astype(int), dtype="Int64"),
         "colour": np.where(a < -0.5, "red", np.where(a < 0.5, "green", "blue")),
-        "flag": pd.Series(b > 0, dtype=object),
+        "flag": (b > 0).astype(object),
     }, index=pd.Index([f"row{i}" for i in range(n)], name="id"))
     mask = pd.DataFrame(rng.random(complete.shape) < 0.2, index=complete.index, columns=complete.columns)
     incomplete = complete.copy()
