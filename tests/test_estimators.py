@@ -427,7 +427,7 @@ def test_predict_proba_gives_probabilities_that_do_not_depend_on_the_other_rows(
     classifier = mi_classifier(Imputer).fit(data.missing, y)
     proba = classifier.predict_proba(data.missing)
     assert proba.shape == (len(y), 3) and np.all((proba >= 0) & (proba <= 1))
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-6)   # float32 features: sums within 1e-7
     assert np.mean(classifier.predict(data.missing) == y) > 0.8
     for i in np.flatnonzero(data.mask.any(axis=1))[:4]:
         np.testing.assert_allclose(classifier.predict_proba(data.missing[i : i + 1])[0], proba[i], rtol=0, atol=1e-6)
