@@ -83,7 +83,7 @@ def fitted(request, table):
     return fast(request.param, max_epochs=20).fit(table.missing)
 
 
-def test_the_shared_table_has_missing_entries_in_every_column_and_row_pattern(table):
+def test_the_shared_table_has_observed_and_missing_entries_in_every_column(table):
     assert 0.25 < table.mask.mean() < 0.35
     assert table.mask.any(axis=0).all() and (~table.mask).any(axis=0).all()
 
@@ -277,7 +277,8 @@ def assert_observed_kept(out, frame):
     for name in frame.columns:
         seen = frame[name].notna().to_numpy()
         if pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
-            np.testing.assert_array_equal(out[name].to_numpy(float)[seen], frame[name].to_numpy(float, na_value=np.nan)[seen])
+            given = frame[name].to_numpy(float, na_value=np.nan)                  # a nullable integer's pd.NA as NaN
+            np.testing.assert_array_equal(out[name].to_numpy(float)[seen], given[seen])
         else:
             assert out[name][seen].tolist() == frame[name][seen].tolist(), name
 
@@ -312,10 +313,11 @@ def test_mixed_imputations_follow_the_continuous_columns(fitted_mixed, mixed):
         missed = mask[name].to_numpy()
         accuracy = np.mean(out[name][missed].to_numpy() == truth[name][missed].to_numpy())
         chance = truth[name].value_counts(normalize=True).max()           # always guessing the commonest label
+        # measured: colour 0.76 (VAE) and 0.84 (MIWAE) against 0.35; flag 0.92 and 0.94 against 0.53
         assert accuracy > chance + 0.2, (name, accuracy, chance)
     missed = mask["b"].to_numpy()
     error = np.sqrt(np.mean((out["b"][missed] - truth["b"][missed]) ** 2))
-    assert error < 0.6 * truth["b"].std(), error                       # b follows a, and a is mostly observed
+    assert error < 0.6 * truth["b"].std(), error                       # b follows a, mostly observed; measured 0.26 to 0.43
 
 
 def test_a_label_unseen_at_fit_names_its_column_and_label(fitted_mixed, mixed):

@@ -109,7 +109,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             _check_positive_int("latent", self.latent)
         for name in ("max_epochs", "patience", "batch_size"):
             _check_positive_int(name, getattr(self, name))
-        _check_number("lr", self.lr, 0, math.inf)
+        _check_number("lr", self.lr, 0, math.inf, high_open=True)
         _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
@@ -461,4 +461,5 @@ class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Returns the most probable class of each row, as labelled in fit."""
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # checks that the classifier was fitted
+        return self.classes_[proba.argmax(1)]
