@@ -96,7 +96,7 @@ def run_one(name, load, mechanism, rate, seed, quick):
     mask = ampute(X, rate, mechanism, seed=seed)
     train, test = train_test_split(np.arange(len(X)), test_size=0.3, stratify=y, random_state=seed)
     incomplete = np.where(mask, np.nan, X)
-    scale = X[train].std(0)
+    scale = np.where(X[train].std(0) > 0, X[train].std(0), 1.0)   # digits has blank border pixels
     rows = []
     for method, imputer in imputers(quick, seed).items():
         start = time.perf_counter()
@@ -156,15 +156,23 @@ def main(argv=None):
     unknown = [d for d in names if d not in DATASETS]
     if unknown:
         parser.error(f"unknown dataset {unknown[0]!r}; known datasets are {', '.join(DATASETS)}")
-    rows = [row for name in names for mechanism, rate in SETTINGS for seed in range(seeds)
-            for row in run_one(name, DATASETS[name], mechanism, rate, seed, args.quick)]
-    table = summarise(rows)
-    print(table)
     out = args.out or (None if args.quick else REPO / "docs" / "tabular-benchmark.md")
     raw = args.json or (None if args.quick else REPO / "benchmarks" / "tabular.json")
-    command = "python benchmarks/tabular.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    if raw:
-        Path(raw).write_text(json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1))
+    command = "python benchmarks/tabular.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    # Finished (dataset, setting, seed) units are kept in the raw file as they finish: a rerun picks up there.
+    rows = json.loads(Path(raw).read_text())["rows"] if raw and Path(raw).is_file() else []
+    for name in names:
+        for mechanism, rate in SETTINGS:
+            for seed in range(seeds):
+                if any((r["dataset"], r["mechanism"], r["rate"], r["seed"]) == (name, mechanism, rate, seed) for r in rows):
+                    continue
+                rows += run_one(name, DATASETS[name], mechanism, rate, seed, args.quick)
+                if raw:
+                    Path(raw).write_text(json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows},
+                                                    indent=1))
+    rows = [r for r in rows if r["dataset"] in names and r["seed"] < seeds]
+    table = summarise(rows)
+    print(table)
     if out:
         Path(out).write_text(_document(table, command, seeds))
     return rows
