@@ -36,6 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mivae.amputation import ampute, rmse_missing
+from mivae.artifacts import atomic_path
 from mivae.estimators import MIWAEImputer, VAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,14 +169,18 @@ def main(argv=None):
                     continue
                 rows += run_one(name, DATASETS[name], mechanism, rate, seed, args.quick)
                 if raw:
-                    Path(raw).write_text(json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows},
-                                                    indent=1))
+                    _write(raw, json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1))
     rows = [r for r in rows if r["dataset"] in names and r["seed"] < seeds]
     table = summarise(rows)
     print(table)
     if out:
-        Path(out).write_text(_document(table, command, seeds))
+        _write(out, _document(table, command, seeds))
     return rows
+
+
+def _write(path, text):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def _document(table, command, seeds):

@@ -24,3 +24,20 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
         assert row["image_samples_per_second"] > 0 and row["speedup_over_per_sample_loop"] > 0
     report = md.read_text()
     assert report.startswith("# Benchmarks") and "| vae+mlp |" in report
+
+
+def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
+    tabular = runpy.run_path(str(BENCHMARK.parent / "tabular.py"))
+    out, raw = tmp_path / "table.md", tmp_path / "rows.json"
+    rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
+    methods = {"mean", "knn", "iterative", "mivae vae", "mivae miwae"}
+    assert {r["method"] for r in rows} == methods and len(rows) == 5 * len(methods)   # five missingness settings
+    for r in rows:
+        assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
+        assert ("accuracy_multiple" in r) == r["method"].startswith("mivae")
+    mcar = {r["rate"]: r["missing"] for r in rows if r["mechanism"] == "mcar"}
+    assert all(abs(mcar[rate] - rate) < 0.05 for rate in mcar)
+    mean_rmse = {r["rate"]: r["rmse"] for r in rows if r["method"] == "mean" and r["mechanism"] == "mcar"}
+    assert all(0.8 < v < 1.3 for v in mean_rmse.values())   # the column mean misses by about one standard deviation
+    assert json.loads(raw.read_text())["rows"] == rows
+    assert out.read_text().count("| wine |") == len(rows)
