@@ -437,6 +437,20 @@ def test_predict_proba_gives_probabilities_that_do_not_depend_on_the_other_rows(
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_shared_imputations_of_a_row_do_not_depend_on_its_batch(Imputer, table, monkeypatch):
+    import mivae.estimators
+
+    monkeypatch.setattr(mivae.estimators, "BATCH_ROWS", 7)      # the table spans many batches
+    imputer = fast(Imputer).fit(table.missing)
+    whole, _ = imputer.encoded_imputations(table.missing, 3, seed=5)
+    for i in (0, 9, 150):
+        alone, _ = imputer.encoded_imputations(table.missing[i : i + 1], 3, seed=5)
+        np.testing.assert_array_equal(alone[:, 0], whole[:, i])
+    own, _ = imputer.encoded_imputations(table.missing, 3, seed=5, shared=False)
+    assert not np.array_equal(own, whole)                       # unshared: every row draws its own noise
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_add_indicator_gives_the_classifier_the_observed_mask_as_well(Imputer, wine):
     data, y = wine
     plain = mi_classifier(Imputer, n_imputations=1).fit(data.missing, y)

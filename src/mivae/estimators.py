@@ -227,9 +227,19 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         """
         _check_positive_int("n_imputations", n_imputations)
         X, values, observed = self._encode(X)
-        generator = torch.Generator().manual_seed(int(check_random_state(self.random_state).randint(2**31 - 1)))
-        draws = self._in_batches(lambda v, o: self._draw(v, o, n_imputations, generator, shared=False), values, observed, dim=1)
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        draws = self._drawn(values, observed, n_imputations, seed, shared=False)
         return [self.schema_.assemble(self.schema_.decode(d.numpy(), X), X) for d in draws]
+
+    def _drawn(self, values, observed, imputations, seed, shared):
+        """Returns `_draw` over all rows in batches: one stream of noise through the batches, or with `shared`
+        the same noise restarted for every batch, so that a row's draws never depend on its batch."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def batch(v, o):
+            return self._draw(v, o, imputations, torch.Generator().manual_seed(seed) if shared else generator, shared)
+
+        return self._in_batches(batch, values, observed, dim=1)
 
     @_threaded
     def encoded_imputations(self, X, n_imputations, seed=0, shared=True):
@@ -237,9 +247,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         continuous values and one-hot labels, for classifiers that work on the encoding. With `shared`,
         each row's imputations depend on that row alone (common random numbers)."""
         X, values, observed = self._encode(X)
-        generator = torch.Generator().manual_seed(seed)
-        draws = self._in_batches(lambda v, o: self._draw(v, o, n_imputations, generator, shared), values, observed, dim=1)
-        return draws.numpy(), observed.numpy()
+        return self._drawn(values, observed, n_imputations, seed, shared).numpy(), observed.numpy()
 
 
 class VAEImputer(_TabularImputer):
