@@ -20,7 +20,7 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     commands = result.stdout.split("COMMAND\n", 1)[1]  # the listing after "positional arguments: COMMAND"
     listed = [line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("      ")]
-    assert listed == ["data", "corrupt", "train", "evaluate", "search", "reproduce", "report"]
+    assert listed == ["data", "corrupt", "train", "evaluate", "search", "reproduce", "report", "impute", "classify"]
 
 
 def test_data_info_prints_split_sizes_and_class_counts(capsys):
