@@ -93,6 +93,21 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
     training_samples = 1  # K of the training bound; MIWAEImputer sets its own
 
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
+                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", threads=1, random_state=None):
+        self.categorical = categorical
+        self.likelihood = likelihood
+        self.hidden = hidden
+        self.latent = latent
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.threads = threads
+        self.random_state = random_state
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
@@ -287,21 +302,6 @@ class VAEImputer(_TabularImputer):
     n_features_in_, feature_names_in_ : as every scikit-learn estimator.
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
-                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", threads=1, random_state=None):
-        self.categorical = categorical
-        self.likelihood = likelihood
-        self.hidden = hidden
-        self.latent = latent
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.validation_fraction = validation_fraction
-        self.precision = precision
-        self.threads = threads
-        self.random_state = random_state
-
     @torch.no_grad()
     def _single(self, values, observed):
         mu, _ = self.model_.encode(values, observed)                  # z = mu, as the thesis' single imputation
@@ -333,20 +333,10 @@ class MIWAEImputer(_TabularImputer):
     def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
                  patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", importance_samples=20,
                  imputation_samples=100, threads=1, random_state=None):
-        self.categorical = categorical
-        self.likelihood = likelihood
-        self.hidden = hidden
-        self.latent = latent
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.validation_fraction = validation_fraction
-        self.precision = precision
+        super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
+                         validation_fraction, precision, threads, random_state)
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
-        self.threads = threads
-        self.random_state = random_state
 
     def _check_params(self):
         super()._check_params()
