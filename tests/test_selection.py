@@ -28,7 +28,7 @@ def problem():
     return make_problem(DATA)
 
 
-def test_draws_depend_only_on_seed_and_trial_number():
+def test_draws_depend_only_on_seed_and_budget_slot():
     def draws(seed, numbers):
         study = optuna.create_study(sampler=selection.TrialSeededSampler(seed))
         out = {}
@@ -58,6 +58,40 @@ def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
 
     # A stream-based sampler (Optuna's RandomSampler) would differ here: the earlier trials drew other parameters.
     assert fourth_vae_draw("cnn") == fourth_vae_draw("mlp")
+
+
+def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one_drew():
+    def uninterrupted():
+        study = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+        configs = []
+        for _ in range(3):
+            trial = study.ask()
+            configs.append(selection.suggest_config("vae", trial))
+            study.tell(trial, 0.0)
+        return configs
+
+    expected = uninterrupted()
+    # A kill during the second trial: it is marked interrupted when the study resumes, and the next trial replaces it.
+    study = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+    first = study.ask()
+    assert selection.suggest_config("vae", first) == expected[0]
+    study.tell(first, 0.0)
+    lost = study.ask()
+    assert selection.suggest_config("vae", lost) == expected[1]
+    selection.interrupted_running_trials(study)
+    again = study.ask()
+    assert selection.suggest_config("vae", again) == expected[1] and again.number == 2
+    study.tell(again, 0.0)
+    last = study.ask()
+    assert selection.suggest_config("vae", last) == expected[2]
+    # In a fleet: trials 0 and 1 run at once and the worker of trial 0 dies; its replacement takes slot 0, not 1.
+    fleet = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+    dying, running = fleet.ask(), fleet.ask()
+    selection.suggest_config("vae", dying)
+    assert selection.suggest_config("vae", running) == expected[1]
+    fleet._storage.set_trial_state_values(dying._trial_id, optuna.trial.TrialState.FAIL)   # as fail_stale_trials does
+    replacement = fleet.ask()
+    assert selection.suggest_config("vae", replacement) == expected[0]
 
 
 def test_mlp_searches_draw_each_layer_and_the_space_is_shown():

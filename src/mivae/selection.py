@@ -114,16 +114,19 @@ def describe_spaces():
 
 
 # ----------------------------------------------------------------------------------------
-# Random draws keyed by trial number: reproducible, and never duplicated across workers.
+# Random draws keyed by budget slot: reproducible, never duplicated across workers, and the same
+# after a crash as without one.
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
-    """Random search whose draws depend only on (seed, trial number, parameter name).
+    """Random search whose draws depend only on (seed, budget slot, parameter name).
 
     Independent uniform draws, as Optuna's RandomSampler makes, but two workers of one
     study never draw the same configuration, and a rerun with the same seed draws the same.
-    With `first` (parameter values), the study's first trial that spends budget runs them
-    instead: the default configuration, also when that trial is run again after a crash.
+    A trial's slot is its place among the trials that spend budget (see `draw_slot`), so a
+    trial run again after a kill or a dead worker draws what the lost one drew: a resumed
+    study ends with the configurations of an uninterrupted one. With `first` (parameter
+    values), slot 0 runs them instead: the default configuration.
     """
 
     def __init__(self, seed=0, first=None):
@@ -138,9 +141,10 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, name, distribution):
-        if name in self.first and _budget_slot(study, trial) == 0:
+        slot = draw_slot(study, trial)
+        if name in self.first and slot == 0:
             return self.first[name]
-        rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(name.encode())])
+        rng = np.random.default_rng([self.seed, slot, zlib.crc32(name.encode())])
         d = distribution
         if isinstance(d, optuna.distributions.CategoricalDistribution):
             return d.choices[rng.integers(len(d.choices))]
@@ -227,6 +231,26 @@ def spends_budget(t):
 def _budget_slot(study, trial):
     """The trial's place in the budget: the trials before it that spend budget."""
     return sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and spends_budget(t))
+
+
+def draw_slot(study, trial):
+    """Returns the slot whose draw `trial` runs, recorded on the trial the first time it is asked.
+
+    Its place in the budget (`_budget_slot`): the number a trial has in an uninterrupted study,
+    since trials lost to a kill or a dead worker do not count. In a fleet a worker can die while
+    later trials run; then that place may already be held by a running trial, and the trial takes
+    the lowest slot no budget-spending trial holds, which is the lost trial's.
+    """
+    recorded = study._storage.get_trial(trial._trial_id).user_attrs.get("slot")
+    if recorded is not None:
+        return recorded
+    others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number and spends_budget(t)]
+    held = {t.user_attrs.get("slot") for t in others}
+    slot = _budget_slot(study, trial)
+    if slot in held:
+        slot = min(set(range(len(held) + 1)) - held)
+    study._storage.set_trial_user_attr(trial._trial_id, "slot", slot)  # Optuna's sampler API has no public setter
+    return slot
 
 
 def _settings(kind, layers, data, train):
