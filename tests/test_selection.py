@@ -111,7 +111,7 @@ def _fake_train(values, diverge=()):
             return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=train.epochs), {"test_accuracy": 0.5})
         i = len([c for c in calls if c[2]]) - 1
         if i in diverge:
-            raise TrainingDiverged("the training loss became nan in epoch 2")
+            raise TrainingDiverged("training diverged: the loss went from 2.3 to nan at step 1 of epoch 2")
         return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1),
                    {"val_accuracy": values[i], "val_negative_elbo": values[i]})
 
@@ -170,13 +170,13 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem,
     assert result.best_value == 0.7
     trials = optuna.load_study(study_name="mlp2-digits-random-pixels-0.3-seed0", storage=selection.default_storage(tmp_path)).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
-    assert trials[1].user_attrs["failure"] == "the training loss became nan in epoch 2"
+    assert trials[1].user_attrs["failure"] == "training diverged: the loss went from 2.3 to nan at step 1 of epoch 2"
 
 
 def test_a_search_where_every_trial_fails_is_a_clear_error(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0, 0], diverge={0, 1})
     monkeypatch.setattr(selection, "train_model", fake)
-    with pytest.raises(MivaeError, match="every trial of the search failed \\(the training loss became nan in epoch 2\\)"):
+    with pytest.raises(MivaeError, match="every trial of the search failed \\(training diverged: the loss went from 2.3 to nan"):
         selection.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem)
 
 

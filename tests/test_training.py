@@ -109,15 +109,33 @@ def test_weight_decay_is_exactly_the_thesis_l2_term():
     assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), initial))  # the step moved every parameter
 
 
-def test_a_loss_that_becomes_nan_stops_training_with_the_reason():
+def test_a_loss_that_becomes_nan_stops_training_at_that_step_before_the_weights_change():
     from mivae.training import TrainingDiverged
 
     model = torch.nn.Linear(3, 2)
     x, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
-    epochs = iter(range(100))
+    calls = iter(range(100))
+    weights = []
 
-    def loss(m, xb, yb):  # finite in epoch 1, NaN from epoch 2 on
-        return torch.nn.functional.cross_entropy(m(xb), yb) * (float("nan") if next(epochs) >= 4 else 1.0)
+    def loss(m, xb, yb):  # finite for four steps (epoch 1), NaN at the fifth (step 1 of epoch 2)
+        weights.append(m.weight.detach().clone())
+        return torch.nn.functional.cross_entropy(m(xb), yb) * (float("nan") if next(calls) >= 4 else 1.0)
 
-    with pytest.raises(TrainingDiverged, match="the training loss became nan in epoch 2"):
+    with pytest.raises(TrainingDiverged, match="the loss went from .* to nan at step 1 of epoch 2; a lower learning rate"):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, TrainConfig(epochs=5, batch_size=8))
+    assert len(weights) == 5 and torch.equal(model.weight, weights[-1])   # no step was taken on the NaN loss
+
+
+def test_an_exploding_loss_is_divergence_even_while_finite():
+    from mivae.errors import MivaeError
+    from mivae.models.vae import VAE
+    from mivae.training import TrainingDiverged, adam, vae_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(256, 8, 8)
+    vae = VAE((8, 8), hidden=(32,), latent=2)
+    with pytest.raises(TrainingDiverged, match="at step [0-9]+ of epoch 1") as caught:
+        fit(vae, adam(vae, lr=100.0), vae_loss, x, x, TrainConfig(epochs=3, batch_size=32))
+    assert isinstance(caught.value, MivaeError)   # one sentence to a user of the CLI
+    mu, logvar = vae.encode(torch.full((4, 8, 8), 1e6))
+    assert logvar.abs().max() <= 12.0             # bounded: the KL term's exp never overflows

@@ -33,3 +33,20 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable_folder(folder):
+    """Raises MivaeError unless `folder` is, or could be made, a folder this process can write in; creates nothing.
+
+    Called before long work, so that a bad output path costs a sentence, not a training run.
+    """
+    from mivae.errors import MivaeError
+
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MivaeError(f"cannot write to {folder}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MivaeError(f"cannot write to {folder}: {existing} is not writable.")

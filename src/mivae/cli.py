@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from mivae import __version__
+from mivae.artifacts import check_writable_folder
 from mivae.errors import MivaeError
 
 EXIT_USAGE = 2
@@ -232,7 +233,7 @@ def _impute(args):
     ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
     frame = read_table(data, args.categorical, args.continuous)
     out = Path(args.out)
-    _check_writable(out)  # before training: a folder that cannot take the tables should not cost a fit
+    check_writable_folder(out)  # before training: a folder that cannot take the tables should not cost a fit
     imputer = _table_imputer(args, [c for c in args.categorical if c in frame.columns])
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -251,18 +252,6 @@ def _impute(args):
     if args.single:
         write_table(_api_errors(lambda: imputer.transform(frame)), out / f"{data.stem}.single{ext}")
     print(f"wrote {args.samples} completed tables{' and the single imputation' if args.single else ''} to {out}")
-
-
-def _check_writable(folder):
-    """Raises MivaeError unless `folder` exists or can be made, and a file can be written in it."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise MivaeError(f"cannot write to {folder}: {e.strerror or e}.") from None
 
 
 def _classify(args):
@@ -444,6 +433,7 @@ def _corrupt(args):
     from mivae.figures import check_figure_path, image_grid
 
     check_figure_path(args.out)
+    check_writable_folder(Path(args.out).parent)
     if not args.index:
         raise MivaeError("--index needs at least one test image index.")
     methods = [check_method(m) for m in args.method]
@@ -487,6 +477,7 @@ def _train(args):
     from mivae.pipeline import train_model
     from mivae.runs import load_run, save_run
 
+    check_writable_folder(args.out)
     _set_threads(args.threads)
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
@@ -544,6 +535,7 @@ def _search(args):
         raise MivaeError(f"--trials must be at least 1; got {args.trials}.")
     if not args.layers or not set(args.layers) <= {2, 3, 4}:
         raise MivaeError(f"--layers takes 2, 3 or 4, comma-separated; got {args.layers or 'none'}.")
+    check_writable_folder(args.out)
     _set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tables = cfg.read_config_file(args.config) if args.config else {}

@@ -262,10 +262,10 @@ def _download_file(spec, entry, folder):
                 raw = tmp.read_bytes()
                 _check_digest(url, entry, raw, _decompress(url, raw))
             return
+        except MivaeError as e:  # a wrong digest; before ValueError, which it is too
+            failures.append(str(e).rstrip("."))
         except (urllib.error.URLError, OSError, ValueError) as e:
             failures.append(f"{url}: {getattr(e, 'reason', None) or e}")
-        except MivaeError as e:
-            failures.append(str(e).rstrip("."))
     raise MivaeError(
         f"{spec.title} file {entry.name} is not in {folder} and could not be downloaded "
         f"({'; '.join(failures) or 'no mirror configured'}); put the four {spec.title} files there, "

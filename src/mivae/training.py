@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
 from mivae.models.vae import negative_elbo
 
@@ -50,8 +51,13 @@ def adadelta(model, lr, l2=0.0):
     return torch.optim.Adadelta(_parameter_groups(model, l2), lr=lr, rho=0.95, eps=1e-6, foreach=True)
 
 
-class TrainingDiverged(Exception):
-    """The loss or the validation score became NaN or infinite."""
+# A loss this many times larger than at the first step (or than 1) has diverged, even where it stays finite:
+# bounded log-variances keep an exploding VAE's loss finite, at around 1e14 nats for a learning rate of 100.
+DIVERGED = 1e4
+
+
+class TrainingDiverged(MivaeError):
+    """The loss or the validation score became NaN or infinite: one sentence for a user, a pruned trial in a search."""
 
 
 @dataclass
@@ -78,7 +84,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     torch.manual_seed(config.seed)  # latent samples and dropout masks draw from the global stream
     generator = torch.Generator().manual_seed(config.seed)
     history = History()
-    best, best_state, waited = None, None, 0
+    best, best_state, waited, first_loss = None, None, 0, None
     n = len(inputs)
     low_precision = resolve_precision(config.precision, inputs.device) == torch.bfloat16
     for epoch in range(1, config.epochs + 1):
@@ -86,21 +92,27 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device)
         total = torch.zeros((), device=inputs.device)
-        for i in range(0, n, config.batch_size):
+        for step, i in enumerate(range(0, n, config.batch_size), 1):
             index = order[i : i + config.batch_size]
             with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
                 loss = loss_fn(model, inputs[index], targets[index])
+            # Checked before the step, so the weights stay those of the last sane loss.
+            value = loss.item()
+            first_loss = value if first_loss is None else first_loss
+            if not math.isfinite(value) or abs(value) > DIVERGED * max(abs(first_loss), 1.0):
+                raise TrainingDiverged(f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
+                                       f"of epoch {epoch}; a lower learning rate (now "
+                                       f"{optimizer.param_groups[0]['lr']:g}) usually helps.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(index)
         history.train_loss.append(total.item() / n)
-        if not math.isfinite(history.train_loss[-1]):
-            raise TrainingDiverged(f"the training loss became {history.train_loss[-1]} in epoch {epoch}")
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):
-                raise TrainingDiverged(f"the validation score became {value} in epoch {epoch}")
+                raise TrainingDiverged(f"training diverged: the validation score became {value} after epoch {epoch}; "
+                                       f"a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) usually helps.")
             history.val_score.append(value)
             if best is None or (value > best if higher_is_better else value < best):
                 best, waited, history.best_epoch = value, 0, epoch

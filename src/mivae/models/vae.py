@@ -35,7 +35,7 @@ class VAE(nn.Module):
     def encode(self, x):
         """Returns (mu, logvar), each (B, L), of q(z | x) for images x (B, H, W) or mask-aware inputs (B, 2, H, W)."""
         h = self.encoder(x.flatten(1))
-        return self.to_mu(h), self.to_logvar(h)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)  # bounded: exp(logvar) never overflows
 
     def decode_logits(self, z):
         """Returns the Bernoulli logits (..., H, W) of p(x | z) for latents z (..., L)."""
