@@ -1,0 +1,149 @@
+"""Nothing lost: `mivae reproduce` killed with SIGKILL at several moments ends as an uninterrupted run.
+
+One smoke study runs uninterrupted; beside it (each on one thread, so both fit on two cores) the same
+study is killed during a search, during the training of a fixed model, and while its report is being
+written, and restarted after each kill. Its results must equal the uninterrupted ones, and nothing
+that had finished before a kill may be done again after it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mivae import experiments
+
+COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
+VOLATILE = {"seconds", "worker", "started", "finished", "invocations", "units", "machine", "datetime_start",
+            "datetime_complete"}  # wall times, process ids and dates: the only things a rerun may change
+
+
+def _start(out):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([*COMMAND, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def _unfinished(out, prefix):
+    """Whether a unit whose label starts with `prefix` has begun (its folder exists) but not finished."""
+    units = out / "units"
+    return units.is_dir() and any(p.name.startswith(prefix) and not (p / "unit.json").exists() for p in units.iterdir())
+
+
+def _searching(out):
+    """A search is running and has finished at least one trial: the kill lands inside the search, during training."""
+    units = out / "units"
+    if not units.is_dir():
+        return False
+    for unit in units.iterdir():
+        if not (unit / "unit.json").exists() and (unit / "study.db").exists():
+            try:
+                study = optuna.load_study(study_name=None, storage=f"sqlite:///{unit / 'study.db'}")
+            except (KeyError, ValueError, RuntimeError):  # not created yet, or more than one study in it
+                continue
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                return True
+    return False
+
+
+def _writing_report(out):
+    figures = out / "report" / "figures"
+    return figures.is_dir() and any(figures.glob("*.png"))
+
+
+def _kill_when(out, moment, timeout=900):
+    """Starts the study and kills it with SIGKILL as soon as `moment(out)` holds; returns whether it was killed."""
+    process = _start(out)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if moment(out):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    return False
+
+
+def _finished_work(out):
+    """Every finished unit and evaluation, by path: its content and the time it was written."""
+    paths = [*out.glob("units/*/unit.json"), *out.glob("results/*/*.json")]
+    return {p.relative_to(out): (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+
+
+def _stable(value):
+    """The content of a result without wall times, dates and process ids, recursively."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def _results(out):
+    return {p.relative_to(out): _stable(json.loads(p.read_text())) for p in sorted(out.glob("results/**/*.json"))}
+
+
+@pytest.fixture(scope="module")
+def killed_and_uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    reference = _start(root / "uninterrupted")
+    out = root / "killed"
+    moments = {"during a search": _searching, "while training a fixed model": lambda o: _unfinished(o, "table3-"),
+               "while writing the report": _writing_report}
+    killed, kept = {}, []
+    for name, moment in moments.items():
+        killed[name] = _kill_when(out, moment)
+        kept.append(_finished_work(out))
+    last = _start(out)
+    _, last_err = last.communicate(timeout=900)
+    _, reference_err = reference.communicate(timeout=900)
+    return {"out": out, "reference": root / "uninterrupted", "killed": killed, "kept": kept,
+            "status": (last.returncode, last_err), "reference_status": (reference.returncode, reference_err)}
+
+
+def test_every_kill_landed_at_its_moment_and_the_restarts_finished(killed_and_uninterrupted):
+    run = killed_and_uninterrupted
+    assert run["killed"] == dict.fromkeys(run["killed"], True)
+    assert run["status"][0] == 0, run["status"][1]
+    assert run["reference_status"][0] == 0, run["reference_status"][1]
+    assert (run["out"] / "report" / "report.md").read_text() == (run["reference"] / "report" / "report.md").read_text()
+
+
+def test_results_after_three_kills_equal_those_of_an_uninterrupted_run(killed_and_uninterrupted):
+    killed, reference = _results(killed_and_uninterrupted["out"]), _results(killed_and_uninterrupted["reference"])
+    assert killed.keys() == reference.keys() and len(killed) > 100
+    for path in reference:
+        assert killed[path] == reference[path], path
+
+
+def test_nothing_finished_before_a_kill_was_done_again(killed_and_uninterrupted):
+    out = killed_and_uninterrupted["out"]
+    final = _finished_work(out)
+    kept = killed_and_uninterrupted["kept"]
+    assert 0 < len(kept[0]) < len(kept[1]) < len(final)       # each restart went on from where it stopped
+    for before in kept:
+        for path, (content, written) in before.items():
+            assert final[path] == (content, written), f"{path} was written again after a kill"
+
+
+def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupted):
+    out = killed_and_uninterrupted["out"]
+    preset = experiments.PRESETS["smoke"]
+    searches = [p for p in (out / "units").iterdir() if (p / "study.db").exists()]
+    assert searches
+    for unit in searches:
+        kind = json.loads((unit / "unit.json").read_text())["spec"]["kind"]
+        for summary in optuna.get_all_study_summaries(f"sqlite:///{unit / 'study.db'}"):
+            study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{unit / 'study.db'}")
+            complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            assert len(complete) == preset.trials[kind], unit.name
+            slots = [t.user_attrs["slot"] for t in complete]
+            assert sorted(slots) == list(range(preset.trials[kind])), unit.name   # every slot once: none run twice
+            assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
