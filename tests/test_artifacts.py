@@ -26,3 +26,20 @@ def test_a_written_file_gets_the_usual_permissions_not_the_temporary_files(tmp_p
     finally:
         os.umask(old)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_every_file_mivae_writes_goes_through_an_atomic_temporary():
+    """A write call anywhere in the package writes the temporary of `atomic_path`, never the final path."""
+    import re
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "src" / "mivae"
+    writes = re.compile(r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.to_csv\(|\.to_parquet\(|save_file\(|"
+                        r"open\([^)]*[\"'][wa]b?[\"']|json\.dump\(|np\.save")
+    found = 0
+    for path in source.rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if writes.search(line) and not line.lstrip().startswith(("#", "def ")):
+                found += 1
+                assert "tmp" in line, f"{path.name}:{number} writes without atomic_path: {line.strip()}"
+    assert found >= 8   # models, JSON, reports, figures, tables, downloads
