@@ -21,7 +21,7 @@ from mivae import experiments
 
 COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
 VOLATILE = {"seconds", "worker", "started", "finished", "invocations", "units", "machine", "datetime_start",
-            "datetime_complete"}  # wall times, process ids and dates: the only things a rerun may change
+            "datetime_complete", "created"}  # wall times, process ids and dates: the only things a rerun may change
 
 
 def _start(out):

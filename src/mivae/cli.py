@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mivae import __version__
 from mivae.artifacts import check_writable_folder
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_interrupt, forget_interrupt, request_interrupt
 
 EXIT_USAGE = 2
 
@@ -587,11 +587,22 @@ def format_evaluation(result):
     return "\n".join(lines)
 
 
+def _on_interrupt(signum, frame):
+    request_interrupt()  # remembered where Python would swallow the KeyboardInterrupt below
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     """Runs the `mivae` command; returns its exit status."""
+    import signal
+    import threading
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_interrupt) if in_main_thread else None
     try:
         args = build_parser().parse_args(argv)
         args.run(args)
+        check_interrupt()  # a Ctrl-C swallowed near the end still means the user asked to stop
     except MivaeError as e:
         print(f"mivae: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -601,6 +612,10 @@ def main(argv=None):
     except BrokenPipeError:  # the reader went away, as `mivae data info | head` does
         sys.stdout = None
         return 0
+    finally:
+        forget_interrupt()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 

@@ -1,4 +1,6 @@
-"""The one exception type that carries a message meant for a user."""
+"""The one exception type that carries a message meant for a user, and the user's request to stop."""
+
+import threading
 
 
 class MivaeError(ValueError):
@@ -12,3 +14,24 @@ class MivaeError(ValueError):
 
 class InputError(MivaeError):
     """A bad value, parameter or table given to a scikit-learn estimator or a table function."""
+
+
+# Ctrl-C, remembered: Python drops a KeyboardInterrupt raised inside a garbage-collector callback (SQLAlchemy's
+# run after every search trial), so the CLI's handler also sets this, and long loops check it between steps.
+_interrupted = threading.Event()
+
+
+def request_interrupt():
+    """Records that the user asked to stop (the CLI's SIGINT handler calls it)."""
+    _interrupted.set()
+
+
+def forget_interrupt():
+    """Clears a recorded request to stop, once it has been acted on."""
+    _interrupted.clear()
+
+
+def check_interrupt():
+    """Raises KeyboardInterrupt if the user asked to stop, even where the first one was swallowed."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt

@@ -169,6 +169,7 @@ class Study:
         self.bar.set_description(f"reproduce: {label}")
         start = time.monotonic()
         finished = (directory / "unit.json").exists()
+        directory.mkdir(parents=True, exist_ok=True)  # a unit's folder exists from its start; unit.json marks its end
         result = work(directory, finished)
         seconds = time.monotonic() - start
         if finished:

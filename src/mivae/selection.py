@@ -28,7 +28,7 @@ import optuna
 import torch
 
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_interrupt
 from mivae.models import CONFIGS, classifier_kind
 from mivae.pipeline import train_model
 from mivae.problem import Part, Problem, make_problem
@@ -293,6 +293,7 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
         return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if spends_budget(t))
 
     def after_trial(study_, trial):
+        check_interrupt()  # a Ctrl-C during Optuna's garbage collection after the trial was swallowed there
         if on_trial is not None:
             on_trial(study_)
         if budget_used() >= trials:

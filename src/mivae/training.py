@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_interrupt
 from mivae.hardware import resolve_precision
 from mivae.models.vae import negative_elbo
 
@@ -93,6 +93,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         order = torch.randperm(n, generator=generator).to(inputs.device)
         total = torch.zeros((), device=inputs.device)
         for step, i in enumerate(range(0, n, config.batch_size), 1):
+            check_interrupt()
             index = order[i : i + config.batch_size]
             with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
                 loss = loss_fn(model, inputs[index], targets[index])
