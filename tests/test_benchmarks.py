@@ -41,3 +41,20 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     assert all(0.8 < v < 1.3 for v in mean_rmse.values())   # the column mean misses by about one standard deviation
     assert json.loads(raw.read_text())["rows"] == rows
     assert out.read_text().count("| wine |") == len(rows)
+
+
+def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_targets(tmp_path):
+    bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))
+    rows = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
+    imputers = {"masked-elbo", "miwae", "not-miwae", "mean", "knn", "iterative"}
+    assert {r["imputer"] for r in rows} == imputers and len(rows) == 2 * (3 * 2 + 3)   # mivae: single and mean of 10
+    for r in rows:
+        assert 0 < r["rmse"] < 1 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0 and r["test_images"] == 200
+        assert abs(r["missing"] - {"rp50": 0.5, "vl70": 0.7}[r["setting"]]) < 0.1
+    mean_rmse = [r["rmse"] for r in rows if r["imputer"] == "mean"]
+    assert all(0.15 < v < 0.45 for v in mean_rmse)   # a pixel mean misses by about a third of the range
+    report = (tmp_path / "README.md").read_text()
+    assert report.count("**met**") + report.count("**missed**") == 4   # RP50's three targets and VL70's
+    assert (tmp_path / "examples.png").stat().st_size > 10_000
+    again = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
+    assert again == rows   # a rerun reuses every finished result
