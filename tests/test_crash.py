@@ -20,8 +20,10 @@ import pytest
 from mivae import experiments
 
 COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
+# Wall times, process ids, dates and the database's trial numbers: the only things a rerun may change. (An
+# interrupted trial keeps its number, so the trial that replaces it has the next one.)
 VOLATILE = {"seconds", "worker", "started", "finished", "invocations", "units", "machine", "datetime_start",
-            "datetime_complete", "created"}  # wall times, process ids and dates: the only things a rerun may change
+            "datetime_complete", "created", "number", "best_trial"}
 
 
 def _start(out):
@@ -81,8 +83,8 @@ def _stable(value):
     """The content of a result without wall times, dates and process ids, recursively."""
     if isinstance(value, dict):
         return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
+    if isinstance(value, list):  # a search's log also lists the trials a kill interrupted: the record, not a result
+        return [_stable(v) for v in value if not (isinstance(v, dict) and v.get("interrupted"))]
     return value
 
 
@@ -122,6 +124,11 @@ def test_results_after_three_kills_equal_those_of_an_uninterrupted_run(killed_an
     assert killed.keys() == reference.keys() and len(killed) > 100
     for path in reference:
         assert killed[path] == reference[path], path
+
+
+def test_the_killed_run_records_the_trial_its_kill_interrupted(killed_and_uninterrupted):
+    logs = [json.loads(p.read_text()) for p in killed_and_uninterrupted["out"].glob("units/*/search.json")]
+    assert any(t["interrupted"] and t["state"] == "FAIL" for log in logs for t in log["trials"])
 
 
 def test_nothing_finished_before_a_kill_was_done_again(killed_and_uninterrupted):
