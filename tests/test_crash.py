@@ -39,7 +39,7 @@ def _unfinished(out, prefix):
 
 
 def _searching(out):
-    """A search is running and has finished at least one trial: the kill lands inside the search, during training."""
+    """A search has finished a trial and is running the next: the kill lands inside a trial, during training."""
     units = out / "units"
     if not units.is_dir():
         return False
@@ -49,7 +49,8 @@ def _searching(out):
                 study = optuna.load_study(study_name=None, storage=f"sqlite:///{unit / 'study.db'}")
             except (KeyError, ValueError, RuntimeError):  # not created yet, or more than one study in it
                 continue
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            states = {t.state for t in study.trials}
+            if {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING} <= states:
                 return True
     return False
 
