@@ -244,6 +244,9 @@ test images scored that imputer on the first ones only (KNNImputer's transform c
 
 {table(rows)}
 
+Test image 0 in each setting (rows: {", ".join(n.upper() for n in SETTINGS if n in examples)}): the original, the
+corrupted image with its missing pixels grey, and each imputer's single imputation.
+
 ![One test image per setting, imputed by each method](examples.png)
 """
     _write(out / "README.md", document)
