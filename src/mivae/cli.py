@@ -239,13 +239,14 @@ def _impute(args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         _api_errors(lambda: imputer.fit(frame))
+    trained = time.perf_counter() - start
     _notes(caught)
     tables = _api_errors(lambda: imputer.sample(frame, args.samples))
     kinds = [c.kind for c in imputer.schema_.columns]
     print(f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
           f"categorical columns, {frame.isna().to_numpy().mean():.1%} of entries missing")
     print(f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
-          f"in {time.perf_counter() - start:.1f}s")
+          f"in {trained:.1f}s")
     digits = len(str(args.samples))
     for k, table in enumerate(tables, 1):
         write_table(table, out / f"{data.stem}.imputed-{k:0{digits}d}{ext}")

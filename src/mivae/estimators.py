@@ -39,7 +39,7 @@ from mivae.errors import InputError
 from mivae.hardware import torch_threads
 from mivae.models.miwae import importance_weights, iwae_bound
 from mivae.models.tabular import LIKELIHOODS, TabularVAE
-from mivae.table import CONTINUOUS, Schema, infer_kinds
+from mivae.table import Schema, infer_kinds
 from mivae.training import adam, fit
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
@@ -183,7 +183,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
         config = TrainConfig(epochs=self.max_epochs, patience=self.patience, batch_size=min(self.batch_size, len(train)),
                              seed=seed, precision=self.precision)
-        return fit(self.model_, adam(self.model_, self.lr), loss, rows[train], rows[train], config, score=score)
+        rows = rows[train]
+        return fit(self.model_, adam(self.model_, self.lr), loss, rows, rows, config, score=score)
 
     def _encode(self, X):
         check_is_fitted(self, "model_")

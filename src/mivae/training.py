@@ -91,7 +91,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device)
-        total = torch.zeros((), device=inputs.device)
+        total = 0.0
         for step, i in enumerate(range(0, n, config.batch_size), 1):
             check_interrupt()
             index = order[i : i + config.batch_size]
@@ -107,8 +107,8 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * len(index)
-        history.train_loss.append(total.item() / n)
+            total += value * len(index)
+        history.train_loss.append(total / n)
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mivae.models.vae import dense_stack
+from mivae.models.vae import dense_stack, gaussian_log_density
 
 
 class MIWAE(nn.Module):
@@ -71,9 +71,7 @@ class MIWAE(nn.Module):
         logits = self.decode_logits(z)                                             # (K, B, H, W)
         log_px = -(F.binary_cross_entropy_with_logits(logits, values.expand_as(logits), reduction="none") * observed)
         log_w = log_px.flatten(2).sum(-1)                                          # log p(x_obs | z_k)
-        log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-        log_qz = -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
-        log_w = log_w + log_pz - log_qz
+        log_w = log_w + gaussian_log_density(z) - gaussian_log_density(z, mu, logvar)   # + log p(z) - log q(z | x)
         if self.missingness == "self-masking":
             completed = complete(inputs, torch.sigmoid(logits))                  # x_obs with x_miss_k filled in
             missing_logit = -self.mask_scale * (completed - self.mask_shift)

@@ -21,7 +21,7 @@ from scipy import special
 from torch import nn
 from torch.nn import functional as F
 
-from mivae.models.vae import dense_stack
+from mivae.models.vae import dense_stack, gaussian_log_density
 
 LIKELIHOODS = ("gaussian", "student-t")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
@@ -38,13 +38,6 @@ def student_t_log_prob(x, mean, scale, df):
     t = (x - mean) / scale
     return (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi) - scale.log()
             - (df + 1) / 2 * torch.log1p(t.pow(2) / df))
-
-
-def gaussian_log_density(z, mu=None, logvar=None):
-    """Returns log N(z; mu, diag(exp(logvar))) summed over the last dimension (the standard normal by default)."""
-    if mu is None:
-        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
 
 
 class TabularVAE(nn.Module):

@@ -62,6 +62,13 @@ def reconstruction_loss(logits, target):
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
 
 
+def gaussian_log_density(z, mu=None, logvar=None):
+    """Returns log N(z; mu, diag(exp(logvar))) summed over the last dimension (the standard normal by default)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+
+
 def kl_divergence(mu, logvar):
     """Returns KL(N(mu, sigma) || N(0, I)) per image (B,) (thesis eq. 2.9)."""
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
