@@ -11,14 +11,18 @@ clean. Scores:
 
 mivae's imputers, all mask-aware and trained on the incomplete images alone (mivae.models.miwae):
 `masked-elbo` (the VAE's ELBO over observed pixels, K = 1), `miwae` (the importance-weighted bound,
-K = 5) and `not-miwae` (MIWAE with self-masking missingness). Each imputes once by self-normalised
-importance sampling over 50 proposals (`single`) and as the mean of 10 imputations drawn by
-sampling-importance-resampling (`mean of 10`). Baselines: SimpleImputer(mean), KNNImputer(5) and
-IterativeImputer (3 rounds, 50 nearest pixels), as mivae.baselines configures them.
+K = 5), `not-miwae` (MIWAE with self-masking missingness) and `refined-miwae` (MIWAE, K = 3, with local
+refinement, holding out single pixels for Random Pixels and whole columns for Vertical Lines; 10 epochs,
+the others 20). Each imputes once by self-normalised importance sampling over 20 proposals (`single`)
+and as the mean of 10 imputations drawn by sampling-importance-resampling (`mean of 10`), in bf16
+where the hardware runs it; each variant's transform is timed on its own. Baselines:
+SimpleImputer(mean), KNNImputer(5) and IterativeImputer (3 rounds, 50 nearest pixels), as
+mivae.baselines configures them.
 
     python benchmarks/impute.py                         # the full run -> docs/imputation-benchmark.md
     python benchmarks/impute.py --quick                 # digits-sized subsets, seconds: a check that it runs
     python benchmarks/impute.py --settings rp50 --knn-test 1000    # one setting; KNNImputer on 1,000 test images
+    python benchmarks/impute.py --imputers refined-miwae,iterative  # some imputers
 
 Finished (setting, imputer) results are kept in --json as they come, so a rerun continues.
 """
@@ -38,6 +42,7 @@ from mivae.artifacts import atomic_path
 from mivae.baselines import fit_imputer, impute_part
 from mivae.config import DataConfig, MLPConfig, TrainConfig
 from mivae.figures import image_grid
+from mivae.hardware import resolve_precision
 from mivae.imputation import predict_proba, rmse_on_missing
 from mivae.models.miwae import MIWAE, impute_importance, impute_multiple, miwae_loss
 from mivae.pipeline import train_model
@@ -48,9 +53,10 @@ from mivae.training import adam, fit
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {f"{m[0]}{m[1]}{round(100 * lv)}": (method, lv) for method, m in (("random-pixels", "rp"),
             ("vertical-lines", "vl")) for lv in (0.5, 0.7, 0.9)}
-MIVAE = {"masked-elbo": (None, 1), "miwae": (None, 5), "not-miwae": ("self-masking", 5)}  # missingness model, K
+MIVAE = {"masked-elbo": {"samples": 1}, "miwae": {"samples": 5}, "not-miwae": {"samples": 5, "missingness": "self-masking"},
+         "refined-miwae": {"samples": 3, "refine": 16, "epochs": 10}}   # K, and the model's options; 20 epochs unless said
 BASELINES = ("mean", "knn", "iterative")
-PROPOSALS = 50      # proposals per image for importance-sampling imputation
+PROPOSALS = 20      # proposals per image for importance-sampling imputation
 IMPUTATIONS = 10    # draws averaged by "mean of 10"
 TARGETS = {"rmse": 0.110, "accuracy": 0.975, "seconds": 30.0}  # Random Pixels 50 %, the best mivae imputer
 
@@ -66,11 +72,14 @@ def clean_classifier(cache, data_dir, quick):
     return run
 
 
-def fit_mivae(name, part, epochs, seed=0):
-    """Returns a mivae imputer of kind `name` trained for `epochs` on the incomplete images of `part`."""
-    missingness, samples = MIVAE[name]
+def fit_mivae(name, part, epochs, holdout_shape, seed=0):
+    """Returns a mivae imputer of kind `name` trained on the incomplete images of `part` for `epochs` (None: the
+    kind's own number); a refined kind holds out observed pixels in `holdout_shape` ("pixels" or "columns")."""
+    options = dict(MIVAE[name])
+    samples, epochs = options.pop("samples"), epochs or options.pop("epochs", 20)
+    options.pop("epochs", None)
     torch.manual_seed(seed)
-    model = MIWAE(tuple(part.clean.shape[1:]), missingness=missingness)
+    model = MIWAE(tuple(part.clean.shape[1:]), holdout_shape=holdout_shape, **options)
     inputs = part.inputs(with_mask=True)
     fit(model, adam(model, 1e-3), partial(miwae_loss, samples=samples), inputs, inputs,
         TrainConfig(epochs=epochs, batch_size=128, seed=seed))
@@ -79,15 +88,20 @@ def fit_mivae(name, part, epochs, seed=0):
 
 @torch.inference_mode()
 def impute_mivae(model, part, seed=0, batch=500):
-    """Returns (single, mean of IMPUTATIONS) imputations (N, H, W) of `part`: observed pixels kept exactly."""
+    """Returns {variant: (imputations (N, H, W) of `part`, wall seconds)} for the single and the mean-of-IMPUTATIONS
+    imputations, each under bf16 autocast where the hardware runs bf16: observed pixels kept exactly."""
     generator = torch.Generator().manual_seed(seed)
     inputs = part.inputs(with_mask=True)
-    single, mean = [], []
-    for i in range(0, len(inputs), batch):
-        x = inputs[i : i + batch]
-        single.append(impute_importance(model, x, PROPOSALS, generator))
-        mean.append(impute_multiple(model, x, IMPUTATIONS, PROPOSALS, generator).mean(0))
-    return torch.cat(single), torch.cat(mean)
+    low_precision = resolve_precision("auto", inputs.device) == torch.bfloat16
+    methods = {"single": lambda x: impute_importance(model, x, PROPOSALS, generator),
+               "mean of 10": lambda x: impute_multiple(model, x, IMPUTATIONS, PROPOSALS, generator).mean(0)}
+    outputs = {}
+    for variant, method in methods.items():
+        start = time.perf_counter()
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
+            imputed = torch.cat([method(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)])
+        outputs[variant] = imputed, time.perf_counter() - start
+    return outputs
 
 
 def score(classifier, imputed, part):
@@ -105,30 +119,31 @@ def run_setting(name, args, classifier, rows, save, examples):
     fit_part, test = _head(problem.train, n_fit), _head(problem.test, n_test)
     examples[name] = {"clean": test.clean[0].numpy(), "corrupted": torch.where(test.mask[0], 0.5, test.clean[0]).numpy()}
     done = {r["imputer"] for r in rows if r["setting"] == name}
-    for imputer in [*MIVAE, *BASELINES]:
+    for imputer in args.imputers:
         if imputer in done:
             continue
         start = time.perf_counter()
         if imputer in MIVAE:
-            model = fit_mivae(imputer, fit_part, args.epochs)
-            fitted = time.perf_counter()
-            single, mean = impute_mivae(model, test)
-            outputs = {"single": single, "mean of 10": mean}
+            model = fit_mivae(imputer, fit_part, args.epochs, "columns" if method == "vertical-lines" else "pixels")
+            fit_s = time.perf_counter() - start
+            outputs = impute_mivae(model, test)
             part = test
         else:
             part = _head(test, args.knn_test) if imputer == "knn" and args.knn_test else test
             model = fit_imputer(imputer, fit_part, seed=0)
-            fitted = time.perf_counter()
-            outputs = {"single": impute_part(model, part)}
-        done_at = time.perf_counter()
-        for variant, imputed in outputs.items():
+            fit_s = time.perf_counter() - start
+            start = time.perf_counter()
+            imputed = impute_part(model, part)
+            outputs = {"single": (imputed, time.perf_counter() - start)}
+        for variant, (imputed, transform_s) in outputs.items():
             rmse, acc = score(classifier, imputed, part)
             rows.append({"setting": name, "imputer": imputer, "variant": variant, "rmse": rmse, "accuracy": acc,
-                         "fit_s": fitted - start, "transform_s": done_at - fitted, "test_images": len(part),
+                         "fit_s": fit_s, "transform_s": transform_s, "test_images": len(part),
                          "fit_images": len(fit_part), "missing": float(part.mask.float().mean()),
+                         "threads": torch.get_num_threads(),
                          "example": np.round(imputed[0].numpy(), 3).tolist()})   # test image 0, for the figure
-            print(f"{name} {imputer:11s} {variant:10s} rmse {rmse:.4f} acc {acc:.4f} fit {fitted - start:.1f}s "
-                  f"transform {done_at - fitted:.1f}s", file=sys.stderr, flush=True)
+            print(f"{name} {imputer:13s} {variant:10s} rmse {rmse:.4f} acc {acc:.4f} fit {fit_s:.1f}s "
+                  f"transform {transform_s:.1f}s", file=sys.stderr, flush=True)
         save()
 
 
@@ -139,10 +154,11 @@ def _head(part, n):
 def table(rows):
     """Returns the Markdown results table, one row per (setting, imputer, variant)."""
     lines = ["| setting | imputer | imputation | RMSE on missing pixels | downstream accuracy | fit s | transform s |"
-             " test images |", "|---|---|---|---|---|---|---|---|"]
+             " threads | test images |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting'].upper()} | {r['imputer']} | {r['variant']} | {r['rmse']:.4f} | "
-                     f"{r['accuracy']:.4f} | {r['fit_s']:.1f} | {r['transform_s']:.1f} | {r['test_images']:,} |")
+                     f"{r['accuracy']:.4f} | {r['fit_s']:.1f} | {r['transform_s']:.1f} | {r.get('threads', 2)} | "
+                     f"{r['test_images']:,} |")
     return "\n".join(lines)
 
 
@@ -151,16 +167,15 @@ def targets(rows):
     lines = []
     mine = [r for r in rows if r["imputer"] in MIVAE]
     rp50 = [r for r in mine if r["setting"] == "rp50"]
-    if rp50:
-        best_rmse = min(rp50, key=lambda r: r["rmse"])
-        best_acc = max(rp50, key=lambda r: r["accuracy"])
-        fastest = min(r["fit_s"] + r["transform_s"] for r in rp50)
-        lines += [_verdict("RP50: best mivae RMSE <= 0.110", best_rmse["rmse"] <= TARGETS["rmse"],
-                           f"{best_rmse['rmse']:.4f} ({best_rmse['imputer']}, {best_rmse['variant']})"),
-                  _verdict("RP50: best mivae downstream accuracy >= 0.975", best_acc["accuracy"] >= TARGETS["accuracy"],
-                           f"{best_acc['accuracy']:.4f} ({best_acc['imputer']}, {best_acc['variant']})"),
-                  _verdict("RP50: a mivae imputer's fit + transform under 30 s", fastest < TARGETS["seconds"],
-                           f"{fastest:.1f} s at the fastest")]
+    if rp50:   # the three targets hold for one imputer: the one with the best RMSE
+        best = min(rp50, key=lambda r: r["rmse"])
+        name, seconds = f"{best['imputer']}, {best['variant']}", best["fit_s"] + best["transform_s"]
+        lines += [_verdict("RP50: the best mivae imputer's RMSE <= 0.110", best["rmse"] <= TARGETS["rmse"],
+                           f"{best['rmse']:.4f} ({name})"),
+                  _verdict("RP50: its downstream accuracy >= 0.975", best["accuracy"] >= TARGETS["accuracy"],
+                           f"{best['accuracy']:.4f}"),
+                  _verdict("RP50: its fit + transform under 30 s", seconds < TARGETS["seconds"],
+                           f"{seconds:.1f} s on {best.get('threads', 2)} threads")]
     for setting in SETTINGS:
         if setting == "rp50":
             continue
@@ -168,11 +183,12 @@ def targets(rows):
         ours = [r for r in mine if r["setting"] == setting]
         if not base or not ours:
             continue
-        rmse, acc = min(r["rmse"] for r in ours), max(r["accuracy"] for r in ours)
         b_rmse, b_acc = min(r["rmse"] for r in base), max(r["accuracy"] for r in base)
-        lines.append(_verdict(f"{setting.upper()}: best mivae beats every baseline on RMSE and accuracy",
-                              rmse < b_rmse and acc > b_acc, f"RMSE {rmse:.4f} against {b_rmse:.4f}, accuracy {acc:.4f} "
-                              f"against {b_acc:.4f}"))
+        winners = [r for r in ours if r["rmse"] < b_rmse and r["accuracy"] > b_acc]
+        best = min(winners or ours, key=lambda r: r["rmse"])   # one imputer must win on both
+        lines.append(_verdict(f"{setting.upper()}: the best mivae imputer beats every baseline on RMSE and accuracy",
+                              bool(winners), f"{best['imputer']} ({best['variant']}): RMSE {best['rmse']:.4f} against "
+                              f"{b_rmse:.4f}, accuracy {best['accuracy']:.4f} against {b_acc:.4f}"))
     return "\n".join(lines)
 
 
@@ -197,16 +213,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, 500 fit and 200 test images, 2 epochs: seconds")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: " + ", ".join(SETTINGS))
+    parser.add_argument("--imputers", default=",".join([*MIVAE, *BASELINES]),
+                        help="comma-separated: " + ", ".join([*MIVAE, *BASELINES]))
     parser.add_argument("--epochs", type=int, help="training epochs of mivae's imputers (default: 20, --quick 2)")
     parser.add_argument("--knn-test", type=int, help="KNNImputer on only the first N test images (it is slow)")
     parser.add_argument("--data-dir", help="folder holding MNIST (default: $MIVAE_DATA_DIR, then the user cache)")
     parser.add_argument("--out", help="folder for the table, figure and results (default: docs/imputation-benchmark/)")
     args = parser.parse_args(argv)
-    args.epochs = args.epochs or (2 if args.quick else 20)
+    args.epochs = args.epochs or (2 if args.quick else None)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting {unknown[0]!r}; known settings are {', '.join(SETTINGS)}")
+    args.imputers = [i for i in args.imputers.split(",") if i]
+    unknown = [i for i in args.imputers if i not in (*MIVAE, *BASELINES)]
+    if unknown:
+        parser.error(f"unknown imputer {unknown[0]!r}; known imputers are {', '.join([*MIVAE, *BASELINES])}")
     out = Path(args.out or REPO / "docs" / "imputation-benchmark")
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "results.json"
@@ -230,11 +252,12 @@ def main(argv=None):
 Made by `{command.strip()}` on {date.today().isoformat()} (2 CPU cores). Protocol in
 `benchmarks/impute.py`: imputers fitted on the first {rows[0]['fit_images']:,} corrupted training images, applied to
 the corrupted test images; the downstream classifier is one 784-512-512-10 MLP trained on clean images
-(test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train {args.epochs} epochs
-(batch 128, Adam 1e-3, a 512-512 encoder and decoder, latent 20); their transform time covers both the single
-and the mean-of-10 imputations. Times are wall seconds on 2 cores, nothing else running. A row with fewer
-test images scored that imputer on the first ones only (KNNImputer's transform costs about 900 s per
-10,000 images here).
+(test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train {args.epochs or
+"20 epochs (refined-miwae 10)"}{" epochs" if args.epochs else ""} (batch 128, Adam 1e-3, a 512-512 encoder and decoder, latent 20;
+refined-miwae adds a three-layer convolutional refinement of 16 channels) and impute from 20 importance-sampled
+proposals in bf16; each variant's transform is timed on its own. Times are wall seconds on the torch
+and BLAS threads given (this machine has 2 cores); a row on 1 thread ran beside other work on the
+second core. A row with fewer test images scored that imputer on the first ones only.
 
 ## Targets
 

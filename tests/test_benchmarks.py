@@ -3,6 +3,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
@@ -46,10 +48,11 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
 def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_targets(tmp_path):
     bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))
     rows = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
-    imputers = {"masked-elbo", "miwae", "not-miwae", "mean", "knn", "iterative"}
-    assert {r["imputer"] for r in rows} == imputers and len(rows) == 2 * (3 * 2 + 3)   # mivae: single and mean of 10
+    imputers = {"masked-elbo", "miwae", "not-miwae", "refined-miwae", "mean", "knn", "iterative"}
+    assert {r["imputer"] for r in rows} == imputers and len(rows) == 2 * (4 * 2 + 3)   # mivae: single and mean of 10
     for r in rows:
-        assert 0 < r["rmse"] < 1 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0 and r["test_images"] == 200
+        assert 0 < r["rmse"] < 1 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0 and r["transform_s"] > 0
+        assert r["test_images"] == 200 and r["fit_images"] == 500
         assert abs(r["missing"] - {"rp50": 0.5, "vl70": 0.7}[r["setting"]]) < 0.1
     mean_rmse = [r["rmse"] for r in rows if r["imputer"] == "mean"]
     assert all(0.15 < v < 0.45 for v in mean_rmse)   # a pixel mean misses by about a third of the range
@@ -58,3 +61,15 @@ def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_
     assert (tmp_path / "examples.png").stat().st_size > 10_000
     again = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
     assert again == rows   # a rerun reuses every finished result
+    more = bench["main"](["--quick", "--settings", "rp70", "--imputers", "mean,refined-miwae", "--out", str(tmp_path)])
+    assert [(r["imputer"], r["variant"]) for r in more if r["setting"] == "rp70"] == [
+        ("refined-miwae", "mean of 10"), ("refined-miwae", "single"), ("mean", "single")]
+
+
+def test_the_imputation_benchmark_names_the_known_imputers_for_an_unknown_one(tmp_path, capsys):
+    bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))
+    with pytest.raises(SystemExit) as exit_:
+        bench["main"](["--quick", "--imputers", "miwae,magic", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown imputer 'magic'" in error and "refined-miwae" in error and not (tmp_path / "results.json").exists()

@@ -153,3 +153,72 @@ def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp
     assert math.isfinite(result["z_weighted_vs_single"]) and math.isfinite(result["z_weighted_vs_uniform"])
     with pytest.raises(MivaeError, match="holds a miwae model; a vae run is needed"):
         train_model("vae+mlp", data, MLPConfig(hidden=(8,)), train, problem=problem, vae_run=imputer)
+
+
+def test_hold_out_hides_observed_pixels_only_singly_or_by_whole_columns():
+    from mivae.models.miwae import hold_out
+
+    values, mask = _batch(400, missing=0.4)
+    inputs = mask_aware(values, mask)
+    torch.manual_seed(0)
+    visible, held = hold_out(inputs, 0.3)
+    observed = inputs[:, 1] > 0
+    assert not held[~observed].any() and not visible[:, 1][held > 0].any()       # only observed pixels are hidden
+    assert torch.equal(visible[:, 1] + held, inputs[:, 1])                        # every observed pixel is one or the other
+    assert torch.equal(visible[:, 0], inputs[:, 0] * visible[:, 1])               # hidden values are zeroed, not kept
+    assert abs(held.sum().item() / observed.sum().item() - 0.3) < 0.02
+    _, held = hold_out(mask_aware(values, torch.zeros_like(mask)), 0.3, "columns")  # nothing missing: columns show whole
+    column_sums = held.sum(1)                                                     # (B, W): H where held, else 0
+    assert torch.all((column_sums == 0) | (column_sums == 8)) and 0.2 < (column_sums > 0).float().mean() < 0.4
+
+
+def _refined(seed=0):
+    torch.manual_seed(seed)
+    return MIWAE((8, 8), hidden=(32,), latent=4, refine=4).eval()
+
+
+def test_missing_entries_never_reach_the_refined_loss_and_every_part_learns():
+    model, (values, mask) = _refined(), _batch(64)
+    losses = []
+    for filled in (values, torch.where(mask, torch.rand(values.shape) * 100, values)):
+        torch.manual_seed(3)   # the same held-out pixels and latent draws
+        losses.append(miwae_loss(model, mask_aware(filled, mask), samples=3))
+    assert torch.equal(losses[0], losses[1])
+    losses[0].backward()
+    for part in (model.encoder, model.decoder, model.refine):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_refined_imputations_keep_every_observed_pixel():
+    model, (values, mask) = _refined(), _batch(16)
+    inputs = mask_aware(values, mask)
+    single = impute_importance(model, inputs, samples=10)
+    multiple = impute_multiple(model, inputs, imputations=3, samples=10, generator=torch.Generator().manual_seed(0))
+    for images in (single, *multiple):
+        assert torch.equal(images[~mask], values[~mask]) and images.min() >= 0 and images.max() <= 1
+    assert not torch.equal(multiple[0], multiple[1])   # resampled proposals differ
+
+
+def test_local_refinement_takes_no_missingness_model_and_checks_its_holdout():
+    with pytest.raises(ValueError, match="refinement"):
+        MIWAE((8, 8), missingness="self-masking", refine=4)
+    with pytest.raises(ValueError, match="holdout"):
+        MIWAE((8, 8), refine=4, holdout=1.5)
+    with pytest.raises(ValueError, match="holdout"):
+        MIWAE((8, 8), refine=4, holdout_shape="rows")
+
+
+def test_on_incomplete_digits_local_refinement_imputes_better_than_miwae_alone(digits):
+    from mivae.config import TrainConfig
+    from mivae.training import adam, fit
+
+    _, problem = digits
+    train, test = problem.train.inputs(with_mask=True), problem.test.inputs(with_mask=True)
+    rmse = {}
+    for refine in (0, 16):
+        torch.manual_seed(0)
+        model = MIWAE((8, 8), hidden=(128,), latent=8, refine=refine)
+        fit(model, adam(model, 3e-3), miwae_loss, train, train, TrainConfig(epochs=40, batch_size=64, seed=0))
+        imputed = impute_importance(model.eval(), test, samples=20, generator=torch.Generator().manual_seed(0))
+        rmse[refine] = (imputed - problem.test.clean)[problem.test.mask].pow(2).mean().sqrt().item()
+    assert rmse[16] < 0.9 * rmse[0], rmse
