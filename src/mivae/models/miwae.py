@@ -104,7 +104,8 @@ class MIWAE(nn.Module):
         completed = complete(inputs, guess)
         if self.refine is None:
             return completed
-        logits = self.refined_logits(completed.flatten(0, -3), inputs.repeat(len(completed.flatten(0, -3)) // len(inputs), 1, 1, 1))
+        guesses = completed.flatten(0, -3)                                 # (... * B, H, W), inputs repeated to match
+        logits = self.refined_logits(guesses, inputs.repeat(len(guesses) // len(inputs), 1, 1, 1))
         return complete(inputs, torch.sigmoid(logits).view_as(completed))
 
     def refined_logits(self, completed, inputs):
@@ -199,7 +200,7 @@ def classify_importance(model, classifier, inputs, samples=50, generator=None, w
     `classifier` maps completed images (N, H, W) to logits.
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
-    completed = model.fill(inputs, torch.sigmoid(logits))                 # (K, B, H, W)
+    completed = model.fill(inputs, torch.sigmoid(logits))                         # (K, B, H, W)
     proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
     weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
     return (weights[..., None] * proba).sum(0)
