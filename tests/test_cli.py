@@ -158,12 +158,31 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
         (["search", "mlp", "--out", "s", "--trials", "0"], "--trials must be at least 1; got 0."),
         (["search", "vae+mlp", "--dataset", "digits", "--out", "s"], "pass --vae with the selected VAE's final run."),
         (["evaluate", "."], "is not a mivae run directory: config.json is missing."),
+        (["train", "mlp", "--dataset", "digits", "--refine", "8", "--out", "r"], "--refine does not apply to mlp models."),
+        (["train", "not-miwae", "--dataset", "digits", "--refine", "8", "--out", "r"], "local refinement (refine) is for miwae"),
+        (["train", "miwae", "--dataset", "digits", "--refine", "8", "--holdout", "1", "--out", "r"], "holdout must be in (0, 1)"),
     ],
 )
 def test_bad_train_and_evaluate_input_is_one_sentence(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
     status, _, err = run(capsys, *argv)
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_miwae_with_local_refinement_trains_saves_and_evaluates_as_it_was(tmp_path, capsys):
+    from mivae.runs import load_run
+
+    common = ["--dataset", "digits", "--level", "0.5", "--hidden", "64", "--latent", "4", "--epochs", "3"]
+    assert run(capsys, "train", "miwae", *common, "--refine", "8", "--holdout-shape", "columns", "--out", str(tmp_path / "r"))[0] == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["model"]["refine"] == 8 and saved["model"]["holdout_shape"] == "columns"
+    model = load_run(tmp_path / "r").model
+    assert model.refine is not None and model.holdout_shape == "columns"
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    status, out, _ = run(capsys, "evaluate", str(tmp_path / "r"))
+    assert status == 0 and f"{metrics['test_rmse_missing']:.4f}" in out   # the saved model imputes as it did in training
+    assert run(capsys, "train", "miwae", *common, "--out", str(tmp_path / "plain"))[0] == 0
+    assert "refine" not in json.loads((tmp_path / "plain" / "config.json").read_text())["model"]   # as runs saved before it
 
 
 def test_search_shows_its_spaces(capsys):

@@ -104,6 +104,9 @@ def build_parser():
     model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
                              help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
     model_flags.add_argument("--importance-samples", dest="samples", type=int, help="K, importance samples per image in training (miwae, not-miwae)")
+    model_flags.add_argument("--refine", type=int, help="channels of the local refinement network, 0 for none (miwae)")
+    model_flags.add_argument("--holdout", type=float, help="fraction of observed pixels held out to train the refinement (miwae)")
+    model_flags.add_argument("--holdout-shape", choices=("pixels", "columns"), help="hold out single pixels or whole columns (miwae)")
     model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
     model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
     model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
@@ -483,8 +486,8 @@ def _train(args):
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
     data, model, train = _resolve(args, tables, model_cls)
-    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "samples", "dense",
-                                           "dropout_conv", "dropout_dense")}
+    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "samples", "refine",
+                                           "holdout", "holdout_shape", "dense", "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
             flag = {"denoising": "--plain", "samples": "--importance-samples"}.get(name, f"--{name.replace('_', '-')}")

@@ -26,6 +26,11 @@ def _check_layers(name, hidden):
     _require(len(hidden) > 0 and all(n >= 1 for n in hidden), f"{name} needs at least one layer of at least one node; got {list(hidden)}.")
 
 
+# Marks a field added after runs were saved with its config: left out of the config's dict while at its
+# default, so older runs load with the same architecture digest and study units keep their keys.
+ADDED_LATER = {"omit_at_default": True}
+
+
 def _check_rate(name, value):
     _require(0.0 <= value < 1.0, f"{name} must be in [0, 1); got {value}.")
 
@@ -75,6 +80,9 @@ class MIWAEConfig:
     l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
     samples: int = 5                      # K: importance samples per image in the training bound
     eval_samples: int = 50                # K for validation, test bounds and imputation
+    refine: int = dataclasses.field(default=0, metadata=ADDED_LATER)   # channels of the local refinement; 0: none
+    holdout: float = dataclasses.field(default=0.3, metadata=ADDED_LATER)  # observed pixels held out to train it
+    holdout_shape: str = dataclasses.field(default="pixels", metadata=ADDED_LATER)  # held out as pixels or columns
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
@@ -82,6 +90,9 @@ class MIWAEConfig:
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
         _require(self.samples >= 1 and self.eval_samples >= 1,
                  f"samples and eval_samples must be at least 1; got {self.samples} and {self.eval_samples}.")
+        _require(self.refine >= 0, f"refine must be at least 0 channels; got {self.refine}.")
+        _require(0 < self.holdout < 1, f"holdout must be in (0, 1); got {self.holdout}.")
+        _require(self.holdout_shape in ("pixels", "columns"), f"holdout_shape must be pixels or columns; got {self.holdout_shape!r}.")
 
 
 @dataclass(frozen=True)
@@ -201,8 +212,12 @@ def replace(config, **changes):
 
 
 def to_dict(config):
-    """Returns `config` as plain JSON-ready values."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """Returns `config` as plain JSON-ready values, without the fields ADDED_LATER that hold their default."""
+    values = dataclasses.asdict(config)
+    for field in dataclasses.fields(config):
+        if field.metadata.get("omit_at_default") and values[field.name] == field.default:
+            del values[field.name]
+    return json.loads(json.dumps(values))
 
 
 def read_config_file(path):

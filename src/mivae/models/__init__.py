@@ -30,7 +30,10 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
     MIWAE-based Type 2 kinds take the imputer's config too, for its numbers of importance samples.
     """
     if kind in INCOMPLETE:
-        return MIWAE(image_shape, config.hidden, config.latent, "self-masking" if kind == "not-miwae" else None)
+        if kind == "not-miwae" and config.refine:
+            raise MivaeError("local refinement (refine) is for miwae, not for not-miwae's missingness model.")
+        return MIWAE(image_shape, config.hidden, config.latent, "self-masking" if kind == "not-miwae" else None,
+                     config.refine, config.holdout, config.holdout_shape)
     channels = 2 if config.mask_input else 1
     if kind == "vae":
         return VAE(image_shape, config.hidden, config.latent, channels)
