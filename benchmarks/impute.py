@@ -140,7 +140,7 @@ def run_setting(name, args, classifier, rows, save, examples):
             rows.append({"setting": name, "imputer": imputer, "variant": variant, "rmse": rmse, "accuracy": acc,
                          "fit_s": fit_s, "transform_s": transform_s, "test_images": len(part),
                          "fit_images": len(fit_part), "missing": float(part.mask.float().mean()),
-                         "threads": torch.get_num_threads(),
+                         "threads": torch.get_num_threads(), "made_by": args.command, "date": date.today().isoformat(),
                          "example": np.round(imputed[0].numpy(), 3).tolist()})   # test image 0, for the figure
             print(f"{name} {imputer:13s} {variant:10s} rmse {rmse:.4f} acc {acc:.4f} fit {fit_s:.1f}s "
                   f"transform {transform_s:.1f}s", file=sys.stderr, flush=True)
@@ -196,6 +196,15 @@ def _verdict(target, met, measured):
     return f"- {target}: **{'met' if met else 'missed'}**, measured {measured}"
 
 
+def provenance(rows):
+    """Returns the sentence naming the commands and dates that made the rows, with the imputers each made."""
+    made = {}
+    for r in rows:
+        made.setdefault((r.get("made_by", "python benchmarks/impute.py"), r.get("date", "")), set()).add(r["imputer"])
+    parts = [f"`{command}` on {day} ({', '.join(sorted(imputers))})" for (command, day), imputers in made.items()]
+    return f"Made by {'; '.join(parts)}; a rerun reuses the rows already made."
+
+
 def figure(examples, rows, path):
     """Draws test image 0 of each setting: the original, the corrupted one (missing pixels grey), each imputer's
     single imputation."""
@@ -232,11 +241,11 @@ def main(argv=None):
     out = Path(args.out or REPO / "docs" / "imputation-benchmark")
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "results.json"
-    command = "python benchmarks/impute.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = args.command = " ".join(["python benchmarks/impute.py", *(argv if argv is not None else sys.argv[1:])])
     rows = json.loads(raw.read_text())["rows"] if raw.exists() else []
 
     def save():
-        _write(raw, json.dumps({"command": command.strip(), "date": date.today().isoformat(), "rows": rows}, indent=1))
+        _write(raw, json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1))
 
     # The classifier's weights are a cache, not a result: kept beside the results only in a --out of the caller's.
     cache = out / "clean-mlp" if args.out else REPO / "out" / "bench-impute" / "clean-mlp"
@@ -249,7 +258,7 @@ def main(argv=None):
     figure(examples, rows, out / "examples.png")
     document = f"""# Imputation benchmark on MNIST
 
-Made by `{command.strip()}` on {date.today().isoformat()} (2 CPU cores). Protocol in
+{provenance(rows)} Protocol in
 `benchmarks/impute.py`: imputers fitted on the first {rows[0]['fit_images']:,} corrupted training images, applied to
 the corrupted test images; the downstream classifier is one 784-512-512-10 MLP trained on clean images
 (test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train {args.epochs or

@@ -64,6 +64,9 @@ def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_
     more = bench["main"](["--quick", "--settings", "rp70", "--imputers", "mean,refined-miwae", "--out", str(tmp_path)])
     assert [(r["imputer"], r["variant"]) for r in more if r["setting"] == "rp70"] == [
         ("refined-miwae", "mean of 10"), ("refined-miwae", "single"), ("mean", "single")]
+    report = (tmp_path / "README.md").read_text()
+    assert report.count("`python benchmarks/impute.py --quick --settings") == 1   # each row names the run that made it
+    assert "--imputers mean,refined-miwae" in report
 
 
 def test_the_imputation_benchmark_names_the_known_imputers_for_an_unknown_one(tmp_path, capsys):
