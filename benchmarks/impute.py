@@ -76,13 +76,12 @@ def fit_mivae(name, part, epochs, holdout_shape, seed=0):
     """Returns a mivae imputer of kind `name` trained on the incomplete images of `part` for `epochs` (None: the
     kind's own number); a refined kind holds out observed pixels in `holdout_shape` ("pixels" or "columns")."""
     options = dict(MIVAE[name])
-    samples, epochs = options.pop("samples"), epochs or options.pop("epochs", 20)
-    options.pop("epochs", None)
+    samples, own_epochs = options.pop("samples"), options.pop("epochs", 20)
     torch.manual_seed(seed)
     model = MIWAE(tuple(part.clean.shape[1:]), holdout_shape=holdout_shape, **options)
     inputs = part.inputs(with_mask=True)
     fit(model, adam(model, 1e-3), partial(miwae_loss, samples=samples), inputs, inputs,
-        TrainConfig(epochs=epochs, batch_size=128, seed=seed))
+        TrainConfig(epochs=epochs or own_epochs, batch_size=128, seed=seed))
     return model
 
 
