@@ -196,12 +196,11 @@ def _verdict(target, met, measured):
 
 
 def provenance(rows):
-    """Returns the sentence naming the commands and dates that made the rows, with the imputers each made."""
+    """Returns the Markdown list of the commands and dates that made the rows, with the imputers each made."""
     made = {}
     for r in rows:
         made.setdefault((r.get("made_by", "python benchmarks/impute.py"), r.get("date", "")), set()).add(r["imputer"])
-    parts = [f"`{command}` on {day} ({', '.join(sorted(imputers))})" for (command, day), imputers in made.items()]
-    return f"Made by {'; '.join(parts)}; a rerun reuses the rows already made."
+    return "\n".join(f"- `{command}` on {day}: {', '.join(sorted(imputers))}" for (command, day), imputers in made.items())
 
 
 def figure(examples, rows, path):
@@ -255,15 +254,21 @@ def main(argv=None):
     rows.sort(key=lambda r: (list(SETTINGS).index(r["setting"]), [*MIVAE, *BASELINES].index(r["imputer"]), r["variant"]))
     save()
     figure(examples, rows, out / "examples.png")
+    elsewhere = any("--out" in r.get("made_by", "") for r in rows) and not args.out
+    copied = "; rows made by a run with --out were copied in from its results.json" if elsewhere else ""
     document = f"""# Imputation benchmark on MNIST
 
-{provenance(rows)} Protocol in
+Made by these runs (a rerun reuses the rows already made{copied}):
+
+{provenance(rows)}
+
+Protocol in
 `benchmarks/impute.py`: imputers fitted on the first {rows[0]['fit_images']:,} corrupted training images, applied to
 the corrupted test images; the downstream classifier is one 784-512-512-10 MLP trained on clean images
-(test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train {args.epochs or
-"20 epochs (refined-miwae 10)"}{" epochs" if args.epochs else ""} (batch 128, Adam 1e-3, a 512-512 encoder and decoder, latent 20;
-refined-miwae adds a three-layer convolutional refinement of 16 channels) and impute from 20 importance-sampled
-proposals in bf16; each variant's transform is timed on its own. Times are wall seconds on the torch
+(test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train for
+{f"{args.epochs} epochs" if args.epochs else "20 epochs, refined-miwae for 10"}, with batch 128, Adam 1e-3, a 512-512 encoder and
+decoder and latent 20 (refined-miwae adds a three-layer convolutional refinement of 16 channels), and impute
+from 20 importance-sampled proposals in bf16; each variant's transform is timed on its own. Times are wall seconds on the torch
 and BLAS threads given (this machine has 2 cores); a row on 1 thread ran beside other work on the
 second core. A row with fewer test images scored that imputer on the first ones only.
 
