@@ -19,12 +19,13 @@ where the hardware runs it; each variant's transform is timed on its own. Baseli
 SimpleImputer(mean), KNNImputer(5) and IterativeImputer (3 rounds, 50 nearest pixels), as
 mivae.baselines configures them.
 
-    python benchmarks/impute.py                         # the full run -> docs/imputation-benchmark.md
+    python benchmarks/impute.py                         # the full run -> docs/imputation-benchmark/
     python benchmarks/impute.py --quick                 # digits-sized subsets, seconds: a check that it runs
     python benchmarks/impute.py --settings rp50 --knn-test 1000    # one setting; KNNImputer on 1,000 test images
     python benchmarks/impute.py --imputers refined-miwae,iterative  # some imputers
 
-Finished (setting, imputer) results are kept in --json as they come, so a rerun continues.
+Finished (setting, imputer) results are kept in OUT/results.json as they come, so a rerun continues; each
+row names the command and date that made it.
 """
 
 import argparse
@@ -222,7 +223,7 @@ def main(argv=None):
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: " + ", ".join(SETTINGS))
     parser.add_argument("--imputers", default=",".join([*MIVAE, *BASELINES]),
                         help="comma-separated: " + ", ".join([*MIVAE, *BASELINES]))
-    parser.add_argument("--epochs", type=int, help="training epochs of mivae's imputers (default: 20, --quick 2)")
+    parser.add_argument("--epochs", type=int, help="training epochs of mivae's imputers (default: 20, refined-miwae 10; --quick 2)")
     parser.add_argument("--knn-test", type=int, help="KNNImputer on only the first N test images (it is slow)")
     parser.add_argument("--data-dir", help="folder holding MNIST (default: $MIVAE_DATA_DIR, then the user cache)")
     parser.add_argument("--out", help="folder for the table, figure and results (default: docs/imputation-benchmark/)")
