@@ -92,9 +92,24 @@ def test_classify_cross_validates_over_imputations(tmp_path, capsys):
     status, out, err = run(capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--samples", 3,
                            "--epochs", 30)
     assert status == 0, err
-    assert out.count("fold ") == 3
-    accuracy = float(out.split("accuracy ")[-1].split()[0])
-    assert accuracy > 0.8  # wine has three classes; chance is about 0.4
+    assert out.count("fold ") == 3 and out.count("(baseline ") == 3
+    accuracy = float(out.split("\naccuracy ")[-1].split()[0])
+    baseline = float(out.split("\nbaseline ")[-1].split()[0])
+    assert accuracy > 0.8 and baseline > 0.8  # wine has three classes; chance is about 0.4
+
+
+def test_classify_compares_with_means_and_modes_on_a_mixed_table(tmp_path, capsys):
+    frame, _ = mixed_frame(rows=90, seed=1)
+    frame["size"] = np.where(frame["weight"].isna(), "unknown", "known")   # a complete text target
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    baselines = []
+    for flags in ([], ["--indicator"]):
+        status, out, err = run(capsys, "classify", tmp_path / "people.csv", "--target", "size", "--folds", 3,
+                               "--samples", 2, *flags, *FAST)
+        assert status == 0, err
+        baselines.append(float(out.split("\nbaseline ")[-1].split()[0]))
+    # The target is whether weight is missing: only a baseline given the indicators beats the majority (0.8) by far.
+    assert baselines[0] < 0.9 and baselines[1] > 0.95
 
 
 def _write(path, text):
