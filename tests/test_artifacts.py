@@ -43,3 +43,29 @@ def test_every_file_mivae_writes_goes_through_an_atomic_temporary():
                 found += 1
                 assert "tmp" in line, f"{path.name}:{number} writes without atomic_path: {line.strip()}"
     assert found >= 8   # models, JSON, reports, figures, tables, downloads
+
+
+def test_a_temporary_names_its_host_and_process_and_only_a_dead_local_writers_are_removed(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from mivae.artifacts import remove_stale_temporaries
+
+    with atomic_path(tmp_path / "table.csv") as tmp:
+        assert tmp.name.startswith(f".table.csv.{socket.gethostname()}-{os.getpid()}-") and tmp.name.endswith(".part")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    host = socket.gethostname()
+    (tmp_path / "units" / "a").mkdir(parents=True)
+    files = {"stale": tmp_path / "units" / "a" / f".model.safetensors.{host}-{dead}-x1y2.part",
+             "live": tmp_path / f".results.json.{host}-{os.getpid()}-abc.part",
+             "elsewhere": tmp_path / f".results.json.another-host-{dead}-abc.part",
+             "untagged": tmp_path / ".results.json.k3j2.part",
+             "ordinary": tmp_path / "notes.part"}
+    for path in files.values():
+        path.write_text("half")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [name for name, path in files.items() if not path.exists()] == ["stale"]
+    assert (tmp_path / "table.csv").exists()

@@ -103,10 +103,11 @@ def killed_and_uninterrupted(tmp_path_factory):
     for name, moment in moments.items():
         killed[name] = _kill_when(out, moment)
         kept.append(_finished_work(out))
+    left = sorted(p.name for p in out.rglob("*.part"))   # half-written by a kill, if one landed mid-write
     last = _start(out)
     _, last_err = last.communicate(timeout=900)
     _, reference_err = reference.communicate(timeout=900)
-    return {"out": out, "reference": root / "uninterrupted", "killed": killed, "kept": kept,
+    return {"out": out, "reference": root / "uninterrupted", "killed": killed, "kept": kept, "left": left,
             "status": (last.returncode, last_err), "reference_status": (reference.returncode, reference_err)}
 
 
@@ -115,6 +116,7 @@ def test_every_kill_landed_at_its_moment_and_the_restarts_finished(killed_and_un
     assert run["killed"] == dict.fromkeys(run["killed"], True)
     assert run["status"][0] == 0, run["status"][1]
     assert run["reference_status"][0] == 0, run["reference_status"][1]
+    assert not list(run["out"].rglob("*.part")), run["left"]   # what a kill left half-written was removed on restart
     cells = [_stable(json.loads((o / "report" / "results.json").read_text())) for o in (run["out"], run["reference"])]
     assert cells[0] == cells[1]   # every table cell and observation of the report
 

@@ -1,9 +1,18 @@
-"""Atomic file writes: a killed process never leaves a half-written file behind."""
+"""Atomic file writes: a killed process never leaves a half-written file behind.
+
+A temporary's name carries its writer's host and process id: .NAME.HOST-PID-RANDOM.part. A process
+killed mid-write (SIGKILL, a power cut) leaves it behind; `remove_stale_temporaries` removes those whose
+writer, on this host, is gone, and never touches a live writer's, nor one from another host.
+"""
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<host>[^/]+)-(?P<pid>\d+)-[^-]*\.part$")
 
 
 def _umask():
@@ -21,7 +30,7 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}-", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -33,6 +42,28 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder):
+    """Removes the temporaries below `folder` left by writers on this host that no longer run; returns how many."""
+    host, removed = socket.gethostname(), 0
+    for path in Path(folder).rglob(".*.part"):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == host and not _running(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
 
 
 def check_writable_folder(folder):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mivae import __version__
-from mivae.artifacts import check_writable_folder
+from mivae.artifacts import check_writable_folder, remove_stale_temporaries
 from mivae.errors import MivaeError, check_interrupt, forget_interrupt, request_interrupt
 
 EXIT_USAGE = 2
@@ -567,6 +567,7 @@ def _search(args):
     if not args.layers or not set(args.layers) <= {2, 3, 4}:
         raise MivaeError(f"--layers takes 2, 3 or 4, comma-separated; got {args.layers or 'none'}.")
     check_writable_folder(args.out)
+    remove_stale_temporaries(args.out)   # left by a search killed mid-write
     _set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tables = cfg.read_config_file(args.config) if args.config else {}

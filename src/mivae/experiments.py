@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mivae import beyond
+from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
@@ -109,6 +110,7 @@ class Study:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MivaeError(f"cannot create the run directory {self.out}: {e.strerror or e}.") from None
+        remove_stale_temporaries(self.out)   # left by a run killed mid-write; a live fleet worker's are kept
         existing = self.out / "study.json"
         if existing.exists():
             try:
