@@ -54,10 +54,10 @@ def test_a_temporary_names_its_host_and_process_and_only_a_dead_local_writers_ar
     from mivae.artifacts import remove_stale_temporaries
 
     with atomic_path(tmp_path / "table.csv") as tmp:
-        assert tmp.name.startswith(f".table.csv.{socket.gethostname()}-{os.getpid()}-") and tmp.name.endswith(".part")
+        host = socket.gethostname().replace(".", "_")
+        assert tmp.name.startswith(f".table.csv.{host}-{os.getpid()}-") and tmp.name.endswith(".part")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)
-    host = socket.gethostname()
     (tmp_path / "units" / "a").mkdir(parents=True)
     files = {"stale": tmp_path / "units" / "a" / f".model.safetensors.{host}-{dead}-x1y2.part",
              "live": tmp_path / f".results.json.{host}-{os.getpid()}-abc.part",

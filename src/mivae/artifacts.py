@@ -12,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-_TEMPORARY = re.compile(r"^\..+\.(?P<host>[^/]+)-(?P<pid>\d+)-[^-]*\.part$")
+_TEMPORARY = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)-[^-]*\.part$")
 
 
 def _umask():
@@ -30,7 +30,7 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_host()}-{os.getpid()}-", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -46,7 +46,7 @@ def atomic_path(path):
 
 def remove_stale_temporaries(folder):
     """Removes the temporaries below `folder` left by writers on this host that no longer run; returns how many."""
-    host, removed = socket.gethostname(), 0
+    host, removed = _host(), 0
     for path in Path(folder).rglob(".*.part"):
         match = _TEMPORARY.match(path.name)
         if match and match["host"] == host and not _running(int(match["pid"])):
@@ -54,6 +54,10 @@ def remove_stale_temporaries(folder):
                 path.unlink()
                 removed += 1
     return removed
+
+
+def _host():
+    return socket.gethostname().replace(".", "_")   # a dotted host name would blur the temporary's name
 
 
 def _running(pid):

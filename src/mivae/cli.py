@@ -298,15 +298,21 @@ def _classify(args):
     baseline = _baseline_classifier(frame, [c for c in args.categorical if c in frame.columns], args.indicator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # an all-missing column is noted above already
-        base_scores = cross_validate(baseline, frame, labels, cv=folds)["test_score"]
+        try:
+            base_scores = cross_validate(baseline, frame, labels, cv=folds, error_score="raise")["test_score"]
+        except ValueError as e:   # the comparison is a courtesy: its failure is reported, not fatal
+            base_scores, why = [np.nan] * args.folds, str(e).split("\n")[0]
     print(f"{Path(args.data).name}: predicting {args.target!r} ({len(counts)} classes) from {frame.shape[1]} columns, "
           f"{len(frame)} rows, {frame.isna().to_numpy().mean():.1%} of entries missing")
     for k, (score, base) in enumerate(zip(scores, base_scores), 1):
         print(f"fold {k}: accuracy {score:.4f} (baseline {base:.4f})")
     print(f"accuracy {np.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f} over {args.folds} folds "
           f"(M = {args.samples}, {args.model})")
-    print(f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
-          "column means and modes, on the same folds")
+    if np.isnan(base_scores).any():
+        print(f"baseline: none, since the same classifier on the column means and modes failed: {why}")
+    else:
+        print(f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
+              "column means and modes, on the same folds")
 
 
 def _baseline_classifier(frame, categorical, indicator):
