@@ -6,9 +6,11 @@ written, and restarted after each kill. Its results must equal the uninterrupted
 that had finished before a kill may be done again after it.
 """
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -38,18 +40,22 @@ def _unfinished(out, prefix):
 
 
 def _searching(out):
-    """A search has finished a trial and is running the next: the kill lands inside a trial, during training."""
+    """A search has finished a trial and is running the next: the kill lands inside a trial, during training.
+
+    The study's database is opened read-only: loading it with optuna would create its tables, racing the study.
+    """
     units = out / "units"
     if not units.is_dir():
         return False
     for unit in units.iterdir():
-        if not (unit / "unit.json").exists() and (unit / "study.db").exists():
+        database = unit / "study.db"
+        if not (unit / "unit.json").exists() and database.exists():
             try:
-                study = optuna.load_study(study_name=None, storage=f"sqlite:///{unit / 'study.db'}")
-            except (KeyError, ValueError, RuntimeError):  # not created yet, or more than one study in it
+                with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.1)) as db:
+                    states = {row[0] for row in db.execute("SELECT state FROM trials")}
+            except sqlite3.Error:   # its tables are not made yet, or it is busy
                 continue
-            states = {t.state for t in study.trials}
-            if {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING} <= states:
+            if {"COMPLETE", "RUNNING"} <= states:
                 return True
     return False
 
