@@ -354,6 +354,9 @@ def _add_study_commands(commands):
     reproduce.add_argument("--storage", help="Optuna storage URL shared by a fleet of workers, such as postgresql://host/db")
     reproduce.add_argument("--limit", type=int, help="use only the first LIMIT images of each split (a quick look)")
     reproduce.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
+    reproduce.add_argument("--settings", help="run only these settings, comma-separated: rp50, rp70, rp90 (Random Pixels), "
+                           "vl50, vl70, vl90 (Vertical Lines), or all (default: all)")
+    reproduce.add_argument("--thesis-only", action="store_true", help="skip the beyond-the-thesis stage")
     reproduce.set_defaults(run=_reproduce)
 
     report = commands.add_parser("report", help="rebuild the report of a reproduce run from its results, without training")
@@ -364,18 +367,19 @@ def _add_study_commands(commands):
 def _reproduce(args):
     import optuna
 
-    from mivae.experiments import PRESETS, reproduce
+    from mivae.experiments import PRESETS, parse_settings, reproduce
     from mivae.report import build_report
 
     if args.preset not in PRESETS:
         raise MivaeError(f"unknown preset {args.preset!r}; known presets are {', '.join(PRESETS)}.")
+    settings = parse_settings(args.settings)
     if args.limit is not None and args.limit < 1:
         raise MivaeError(f"--limit must be at least 1; got {args.limit}.")
     _set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out or f"out/reproduce-{args.preset}")
     study = reproduce(args.preset, out, seed=args.seed, data_dir=args.data_dir, storage=args.storage, limit=args.limit,
-                      progress=True)
+                      progress=True, settings=settings, beyond_stage=not args.thesis_only)
     reused = sum(1 for _, _, r in study.done if r)
     print(f"{len(study.done)} trained units, {reused} reused from earlier runs.")
     print(f"report: {build_report(out)}")
@@ -534,7 +538,11 @@ def _train(args):
 
     run = train_model(args.kind, data, model, train, args.data_dir, vae_run=vae_run, on_epoch=progress)
     save_run(run, args.out)
-    print(f"best epoch {run.history.best_epoch}; " + ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items()))
+    numbers = {k: v for k, v in run.metrics.items() if isinstance(v, float)}
+    print(f"best epoch {run.history.best_epoch}; " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+    if "health" in run.metrics:
+        health = run.metrics["health"]
+        print(f"health check: {'passed' if health['ok'] else 'FAILED'}: {health['reason']}")
     print(f"saved {args.out}")
 
 

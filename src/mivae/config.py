@@ -31,6 +31,15 @@ def _check_layers(name, hidden):
 ADDED_LATER = {"omit_at_default": True}
 
 
+# How a new model's weights are drawn: "glorot" is Keras' default (Glorot-uniform weights, zero biases), the
+# framework the thesis' models were built in; "torch" is PyTorch's (Kaiming-uniform with a = sqrt(5), uniform biases).
+INITS = ("glorot", "torch")
+
+
+def _check_init(value):
+    _require(value in INITS, f"init must be {' or '.join(INITS)}; got {value!r}.")
+
+
 def _check_rate(name, value):
     _require(0.0 <= value < 1.0, f"{name} must be in [0, 1); got {value}.")
 
@@ -63,11 +72,13 @@ class VAEConfig:
     l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
     denoising: bool = True                # reconstruct the clean image (§2.2.3), not the corrupted input
     mask_input: bool = False              # the encoder sees zero-filled values and the mask, not the white fill
+    init: str = "glorot"                  # weight initialisation (INITS); glorot chosen by measurement, docs/reproduction.md
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
         _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+        _check_init(self.init)
 
 
 @dataclass(frozen=True)
@@ -103,9 +114,11 @@ class MLPConfig:
     l2: float = 1e-5                      # coefficient of the summed squared weights added to the loss
     lr: float = 1.0                       # AdaDelta learning rate (Zeiler 2012 uses 1.0)
     mask_input: bool = False              # see zero-filled values and the mask (2 x pixels inputs), not the fill
+    init: str = "glorot"                  # weight initialisation (INITS); glorot chosen by measurement, docs/reproduction.md
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
+        _check_init(self.init)
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
 
 
@@ -119,8 +132,10 @@ class CNNConfig:
     l2: float = 0.0             # coefficient of the summed squared weights added to the loss
     lr: float = 1.0             # AdaDelta learning rate
     mask_input: bool = False    # see zero-filled values and the mask as a second channel, not the fill
+    init: str = "glorot"        # weight initialisation (INITS); glorot is the Keras example's, as §3.3's CNN
 
     def __post_init__(self):
+        _check_init(self.init)
         _check_rate("dropout_conv", self.dropout_conv)
         _check_rate("dropout_dense", self.dropout_dense)
         _require(self.dense >= 1, f"dense must be at least 1; got {self.dense}.")
@@ -133,6 +148,8 @@ class TrainConfig:
 
     epochs: int = 50            # most epochs; with no validation set, exactly this many
     patience: int = 5           # epochs without a better validation score before stopping
+    min_epochs: int = 10        # epochs before early stopping may end training: AdaDelta on mostly-white inputs
+                                # starts with a flat stretch of several epochs (docs/reproduction.md)
     batch_size: int = 128       # images per gradient step
     seed: int = 0               # seeds initialisation, shuffling and latent samples
     device: str = "cpu"         # torch device
@@ -140,6 +157,7 @@ class TrainConfig:
     eval_batch_size: int = 4096  # images per forward pass when evaluating
 
     def __post_init__(self):
+        _require(self.min_epochs >= 0, f"min_epochs must be at least 0; got {self.min_epochs}.")
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
         _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")

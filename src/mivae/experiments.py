@@ -36,6 +36,8 @@ from mivae.selection import search
 
 METHODS = ("random-pixels", "vertical-lines")
 LEVELS = (0.5, 0.7, 0.9)
+# The six settings of §4 by short name, in the order the study runs them: rp70 = Random Pixels 70 %.
+SETTINGS = {f"{''.join(w[0] for w in m.split('-'))}{round(lv * 100)}": (m, lv) for m in METHODS for lv in LEVELS}
 SEARCHED = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")
 # Table 3: two VAEs deliberately weaker than the selected one at Random Pixels 70 % (one epoch each).
 WEAK_VAES = {"weaker": VAEConfig(hidden=(128,), latent=2), "weakest": VAEConfig(hidden=(16,), latent=1)}
@@ -51,6 +53,7 @@ class Preset:
     mlp_layers: tuple       # hidden-layer counts searched separately for MLPs (§3.5)
     epochs: dict            # kind -> most epochs of one training
     patience: int           # early-stopping patience in epochs
+    min_epochs: int         # epochs before early stopping may end a training (TrainConfig.min_epochs)
     batch_size: int         # images per gradient step
     samples: dict           # "mlp" / "cnn" -> M, the samples of multiple imputation
     retrain: bool           # retrain the winner on train + validation (§3.5) or keep the winning trial
@@ -60,26 +63,28 @@ class Preset:
 PRESETS = {
     "smoke": Preset(
         "smoke", "digits", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1}, mlp_layers=(2,),
-        epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15}, patience=5, batch_size=64,
+        epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15}, patience=5, min_epochs=5, batch_size=64,
         samples={"mlp": 300, "cnn": 100}, retrain=True,
         about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about two minutes"),
     "quick": Preset(
-        "quick", "mnist", trials={"vae": 1, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1}, mlp_layers=(2,),
-        epochs={"vae": 20, "mlp": 12, "cnn": 2, "vae+mlp": 15, "vae+cnn": 2}, patience=3, batch_size=128,
-        samples={"mlp": 100, "cnn": 20}, retrain=False,
-        about="full MNIST; the default configuration of every model (the first trial of each search) and one random "
-              "draw for the MLPs, at most 20 epochs (VAEs), 12-15 (MLPs) and 2 (CNNs); the winning trial kept (no "
-              "retraining); M = 100 for MLPs and 20 for CNNs: the thesis' matrix in under an hour on 2 CPU cores, "
-              "the beyond-the-thesis stage in about 90 minutes more"),
+        "quick", "mnist", trials={"vae": 8, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
+        epochs={"vae": 80, "mlp": 40, "cnn": 20, "vae+mlp": 40, "vae+cnn": 20}, patience=5, min_epochs=10,
+        batch_size=128, samples={"mlp": 3000, "cnn": 100}, retrain=False,
+        about="full MNIST; a scaled-down random search (8 VAE trials, 3 for each MLP, the default configuration of the "
+              "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
+              "model trained until early stopping ends it (at least 10 epochs, patience 5); the winning trial kept (no "
+              "retraining); M = 3000 for MLPs and 100 for CNNs"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
-        epochs=dict.fromkeys(SEARCHED, 50), patience=5, batch_size=128, samples={"mlp": 3000, "cnn": 3000}, retrain=True,
+        epochs=dict.fromkeys(SEARCHED, 50), patience=5, min_epochs=10, batch_size=128, samples={"mlp": 3000, "cnn": 3000},
+        retrain=True,
         about="the thesis' protocol: 100-trial searches, retraining on train + validation, M = 3000; "
               "days on 2 cores, meant for a fleet of workers sharing --storage"),
 }
 
-# Bumped when evaluations report more (2: predictions, validation accuracy and uncertainty), so cached ones are redone.
-EVALUATION_VERSION = 2
+# Bumped when evaluations report more (2: predictions, validation accuracy and uncertainty; 3: health checks), so
+# cached ones are redone.
+EVALUATION_VERSION = 3
 # Seconds per image and epoch (training) or per image-sample (multiple imputation), measured
 # on 2 cores in float32 (BENCHMARKS.md); only for the time-left estimate of the progress bar.
 _TRAIN_COST = {"vae": 7.5e-5, "mlp": 6e-5, "vae+mlp": 8.5e-5, "cnn": 1.4e-3, "vae+cnn": 1.4e-3, **beyond.TRAIN_COST}
@@ -98,13 +103,16 @@ def key_of(spec):
 class Study:
     """One reproduce run directory: runs each unit once, and reuses what earlier runs finished."""
 
-    def __init__(self, preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
+    def __init__(self, preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None,
+                 beyond_stage=True):
         if preset not in PRESETS:
             raise MivaeError(f"unknown preset {preset!r}; known presets are {', '.join(PRESETS)}.")
         if seed < 0:
             raise MivaeError(f"the seed must be a whole number of at least 0; got {seed}.")
         self.preset, self.out, self.seed = PRESETS[preset], Path(out), seed
         self.data_dir, self.storage, self.limit = data_dir, storage, limit
+        self.settings = list(SETTINGS.values()) if settings is None else list(settings)
+        self.beyond_stage = beyond_stage
         identity = json.loads(json.dumps({"preset": dataclasses.asdict(self.preset), "seed": seed, "limit": limit}))
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +142,7 @@ class Study:
 
     def train_config(self, kind, epochs=None):
         return TrainConfig(epochs=epochs or self.preset.epochs[kind], patience=self.preset.patience,
-                           batch_size=self.preset.batch_size, seed=self.seed)
+                           min_epochs=self.preset.min_epochs, batch_size=self.preset.batch_size, seed=self.seed)
 
     def image_counts(self):
         n = {"digits": (1079, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
@@ -161,7 +169,8 @@ class Study:
         per_setting = sum(self._search_cost(k) for k in SEARCHED)
         per_setting += sum(n_test * self.preset.samples[c] * _SAMPLE_COST[c] * self.cost_scale for c in ("mlp", "cnn"))
         tables367 = self._search_cost("mlp") + self._search_cost("cnn") + 2 * self._search_cost("vae+mlp") / 3
-        return 6 * per_setting + tables367 + beyond.estimated_seconds(self)
+        share = len(self.settings) / len(SETTINGS)
+        return 6 * per_setting * share + tables367 + beyond.estimated_seconds(self) * share * self.beyond_stage
 
     # -- units ----------------------------------------------------------------------------
 
@@ -266,73 +275,91 @@ def _samples_kept(m):
     return tuple(sorted({k for k in (1, 10, 100, 1000) if k <= m} | {m}))
 
 
-def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True):
-    """Runs (or resumes) the whole study of §4 in `out`; returns the `Study` (its `done` lists every unit)."""
+def parse_settings(text):
+    """Returns the (method, level) pairs named by `text` ("rp70,vl90"; None or "all": all six), in the study's order."""
+    if text is None or text == "all":
+        return list(SETTINGS.values())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown or not names:
+        raise MivaeError(f"unknown setting {(unknown or [text])[0]!r}; known settings are {', '.join(SETTINGS)} "
+                         f"(comma-separated), or all.")
+    return [pair for name, pair in SETTINGS.items() if name in names]
+
+
+def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None, beyond_stage=True):
+    """Runs (or resumes) the study of §4 in `out`; returns the `Study` (its `done` lists every unit).
+
+    settings: the (method, level) pairs to run (`parse_settings`), by default all six; Table 3 runs with
+    Random Pixels 70 %, Figure 8 with Random Pixels 50 %. beyond_stage: also run the beyond-the-thesis stage.
+    """
     started = time.monotonic()
-    study = Study(preset, out, seed, data_dir, storage, limit, progress)
+    chosen = list(SETTINGS.values()) if settings is None else list(settings)
+    study = Study(preset, out, seed, data_dir, storage, limit, progress, chosen, beyond_stage)
     p = study.preset
     vaes, vae_mlps, examples = {}, {}, {"index": 0}
-    for method in METHODS:
-        for level in LEVELS:
-            setting = setting_name(method, level)
-            data = study.data(method, level)
-            problem = study.problem(data)
-            examples["clean"], examples[setting] = problem.test.clean[0].tolist(), problem.test.x[0].tolist()
-            examples["test_labels"] = problem.test.y.tolist()  # the same in every setting: for paired tests in the report
-            vae, vae_summary, vae_key = study.searched("vae", data)
-            vaes[setting] = (vae, vae_key)
-            study.evaluated(setting, "vae", vae_key, partial(study.evaluate, vae, data), extra={"search": vae_summary})
-            for kind in ("mlp", "cnn"):
-                run, summary, key = study.searched(kind, data)
-                study.evaluated(setting, kind, key, partial(study.evaluate, run, data), extra={"search": summary})
-            for classifier in ("mlp", "cnn"):
-                kind = f"vae+{classifier}"
-                run, summary, key = study.searched(kind, data, vae=(vae, vae_key))
-                m = p.samples[classifier]
-                cost = len(problem.test) * m * _SAMPLE_COST[classifier] * study.cost_scale
-                study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
-                                cost=cost, extra={"search": summary}, samples=m, seed=seed)
-                if classifier == "mlp":
-                    vae_mlps[setting] = (run, key)
-            if setting == "random-pixels-0.5":
-                hard_run, hard_key = vae_mlps[setting]
-                study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, problem, seed), seed=seed)
-    study.evaluated("figures", "examples", None, lambda: examples, dataset=p.dataset, seed=seed)
+    for method, level in chosen:
+        setting = setting_name(method, level)
+        data = study.data(method, level)
+        problem = study.problem(data)
+        examples["clean"], examples[setting] = problem.test.clean[0].tolist(), problem.test.x[0].tolist()
+        examples["test_labels"] = problem.test.y.tolist()  # the same in every setting: for paired tests in the report
+        vae, vae_summary, vae_key = study.searched("vae", data)
+        vaes[setting] = (vae, vae_key)
+        study.evaluated(setting, "vae", vae_key, partial(study.evaluate, vae, data), extra={"search": vae_summary})
+        # Each classifier beside its Type 2 counterpart, the cheaper MLP pair first.
+        for classifier in ("mlp", "cnn"):
+            run, summary, key = study.searched(classifier, data)
+            study.evaluated(setting, classifier, key, partial(study.evaluate, run, data), extra={"search": summary})
+            kind = f"vae+{classifier}"
+            run, summary, key = study.searched(kind, data, vae=(vae, vae_key))
+            m = p.samples[classifier]
+            cost = len(problem.test) * m * _SAMPLE_COST[classifier] * study.cost_scale
+            study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
+                            cost=cost, extra={"search": summary}, samples=m, seed=seed)
+            if classifier == "mlp":
+                vae_mlps[setting] = (run, key)
+        if setting == "random-pixels-0.5":
+            hard_run, hard_key = vae_mlps[setting]
+            study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, problem, seed), seed=seed)
+    study.evaluated("figures", "examples", None, lambda: examples, dataset=p.dataset, seed=seed,
+                    settings=sorted(vaes))
+
+    # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
+    if "random-pixels-0.7" in vaes:
+        data = study.data("random-pixels", 0.7)
+        type2_rp70 = vae_mlps["random-pixels-0.7"][0]
+        table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
+                   "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
+                   "test_accuracy": type2_rp70.metrics["test_accuracy"], "health": type2_rp70.metrics.get("health")}]
+        for name, config in WEAK_VAES.items():
+            vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
+            run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
+                                     epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
+            table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
+                           "test_accuracy": run.metrics["test_accuracy"], "health": run.metrics.get("health")})
+        write_json(study.out / "results" / "table3.json", {"rows": table3})
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
     clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
     cleans = {kind: study.searched(kind, clean) for kind in ("mlp", "cnn")}
-    for method in METHODS:
-        for level in LEVELS:
-            setting = setting_name(method, level)
-            data, (vae, vae_key) = study.data(method, level), vaes[setting]
-            for kind, (run, summary, key) in cleans.items():
-                study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
-                                extra={"search": summary}, vae=vae_key)
-
-    # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
-    data = study.data("random-pixels", 0.7)
-    type2_rp70 = vae_mlps["random-pixels-0.7"][0]
-    table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
-               "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
-               "test_accuracy": type2_rp70.metrics["test_accuracy"]}]
-    for name, config in WEAK_VAES.items():
-        vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
-        run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
-                                 epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
-        table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
-                       "test_accuracy": run.metrics["test_accuracy"]})
-    write_json(study.out / "results" / "table3.json", {"rows": table3})
+    for method, level in chosen:
+        setting = setting_name(method, level)
+        data, (vae, vae_key) = study.data(method, level), vaes[setting]
+        for kind, (run, summary, key) in cleans.items():
+            study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
+                            extra={"search": summary}, vae=vae_key)
 
     # Beyond the thesis: mask-aware models, VAEs for incomplete data, importance weights, baselines.
-    for method in METHODS:
-        for level in LEVELS:
+    if beyond_stage:
+        for method, level in chosen:
             beyond.run_setting(study, setting_name(method, level), study.data(method, level), cleans)
     study.bar.close()
     finished = json.loads((study.out / "study.json").read_text())
     machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
                "precision": str(resolve_precision("auto", "cpu")).removeprefix("torch.")}
     invocation = {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.monotonic() - started, 1),
+                  "settings": [setting_name(m, lv) for m, lv in chosen], "beyond": beyond_stage,
                   "units_run": sum(not r for *_, r in study.done), "units_reused": sum(r for *_, r in study.done)}
     write_json(study.out / "study.json", {**finished, "finished": invocation["finished"], "machine": machine,
                                           "invocations": finished.get("invocations", []) + [invocation],

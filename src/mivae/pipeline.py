@@ -12,6 +12,7 @@ import torch
 
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
+from mivae.health import classifier_health, vae_health
 from mivae.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
                               negative_elbo_per_image, predict_proba, rmse_on_missing)
 from mivae.models import INCOMPLETE, build_model, imputer_kind
@@ -63,6 +64,21 @@ def _vae_score(vae, part, data, config, batch):
     """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises."""
     target = part.clean if config.denoising else _inputs(part, data)
     return negative_elbo_per_image(vae, _inputs(part, data, config.mask_input), target, batch).mean().item()
+
+
+def vae_run_health(vae, part, data, config, batch=4096):
+    """The `Health` of a trained (denoising) VAE on `part`, usually the validation split."""
+    target = part.clean if config.denoising else _inputs(part, data)
+    inputs = _inputs(part, data, config.mask_input)
+    return vae_health(vae, inputs, target, _vae_score(vae, part, data, config, batch), batch)
+
+
+def classifier_run_health(model, part, data, with_mask, n_classes, batch=4096, dtype=torch.float32):
+    """The `Health` of a trained classifier on `part` (usually the validation split), by its single-imputation
+    predictions; a classifier trained on clean images is judged on clean images, the data it was selected on."""
+    inputs = part.inputs(clean=data.clean_train, with_mask=with_mask)
+    predicted = predict_proba(model, inputs, batch, dtype).argmax(1).cpu().numpy()
+    return classifier_health(predicted, part.y.cpu().numpy(), n_classes)
 
 
 def _incomplete_metrics(model, parts, samples):
@@ -124,6 +140,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
                       score=score, higher_is_better=False, on_epoch=on_epoch)
         parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
         metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
+        metrics["health"] = vae_run_health(model, val, data, model_config, batch).to_dict()
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
     if kind in INCOMPLETE:
@@ -155,6 +172,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     metrics = {"val_accuracy": val_accuracy(model)} if validate else {}
     test_inputs = _inputs(test, data, with_mask)
     metrics["test_accuracy"] = accuracy(predict_proba(model, test_inputs, batch, dtype).argmax(1).cpu(), test.y.cpu())
+    metrics["health"] = classifier_run_health(model, val, data, with_mask, problem.n_classes, batch, dtype).to_dict()
     return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
                vae_run.model_config if vae_run else None, history, metrics)
 
@@ -185,12 +203,15 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
     if run.kind == "vae":
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
             result[split] = _vae_score(run.model, part, run.data, run.model_config, batch)
+        result["health"] = vae_run_health(run.model, val, run.data, run.model_config, batch).to_dict()
         return result
     if run.kind in INCOMPLETE:
         return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
 
     with_mask = _sees_mask(run.kind, run.model_config, run.vae_config)
     x = test.inputs(with_mask=with_mask)
+    # The model's own health on validation images as it was trained (clean ones for a classifier of Tables 6/7).
+    result["health"] = classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype).to_dict()
     if imputer_kind(run.kind) in INCOMPLETE:
         return {**result, **_importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)}
     if not imputer_kind(run.kind):

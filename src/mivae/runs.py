@@ -103,6 +103,19 @@ def _read_json(path):
         raise MivaeError(f"{path} is damaged and cannot be read ({e}).") from None
 
 
+# Settings added after runs were saved, with the value those older runs were trained with: a run directory whose
+# config.json lacks one was made before it existed, and is read with the old value, not today's default.
+_OLDER_RUNS = {"init": "torch", "min_epochs": 0}
+
+
+def _config(cls, table, section):
+    """Returns the `cls` that a config.json table describes, settings added later filled in as the run had them."""
+    if isinstance(table, dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        table = {**{k: v for k, v in _OLDER_RUNS.items() if k in names}, **table}
+    return from_dict(cls, table, section)
+
+
 def load_run(path, device="cpu"):
     """Returns the `Run` saved in directory `path`, its model rebuilt and its weights loaded."""
     path = Path(path)
@@ -112,9 +125,9 @@ def load_run(path, device="cpu"):
     kind = config.get("kind")
     if kind not in KINDS:
         raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
-    model_config = from_dict(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
+    model_config = _config(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
     imputer = imputer_kind(kind)
-    vae_config = from_dict(CONFIGS[imputer], config.get("vae"), "vae") if imputer else None
+    vae_config = _config(CONFIGS[imputer], config.get("vae"), "vae") if imputer else None
     image_shape, n_classes = tuple(config.get("image_shape") or ()), config.get("n_classes")
     if len(image_shape) != 2 or not isinstance(n_classes, int):
         raise MivaeError(f"{path / 'config.json'} is damaged: it lacks a valid image_shape or n_classes.")
@@ -149,7 +162,7 @@ def load_run(path, device="cpu"):
         kind=kind,
         data=from_dict(DataConfig, config.get("data"), "data"),
         model_config=model_config,
-        train=from_dict(TrainConfig, config.get("train"), "train"),
+        train=_config(TrainConfig, config.get("train"), "train"),
         model=model,
         image_shape=image_shape,
         n_classes=n_classes,

@@ -35,6 +35,10 @@ from mivae.problem import Part, Problem, make_problem
 from mivae.runs import load_run, save_run, write_json
 from mivae.training import TrainingDiverged
 
+
+class UnhealthyModel(Exception):
+    """A trial's model trained but failed its health check (mivae.health): recorded as a failed trial, with the reason."""
+
 # ----------------------------------------------------------------------------------------
 # Search spaces: (name, low, high, log) for numbers. The thesis gives no ranges; these
 # cover the sizes it shows (Figs. 5 and 6) with room on both sides, on log scales where
@@ -183,11 +187,22 @@ def default_storage(directory):
     return f"sqlite:///{Path(directory).resolve() / 'study.db'}"
 
 
-def open_study(storage, study_name, seed, resume, direction, first=None):
+# Pruning (thesis §3.5 already stops early to save time): a trial whose validation score after an epoch is worse than
+# the median of the earlier trials' at the same epoch stops there. The first trials are never pruned, nor any trial
+# before the epochs early stopping waits for (TrainConfig.min_epochs), so a slow start is not taken for a hopeless one.
+PRUNE_AFTER_TRIALS = 2
+
+
+def pruner(train):
+    """Returns the Optuna pruner of a search with training settings `train`: the median rule above."""
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1))
+
+
+def open_study(storage, study_name, seed, resume, direction, first=None, pruner=None):
     """Returns the Optuna study, created or (with `resume`) loaded; stale trials of dead workers marked failed.
 
     Workers of a fleet join a shared study by passing `resume` too. `first`: the parameters
-    of the first trial (see TrialSeededSampler).
+    of the first trial (see TrialSeededSampler). `pruner`: an Optuna pruner (default: none).
     """
     url = storage
     for attempt in range(5):
@@ -204,8 +219,8 @@ def open_study(storage, study_name, seed, resume, direction, first=None):
     if study_name in existing and not resume:
         raise MivaeError(f"a study named {study_name!r} already exists in {url}; pass --resume to continue it.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction,
-                                sampler=TrialSeededSampler(seed, first), load_if_exists=True)
+    study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction, load_if_exists=True,
+                                sampler=TrialSeededSampler(seed, first), pruner=pruner or optuna.pruners.NopPruner())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # workers whose heartbeat stopped more than 90 s ago
@@ -279,15 +294,29 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
         config = suggest_config(kind, trial, layers)
         trial.set_user_attr("config", to_dict(config))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+
+        def report(epoch, history):
+            trial.report(history.val_score[-1], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at", epoch)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}: its validation score {history.val_score[-1]:.4f} "
+                                         f"is worse than the median of the earlier trials at that epoch")
+
         try:
-            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run)
+            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run, on_epoch=report)
         except TrainingDiverged as e:
             trial.set_user_attr("failure", str(e))
             raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("best_epoch", run.history.best_epoch)
         if keep_runs is not None:
             save_run(run, Path(keep_runs) / str(trial.number))
-        return run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
+        value = run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
+        health = run.metrics["health"]
+        if not health["ok"]:
+            trial.set_user_attr("failure", f"the model failed its health check: {health['reason']}")
+            trial.set_user_attr("unhealthy_value", value)  # kept, for when no trial of the study is healthy
+            raise UnhealthyModel(health["reason"])
+        return value
 
     def budget_used():
         return sum(1 for t in study.get_trials(deepcopy=False, states=done_states) if spends_budget(t))
@@ -310,11 +339,11 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             continue
-        study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(), gc_after_trial=True)
+        study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(UnhealthyModel,), gc_after_trial=True)
 
 
 def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
-           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None, retrain=True):
+           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None, retrain=True, prune=True):
     """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
 
     directory: the search directory (studies, result, final run). storage: an Optuna
@@ -324,7 +353,10 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
     after each finished trial (progress). With `retrain` false (a cheaper protocol for
     small budgets), the winning trial's own model, trained on train with early stopping
     on validation, is the final one: every trial's run is kept in `trials/`, and a Type 2
-    search accepts a VAE selected the same way.
+    search accepts a VAE selected the same way. With `prune`, hopeless trials stop early
+    (`pruner`). A trial whose model fails its health check is recorded as failed, with the
+    reason; the winner is the best healthy trial, and only if none is healthy the best of
+    the others, marked as failed in search.json.
     """
     if seed < 0:
         raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
@@ -345,7 +377,8 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         label = f"{kind}{n}" if n else kind
         name = f"{study_name}-{n}" if study_name and len(counts) > 1 else study_name
         name = name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
-        study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2))
+        study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2),
+                           pruner(train) if prune else None)
         settings = _settings(kind, n, data, train)
         if not study.user_attrs:
             for key, value in settings.items():
@@ -366,14 +399,15 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
 
     Without `retrain`, the best trial's kept run is the final run.
     """
-    complete = [s for s in studies if s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    if not complete:
+    healthy = [(s, t, t.value) for s in studies for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    unhealthy = [(s, t, t.user_attrs["unhealthy_value"]) for s in studies for t in s.get_trials(deepcopy=False)
+                 if "unhealthy_value" in t.user_attrs]
+    if not healthy and not unhealthy:
         reasons = {t.user_attrs.get("failure") for s in studies for t in s.get_trials(deepcopy=False)} - {None}
         raise MivaeError(f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
                          f"no configuration can be selected.")
     pick = min if kind == "vae" else max  # lowest validation negative ELBO, highest validation accuracy
-    study = pick(complete, key=lambda s: s.best_value)
-    best = study.best_trial
+    study, best, best_value = pick(healthy or unhealthy, key=lambda c: c[2])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
     config = CONFIGS[classifier_kind(kind)](**fields)
     epochs = best.user_attrs["best_epoch"]
@@ -386,21 +420,22 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
     result = {
         "kind": kind,
         "study": study.study_name,
-        "studies": {s.study_name: (s.best_value if s in complete else None) for s in studies},
+        "studies": {s.study_name: pick((c[2] for c in healthy if c[0] is s), default=None) for s in studies},
         "best_trial": best.number,
-        "best_value": best.value,
+        "best_value": best_value,
+        "health": final.metrics.get("health"),  # the final model's health check on validation images
         "best_epoch": epochs,
         "retrained": retrain,
         "best_config": best.user_attrs["config"],
         "test_metrics": {k: v for k, v in final.metrics.items() if k.startswith("test")},
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                     "best_epoch": t.user_attrs.get("best_epoch"), "failure": t.user_attrs.get("failure"),
-                    "interrupted": bool(t.user_attrs.get("interrupted"))}
+                    "pruned_at": t.user_attrs.get("pruned_at"), "interrupted": bool(t.user_attrs.get("interrupted"))}
                    for t in study.get_trials(deepcopy=False)],
     }
     try:
         write_json(directory / "search.json", result)
     except OSError as e:
         raise MivaeError(f"cannot write {directory / 'search.json'}: {e.strerror or e}.") from None
-    return SearchResult(best.params, best.value, epochs, result["test_metrics"], run_dir)
+    return SearchResult(best.params, best_value, epochs, result["test_metrics"], run_dir)
 

@@ -76,7 +76,8 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
 
     inputs, targets: tensors whose first dimension indexes the training examples.
     score(model) -> float: the validation score checked after each epoch; training stops
-    after `config.patience` epochs without improvement and the best weights are restored.
+    after `config.patience` epochs without improvement, but never before `config.min_epochs`
+    epochs, and the best weights are restored.
     Without `score`, exactly `config.epochs` epochs run (retraining with a known epoch count).
     Forward passes run under bf16 autocast where `config.precision` resolves to bf16.
     on_epoch(epoch, history): called after each epoch, for progress output.
@@ -125,7 +126,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         history.seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, history)
-        if score is not None and waited >= config.patience:
+        if score is not None and waited >= config.patience and epoch >= config.min_epochs:
             history.stopped_early = True
             break
     if best_state is not None:

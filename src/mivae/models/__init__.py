@@ -1,5 +1,7 @@
 """Model architectures, built from their configs; no training code lives here."""
 
+from torch import nn
+
 from mivae.config import CNNConfig, MIWAEConfig, MLPConfig, VAEConfig
 from mivae.errors import MivaeError
 from mivae.models.classifiers import CNN, MLP
@@ -24,6 +26,20 @@ def imputer_kind(kind):
     return kind.split("+")[0] if "+" in kind else None
 
 
+def initialise(module, init):
+    """Returns `module` with its Linear and Conv2d layers drawn anew by the scheme `init` (mivae.config.INITS).
+
+    "glorot": Keras' default, Glorot-uniform weights U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) and zero
+    biases (Glorot and Bengio 2010). "torch": PyTorch's own, as the layers were built.
+    """
+    if init == "glorot":
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_config=None):
     """Returns an untrained model of `kind` from its `config`; Type 2 kinds wrap the trained imputer `vae`.
 
@@ -36,7 +52,7 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
                      config.refine, config.holdout, config.holdout_shape)
     channels = 2 if config.mask_input else 1
     if kind == "vae":
-        return VAE(image_shape, config.hidden, config.latent, channels)
+        return initialise(VAE(image_shape, config.hidden, config.latent, channels), config.init)
     imputer = imputer_kind(kind)
     if imputer and config.mask_input:
         raise MivaeError(f"a {kind} classifier sees the imputer's complete images; mask_input applies to the imputer.")
@@ -46,6 +62,7 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
         classifier = CNN(image_shape, n_classes, config.dense, config.dropout_conv, config.dropout_dense, channels)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
+    initialise(classifier, config.init)
     if imputer == "vae":
         return VAEClassifier(vae, classifier)
     if imputer in INCOMPLETE:
