@@ -118,6 +118,8 @@ CLI_CASES = {
                         "--trials must be at least 1; got -2", "{tmp}/search"),
     "zero threads": (["train", "mlp", "--dataset", "digits", "--threads", "0", "--out", "{tmp}/run"],
                      "--threads must be at least 1; got 0", "{tmp}/run"),
+    "unknown setting": (["reproduce", "--preset", "smoke", "--settings", "rp70,rp60", "--out", "{tmp}/study"],
+                        "unknown setting 'rp60'; known settings are rp50, rp70, rp90, vl50, vl70, vl90", "{tmp}/study"),
     "zero limit": (["reproduce", "--preset", "smoke", "--limit", "0", "--out", "{tmp}/study"],
                    "--limit must be at least 1; got 0", "{tmp}/study"),
     "training output under a file": (["train", "mlp", "--dataset", "digits", "--epochs", "1", "--out",

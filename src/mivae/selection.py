@@ -189,7 +189,8 @@ def default_storage(directory):
 
 # Pruning (thesis §3.5 already stops early to save time): a trial whose validation score after an epoch is worse than
 # the median of the earlier trials' at the same epoch stops there. The first trials are never pruned, nor any trial
-# before the epochs early stopping waits for (TrainConfig.min_epochs), so a slow start is not taken for a hopeless one.
+# before the epoch from which early stopping may act (TrainConfig.min_epochs), so a slow start is not taken for a
+# hopeless one.
 PRUNE_AFTER_TRIALS = 2
 
 
