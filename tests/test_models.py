@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from mivae.models import build_model
@@ -94,3 +95,20 @@ def test_build_model_follows_the_configs():
     assert [m.out_features for m in mlp.modules() if isinstance(m, torch.nn.Linear)] == [30, 20, 10, 4]
     type2 = build_model("vae+cnn", CNNConfig(dense=12), (8, 8), vae=vae)
     assert isinstance(type2, VAEClassifier) and type2.classifier.head[0].out_features == 12
+
+
+def test_glorot_initialisation_is_keras_default_and_torch_keeps_pytorch_own():
+    torch.manual_seed(0)
+    glorot = build_model("mlp", MLPConfig(hidden=(512, 256), init="glorot"), (28, 28))
+    torch.manual_seed(0)
+    native = build_model("mlp", MLPConfig(hidden=(512, 256), init="torch"), (28, 28))
+    first, first_native = glorot.layers[0][0], native.layers[0][0]
+    bound = math.sqrt(6 / (784 + 512))  # Glorot-uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
+    assert first.weight.abs().max() <= bound and first.weight.abs().max() > 0.99 * bound
+    assert first.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert all(m.bias.abs().sum() == 0 for m in glorot.modules() if isinstance(m, torch.nn.Linear))
+    assert first_native.bias.abs().sum() > 0 and first_native.weight.abs().max() <= 1 / math.sqrt(784)
+    cnn = build_model("cnn", CNNConfig(), (28, 28))
+    assert all(m.bias.abs().sum() == 0 for m in cnn.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    vae = build_model("vae", VAEConfig(), (28, 28))
+    assert vae.to_mu.bias.abs().sum() == 0 and vae.decoder[-1].bias.abs().sum() == 0

@@ -106,3 +106,23 @@ def test_config_files_in_toml_and_json(tmp_path):
     bad.write_text("{")
     with pytest.raises(MivaeError, match="is not valid JSON"):
         read_config_file(bad)
+
+
+def test_a_run_saved_before_init_and_min_epochs_existed_reads_as_it_was_trained(tmp_path):
+    """Older config.json files lack `init` and `min_epochs`; those runs used PyTorch's initialisation and no minimum,
+    and load with those values, not with today's defaults; their weights and digest stay valid."""
+    vae_config = VAEConfig(hidden=(24,), latent=3)
+    run = _run("vae+mlp", MLPConfig(hidden=(12,)), build_model("vae", vae_config, (8, 8)), vae_config)
+    path = save_run(run, tmp_path / "run")
+    config = json.loads((path / "config.json").read_text())
+    for table, key in (("model", "init"), ("vae", "init"), ("train", "min_epochs")):
+        del config[table][key]
+    (path / "config.json").write_text(json.dumps(config))
+    # The digest covers the model tables: an older run's was computed without the key, as here.
+    from mivae.runs import _architecture_digest
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"),
+              metadata={"architecture_sha256": _architecture_digest(config)})
+    loaded = load_run(path)
+    assert loaded.model_config.init == "torch" and loaded.vae_config.init == "torch" and loaded.train.min_epochs == 0
+    assert MLPConfig().init == "glorot" and TrainConfig().min_epochs == 10

@@ -54,7 +54,7 @@ def test_the_vae_is_trained_to_denoise_and_the_classifier_on_corrupted_inputs(di
     assert torch.equal(cx, digits.train.clean)                                    # clean-trained classifier
 
 
-def _tiny_fit(score, patience, epochs=10, seed=0):
+def _tiny_fit(score, patience, epochs=10, seed=0, min_epochs=0):
     torch.manual_seed(seed)
     model = torch.nn.Linear(3, 2)
     x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
@@ -62,7 +62,7 @@ def _tiny_fit(score, patience, epochs=10, seed=0):
     history = fit(
         model, torch.optim.SGD(model.parameters(), lr=0.1),
         lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb), x, y,
-        TrainConfig(epochs=epochs, patience=patience, batch_size=16, seed=seed),
+        TrainConfig(epochs=epochs, patience=patience, batch_size=16, seed=seed, min_epochs=min_epochs),
         score=score, on_epoch=lambda e, h: snapshots.append(model.weight.detach().clone()),
     )
     return model, history, snapshots
@@ -74,6 +74,18 @@ def test_early_stopping_restores_the_best_epoch():
     assert history.best_epoch == 3 and history.stopped_early
     assert len(history.train_loss) == 6  # three epochs without improvement after epoch 3
     assert torch.equal(model.weight, snapshots[2])
+
+
+def test_early_stopping_waits_for_the_minimum_of_epochs():
+    """A model stuck on a plateau (AdaDelta on mostly-white images) is not stopped before min_epochs; the best
+    epoch is still the one restored."""
+    scores = iter([0.11, 0.11, 0.11, 0.11, 0.11, 0.3, 0.5, 0.45, 0.4, 0.42, 0.41, 0.4])
+    model, history, snapshots = _tiny_fit(lambda m: next(scores), patience=3, epochs=12, min_epochs=6)
+    assert history.best_epoch == 7 and history.stopped_early and len(history.train_loss) == 10
+    assert torch.equal(model.weight, snapshots[6])
+    scores = iter([0.11, 0.11, 0.11, 0.11, 0.11, 0.3])
+    _, history, _ = _tiny_fit(lambda m: next(scores), patience=3, epochs=6)
+    assert history.best_epoch == 1 and len(history.train_loss) == 4   # without it, training ends before it learns
 
 
 def test_without_a_score_exactly_the_given_epochs_run():
