@@ -101,6 +101,9 @@ def test_mlp_searches_draw_each_layer_and_the_space_is_shown():
     assert "latent" in text and "dropout_conv" in text and "2, 3, 4 layers" in text
 
 
+HEALTHY = {"ok": True, "reason": "a stand-in", "measured": {}}
+
+
 def _fake_train(values, diverge=()):
     """A stand-in for train_model: trial i scores values[i]; calls are recorded."""
     calls = []
@@ -113,7 +116,7 @@ def _fake_train(values, diverge=()):
         if i in diverge:
             raise TrainingDiverged("training diverged: the loss went from 2.3 to nan at step 1 of epoch 2")
         return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1),
-                   {"val_accuracy": values[i], "val_negative_elbo": values[i]})
+                   {"val_accuracy": values[i], "val_negative_elbo": values[i], "health": HEALTHY})
 
     return train_model, calls
 

@@ -103,6 +103,8 @@ def build_parser():
     model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
     model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
                              help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
+    model_flags.add_argument("--init", choices=("glorot", "torch"), help="weight initialisation: glorot (Keras' default, "
+                             "the thesis' framework; the default) or torch (PyTorch's) (vae, mlp, cnn)")
     model_flags.add_argument("--importance-samples", dest="samples", type=int, help="K, importance samples per image in training (miwae, not-miwae)")
     model_flags.add_argument("--refine", type=int, help="channels of the local refinement network, 0 for none (miwae)")
     model_flags.add_argument("--holdout", type=float, help="fraction of observed pixels held out to train the refinement (miwae)")
@@ -417,6 +419,7 @@ def _add_fit_flags(parser):
     flags = parser.add_argument_group("training")
     flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
     flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
+    flags.add_argument("--min-epochs", type=int, help="epochs before early stopping may end training (default: 10)")
     flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
     flags.add_argument("--device", help="torch device (default: cpu)")
     flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
@@ -434,7 +437,8 @@ def _resolve(args, tables, model_cls=None):
     data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
     data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
     train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
-    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "device", "precision", "seed")})
+    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "min_epochs", "batch_size", "device",
+                                                                  "precision", "seed")})
     model = cfg.from_dict(model_cls, tables.get("model", {}), "model") if model_cls else None
     return data, model, train
 
@@ -523,8 +527,8 @@ def _train(args):
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
     data, model, train = _resolve(args, tables, model_cls)
-    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "samples", "refine",
-                                           "holdout", "holdout_shape", "dense", "dropout_conv", "dropout_dense")}
+    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "init", "samples",
+                                           "refine", "holdout", "holdout_shape", "dense", "dropout_conv", "dropout_dense")}
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
             flag = {"denoising": "--plain", "samples": "--importance-samples"}.get(name, f"--{name.replace('_', '-')}")
