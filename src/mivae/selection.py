@@ -190,13 +190,15 @@ def default_storage(directory):
 # Pruning (thesis §3.5 already stops early to save time): a trial whose validation score after an epoch is worse than
 # the median of the earlier trials' at the same epoch stops there. The first trials are never pruned, nor any trial
 # before the epoch from which early stopping may act (TrainConfig.min_epochs), so a slow start is not taken for a
-# hopeless one.
+# hopeless one; and at least two earlier trials must have reached that epoch, so a slow learner that outlasts the
+# others is not judged against the single best one alone.
 PRUNE_AFTER_TRIALS = 2
 
 
 def pruner(train):
     """Returns the Optuna pruner of a search with training settings `train`: the median rule above."""
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1))
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1),
+                                       n_min_trials=PRUNE_AFTER_TRIALS)
 
 
 def open_study(storage, study_name, seed, resume, direction, first=None, pruner=None):
