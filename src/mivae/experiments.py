@@ -32,7 +32,7 @@ from mivae.models import classifier_kind
 from mivae.pipeline import evaluate_run, train_model
 from mivae.problem import make_problem
 from mivae.runs import load_run, save_run, write_json
-from mivae.selection import search
+from mivae.selection import search, space_of
 
 METHODS = ("random-pixels", "vertical-lines")
 LEVELS = (0.5, 0.7, 0.9)
@@ -198,7 +198,8 @@ class Study:
         train = self.train_config(kind)
         layers = self.preset.mlp_layers if classifier_kind(kind) == "mlp" else (None,)
         spec = {"kind": kind, "data": to_dict(data), "train": to_dict(train), "trials": self.preset.trials[kind],
-                "layers": list(layers), "retrain": self.preset.retrain, "seed": self.seed, "vae": vae_key}
+                "layers": list(layers), "retrain": self.preset.retrain, "seed": self.seed, "vae": vae_key,
+                "space": space_of(kind)}
         setting = "clean" if data.clean_train else setting_name(data.method, data.level)
         label = f"{kind}-{setting}"
 
