@@ -278,7 +278,7 @@ def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
     assert len(complete) == 8                                              # exactly the budget
     assert sorted(t.number for t in complete) == list(range(8))
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 8   # no configuration twice
-    assert {len(t.params) for t in complete} == {3}                        # two layers' nodes and l2
+    assert {len(t.params) for t in complete} == {4}                        # two layers' nodes, l2 and lr
     assert len({t.user_attrs["worker"] for t in complete}) == 2            # both workers ran trials
     # Each worker waited for the whole study, so both retrained the same winner.
     results = [json.loads((tmp_path / f"w{i}" / "search.json").read_text()) for i in range(2)]
