@@ -125,4 +125,4 @@ def test_a_run_saved_before_init_and_min_epochs_existed_reads_as_it_was_trained(
               metadata={"architecture_sha256": _architecture_digest(config)})
     loaded = load_run(path)
     assert loaded.model_config.init == "torch" and loaded.vae_config.init == "torch" and loaded.train.min_epochs == 0
-    assert MLPConfig().init == "glorot" and TrainConfig().min_epochs == 10
+    assert VAEConfig().init == "glorot" and TrainConfig().min_epochs == 10
