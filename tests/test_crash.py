@@ -18,7 +18,7 @@ import time
 import optuna
 import pytest
 
-from mivae import experiments
+from mivae import experiments, selection
 
 COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
 # Wall times, process ids, dates and the database's trial numbers: the only things a rerun may change. (An
@@ -158,7 +158,8 @@ def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupt
         kind = json.loads((unit / "unit.json").read_text())["spec"]["kind"]
         for summary in optuna.get_all_study_summaries(f"sqlite:///{unit / 'study.db'}"):
             study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{unit / 'study.db'}")
-            complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            # Finished trials that spent the budget: complete, pruned, or failed with a reason (an unhealthy model).
+            complete = [t for t in study.trials if t.state.is_finished() and selection.spends_budget(t)]
             assert len(complete) == preset.trials[kind], unit.name
             slots = [t.user_attrs["slot"] for t in complete]
             assert sorted(slots) == list(range(preset.trials[kind])), unit.name   # every slot once: none run twice

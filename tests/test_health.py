@@ -91,16 +91,13 @@ def test_a_trained_vae_passes(problem):
 
 
 def test_a_search_records_an_unhealthy_trial_as_failed_and_goes_on(tmp_path, problem, monkeypatch):
-    """The second trial's MLP is built to collapse (AdaDelta at a learning rate that cannot move it in 3 epochs);
+    """The second trial's MLP is built to collapse (AdaDelta at a learning rate that cannot move it);
     the search records it as failed with the reason, runs the third, and selects among the healthy ones."""
-    suggest = selection.suggest_config
-
     def collapsing_second(kind, trial, layers=2):
-        config = suggest(kind, trial, layers)
-        return MLPConfig(hidden=(32, 32), lr=1e-9) if trial.number == 1 else config
+        return MLPConfig(hidden=(32, 32), lr=1e-9) if trial.number == 1 else MLPConfig(hidden=(64, 64 + trial.number))
 
     monkeypatch.setattr(selection, "suggest_config", collapsing_second)
-    train = TrainConfig(epochs=3, batch_size=64, min_epochs=0)
+    train = TrainConfig(epochs=15, batch_size=32, min_epochs=0)
     result = selection.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False, prune=False)
     summary = json.loads((tmp_path / "search.json").read_text())
     states = [t["state"] for t in summary["trials"]]
@@ -137,7 +134,7 @@ def test_the_pruner_stops_a_hopeless_trial(tmp_path, problem, monkeypatch):
 
 
 def test_the_pruner_spares_a_slow_start_inside_the_warm_up():
-    pruner = selection.pruner(TrainConfig(min_epochs=10))
+    pruner = selection.median_pruner(TrainConfig(min_epochs=10))
     study = optuna.create_study(direction="maximize", pruner=pruner)
     for _ in range(2):
         study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={e: 0.9 for e in range(1, 21)},

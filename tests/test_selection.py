@@ -97,10 +97,12 @@ def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one
 
 
 def test_mlp_searches_draw_each_layer_and_the_space_is_shown():
-    trial = optuna.trial.FixedTrial({"nodes_1": 100, "nodes_2": 200, "nodes_3": 300, "l2": 1e-5})
-    assert selection.suggest_config("mlp", trial, layers=3).hidden == (100, 200, 300)
+    trial = optuna.trial.FixedTrial({"nodes_1": 100, "nodes_2": 200, "nodes_3": 300, "l2": 1e-5, "lr": 0.1})
+    config = selection.suggest_config("mlp", trial, layers=3)
+    assert config.hidden == (100, 200, 300) and config.lr == 0.1 and config.l2 == 1e-5
     text = selection.describe_spaces()
     assert "latent" in text and "dropout_conv" in text and "2, 3, 4 layers" in text
+    assert "lr             0.01 to 1 (log scale)  - AdaDelta learning rate" in text
 
 
 HEALTHY = {"ok": True, "reason": "a stand-in", "measured": {}}

@@ -203,7 +203,7 @@ def default_storage(directory):
 PRUNE_AFTER_TRIALS = 2
 
 
-def pruner(train):
+def median_pruner(train):
     """Returns the Optuna pruner of a search with training settings `train`: the median rule above."""
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1),
                                        n_min_trials=PRUNE_AFTER_TRIALS)
@@ -365,7 +365,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
     small budgets), the winning trial's own model, trained on train with early stopping
     on validation, is the final one: every trial's run is kept in `trials/`, and a Type 2
     search accepts a VAE selected the same way. With `prune`, hopeless trials stop early
-    (`pruner`). A trial whose model fails its health check is recorded as failed, with the
+    (`median_pruner`). A trial whose model fails its health check is recorded as failed, with the
     reason; the winner is the best healthy trial, and only if none is healthy the best of
     the others, marked as failed in search.json.
     """
@@ -389,7 +389,7 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         name = f"{study_name}-{n}" if study_name and len(counts) > 1 else study_name
         name = name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
         study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2),
-                           pruner(train) if prune else None)
+                           median_pruner(train) if prune else None)
         settings = _settings(kind, n, data, train)
         if not study.user_attrs:
             for key, value in settings.items():
