@@ -65,7 +65,7 @@ PRESETS = {
         "smoke", "digits", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1}, mlp_layers=(2,),
         epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15}, patience=5, min_epochs=5, batch_size=64,
         samples={"mlp": 300, "cnn": 100}, retrain=True,
-        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about two minutes"),
+        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about five minutes"),
     "quick": Preset(
         "quick", "mnist", trials={"vae": 8, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
         epochs={"vae": 80, "mlp": 40, "cnn": 20, "vae+mlp": 40, "vae+cnn": 20}, patience=5, min_epochs=10,
