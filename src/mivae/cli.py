@@ -80,6 +80,7 @@ def build_parser():
     _add_data_options(corrupt)
     corrupt.set_defaults(run=_corrupt)
 
+    from mivae.config import INITS
     from mivae.hardware import PRECISIONS
     from mivae.models import KINDS, SEARCHABLE
 
@@ -103,8 +104,8 @@ def build_parser():
     model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
     model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
                              help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
-    model_flags.add_argument("--init", choices=("glorot", "torch"), help="weight initialisation: glorot (Keras' default, "
-                             "the thesis' framework; the default) or torch (PyTorch's) (vae, mlp, cnn)")
+    model_flags.add_argument("--init", choices=INITS, help="weight initialisation: glorot (Keras' default, the thesis' "
+                             "framework; the default of vae and cnn) or torch (PyTorch's; the default of mlp) (vae, mlp, cnn)")
     model_flags.add_argument("--importance-samples", dest="samples", type=int, help="K, importance samples per image in training (miwae, not-miwae)")
     model_flags.add_argument("--refine", type=int, help="channels of the local refinement network, 0 for none (miwae)")
     model_flags.add_argument("--holdout", type=float, help="fraction of observed pixels held out to train the refinement (miwae)")
