@@ -164,6 +164,19 @@ def test_resuming_with_other_settings_is_refused(tmp_path, problem, monkeypatch)
         selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, resume=True)
 
 
+def test_a_study_that_holds_each_setting_as_its_own_attribute_is_still_checked(tmp_path, problem, monkeypatch):
+    fake, _ = _fake_train([0.5, 0.6, 0.7, 0.8])
+    monkeypatch.setattr(selection, "train_model", fake)
+    settings = selection._settings("mlp", 2, DATA, TrainConfig(epochs=10))
+    study = optuna.create_study(storage=selection.default_storage(tmp_path), study_name="old", direction="maximize")
+    for key, value in json.loads(json.dumps(settings)).items():  # as earlier versions recorded them
+        study.set_user_attr(key, value)
+    result = selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old", resume=True)
+    assert result.best_value == 0.5
+    with pytest.raises(MivaeError, match="was run with other settings"):
+        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old", resume=True)
+
+
 def test_type_2_searches_need_a_vae_retrained_on_train_and_validation(tmp_path, problem):
     early_stopped = Run("vae", DATA, None, TrainConfig(), torch.nn.Linear(1, 1), (8, 8), 10, None, History(val_score=[100.0], best_epoch=1))
     with pytest.raises(MivaeError, match="needs the selected VAE retrained on train \\+ validation"):

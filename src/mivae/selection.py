@@ -285,6 +285,16 @@ def _settings(kind, layers, data, train):
             "train": {k: v for k, v in to_dict(train).items() if k not in ("device", "precision")}}
 
 
+def _recorded_settings(study, settings):
+    """The settings `study` was first run with, or None for a new study."""
+    attrs = study.user_attrs
+    if "settings" in attrs:
+        return attrs["settings"]
+    if attrs:  # studies of earlier versions hold each setting as its own attribute
+        return {k: attrs.get(k) for k in settings}
+    return None
+
+
 def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0,
               keep_runs=None):
     """Runs trials of `study` until `trials` of them have run their course, counting every worker's.
@@ -391,10 +401,10 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2),
                            median_pruner(train) if prune else None)
         settings = _settings(kind, n, data, train)
-        if not study.user_attrs:
-            for key, value in settings.items():
-                study.set_user_attr(key, value)
-        elif {k: study.user_attrs.get(k) for k in settings} != settings:
+        recorded = _recorded_settings(study, settings)
+        if recorded is None:
+            study.set_user_attr("settings", settings)  # one write, so a worker joining at once sees all or nothing
+        elif recorded != settings:
             raise MivaeError(f"the study {name!r} was run with other settings (kind, layers, data or training) than "
                              f"this search; give this search another --study name or --out.")
         if resume and storage is None:
