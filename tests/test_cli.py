@@ -113,7 +113,8 @@ def test_train_and_evaluate_type_2_on_digits(tmp_path, capsys):
     assert lines[0].startswith("vae+mlp on digits random-pixels 50%, 359 test images, ")
     single = float(lines[1].split()[-1])
     assert single > 0.3  # far above chance (0.1); about 0.4 on half-missing 8x8 digits
-    assert [line.split()[2] for line in lines[2:]] == ["M=1", "M=5", "M=20"]
+    assert lines[-1].startswith("health check: passed: accuracy ")
+    assert [line.split()[2] for line in lines[2:-1]] == ["M=1", "M=5", "M=20"]
     saved = json.loads((tmp_path / "vm" / "evaluation.json").read_text())
     assert len(saved["accuracy_curve"]) == 20 and saved["single_accuracy"] == pytest.approx(single, abs=1e-4)
     assert sum(saved["multiple"]["20"]["class_distribution"]) == 359

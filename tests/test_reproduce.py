@@ -135,7 +135,7 @@ def test_the_markdown_report_has_every_table_figure_and_observation(smoke):
     for n in (4, 8, 9, 10, 11, 12, 13, 14, 15, 16):
         assert f"![Figure {n}](figures/figure{n}.png)" in text
     observations = smoke["results"]["observations"]
-    assert len(observations) == 6 and all(o["held"] in (True, False, None) for o in observations)
+    assert len(observations) == 6
     assert all(o["not_judged"] for o in observations if o["held"] is None)
     assert text.count("**Held.**") + text.count("**Did not hold.**") + text.count("**Not judged.**") == 6
     with open(smoke["out"] / "report" / "results.csv") as f:
@@ -169,11 +169,12 @@ def _healthy(copy):
     """Marks every model of the copy healthy, so that a test controls which model fails."""
     for path in (copy / "results").glob("*/*.json"):
         result = json.loads(path.read_text())
-        if "health" in result:
-            result["health"] = {**result["health"], "ok": True}
-            path.write_text(json.dumps(result))
+        for verdict in (result, result.get("search") or {}):  # an evaluation's, and its search's
+            if "health" in verdict:
+                verdict["health"] = {**verdict["health"], "ok": True}
+        path.write_text(json.dumps(result))
     table3 = json.loads((copy / "results" / "table3.json").read_text())
-    for row in table3["rows"]:
+    for row in table3["rows"][1:]:  # the selected row rests on Table 1's models
         row["health"] = {**row["health"], "ok": True}
     (copy / "results" / "table3.json").write_text(json.dumps(table3))
 
@@ -232,6 +233,16 @@ def test_settings_pick_rows_of_the_matrix_and_reuse_what_ran(smoke, tmp_path, mo
     assert invocation["settings"] == ["random-pixels-0.7", "vertical-lines-0.9"] and invocation["beyond"] is False
     # two settings of 5 searches each, the 2 clean classifiers and Table 3's 4 trainings
     assert "16 trained units, 16 reused from earlier runs." in capsys.readouterr().out
+    examples = json.loads((copy / "results" / "figures" / "examples.json").read_text())
+    assert set(SETTINGS) <= set(examples)  # the other settings' images stay for Figures 4, 9 and 13
+
+
+def test_the_settings_of_a_study_are_checked_in_python_too(tmp_path):
+    with pytest.raises(MivaeError, match="the settings to run must be some of the thesis' six, rp50, .*; got "
+                                         "\\('random-pixels', 0.6\\)."):
+        experiments.reproduce("smoke", tmp_path, settings=[("random-pixels", 0.6)], progress=False)
+    with pytest.raises(MivaeError, match="got none."):
+        experiments.reproduce("smoke", tmp_path, settings=[], progress=False)
 
 
 def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, capsys):
@@ -294,23 +305,73 @@ def test_importance_weighted_classification_reports_accuracy_and_uncertainty_of_
         assert math.isfinite(e["z_weighted_vs_uniform"]) and math.isfinite(e["z_weighted_vs_single"])
 
 
-def test_the_beyond_section_chooses_on_validation_and_reports_every_target(smoke):
-    beyond = smoke["results"]["beyond"]
+def test_the_beyond_section_chooses_on_validation_and_reports_every_target(smoke, tmp_path):
+    copy = _results_copy(smoke, tmp_path)
+    _healthy(copy)
+    report.build_report(copy)
+    beyond = json.loads((copy / "report" / "results.json").read_text())["beyond"]
     assert [t["setting"] for t in beyond["targets"]] == SETTINGS
     for t in beyond["targets"]:
         rows = report_beyond.candidates({n: _result(smoke, t["setting"], n) for n in report_beyond.RESULTS + ("cnn",)})
-        assert len(rows) == 7 and t["val_accuracy"] == max(val for _, val, _, _ in rows)
-        assert (t["method"], t["test_accuracy"]) in [(name, test) for name, _, test, _ in rows]
+        assert len(rows) == 7 and t["val_accuracy"] == max(val for _, val, *_ in rows)
+        assert (t["method"], t["test_accuracy"]) in [(name, test) for name, _, test, *_ in rows]
         assert t["met"] == (t["test_accuracy"] >= t["target"]) and math.isfinite(t["z_vs_our_thesis_cnn"])
     u = beyond["uncertainty"]
     assert u["comparisons"] == 6 * 4 * 3  # settings x (VAE+MLP, VAE+CNN, two weighted variants) x (NLL, Brier, ECE)
-    assert u["held"] == (u["multiple_better"] > u["comparisons"] / 2)
+    assert u["held"] == (u["multiple_better"] > u["comparisons"] / 2) and u["left_out"] == []
     clean = beyond["clean_scenario"]
     assert len(clean) == 12 and all(r["met"] == (r["chosen_test"] >= r["thesis"] + 0.10 or r["chosen_test"] >= 0.95)
                                     for r in clean)
     assert all(set(r["test"]) == {"thesis' VAE", "(not-)MIWAE", "mean", "iterative"} for r in clean)
-    text = (smoke["out"] / "report" / "report.md").read_text()
+    text = (copy / "report" / "report.md").read_text()
     assert "## Beyond the thesis" in text and text.count("| missed |") + text.count("| **met** |") == 6 + 12
+
+
+def _fail(copy, setting, name, reason="its predictions collapsed: class 1 makes up 100.0% of them."):
+    path = copy / "results" / setting / f"{name}.json"
+    result = json.loads(path.read_text())
+    result["health"] = {"ok": False, "reason": reason, "measured": {}}
+    path.write_text(json.dumps(result))
+
+
+def test_the_beyond_section_never_reads_a_failed_model_as_a_finding(smoke, tmp_path):
+    copy = _results_copy(smoke, tmp_path)
+    _healthy(copy)
+    _fail(copy, "random-pixels-0.5", "vae", "it ignores its latent space: the KL term is 0.01 nats per image (under 1).")
+    _fail(copy, "random-pixels-0.7", "cnn")
+    for name in ("mask-mlp", "mask-cnn", "mean+mlp", "iterative+mlp", "incomplete-vae+mlp"):  # every candidate
+        _fail(copy, "vertical-lines-0.9", name)
+    _fail(copy, "vertical-lines-0.5", "clean-mlp")
+    report.build_report(copy)
+    beyond = json.loads((copy / "report" / "results.json").read_text())["beyond"]
+    targets = {t["setting"]: t for t in beyond["targets"]}
+    assert targets["vertical-lines-0.9"]["met"] is None and targets["vertical-lines-0.9"]["failed_model"]
+    assert targets["random-pixels-0.7"]["our_thesis_cnn_failed"].startswith("random-pixels-0.7 cnn: its predictions")
+    assert all(isinstance(targets[s]["met"], bool) for s in SETTINGS if s != "vertical-lines-0.9")
+    u = beyond["uncertainty"]
+    # rp50's VAE+MLP and VAE+CNN rest on its failed VAE; vl90's weighted variants on its failed classifier
+    assert u["left_out"] == ["random-pixels-0.5 VAE+CNN", "random-pixels-0.5 VAE+MLP", "vertical-lines-0.9 not-miwae+mlp"]
+    assert u["comparisons"] == (6 * 4 - 4) * 3
+    clean = {(r["setting"], r["classifier"]): r for r in beyond["clean_scenario"]}
+    assert all(clean[("random-pixels-0.5", c)]["chosen"] != "thesis' VAE" for c in ("mlp", "cnn"))
+    assert clean[("vertical-lines-0.5", "mlp")]["met"] is None and clean[("vertical-lines-0.5", "cnn")]["met"] is not None
+    text = (copy / "report" / "report.md").read_text()
+    beyond_text = text[text.index("## Beyond the thesis"):]
+    assert "| not judged |" in beyond_text and "left out: a model they rest on failed" in beyond_text
+    for listed in ("random-pixels-0.5 vae: it ignores its latent space", "vertical-lines-0.5 clean-mlp: its predictions",
+                   "vertical-lines-0.9 mask-mlp: its predictions", "random-pixels-0.7 cnn: its predictions"):
+        assert f"- {listed}" in beyond_text
+
+
+def test_every_observation_is_judged_when_every_model_is_healthy(smoke, tmp_path):
+    copy = _results_copy(smoke, tmp_path)
+    _healthy(copy)
+    report.build_report(copy)
+    observations = json.loads((copy / "report" / "results.json").read_text())["observations"]
+    assert [type(o["held"]) for o in observations] == [bool] * 6
+    assert all(o["statistic"] and "not_judged" not in o for o in observations)
+    text = (copy / "report" / "report.md").read_text()
+    assert text.count("**Held.**") + text.count("**Did not hold.**") == 6 and "✗" not in text
 
 
 @pytest.mark.parametrize("argv, message", [

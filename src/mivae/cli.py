@@ -546,9 +546,14 @@ def _train(args):
     numbers = {k: v for k, v in run.metrics.items() if isinstance(v, float)}
     print(f"best epoch {run.history.best_epoch}; " + ", ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
     if "health" in run.metrics:
-        health = run.metrics["health"]
-        print(f"health check: {'passed' if health['ok'] else 'FAILED'}: {health['reason']}")
+        print(health_line(run.metrics["health"]))
     print(f"saved {args.out}")
+
+
+def health_line(health):
+    """The printable verdict of a health check (mivae.health)."""
+    seen = " (on validation images it was retrained on)" if health.get("held_out") is False else ""
+    return f"health check{seen}: {'passed' if health['ok'] else 'FAILED'}: {health['reason']}"
 
 
 def _evaluate(args):
@@ -615,6 +620,8 @@ def _search(args):
         bar.close()
     print(f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}")
     print("retrained on train + validation; test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items()))
+    if result.health is not None:
+        print(health_line(result.health))
     print(f"saved {result.run_dir} and {Path(args.out) / 'search.json'}")
 
 
@@ -635,6 +642,8 @@ def format_evaluation(result):
         lines.append(f"single imputation (z = mu)  accuracy {result['single_accuracy']:.4f}")
         for m, row in result["multiple"].items():
             lines.append(f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}")
+    if "health" in result:
+        lines.append(health_line(result["health"]))
     return "\n".join(lines)
 
 

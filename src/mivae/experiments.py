@@ -112,6 +112,10 @@ class Study:
         self.preset, self.out, self.seed = PRESETS[preset], Path(out), seed
         self.data_dir, self.storage, self.limit = data_dir, storage, limit
         self.settings = list(SETTINGS.values()) if settings is None else list(settings)
+        unknown = [pair for pair in self.settings if pair not in SETTINGS.values()]
+        if unknown or not self.settings:
+            raise MivaeError(f"the settings to run must be some of the thesis' six, {', '.join(SETTINGS)}; got "
+                             f"{unknown[0] if unknown else 'none'}.")
         self.beyond_stage = beyond_stage
         identity = json.loads(json.dumps({"preset": dataclasses.asdict(self.preset), "seed": seed, "limit": limit}))
         try:
@@ -295,16 +299,13 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
     Random Pixels 70 %, Figure 8 with Random Pixels 50 %. beyond_stage: also run the beyond-the-thesis stage.
     """
     started = time.monotonic()
-    chosen = list(SETTINGS.values()) if settings is None else list(settings)
-    study = Study(preset, out, seed, data_dir, storage, limit, progress, chosen, beyond_stage)
-    p = study.preset
-    vaes, vae_mlps, examples = {}, {}, {"index": 0}
+    study = Study(preset, out, seed, data_dir, storage, limit, progress, settings, beyond_stage)
+    p, chosen = study.preset, study.settings
+    vaes, vae_mlps = {}, {}
     for method, level in chosen:
         setting = setting_name(method, level)
         data = study.data(method, level)
         problem = study.problem(data)
-        examples["clean"], examples[setting] = problem.test.clean[0].tolist(), problem.test.x[0].tolist()
-        examples["test_labels"] = problem.test.y.tolist()  # the same in every setting: for paired tests in the report
         vae, vae_summary, vae_key = study.searched("vae", data)
         vaes[setting] = (vae, vae_key)
         study.evaluated(setting, "vae", vae_key, partial(study.evaluate, vae, data), extra={"search": vae_summary})
@@ -323,8 +324,7 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
         if setting == "random-pixels-0.5":
             hard_run, hard_key = vae_mlps[setting]
             study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, problem, seed), seed=seed)
-    study.evaluated("figures", "examples", None, lambda: examples, dataset=p.dataset, seed=seed,
-                    settings=sorted(vaes))
+    study.evaluated("figures", "examples", None, partial(examples, study), dataset=p.dataset, seed=seed)
 
     # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
     if "random-pixels-0.7" in vaes:
@@ -332,7 +332,7 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
         type2_rp70 = vae_mlps["random-pixels-0.7"][0]
         table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
                    "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
-                   "test_accuracy": type2_rp70.metrics["test_accuracy"], "health": type2_rp70.metrics.get("health")}]
+                   "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's models (report.table3)
         for name, config in WEAK_VAES.items():
             vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
             run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
@@ -367,6 +367,17 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
                                           "units": [{"label": label, "seconds": round(s, 2), "reused": r}
                                                     for label, s, r in study.done]})
     return study
+
+
+def examples(study):
+    """Figures 4, 9 and 13: the first test image, clean and in each of the six settings, whichever settings run
+    (a later run with other --settings reuses it); and the test labels, the same in every setting, for paired tests."""
+    out = {"index": 0}
+    for method, level in SETTINGS.values():
+        test = study.problem(study.data(method, level)).test
+        out["clean"], out[setting_name(method, level)] = test.clean[0].tolist(), test.x[0].tolist()
+    out["test_labels"] = test.y.tolist()
+    return out
 
 
 @torch.inference_mode()

@@ -5,7 +5,8 @@ Built from RUN_DIR/results/ alone (never trains, never reads the dataset):
     RUN_DIR/report/report.md       tables in the thesis' layout, "ours (thesis)", figures, §5's observations,
                                    and the "Beyond the thesis" section (mivae.report_beyond)
     RUN_DIR/report/figures/*.png   Figures 4, 8-16
-    RUN_DIR/report/results.csv     every table cell: table, row, column, ours, thesis
+    RUN_DIR/report/results.csv     every table cell: table, row, column, ours, thesis, failed_model (it rests on a
+                                   model that failed its health check, mivae.health)
     RUN_DIR/report/results.json    the same cells, the observations and the run's settings
 """
 
@@ -21,6 +22,7 @@ from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
 from mivae.experiments import LEVELS, METHODS, setting_name
 from mivae.figures import image_grid, plt, save_figure
+from mivae.health import FAILED_MARK
 from mivae.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.report_beyond import section as beyond_section
 from mivae.runs import write_json
@@ -98,12 +100,21 @@ def failures(results, setting, names):
     out = []
     for name in names:
         for part in [name] + (["vae"] if name.startswith("vae+") else []):
-            health = results[setting][part].get("health")
+            health = _health_of(results[setting][part])
             if health is not None and not health["ok"]:
-                text = f"{setting} {part.upper()}: {health['reason']}"
-                if text not in out:
-                    out.append(text)
-    return out
+                who = "the classifier trained on clean images, " + part.removeprefix("clean-").upper() \
+                    if part.startswith("clean-") else f"{setting} {part.upper()}"  # one model for every setting
+                out.append(f"{who}: {health['reason']}")
+    return list(dict.fromkeys(out))
+
+
+def _health_of(result):
+    """The health verdict a result rests on: its search's where no trial passed (so the kept model failed on
+    held-out images, whatever a retrained model shows), else its evaluation's."""
+    searched = (result.get("search") or {}).get("health")
+    if searched is not None and not searched["ok"]:
+        return searched
+    return result.get("health")
 
 
 # ----------------------------------------------------------------------------------------
@@ -173,8 +184,6 @@ def table3(results):
     return rows
 
 
-FAILED_MARK = "✗"  # a cell resting on a model that failed its health check
-
 
 def _cell(ours, thesis, failed, digits=4):
     if ours is None:
@@ -225,7 +234,7 @@ def _not_judged(results, level, names):
     missing = [n for n in needed if n not in results["settings"]]
     if missing:
         return f"it needs {', '.join(needed)}; {', '.join(missing)} did not run."
-    failed = [f for n in needed for f in failures(results, n, names)]
+    failed = list(dict.fromkeys(f for n in needed for f in failures(results, n, names)))
     if failed:
         return f"it rests on {len(failed)} model{'s' if len(failed) > 1 else ''} that failed the health check: " + "; ".join(failed)
     return None
@@ -322,6 +331,9 @@ def _samples_threshold(results):
     """Beyond about 10 samples, more samples do not improve accuracy; only the fluctuations shrink."""
     gains = [(e["multiple"][_largest_m(e)]["accuracy"] - e["accuracy_curve"][9], e.get("z_multi_max_vs_10", math.nan))
              for *_, e in _type2_cells(results) if len(e["accuracy_curve"]) > 10]
+    if not gains:
+        return {"claim": _samples_threshold.__doc__, "statistic": "", "held": None,
+                "not_judged": "it compares M = 10 with larger M; this preset's M is at most 10."}
     return {"claim": _samples_threshold.__doc__,
             "statistic": f"accuracy at the largest M minus at M = 10, over the 12 Type 2 cells: from {min(g for g, _ in gains):+.4f} "
                          f"to {max(g for g, _ in gains):+.4f}; paired z (largest M vs 10): largest |z| "
@@ -473,11 +485,23 @@ def _selection_rows(results):
 
 def _failed_models(results, setting_names, names):
     """Markdown lines naming the failed models behind a table's marked cells."""
-    failed = [f for n in setting_names if n in results["settings"] for f in failures(results, n, names)]
+    failed = list(dict.fromkeys(f for n in setting_names if n in results["settings"] for f in failures(results, n, names)))
     if not failed:
         return []
     return [f"{FAILED_MARK} marks a cell resting on a model that failed its health check on validation images, so the "
             f"cell is a failed training, not a finding:\n"] + [f"- {f}" for f in failed] + [""]
+
+
+def _figure_failures(results, number):
+    """The failed models a figure shows (Figures 4, 9 and 13 show images only)."""
+    rests = {8: ("random-pixels", (0.5,), ["vae+mlp"]), 12: ("random-pixels", LEVELS, list(_TYPE2)),
+             16: ("vertical-lines", LEVELS, list(_TYPE2))}
+    rests.update({n: (method, LEVELS, [c, f"vae+{c}"]) for _, method, c, n in TYPE2_TABLES})
+    if number not in rests:
+        return []
+    method, levels, names = rests[number]
+    settings = [setting_name(method, lv) for lv in levels if setting_name(method, lv) in results["settings"]]
+    return list(dict.fromkeys(f for n in settings for f in failures(results, n, names)))
 
 
 def build_report(run_dir):
@@ -525,11 +549,11 @@ def build_report(run_dir):
         md.append("The selected VAE, and two weaker ones trained for one epoch (" + "; ".join(
             f"{r['vae']}: hidden {r['config']['hidden']}, latent {r['config']['latent']}" for r in results["table3"][1:])
             + "), each with the selected VAE+MLP configuration trained on its imputations.\n")
-        unhealthy = [f"- {r['vae']} VAE+MLP: {r['health']['reason']}" for r in results["table3"][1:]
+        unhealthy = [f"- the {r['vae']} VAE's VAE+MLP: {r['health']['reason']}" for r in results["table3"][1:]
                      if r.get("health") and not r["health"]["ok"]]
-        unhealthy += [f"- selected: {f}" for f in failures(results, "random-pixels-0.7", ["vae+mlp"])]
+        unhealthy += [f"- selected row: {f}" for f in failures(results, "random-pixels-0.7", ["vae+mlp"])]
         if unhealthy:
-            md += [f"{FAILED_MARK} VAE+MLP models that failed their health check:\n", *unhealthy, ""]
+            md += [f"{FAILED_MARK} Models of this table that failed their health check:\n", *unhealthy, ""]
         cells += [(3, label, h, o, t, f) for label, row in rows for h, (o, t, f) in zip(("negative ELBO", "accuracy"), row)]
     else:
         md.append("Not run: Table 3 needs the setting rp70 (Random Pixels 70 %).\n")
@@ -551,7 +575,9 @@ def build_report(run_dir):
                 14: "Vertical Lines, MLP and VAE+MLP against M", 15: "Vertical Lines, VAE+CNN against M",
                 12: "Random Pixels, predicted digit distributions", 16: "Vertical Lines, predicted digit distributions"}
     for number, file in figures.items():
-        md.append(f"**Figure {number}**: {captions[number]}.\n\n![Figure {number}](figures/{file})\n")
+        failed = _figure_failures(results, number)
+        warning = f" {FAILED_MARK} It shows models that failed their health check: {'; '.join(failed)}." if failed else ""
+        md.append(f"**Figure {number}**: {captions[number]}.{warning}\n\n![Figure {number}](figures/{file})\n")
     md.append("The shaded band of Figures 10, 11, 14 and 15 is accuracy(M) ± s/√m, with s fitted to the curve for m ≤ M/10: "
               "where the curve stays inside it, its fluctuations shrink as 1/√m.\n")
 

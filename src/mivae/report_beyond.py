@@ -5,6 +5,7 @@ Every choice between methods is made on validation accuracy; test accuracy is on
 
 from mivae.beyond import BASELINES, CLASSIFIERS
 from mivae.experiments import LEVELS, METHODS, setting_name
+from mivae.health import FAILED_MARK
 from mivae.stats import paired_test
 
 # Test-accuracy targets of each setting: (the thesis' best, which is its CNN everywhere, target).
@@ -26,17 +27,32 @@ def _settings():
 
 
 def candidates(setting):
-    """[(name, validation accuracy, test accuracy, test predictions)] of every beyond-the-thesis classifier."""
-    rows = [(name, setting[name]["val_accuracy"], setting[name]["accuracy"], setting[name]["predicted"])
-            for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES))]
+    """[(name, validation accuracy, test accuracy, test predictions, failure)] of every beyond-the-thesis classifier;
+    failure is None, or why the model failed its health check (mivae.health)."""
+    rows = [(name, setting[name]["val_accuracy"], setting[name]["accuracy"], setting[name]["predicted"],
+             failure(setting, name)) for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES))]
     weighted = setting["incomplete-vae+mlp"]
     rows += [(f"{weighted['kind']} {v.replace('_', '-')}", weighted[v]["val_accuracy"], weighted[v]["accuracy"],
-              weighted[v]["predicted"]) for v in VARIANTS]
+              weighted[v]["predicted"], failure(setting, "incomplete-vae+mlp")) for v in VARIANTS]
     return rows
 
 
+def failure(setting, *names):
+    """Why the first of the results `names` of `setting` that failed its health check failed, or None."""
+    for name in names:
+        health = setting[name].get("health")
+        if health is not None and not health["ok"]:
+            return f"{name}: {health['reason']}"
+    return None
+
+
+def _named(setting, failed):
+    return failed and f"{setting} {failed}"
+
+
 def best_by_validation(rows):
-    return max(rows, key=lambda row: row[1])
+    """The row of highest validation accuracy among the healthy models; among all of them if none is healthy."""
+    return max([row for row in rows if row[4] is None] or rows, key=lambda row: row[1])
 
 
 def _f(x, digits=4):
@@ -48,42 +64,66 @@ def _table(header, rows):
                      + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def _mark(failed):
+    return f" {FAILED_MARK}" if failed else ""
+
+
+def _verdict(met):
+    return "not judged" if met is None else "**met**" if met else "missed"
+
+
+def _failed_list(failures):
+    """Markdown lines naming the failed models behind a table's marked cells (none if there are none)."""
+    failures = list(dict.fromkeys(f for f in failures if f))
+    if not failures:
+        return []
+    return [f"{FAILED_MARK} marks a result resting on a model that failed its health check on validation images: a "
+            f"failed training, not a finding; a target resting on one reads *not judged*.\n"] + [f"- {f}" for f in failures] + [""]
+
+
 def targets(results):
     """Each setting's best mivae method (by validation) against the thesis' best and our run of the thesis' CNN."""
     labels = results["figures"]["examples"]["test_labels"]
     rows = []
     for method, level, name in _settings():
         setting = results[name]
-        best, val, test, predicted = best_by_validation(candidates(setting))
+        best, val, test, predicted, failed = best_by_validation(candidates(setting))
         thesis, target = TARGETS[(method, level)]
         ours_cnn = setting["cnn"]
         rows.append({"setting": name, "thesis_best": thesis, "our_thesis_cnn": ours_cnn["accuracy"], "method": best,
-                     "val_accuracy": val, "test_accuracy": test, "target": target, "met": test >= target,
+                     "val_accuracy": val, "test_accuracy": test, "target": target,
+                     "met": None if failed else test >= target, "failed_model": _named(name, failed),
+                     "our_thesis_cnn_failed": _named(name, failure(setting, "cnn")),
                      "z_vs_our_thesis_cnn": paired_test(predicted, ours_cnn["predicted"], labels).z})
     return rows
 
 
 def _uncertainty_rows(results):
-    """(setting, model, imputation, accuracy, uncertainty dict) for single against multiple imputation."""
+    """(setting, model, imputation, accuracy, uncertainty dict, failure) for single against multiple imputation;
+    failure is None or why a model the row rests on failed its health check."""
     for _, _, name in _settings():
         setting = results[name]
         for classifier in CLASSIFIERS:
-            e = setting[f"vae+{classifier}"]
+            e, failed = setting[f"vae+{classifier}"], failure(setting, f"vae+{classifier}", "vae")
             m = str(max(int(k) for k in e["multiple"]))
-            yield name, f"VAE+{classifier.upper()}", "single", e["single_accuracy"], e["single_uncertainty"]
-            yield name, f"VAE+{classifier.upper()}", f"multiple, M = {m}", e["multiple"][m]["accuracy"], e["multiple_uncertainty"]
-        e = setting["incomplete-vae+mlp"]
+            yield name, f"VAE+{classifier.upper()}", "single", e["single_accuracy"], e["single_uncertainty"], failed
+            yield (name, f"VAE+{classifier.upper()}", f"multiple, M = {m}", e["multiple"][m]["accuracy"],
+                   e["multiple_uncertainty"], failed)
+        e, failed = setting["incomplete-vae+mlp"], failure(setting, "incomplete-vae+mlp")
         for v in VARIANTS:
             label = "single" if v == "single" else f"multiple, K = {e['samples']}, {v.replace('_', '-')}"
-            yield name, e["kind"], label, e[v]["accuracy"], e[v]["uncertainty"]
+            yield name, e["kind"], label, e[v]["accuracy"], e[v]["uncertainty"], failed
 
 
 def uncertainty_verdict(results):
-    """Counts, per metric, the (setting, model, multiple variant) where multiple imputation scores lower than single."""
+    """Counts, per metric, the (setting, model, multiple variant) where multiple imputation scores lower than single,
+    over the healthy models; held is None (not judged) if none is healthy."""
     rows = list(_uncertainty_rows(results))
     counts = {metric: [0, 0] for metric in ("nll", "brier", "ece")}
-    single = {}
-    for setting, model, imputation, _, u in rows:
+    single, left_out = {}, sorted({f"{s} {m}" for s, m, *_, failed in rows if failed})
+    for setting, model, imputation, _, u, failed in rows:
+        if failed:
+            continue
         if imputation == "single":
             single[(setting, model)] = u
             continue
@@ -92,7 +132,8 @@ def uncertainty_verdict(results):
             count[1] += 1
     better, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
     return {"counts": {k: {"multiple_better": b, "comparisons": n} for k, (b, n) in counts.items()},
-            "held": better > total / 2, "multiple_better": better, "comparisons": total}
+            "held": better > total / 2 if total else None, "multiple_better": better, "comparisons": total,
+            "left_out": left_out}
 
 
 def clean_scenario(results, thesis_cells):
@@ -110,12 +151,16 @@ def clean_scenario(results, thesis_cells):
             for b in BASELINES:
                 e = setting[f"clean-{classifier}-on-{b}"]
                 options[b] = (e["val_accuracy"], e["accuracy"])
-            chosen = max(options, key=lambda k: options[k][0])
+            vae_failed = _named(name, failure(setting, "vae"))
+            choices = [k for k in options if not (vae_failed and k == "thesis' VAE")]  # not an imputer that failed
+            chosen = max(choices, key=lambda k: options[k][0])
             thesis = thesis_cells[(method, level, classifier)]
             test = options[chosen][1]
+            failed = _named(name, failure(setting, f"clean-{classifier}"))  # on its own clean validation images
             rows.append({"setting": name, "classifier": classifier, "thesis": thesis,
                          "test": {k: v[1] for k, v in options.items()}, "chosen": chosen, "chosen_test": test,
-                         "met": test >= thesis + CLEAN_GAIN or test >= CLEAN_BAR})
+                         "met": None if failed else test >= thesis + CLEAN_GAIN or test >= CLEAN_BAR,
+                         "failed_model": failed, "vae_failed": vae_failed})
     return rows
 
 
@@ -136,9 +181,11 @@ def section(results, thesis_cells):
     md.append("### Each setting's best method against the thesis' best\n")
     md.append(_table(["setting", "thesis' best (its CNN)", "our run of the thesis' CNN", "best mivae method (validation)",
                       "its test accuracy", "z against our CNN", "target", "met"],
-                     [[r["setting"], _f(r["thesis_best"]), _f(r["our_thesis_cnn"]), f"{r['method']} ({_f(r['val_accuracy'])})",
-                       _f(r["test_accuracy"]), f"{r['z_vs_our_thesis_cnn']:.2f}", f">= {r['target']:.3f}",
-                       "**met**" if r["met"] else "missed"] for r in rows]) + "\n")
+                     [[r["setting"], _f(r["thesis_best"]), _f(r["our_thesis_cnn"]) + _mark(r["our_thesis_cnn_failed"]),
+                       f"{r['method']} ({_f(r['val_accuracy'])})", _f(r["test_accuracy"]) + _mark(r["failed_model"]),
+                       f"{r['z_vs_our_thesis_cnn']:.2f}" + _mark(r["our_thesis_cnn_failed"]), f">= {r['target']:.3f}",
+                       _verdict(r["met"])] for r in rows]) + "\n")
+    md += _failed_list([r[k] for r in rows for k in ("failed_model", "our_thesis_cnn_failed")])
     md.append(f"z is §3.6's paired test of the best method against our run of the thesis' CNN on the same "
               f"{len(results['figures']['examples']['test_labels']):,} test images (the thesis' own predictions are not "
               "available); above 1.96 the method is better at the 5 % level.\n")
@@ -147,8 +194,12 @@ def section(results, thesis_cells):
     names = [name for name, *_ in candidates(results[setting_name(METHODS[0], LEVELS[0])])]
     header = ["setting"] + [n.replace("miwae+mlp", "(not-)MIWAE+MLP") if n.startswith("miwae") else n for n in names]
     body = []
+    failed = []
     for _, _, name in _settings():
-        body.append([name] + [f"{_f(test)} ({_f(val)})" for _, val, test, _ in candidates(results[name])])
+        methods = candidates(results[name])
+        body.append([name] + [f"{_f(test)} ({_f(val)}){_mark(why)}" for _, val, test, _, why in methods])
+        failed += [f"{name} {why}" for *_, why in methods if why]
+    md += _failed_list(failed)
     md.append(_table(header, body) + "\n")
     md.append("The (not-)MIWAE+MLP columns are MIWAE on Random Pixels and not-MIWAE on Vertical Lines.\n")
 
@@ -170,20 +221,29 @@ def section(results, thesis_cells):
     md.append("### Uncertainty: single against multiple imputation\n")
     md.append(_table(["setting", "model", "imputation", "accuracy", "NLL (nats)", "Brier", "ECE (15 bins)",
                       f"accuracy on the {float(COVERAGE):.0%} most confident"],
-                     [[s, m, i, _f(a), _f(u["nll"]), _f(u["brier"]), _f(u["ece"]), _f(u["accuracy_at_coverage"][COVERAGE])]
-                      for s, m, i, a, u in _uncertainty_rows(results)]) + "\n")
+                     [[s, m, i, _f(a) + _mark(why), _f(u["nll"]), _f(u["brier"]), _f(u["ece"]),
+                       _f(u["accuracy_at_coverage"][COVERAGE])] for s, m, i, a, u, why in _uncertainty_rows(results)]) + "\n")
     counts = "; ".join(f"{k.upper() if k != 'brier' else 'Brier'}: {c['multiple_better']} of {c['comparisons']}"
                        for k, c in verdict["counts"].items())
-    md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates "
-              f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower (better) score "
-              f"in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). Rule: held if lower in "
-              f"more than half.\n")
+    left_out = (f" The models of {', '.join(verdict['left_out'])} are left out: a model they rest on failed its health "
+                f"check ({FAILED_MARK}).") if verdict["left_out"] else ""
+    if verdict["held"] is None:
+        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates is not judged** here: "
+                  f"every model it rests on failed its health check.{left_out}\n")
+    else:
+        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates "
+                  f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower (better) "
+                  f"score in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). Rule: held "
+                  f"if lower in more than half.{left_out}\n")
 
     clean = clean_scenario(results, thesis_cells)
     md.append("### Tables 6 and 7 with the new imputers: classifiers trained on clean images\n")
     imputers = list(clean[0]["test"])
     md.append(_table(["setting", "classifier", "thesis, on its VAE imputation", *(f"on {k}" for k in imputers),
                       "chosen on validation", f"target: thesis + {CLEAN_GAIN:.2f} or >= {CLEAN_BAR:.2f}"],
-                     [[r["setting"], r["classifier"].upper(), _f(r["thesis"]), *(_f(r["test"][k]) for k in imputers),
-                       f"{r['chosen']}: {_f(r['chosen_test'])}", "**met**" if r["met"] else "missed"] for r in clean]) + "\n")
+                     [[r["setting"], r["classifier"].upper(), _f(r["thesis"]),
+                       *(_f(r["test"][k]) + _mark(r["vae_failed"] if k == "thesis' VAE" else None) for k in imputers),
+                       f"{r['chosen']}: {_f(r['chosen_test'])}" + _mark(r["failed_model"]), _verdict(r["met"])]
+                      for r in clean]) + "\n")
+    md += _failed_list([r[k] for r in clean for k in ("failed_model", "vae_failed")])
     return md, {"targets": rows, "uncertainty": verdict, "clean_scenario": clean}

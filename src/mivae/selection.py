@@ -14,6 +14,7 @@ interrupted search resumes with `resume=True`; or any Optuna storage URL, such a
 PostgreSQL server shared by a fleet of workers. `trials` counts the whole study.
 """
 
+import logging
 import math
 import os
 import socket
@@ -38,6 +39,19 @@ from mivae.training import TrainingDiverged
 
 class UnhealthyModel(Exception):
     """A trial's model trained but failed its health check (mivae.health): recorded as a failed trial, with the reason."""
+
+
+class _QuietUnhealthy(logging.Filter):
+    """Drops Optuna's two warnings, one with a traceback, about a trial failed on purpose by its health check: the
+    failure is an expected outcome, recorded with its reason in the trial and in search.json."""
+
+    def __init__(self):
+        super().__init__()
+        self.trials = set()
+
+    def filter(self, record):
+        return not any(record.getMessage().startswith(f"Trial {n} failed") for n in self.trials)
+
 
 # ----------------------------------------------------------------------------------------
 # Search spaces: (name, low, high, log) for numbers. The thesis gives no ranges; these
@@ -183,6 +197,7 @@ class SearchResult:
     best_epoch: int
     test_metrics: dict
     run_dir: Path
+    health: dict | None = None  # the final model's health check (mivae.health); failed if every trial failed
 
 
 def _merge(a, b):
@@ -306,6 +321,7 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
     """
     higher_is_better = kind != "vae"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    quiet, optuna_log = _QuietUnhealthy(), logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
 
     def objective(trial):
         if _budget_slot(study, trial) >= trials:
@@ -336,6 +352,7 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
         if not health["ok"]:
             trial.set_user_attr("failure", f"the model failed its health check: {health['reason']}")
             trial.set_user_attr("unhealthy_value", value)  # kept, for when no trial of the study is healthy
+            quiet.trials.add(trial.number)
             raise UnhealthyModel(health["reason"])
         return value
 
@@ -360,7 +377,12 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             continue
-        study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(UnhealthyModel,), gc_after_trial=True)
+        try:
+            optuna_log.addFilter(quiet)
+            study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(UnhealthyModel,),
+                           gc_after_trial=True)
+        finally:
+            optuna_log.removeFilter(quiet)
 
 
 def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
@@ -438,13 +460,18 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
     else:
         final = load_run(directory / "trials" / study.study_name / str(best.number))
     run_dir = save_run(final, directory / "final")
+    health = final.metrics.get("health")
+    if not healthy:  # the kept model comes from a trial that failed on held-out validation images
+        health = {"ok": False, "reason": f"no trial passed its health check; the best failed one was kept: "
+                                         f"{best.user_attrs['failure'].removeprefix('the model failed its health check: ')}",
+                  "measured": (health or {}).get("measured")}
     result = {
         "kind": kind,
         "study": study.study_name,
         "studies": {s.study_name: pick((c[2] for c in healthy if c[0] is s), default=None) for s in studies},
         "best_trial": best.number,
         "best_value": best_value,
-        "health": final.metrics.get("health"),  # the final model's health check on validation images
+        "health": health,  # the final model's health check on validation images, failed if every trial failed
         "best_epoch": epochs,
         "retrained": retrain,
         "best_config": best.user_attrs["config"],
@@ -458,5 +485,5 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
         write_json(directory / "search.json", result)
     except OSError as e:
         raise MivaeError(f"cannot write {directory / 'search.json'}: {e.strerror or e}.") from None
-    return SearchResult(best.params, best_value, epochs, result["test_metrics"], run_dir)
+    return SearchResult(best.params, best_value, epochs, result["test_metrics"], run_dir, health)
 
