@@ -50,7 +50,7 @@ THESIS_RESULTS = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn", "clean-mlp", "clean
 def _read(path):
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MivaeError(f"{path} is damaged and cannot be read ({e}).") from None
 
 
