@@ -261,7 +261,7 @@ def test_a_run_directory_keeps_its_preset_and_seed_but_not_the_wording_of_its_de
     reworded = dataclasses.replace(experiments.PRESETS["smoke"], about="the same study, described anew")
     monkeypatch.setitem(experiments.PRESETS, "smoke", reworded)
     experiments.Study("smoke", smoke["out"], progress=False)  # accepted: no result depends on the description
-    monkeypatch.setitem(experiments.PRESETS, "smoke", dataclasses.replace(reworded, patience=6))
+    monkeypatch.setitem(experiments.PRESETS, "smoke", dataclasses.replace(reworded, patience={**reworded.patience, "mlp": 6}))
     with pytest.raises(MivaeError, match="another preset, seed or limit"):
         experiments.Study("smoke", smoke["out"], progress=False)
 

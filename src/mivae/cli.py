@@ -652,6 +652,15 @@ def _on_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _unraisable(hook):
+    """`sys.unraisablehook` that stays silent about a Ctrl-C raised inside a finaliser or garbage-collection callback:
+    Python would print it with a traceback and go on; it is recorded, and raised again at the next check."""
+    def quiet(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+    return quiet
+
+
 def main(argv=None):
     """Runs the `mivae` command; returns its exit status."""
     import signal
@@ -659,6 +668,7 @@ def main(argv=None):
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _on_interrupt) if in_main_thread else None
+    unraisable, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     try:
         args = build_parser().parse_args(argv)
         args.run(args)
@@ -674,6 +684,7 @@ def main(argv=None):
         return 0
     finally:
         forget_interrupt()
+        sys.unraisablehook = unraisable
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return 0

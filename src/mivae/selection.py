@@ -41,9 +41,10 @@ class UnhealthyModel(Exception):
     """A trial's model trained but failed its health check (mivae.health): recorded as a failed trial, with the reason."""
 
 
-class _QuietUnhealthy(logging.Filter):
-    """Drops Optuna's two warnings, one with a traceback, about a trial failed on purpose by its health check: the
-    failure is an expected outcome, recorded with its reason in the trial and in search.json."""
+class _QuietFailures(logging.Filter):
+    """Drops Optuna's two warnings, one with a traceback, about a trial that failed its health check or was
+    interrupted by the user: an expected outcome, recorded with its reason in the trial and in search.json, and a
+    stop that mivae reports in one line."""
 
     def __init__(self):
         super().__init__()
@@ -321,7 +322,7 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
     """
     higher_is_better = kind != "vae"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    quiet, optuna_log = _QuietUnhealthy(), logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
+    quiet, optuna_log = _QuietFailures(), logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
 
     def objective(trial):
         if _budget_slot(study, trial) >= trials:
@@ -344,6 +345,9 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
         except TrainingDiverged as e:
             trial.set_user_attr("failure", str(e))
             raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt:
+            quiet.trials.add(trial.number)
+            raise
         trial.set_user_attr("best_epoch", run.history.best_epoch)
         if keep_runs is not None:
             save_run(run, Path(keep_runs) / str(trial.number))
