@@ -18,9 +18,9 @@ def accuracy(predicted, labels):
 class PairedTest:
     """Two classifiers compared image by image on one test set."""
 
-    n_differ: int     # N: images on which their predictions differ
-    x: float          # fraction of those N on which classifier 1 is right
-    z: float          # sqrt(N) (2x - 1): classifier 1 better by z standard deviations (§3.6)
+    n_differ: int     # images on which their predictions differ (both wrong included)
+    x: float          # b / (b + c): of the images exactly one of them gets right, the share classifier 1 does
+    z: float          # sqrt(b + c) (2x - 1) = (b - c) / sqrt(b + c): classifier 1 better by z standard deviations
     only_1_right: int  # b: images classifier 1 gets right and classifier 2 wrong
     only_2_right: int  # c: the reverse
     mcnemar_p: float  # two-sided exact McNemar p-value from b and c
@@ -29,18 +29,20 @@ class PairedTest:
 def paired_test(predicted_1, predicted_2, labels):
     """Returns the `PairedTest` of two classifiers' predictions on the same labelled images.
 
-    As in §3.6, N counts every image where the predictions differ, including those where
-    both are wrong; so z(1 vs 2) is not exactly -z(2 vs 1) when such images exist. McNemar's
-    test uses only the images where exactly one of the two is right.
+    §3.6's z = sqrt(N) (2x - 1), with N the images "where their predictions differ" and x the
+    share of them classifier 1 gets right, under the null hypothesis x = 1/2. With ten classes
+    the predictions also differ where both are wrong; counted in N, each such image lowers z for
+    either order, so z(1 vs 2) and z(2 vs 1) could both be far below zero. Here N counts the
+    images exactly one of the two gets right, z = (b - c) / sqrt(b + c), the normal form of
+    McNemar's test; the thesis' own z values leave room for only a handful of images both get
+    wrong, where the literal count finds dozens (docs/reproduction.md).
     """
     p1, p2, labels = (np.asarray(a) for a in (predicted_1, predicted_2, labels))
-    differ = p1 != p2
-    n = int(differ.sum())
-    right_1 = int((differ & (p1 == labels)).sum())
-    x = right_1 / n if n else 0.5
     b = int(((p1 == labels) & (p2 != labels)).sum())
     c = int(((p1 != labels) & (p2 == labels)).sum())
-    return PairedTest(n, x, float(np.sqrt(n) * (2 * x - 1)), b, c, mcnemar_exact(b, c))
+    n = b + c
+    x = b / n if n else 0.5
+    return PairedTest(int((p1 != p2).sum()), x, float(np.sqrt(n) * (2 * x - 1)), b, c, mcnemar_exact(b, c))
 
 
 def mcnemar_exact(b, c):
