@@ -35,7 +35,7 @@ def paired_test(predicted_1, predicted_2, labels):
     either order, so z(1 vs 2) and z(2 vs 1) could both be far below zero. Here N counts the
     images exactly one of the two gets right, z = (b - c) / sqrt(b + c), the normal form of
     McNemar's test; the thesis' own z values leave room for only a handful of images both get
-    wrong, where the literal count finds dozens (docs/reproduction.md).
+    wrong, where the literal count finds about 80 (docs/reproduction.md).
     """
     p1, p2, labels = (np.asarray(a) for a in (predicted_1, predicted_2, labels))
     b = int(((p1 == labels) & (p2 != labels)).sum())
