@@ -261,7 +261,8 @@ def test_a_run_directory_keeps_its_preset_and_seed_but_not_the_wording_of_its_de
     reworded = dataclasses.replace(experiments.PRESETS["smoke"], about="the same study, described anew")
     monkeypatch.setitem(experiments.PRESETS, "smoke", reworded)
     experiments.Study("smoke", smoke["out"], progress=False)  # accepted: no result depends on the description
-    monkeypatch.setitem(experiments.PRESETS, "smoke", dataclasses.replace(reworded, patience={**reworded.patience, "mlp": 6}))
+    more_patient = dataclasses.replace(reworded, patience={**reworded.patience, "mlp": 6})
+    monkeypatch.setitem(experiments.PRESETS, "smoke", more_patient)
     with pytest.raises(MivaeError, match="another preset, seed or limit"):
         experiments.Study("smoke", smoke["out"], progress=False)
 
@@ -337,7 +338,7 @@ def _fail(copy, setting, name, reason="its predictions collapsed: class 1 makes 
 def test_the_beyond_section_never_reads_a_failed_model_as_a_finding(smoke, tmp_path):
     copy = _results_copy(smoke, tmp_path)
     _healthy(copy)
-    _fail(copy, "random-pixels-0.5", "vae", "it ignores its latent space: the KL term is 0.01 nats per image (under 1).")
+    _fail(copy, "random-pixels-0.5", "vae", "it ignores its latent space: the KL term is 0.01 nats per image.")
     _fail(copy, "random-pixels-0.7", "cnn")
     for name in ("mask-mlp", "mask-cnn", "mean+mlp", "iterative+mlp", "incomplete-vae+mlp"):  # every candidate
         _fail(copy, "vertical-lines-0.9", name)
@@ -350,15 +351,17 @@ def test_the_beyond_section_never_reads_a_failed_model_as_a_finding(smoke, tmp_p
     assert all(isinstance(targets[s]["met"], bool) for s in SETTINGS if s != "vertical-lines-0.9")
     u = beyond["uncertainty"]
     # rp50's VAE+MLP and VAE+CNN rest on its failed VAE; vl90's weighted variants on its failed classifier
-    assert u["left_out"] == ["random-pixels-0.5 VAE+CNN", "random-pixels-0.5 VAE+MLP", "vertical-lines-0.9 not-miwae+mlp"]
+    assert u["left_out"] == ["random-pixels-0.5 VAE+CNN", "random-pixels-0.5 VAE+MLP",
+                             "vertical-lines-0.9 not-miwae+mlp"]
     assert u["comparisons"] == (6 * 4 - 4) * 3
     clean = {(r["setting"], r["classifier"]): r for r in beyond["clean_scenario"]}
     assert all(clean[("random-pixels-0.5", c)]["chosen"] != "thesis' VAE" for c in ("mlp", "cnn"))
-    assert clean[("vertical-lines-0.5", "mlp")]["met"] is None and clean[("vertical-lines-0.5", "cnn")]["met"] is not None
+    assert clean[("vertical-lines-0.5", "mlp")]["met"] is None
+    assert clean[("vertical-lines-0.5", "cnn")]["met"] is not None
     text = (copy / "report" / "report.md").read_text()
     beyond_text = text[text.index("## Beyond the thesis"):]
     assert "| not judged |" in beyond_text and "left out: a model they rest on failed" in beyond_text
-    for listed in ("random-pixels-0.5 vae: it ignores its latent space", "vertical-lines-0.5 clean-mlp: its predictions",
+    for listed in ("random-pixels-0.5 vae: it ignores its latent space", "vertical-lines-0.5 clean-mlp: its",
                    "vertical-lines-0.9 mask-mlp: its predictions", "random-pixels-0.7 cnn: its predictions"):
         assert f"- {listed}" in beyond_text
 

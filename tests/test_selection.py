@@ -171,10 +171,12 @@ def test_a_study_that_holds_each_setting_as_its_own_attribute_is_still_checked(t
     study = optuna.create_study(storage=selection.default_storage(tmp_path), study_name="old", direction="maximize")
     for key, value in json.loads(json.dumps(settings)).items():  # as earlier versions recorded them
         study.set_user_attr(key, value)
-    result = selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old", resume=True)
+    result = selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old",
+                              resume=True)
     assert result.best_value == 0.5
     with pytest.raises(MivaeError, match="was run with other settings"):
-        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old", resume=True)
+        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old",
+                         resume=True)
 
 
 def test_type_2_searches_need_a_vae_retrained_on_train_and_validation(tmp_path, problem):

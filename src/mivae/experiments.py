@@ -70,9 +70,9 @@ PRESETS = {
         about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about five minutes"),
     "quick": Preset(
         "quick", "mnist", trials={"vae": 8, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
-        epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50}, patience={"vae": 5, "mlp": 10, "cnn": 5},
-        min_epochs=10,
-        batch_size=128, samples={"mlp": 3000, "cnn": 100}, retrain=False,
+        epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
+        patience={"vae": 5, "mlp": 10, "cnn": 5}, min_epochs=10, batch_size=128, samples={"mlp": 3000, "cnn": 100},
+        retrain=False,
         about="full MNIST; a scaled-down random search (8 VAE trials, 3 for each MLP, the default configuration of the "
               "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
               "model trained until early stopping ends it (at least 10 epochs; patience 10 for MLPs, whose validation "
@@ -80,8 +80,9 @@ PRESETS = {
               "retraining); M = 3000 for MLPs and 100 for CNNs"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
-        epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50}, patience={"vae": 5, "mlp": 10, "cnn": 5},
-        min_epochs=10, batch_size=128, samples={"mlp": 3000, "cnn": 3000}, retrain=True,
+        epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
+        patience={"vae": 5, "mlp": 10, "cnn": 5}, min_epochs=10, batch_size=128, samples={"mlp": 3000, "cnn": 3000},
+        retrain=True,
         about="the thesis' protocol: 100-trial searches, retraining on train + validation, M = 3000; "
               "days on 2 cores, meant for a fleet of workers sharing --storage"),
 }
@@ -339,7 +340,7 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
         type2_rp70 = vae_mlps["random-pixels-0.7"][0]
         table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
                    "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
-                   "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's models (report.table3)
+                   "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's (report.table3)
         for name, config in WEAK_VAES.items():
             vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
             run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,

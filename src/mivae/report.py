@@ -184,7 +184,6 @@ def table3(results):
     return rows
 
 
-
 def _cell(ours, thesis, failed, digits=4):
     if ours is None:
         return f"not run ({thesis:.{digits}f})"
@@ -485,7 +484,8 @@ def _selection_rows(results):
 
 def _failed_models(results, setting_names, names):
     """Markdown lines naming the failed models behind a table's marked cells."""
-    failed = list(dict.fromkeys(f for n in setting_names if n in results["settings"] for f in failures(results, n, names)))
+    ran = [n for n in setting_names if n in results["settings"]]
+    failed = list(dict.fromkeys(f for n in ran for f in failures(results, n, names)))
     if not failed:
         return []
     return [f"{FAILED_MARK} marks a cell resting on a model that failed its health check on validation images, so the "
@@ -576,7 +576,7 @@ def build_report(run_dir):
                 12: "Random Pixels, predicted digit distributions", 16: "Vertical Lines, predicted digit distributions"}
     for number, file in figures.items():
         failed = _figure_failures(results, number)
-        warning = f" {FAILED_MARK} It shows models that failed their health check: {'; '.join(failed)}." if failed else ""
+        warning = f" {FAILED_MARK} It shows models that failed their health check: {'; '.join(failed)}." * bool(failed)
         md.append(f"**Figure {number}**: {captions[number]}.{warning}\n\n![Figure {number}](figures/{file})\n")
     md.append("The shaded band of Figures 10, 11, 14 and 15 is accuracy(M) ± s/√m, with s fitted to the curve for m ≤ M/10: "
               "where the curve stays inside it, its fluctuations shrink as 1/√m.\n")

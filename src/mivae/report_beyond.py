@@ -78,7 +78,8 @@ def _failed_list(failures):
     if not failures:
         return []
     return [f"{FAILED_MARK} marks a result resting on a model that failed its health check on validation images: a "
-            f"failed training, not a finding; a target resting on one reads *not judged*.\n"] + [f"- {f}" for f in failures] + [""]
+            f"failed training, not a finding; a target resting on one reads *not judged*.\n",
+            *(f"- {f}" for f in failures), ""]
 
 
 def targets(results):
@@ -199,8 +200,8 @@ def section(results, thesis_cells):
         methods = candidates(results[name])
         body.append([name] + [f"{_f(test)} ({_f(val)}){_mark(why)}" for _, val, test, _, why in methods])
         failed += [f"{name} {why}" for *_, why in methods if why]
-    md += _failed_list(failed)
     md.append(_table(header, body) + "\n")
+    md += _failed_list(failed)
     md.append("The (not-)MIWAE+MLP columns are MIWAE on Random Pixels and not-MIWAE on Vertical Lines.\n")
 
     md.append("### VAEs trained on incomplete images alone\n")
@@ -222,19 +223,20 @@ def section(results, thesis_cells):
     md.append(_table(["setting", "model", "imputation", "accuracy", "NLL (nats)", "Brier", "ECE (15 bins)",
                       f"accuracy on the {float(COVERAGE):.0%} most confident"],
                      [[s, m, i, _f(a) + _mark(why), _f(u["nll"]), _f(u["brier"]), _f(u["ece"]),
-                       _f(u["accuracy_at_coverage"][COVERAGE])] for s, m, i, a, u, why in _uncertainty_rows(results)]) + "\n")
+                       _f(u["accuracy_at_coverage"][COVERAGE])]
+                      for s, m, i, a, u, why in _uncertainty_rows(results)]) + "\n")
     counts = "; ".join(f"{k.upper() if k != 'brier' else 'Brier'}: {c['multiple_better']} of {c['comparisons']}"
                        for k, c in verdict["counts"].items())
     left_out = (f" The models of {', '.join(verdict['left_out'])} are left out: a model they rest on failed its health "
                 f"check ({FAILED_MARK}).") if verdict["left_out"] else ""
     if verdict["held"] is None:
-        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates is not judged** here: "
-                  f"every model it rests on failed its health check.{left_out}\n")
+        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates is not judged** "
+                  f"here: every model it rests on failed its health check.{left_out}\n")
     else:
         md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates "
-                  f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower (better) "
-                  f"score in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). Rule: held "
-                  f"if lower in more than half.{left_out}\n")
+                  f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower "
+                  f"(better) score in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). "
+                  f"Rule: held if lower in more than half.{left_out}\n")
 
     clean = clean_scenario(results, thesis_cells)
     md.append("### Tables 6 and 7 with the new imputers: classifiers trained on clean images\n")

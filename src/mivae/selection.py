@@ -322,7 +322,8 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
     """
     higher_is_better = kind != "vae"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    quiet, optuna_log = _QuietFailures(), logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
+    quiet = _QuietFailures()
+    optuna_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
 
     def objective(trial):
         if _budget_slot(study, trial) >= trials:
@@ -466,8 +467,8 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
     run_dir = save_run(final, directory / "final")
     health = final.metrics.get("health")
     if not healthy:  # the kept model comes from a trial that failed on held-out validation images
-        health = {"ok": False, "reason": f"no trial passed its health check; the best failed one was kept: "
-                                         f"{best.user_attrs['failure'].removeprefix('the model failed its health check: ')}",
+        why = best.user_attrs["failure"].removeprefix("the model failed its health check: ")
+        health = {"ok": False, "reason": f"no trial passed its health check; the best failed one was kept: {why}",
                   "measured": (health or {}).get("measured")}
     result = {
         "kind": kind,
