@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mivae.errors import MivaeError
-from mivae.hardware import resolve_precision
+from mivae.hardware import resolve_precision, steady_heap
 from mivae.health import classifier_health, vae_health
 from mivae.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
                               negative_elbo_per_image, predict_proba, rmse_on_missing)
@@ -202,6 +202,7 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
     if data is not None and data != run.data and not run.data.clean_train:
         raise MivaeError("only a run trained on clean images can be tested on another corruption than its own.")
     data = data or run.data
+    steady_heap()  # for the Python API too: a long multiple imputation would otherwise fragment the heap
     problem = problem or make_problem(data, data_dir)
     device = next(run.model.parameters()).device
     dtype = resolve_precision(precision, device)
