@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mivae.hardware import release_free_memory
 from mivae.models.classifiers import softmax
 from mivae.models.miwae import classify_importance, impute_importance, iwae_bound
 from mivae.models.vae import negative_elbo, reparameterize
@@ -103,7 +104,9 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
     encoded = [low.vae.encode(x[i : i + 4096].to(dtype)) for i in range(0, len(x), 4096)]
     mu_all = torch.cat([e[0] for e in encoded]).float()
     sigma_all = torch.exp(0.5 * torch.cat([e[1] for e in encoded]).float())
-    for i in range(0, len(x), images_per_batch):
+    for batch_number, i in enumerate(range(0, len(x), images_per_batch)):
+        if batch_number % 64 == 63:
+            release_free_memory()  # the passes' large blocks fragment glibc's heap (hardware.release_free_memory)
         yb = y[i : i + images_per_batch].cpu()
         mu, sigma = mu_all[i : i + images_per_batch], sigma_all[i : i + images_per_batch]  # (B, L)
         running = None                                             # (B, C) sums of the samples so far
