@@ -7,6 +7,7 @@ picks bf16 only where the hardware supports it; "bf16" and "fp32" force either.
 
 import contextlib
 import ctypes
+import functools
 import os
 import time
 
@@ -47,23 +48,29 @@ def steady_heap(threshold=64 << 20):
     about 4.5 GB a minute until the kernel killed it at 24 GB. With the threshold fixed at
     64 MiB it stays near 1.1 GB, as fast (docs/reproduction.md).
     """
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc and libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
 
 
 def release_free_memory():
-    """Returns the heap's free pages to the system (glibc's malloc_trim); returns whether it could.
+    """Returns the heap's free pages to the system (glibc's malloc_trim); returns whether any went back.
 
     Inside `mivae reproduce` a long multiple imputation still grew by about 1 GB a minute with the
     threshold of `steady_heap` fixed; the loop that grows without it stayed near 0.95 GB when trimmed
     every second (docs/reproduction.md).
     """
+    libc = _glibc()
+    return bool(libc and libc.malloc_trim(0))
+
+
+@functools.cache
+def _glibc():
+    """The C library if it is glibc (which has mallopt and malloc_trim), else None."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def resolve_precision(precision="auto", device="cpu"):
