@@ -2,9 +2,11 @@
 
 import csv
 import dataclasses
+import fcntl
 import json
 import math
 import shutil
+import threading
 
 import matplotlib.image
 import numpy as np
@@ -15,7 +17,7 @@ from mivae import experiments, report, report_beyond
 from mivae.cli import main
 from mivae.errors import MivaeError
 from mivae.report import THESIS
-from mivae.runs import load_run
+from mivae.runs import load_run, write_json
 
 SETTINGS = [experiments.setting_name(m, lv) for m in experiments.METHODS for lv in experiments.LEVELS]
 
@@ -375,6 +377,55 @@ def test_every_observation_is_judged_when_every_model_is_healthy(smoke, tmp_path
     assert all(o["statistic"] and "not_judged" not in o for o in observations)
     text = (copy / "report" / "report.md").read_text()
     assert text.count("**Held.**") + text.count("**Did not hold.**") == 6 and "✗" not in text
+
+
+def _held_by_another_worker(lock, finish, call):
+    """Runs call() in a thread while another worker holds `lock`; that worker does finish() before letting go.
+    Returns what call() saw: [] while it still waited when the lock was let go, then its result."""
+    seen = []
+    with open(lock, "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: seen.append(call()))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        before = list(seen)
+        finish()
+    waiting.join(timeout=60)
+    return before, seen
+
+
+def test_two_workers_of_one_directory_run_each_unit_once(tmp_path):
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    spec = {"unit": "shared"}
+    directory = tmp_path / "units" / f"shared-{experiments.key_of(spec)}"
+    directory.mkdir(parents=True)
+    calls = []
+
+    def work(folder, finished):
+        calls.append(finished)
+        return (folder / "model.txt").read_text() if finished else "trained by this worker"
+
+    def other_worker_finishes():
+        (directory / "model.txt").write_text("trained by the other worker")
+        write_json(directory / "unit.json", {"label": "shared", "spec": spec, "seconds": 5.0})
+
+    before, after = _held_by_another_worker(directory / ".lock", other_worker_finishes,
+                                            lambda: study._unit("shared", spec, 0, work)[0])
+    assert before == [] and calls == [True] and after == ["trained by the other worker"]
+
+
+def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    (tmp_path / "results" / "rp").mkdir(parents=True)
+    path = tmp_path / "results" / "rp" / "mlp.json"
+    key = experiments.key_of({"run": "abc", "version": experiments.EVALUATION_VERSION})
+
+    def other_worker_finishes():
+        write_json(path, {"key": key, "test_accuracy": 0.5})
+
+    before, after = _held_by_another_worker(tmp_path / "results" / "rp" / ".mlp.lock", other_worker_finishes,
+                                            lambda: study.evaluated("rp", "mlp", "abc", lambda: {"test_accuracy": 0.9}))
+    assert before == [] and after[0]["test_accuracy"] == 0.5
 
 
 @pytest.mark.parametrize("argv, message", [

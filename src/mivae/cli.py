@@ -344,7 +344,7 @@ def _add_study_commands(commands):
     reproduce = commands.add_parser(
         "reproduce",
         help="re-run the thesis' whole study (§4) and write the report beside the thesis' numbers",
-        description="Runs the whole study of §4: both corruption methods at 50, 70 and 90 %%, Type 1 and Type 2 "
+        description="Runs the whole study of §4: both corruption methods at 50, 70 and 90 %, Type 1 and Type 2 "
         "classifiers selected by random search, single and multiple imputation, Tables 1-7 and Figures 4, 8-16. "
         "Every trained model and result is kept in --out under a key of its configuration: running the same "
         "command again reuses them, and an interrupted run continues where it stopped. Presets: "

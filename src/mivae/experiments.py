@@ -10,9 +10,17 @@
 A key is the hash of everything a unit depends on (its kind, data, training settings,
 search budget, seed and the keys of the units it builds on). A unit whose key already
 has a finished artifact is reused; an interrupted search resumes its Optuna study.
+
+Several workers may share one run directory, for example one per group of --settings on a
+machine whose cores one process cannot keep busy. Each unit and evaluation is then claimed with a
+lock file (`.lock` in its folder) while it runs: a worker that reaches a unit another one is
+running waits for it and reuses its result. A fleet with --storage shares the searches' trials
+instead, so its workers take no such lock.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import time
@@ -189,20 +197,39 @@ class Study:
     def _unit(self, label, spec, cost, work):
         """Runs `work(directory)` unless the unit with this spec finished before; returns its output."""
         directory = self.out / "units" / f"{label}-{key_of(spec)}"
-        self.bar.set_description(f"reproduce: {label}")
-        start = time.monotonic()
-        finished = (directory / "unit.json").exists()
         directory.mkdir(parents=True, exist_ok=True)  # a unit's folder exists from its start; unit.json marks its end
-        result = work(directory, finished)
-        seconds = time.monotonic() - start
-        if finished:
-            trained_in = json.loads((directory / "unit.json").read_text())["seconds"]
-        else:
-            trained_in = round(seconds, 2)
-            write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
+        with self._claimed(directory / ".lock", label):
+            start = time.monotonic()
+            finished = (directory / "unit.json").exists()
+            result = work(directory, finished)
+            seconds = time.monotonic() - start
+            if finished:
+                trained_in = json.loads((directory / "unit.json").read_text())["seconds"]
+            else:
+                trained_in = round(seconds, 2)
+                write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
         self.done.append((label, seconds, finished))
         self.bar.update(round(cost))
         return result, key_of(spec), trained_in
+
+    @contextlib.contextmanager
+    def _claimed(self, lock, label):
+        """Holds `lock` while the unit `label` runs, waiting first for another worker of this directory that holds it."""
+        self.bar.set_description(f"reproduce: {label}")
+        if self.storage is not None:  # a fleet shares the unit's trials through the storage
+            yield
+            return
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.bar.set_description(f"reproduce: waiting for another worker's {label}")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self.bar.set_description(f"reproduce: {label}")
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def searched(self, kind, data, vae=None):
         """Returns (final Run, search.json content, key) of the §3.5 search for `kind` on `data`."""
@@ -255,16 +282,14 @@ class Study:
         """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key matches."""
         path = self.out / "results" / group / f"{name}.json"
         key = key_of({"run": run_key, "version": EVALUATION_VERSION, **spec})
-        self.bar.set_description(f"reproduce: evaluate {group}/{name}")
-        if path.exists():
-            result = json.loads(path.read_text())
-            if result.get("key") == key:
-                self.bar.update(round(cost))
-                return result
-        start = time.monotonic()
-        result = {"key": key, **compute(), **(extra or {})}
-        result["seconds"] = round(time.monotonic() - start, 2)
-        write_json(path, result)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._claimed(path.parent / f".{name}.lock", f"evaluate {group}/{name}"):
+            result = json.loads(path.read_text()) if path.exists() else {}
+            if result.get("key") != key:
+                start = time.monotonic()
+                result = {"key": key, **compute(), **(extra or {})}
+                result["seconds"] = round(time.monotonic() - start, 2)
+                write_json(path, result)
         self.bar.update(round(cost))
         return result
 
