@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import threading
+import time
 
 import matplotlib.image
 import numpy as np
@@ -143,6 +144,13 @@ def test_the_markdown_report_has_every_table_figure_and_observation(smoke):
     with open(smoke["out"] / "report" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(smoke["results"]["cells"]) == 4 * 12 + 3 * 2 + 2 * 12
+
+
+def test_the_report_states_the_wall_time_of_the_stopped_and_the_finished_invocation(smoke):
+    wall = experiments.wall_time(smoke["out"])
+    assert wall["invocations"] == 2 and wall["stopped"] == 1 and wall["workers"] == 1 and wall["seconds"] > 0
+    text = (smoke["out"] / "report" / "report.md").read_text()
+    assert "in 2 invocations; 1 of them stopped before their end" in text
 
 
 def test_the_command_reuses_a_finished_study_without_training(smoke, monkeypatch, capsys):
@@ -377,6 +385,28 @@ def test_every_observation_is_judged_when_every_model_is_healthy(smoke, tmp_path
     assert all(o["statistic"] and "not_judged" not in o for o in observations)
     text = (copy / "report" / "report.md").read_text()
     assert text.count("**Held.**") + text.count("**Did not hold.**") == 6 and "✗" not in text
+
+
+def test_the_wall_time_counts_every_invocation_and_overlapping_workers_once(tmp_path):
+    clock = tmp_path / "clock"
+    clock.mkdir()
+    spans = [(0, 100, False), (100, 400, True), (200, 300, True), (1000, 1060, False)]  # two workers from 200 to 300
+    for i, (start, last, finished) in enumerate(spans):
+        write_json(clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished})
+    (clock / "host-9.json").write_text("{")  # a damaged record is left out
+    assert experiments.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2}
+
+
+def test_a_running_invocation_keeps_its_clock_up_to_date(tmp_path):
+    clock = experiments.Clock(tmp_path, ["random-pixels-0.7"], beat=0.05)
+    first = json.loads(clock.path.read_text())
+    deadline = time.monotonic() + 30
+    while json.loads(clock.path.read_text())["last"] == first["last"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    clock.stop(finished=True)
+    record = json.loads(clock.path.read_text())
+    assert record["last"] > first["last"] >= record["started"] and not first["finished"] and record["finished"]
+    assert record["settings"] == ["random-pixels-0.7"]
 
 
 def _held_by_another_worker(lock, finish, call):

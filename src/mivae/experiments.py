@@ -1,11 +1,12 @@
 """The study of thesis §4 as cached units of work: presets, the matrix of searches and evaluations.
 
-    RUN_DIR/study.json                     the preset and seed; a resumed run must match them
-    RUN_DIR/units/<label>-<key>/           one search per trained model (study.db, search.json, final/)
-    RUN_DIR/results/<group>/<name>.json    one evaluation per (model, test set), with the key it was made from
-    RUN_DIR/results/table3.json            Table 3: three VAEs of different quality
-    RUN_DIR/results/figures/*.json         the images Figures 4, 8, 9 and 13 show
-    RUN_DIR/report/                        written by mivae.report from results/ alone
+    RUN_DIR/study.json                       the preset and seed; a resumed run must match them
+    RUN_DIR/units/<label>-<key>/             one search per trained model (study.db, search.json, final/)
+    RUN_DIR/results/<group>/<name>.json      one evaluation per (model, test set), with the key it was made from
+    RUN_DIR/results/table3.json              Table 3: three VAEs of different quality
+    RUN_DIR/results/figures/*.json           the images Figures 4, 8, 9 and 13 show
+    RUN_DIR/clock/<host>-<pid>-<start>.json  when each invocation ran, kept up to date while it runs
+    RUN_DIR/report/                          written by mivae.report from results/ and clock/ alone
 
 A key is the hash of everything a unit depends on (its kind, data, training settings,
 search budget, seed and the keys of the units it builds on). A unit whose key already
@@ -23,6 +24,10 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -302,6 +307,58 @@ class Study:
         return self._problems[key]
 
 
+class Clock:
+    """Records when one invocation of a study ran, in RUN_DIR/clock/<host>-<pid>-<start>.json: its start, its latest
+    moment alive (written every `beat` seconds from a background thread, so a killed invocation still counts) and
+    whether it ran to its end."""
+
+    def __init__(self, folder, settings, beat=30.0):
+        started = time.time()
+        self.path = Path(folder) / f"{socket.gethostname().replace('.', '_')}-{os.getpid()}-{started:.3f}.json"
+        self.record = {"started": started, "last": started, "settings": settings,
+                       "threads": torch.get_num_threads(), "finished": False}
+        self._stop = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, args=(beat,), daemon=True)
+        self._thread.start()
+
+    def _write(self):
+        self.record["last"] = time.time()
+        write_json(self.path, self.record)
+
+    def _beat(self, beat):
+        while not self._stop.wait(beat):
+            with contextlib.suppress(OSError):  # a record of time, not a result: a missed beat is not an error
+                self._write()
+
+    def stop(self, finished):
+        """Stops the beat and writes the last moment; `finished`: the invocation ran to its end."""
+        self._stop.set()
+        self._thread.join()
+        self.record["finished"] = finished
+        self._write()
+
+
+def wall_time(run_dir):
+    """Returns the study's wall time from RUN_DIR/clock/ as {"seconds", "invocations", "stopped", "workers"}: the
+    union of the invocations' spans (workers running at once count once), how many invocations there were, how
+    many ended before their end (killed, interrupted or still running), and the most that ran at once."""
+    spans = []
+    for path in sorted((Path(run_dir) / "clock").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            spans.append((float(record["started"]), float(record["last"]), bool(record["finished"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a clock file is a record, not a result: a damaged one is left out
+    seconds, end, workers = 0.0, -math.inf, 0
+    for start, last, _ in sorted(spans):
+        seconds += max(0.0, last - max(start, end))
+        end = max(end, last)
+        workers = max(workers, sum(s <= start < e for s, e, _ in spans))
+    return {"seconds": seconds, "invocations": len(spans), "stopped": sum(not f for *_, f in spans),
+            "workers": workers}
+
+
 def _without_about(identity):
     """A study's identity without the preset's description, which may be reworded without changing any result."""
     if not isinstance(identity, dict) or not isinstance(identity.get("preset"), dict):
@@ -333,6 +390,22 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
     """
     started = time.monotonic()
     study = Study(preset, out, seed, data_dir, storage, limit, progress, settings, beyond_stage)
+    clock = Clock(study.out / "clock", [setting_name(m, lv) for m, lv in study.settings])
+    try:
+        _run_study(study)
+    except BaseException:
+        clock.stop(finished=False)
+        raise
+    clock.stop(finished=True)
+    with study._claimed(study.out / ".study.lock", "finishing"):
+        _record_invocation(study, started)
+    return study
+
+
+def _run_study(study):
+    """The units of the study in their order: the settings' searches and evaluations, Table 3, Tables 6 and 7, and
+    the beyond-the-thesis stage."""
+    seed = study.seed
     p, chosen = study.preset, study.settings
     vaes, vae_mlps = {}, {}
     for method, level in chosen:
@@ -385,10 +458,15 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
                             extra={"search": summary}, vae=vae_key)
 
     # Beyond the thesis: mask-aware models, VAEs for incomplete data, importance weights, baselines.
-    if beyond_stage:
+    if study.beyond_stage:
         for method, level in chosen:
             beyond.run_setting(study, setting_name(method, level), study.data(method, level), cleans)
     study.bar.close()
+
+
+def _record_invocation(study, started):
+    """Adds this invocation, with its units, to study.json."""
+    chosen, beyond_stage = study.settings, study.beyond_stage
     finished = json.loads((study.out / "study.json").read_text())
     machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
                "precision": str(resolve_precision("auto", "cpu")).removeprefix("torch.")}
@@ -399,7 +477,6 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
                                           "invocations": finished.get("invocations", []) + [invocation],
                                           "units": [{"label": label, "seconds": round(s, 2), "reused": r}
                                                     for label, s, r in study.done]})
-    return study
 
 
 def examples(study):

@@ -20,7 +20,7 @@ import numpy as np
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
-from mivae.experiments import LEVELS, METHODS, setting_name
+from mivae.experiments import LEVELS, METHODS, setting_name, wall_time
 from mivae.figures import image_grid, plt, save_figure
 from mivae.health import FAILED_MARK
 from mivae.report_beyond import RESULTS as BEYOND_RESULTS
@@ -87,6 +87,7 @@ def load_results(run_dir):
             raise MivaeError(f"{results_dir / 'table3.json'} is damaged: it holds no rows.") from None
     results["study"] = _read(run_dir / "study.json")
     results["settings"], results["beyond"] = present, beyond
+    results["wall"] = wall_time(run_dir)
     return results
 
 
@@ -504,6 +505,22 @@ def _figure_failures(results, number):
     return list(dict.fromkeys(f for n in settings for f in failures(results, n, names)))
 
 
+def _wall_time_line(wall, invocations):
+    """The study's wall time: from its clock records where it has them, else from its finished invocations."""
+    if wall["invocations"] == 0:
+        runs = "; ".join(f"{i['seconds'] / 60:.1f} min running {i['units_run']} units and reusing {i['units_reused']}"
+                         for i in invocations)
+        return f"Wall time per invocation: {runs or 'not recorded'}"
+    hours, minutes = divmod(round(wall["seconds"] / 60), 60)
+    line = f"Wall time: {hours} h {minutes:02d} min, in {wall['invocations']} invocations"
+    if wall["workers"] > 1:
+        line += f" by up to {wall['workers']} workers at once (counted once while they overlap)"
+    if wall["stopped"]:
+        line += (f"; {wall['stopped']} of them stopped before their end, and the work they had in progress ran again "
+                 f"(it is counted)")
+    return line
+
+
 def build_report(run_dir):
     """Writes RUN_DIR/report/ (Markdown, figures, CSV, JSON) from the run's results; returns report.md's path."""
     run_dir = Path(run_dir)
@@ -522,10 +539,8 @@ def build_report(run_dir):
     md.append(f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
               f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
               f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}.")
-    runs = "; ".join(f"{i['seconds'] / 60:.1f} min running {i['units_run']} units and reusing {i['units_reused']}"
-                     for i in study.get("invocations", []))
-    md.append(f"Wall time per invocation: {runs or 'not recorded'}; on {machine.get('threads', '?')} CPU threads in "
-              f"{machine.get('precision', '?')} (torch {machine.get('torch', '?')}).")
+    md.append(f"{_wall_time_line(results['wall'], study.get('invocations', []))}; on {machine.get('threads', '?')} CPU "
+              f"threads per worker in {machine.get('precision', '?')} (torch {machine.get('torch', '?')}).")
     ran = results["settings"]
     md.append(f"Settings that ran: {', '.join(ran)}" + ("" if len(ran) == len(METHODS) * len(LEVELS) else
               "; the others read *not run*") + ".\n")
