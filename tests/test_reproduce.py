@@ -150,7 +150,7 @@ def test_the_report_states_the_wall_time_of_the_stopped_and_the_finished_invocat
     wall = experiments.wall_time(smoke["out"])
     assert wall["invocations"] == 2 and wall["stopped"] == 1 and wall["workers"] == 1 and wall["seconds"] > 0
     text = (smoke["out"] / "report" / "report.md").read_text()
-    assert "in 2 invocations; 1 of them stopped before their end" in text
+    assert "in 2 invocations; 1 of them did not run to their end" in text
 
 
 def test_the_command_reuses_a_finished_study_without_training(smoke, monkeypatch, capsys):
@@ -411,7 +411,7 @@ def test_a_running_invocation_keeps_its_clock_up_to_date(tmp_path):
 
 def _held_by_another_worker(lock, finish, call):
     """Runs call() in a thread while another worker holds `lock`; that worker does finish() before letting go.
-    Returns what call() saw: [] while it still waited when the lock was let go, then its result."""
+    Returns ([call()'s result] if it returned while the lock was held, else [], [call()'s result])."""
     seen = []
     with open(lock, "a") as other:
         fcntl.flock(other, fcntl.LOCK_EX)

@@ -512,12 +512,15 @@ def _wall_time_line(wall, invocations):
                          for i in invocations)
         return f"Wall time per invocation: {runs or 'not recorded'}"
     hours, minutes = divmod(round(wall["seconds"] / 60), 60)
-    line = f"Wall time: {hours} h {minutes:02d} min, in {wall['invocations']} invocations"
+    n = wall["invocations"]
+    line = f"Wall time: {hours} h {minutes:02d} min, in {n} invocation{'s' if n > 1 else ''}"
     if wall["workers"] > 1:
         line += f" by up to {wall['workers']} workers at once (counted once while they overlap)"
-    if wall["stopped"]:
-        line += (f"; {wall['stopped']} of them stopped before their end, and the work they had in progress ran again "
-                 f"(it is counted)")
+    if wall["stopped"] and n == 1:
+        line += "; it has not run to its end (stopped, or still running)"
+    elif wall["stopped"]:
+        line += (f"; {wall['stopped']} of them did not run to their end (stopped, or still running), and what a stopped "
+                 f"one had in progress ran again (counted)")
     return line
 
 
