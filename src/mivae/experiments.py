@@ -6,7 +6,7 @@
     RUN_DIR/results/table3.json              Table 3: three VAEs of different quality
     RUN_DIR/results/figures/*.json           the images Figures 4, 8, 9 and 13 show
     RUN_DIR/clock/<host>-<pid>-<start>.json  when each invocation ran, kept up to date while it runs
-    RUN_DIR/report/                          written by mivae.report from results/ and clock/ alone
+    RUN_DIR/report/                          written by mivae.report from study.json, results/ and clock/ alone
 
 A key is the hash of everything a unit depends on (its kind, data, training settings,
 search budget, seed and the keys of the units it builds on). A unit whose key already
@@ -143,15 +143,17 @@ class Study:
             raise MivaeError(f"cannot create the run directory {self.out}: {e.strerror or e}.") from None
         remove_stale_temporaries(self.out)   # left by a run killed mid-write; a live fleet worker's are kept
         existing = self.out / "study.json"
-        if existing.exists():
-            try:
-                earlier = json.loads(existing.read_text())
-            except (OSError, json.JSONDecodeError):
-                earlier = None
-            if earlier is None or _without_about(earlier.get("identity")) != _without_about(identity):
-                raise MivaeError(f"{self.out} holds a study with another preset, seed or limit; give another --out.")
-        else:
-            write_json(existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        with _locked(self.out / ".study.lock"):  # two workers starting at once: one creates it, the other checks it
+            if existing.exists():
+                try:
+                    earlier = json.loads(existing.read_text())
+                except (OSError, json.JSONDecodeError):
+                    earlier = None
+                if earlier is None or _without_about(earlier.get("identity")) != _without_about(identity):
+                    raise MivaeError(f"{self.out} holds a study with another preset, seed or limit; give another --out.")
+            else:
+                write_json(existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                      "clocked": True})  # every invocation of it is in clock/
         self.bar = tqdm(total=round(self.estimated_seconds()), unit="s", desc="reproduce", disable=not progress,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} est. s [{elapsed}<{remaining}]")
         self.done = []  # (label, seconds, reused) of every unit, in order
@@ -224,17 +226,10 @@ class Study:
         if self.storage is not None:  # a fleet shares the unit's trials through the storage
             yield
             return
-        with open(lock, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.bar.set_description(f"reproduce: waiting for another worker's {label}")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                self.bar.set_description(f"reproduce: {label}")
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        waiting = partial(self.bar.set_description, f"reproduce: waiting for another worker's {label}")
+        with _locked(lock, waiting):
+            self.bar.set_description(f"reproduce: {label}")
+            yield
 
     def searched(self, kind, data, vae=None):
         """Returns (final Run, search.json content, key) of the §3.5 search for `kind` on `data`."""
@@ -307,6 +302,22 @@ class Study:
         return self._problems[key]
 
 
+@contextlib.contextmanager
+def _locked(path, on_wait=None):
+    """Holds an exclusive lock on the file `path` (created if need be), calling on_wait() first if another holds it."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Clock:
     """Records when one invocation of a study ran, in RUN_DIR/clock/<host>-<pid>-<start>.json: its start, its latest
     moment alive (written every `beat` seconds from a background thread, so a killed invocation still counts) and
@@ -336,7 +347,8 @@ class Clock:
         self._stop.set()
         self._thread.join()
         self.record["finished"] = finished
-        self._write()
+        with contextlib.suppress(OSError):  # never the study's failure, nor in place of the one that stopped it
+            self._write()
 
 
 def wall_time(run_dir):
@@ -397,7 +409,7 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
         clock.stop(finished=False)
         raise
     clock.stop(finished=True)
-    with study._claimed(study.out / ".study.lock", "finishing"):
+    with _locked(study.out / ".study.lock"):
         _record_invocation(study, started)
     return study
 

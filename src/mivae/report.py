@@ -542,8 +542,11 @@ def build_report(run_dir):
     md.append(f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
               f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
               f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}.")
-    md.append(f"{_wall_time_line(results['wall'], study.get('invocations', []))}; on {machine.get('threads', '?')} CPU "
-              f"threads per worker in {machine.get('precision', '?')} (torch {machine.get('torch', '?')}).")
+    wall = _wall_time_line(results["wall"], study.get("invocations", []))
+    if results["wall"]["invocations"] and not study.get("clocked"):
+        wall += " (the study began before mivae recorded its invocations' times: the earliest ones are not counted)"
+    md.append(f"{wall}; on {machine.get('threads', '?')} CPU threads per worker in {machine.get('precision', '?')} "
+              f"(torch {machine.get('torch', '?')}).")
     ran = results["settings"]
     md.append(f"Settings that ran: {', '.join(ran)}" + ("" if len(ran) == len(METHODS) * len(LEVELS) else
               "; the others read *not run*") + ".\n")
