@@ -305,7 +305,8 @@ class Study:
 @contextlib.contextmanager
 def _locked(path, on_wait=None):
     """Holds an exclusive lock on the file `path` (created if need be), calling on_wait() first if another holds it."""
-    with open(path, "a") as handle:
+    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # an empty lock file: nothing is ever written to it
+    try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -316,6 +317,8 @@ def _locked(path, on_wait=None):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
 
 
 class Clock:
