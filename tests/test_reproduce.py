@@ -151,6 +151,8 @@ def test_the_report_states_the_wall_time_of_the_stopped_and_the_finished_invocat
     wall = smoke["wall"]  # as the fixture left it: later tests run the study again
     assert wall["invocations"] == 2 and wall["stopped"] == 1 and wall["workers"] == 1 and wall["seconds"] > 0
     assert "in 2 invocations; 1 of them did not run to their end" in smoke["report"]
+    assert wall["threads"] == [torch.get_num_threads()]
+    assert f"on {torch.get_num_threads()} CPU threads per worker" in smoke["report"]
     assert "the earliest ones are not counted" not in smoke["report"]
 
 
@@ -393,9 +395,10 @@ def test_the_wall_time_counts_every_invocation_and_overlapping_workers_once(tmp_
     clock.mkdir()
     spans = [(0, 100, False), (100, 400, True), (200, 300, True), (1000, 1060, False)]  # two workers from 200 to 300
     for i, (start, last, finished) in enumerate(spans):
-        write_json(clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished})
+        write_json(clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished, "threads": 2 - i % 2})
     (clock / "host-9.json").write_text("{")  # a damaged record is left out
-    assert experiments.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2}
+    assert experiments.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2,
+                                               "threads": [1, 2]}
 
 
 def test_a_running_invocation_keeps_its_clock_up_to_date(tmp_path):

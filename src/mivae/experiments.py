@@ -355,14 +355,16 @@ class Clock:
 
 
 def wall_time(run_dir):
-    """Returns the study's wall time from RUN_DIR/clock/ as {"seconds", "invocations", "stopped", "workers"}: the
-    union of the invocations' spans (workers running at once count once), how many invocations there were, how
-    many ended before their end (killed, interrupted or still running), and the most that ran at once."""
-    spans = []
+    """Returns the study's wall time from RUN_DIR/clock/ as {"seconds", "invocations", "stopped", "workers",
+    "threads"}: the union of the invocations' spans (workers running at once count once), how many invocations there
+    were, how many ended before their end (killed, interrupted or still running), the most that ran at once, and the
+    CPU thread counts they ran on."""
+    spans, threads = [], set()
     for path in sorted((Path(run_dir) / "clock").glob("*.json")):
         try:
             record = json.loads(path.read_text())
             spans.append((float(record["started"]), float(record["last"]), bool(record["finished"])))
+            threads.update([record["threads"]] if isinstance(record.get("threads"), int) else [])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a clock file is a record, not a result: a damaged one is left out
     seconds, end, workers = 0.0, -math.inf, 0
@@ -371,7 +373,7 @@ def wall_time(run_dir):
         end = max(end, last)
         workers = max(workers, sum(s <= start < e for s, e, _ in spans))
     return {"seconds": seconds, "invocations": len(spans), "stopped": sum(not f for *_, f in spans),
-            "workers": workers}
+            "workers": workers, "threads": sorted(threads)}
 
 
 def _without_about(identity):
