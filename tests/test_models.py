@@ -55,6 +55,22 @@ def test_classifiers_take_images_and_return_logits():
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (3, 3)), (64, (3, 3))]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cnns_pooling_matches_max_pool_2d_in_values_and_gradients_ties_and_odd_sizes_included(dtype):
+    from mivae.models.classifiers import MaxPool2x2
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 3, (4, 3, 9, 12)).to(dtype)   # few values: most windows hold a tie; 9 rows: one is dropped
+    grad = torch.randn(4, 3, 4, 6).to(dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pooled = MaxPool2x2()(ours)
+    assert torch.equal(pooled, torch.nn.MaxPool2d(2)(theirs))
+    pooled.backward(grad)
+    torch.nn.MaxPool2d(2)(theirs).backward(grad)
+    assert torch.equal(ours.grad, theirs.grad)
+    assert ours.grad[:, :, 8].abs().sum() == 0 and (ours.grad != 0).sum() == grad.numel() - (grad == 0).sum()
+
+
 def test_cnn_dropout_acts_in_training_only():
     torch.manual_seed(0)
     cnn, x = CNN((8, 8), dense=32, dropout_conv=0.5, dropout_dense=0.5), torch.rand(4, 8, 8)
