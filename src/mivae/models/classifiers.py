@@ -26,8 +26,8 @@ class MLP(nn.Module):
 
 class _MaxPool2x2(torch.autograd.Function):
     """2x2 max-pooling, stride 2, as `nn.MaxPool2d(2)` computes it, value for value and gradient for gradient (a
-    window's gradient goes to its first maximum in row order). PyTorch's CPU kernel for (B, C, H, W) tensors takes
-    about 8x as long for the forward pass: it is the slowest step of the CNN's inference (BENCHMARKS.md)."""
+    window's gradient goes to its first maximum in row order), from four strided views. PyTorch's CPU kernel for
+    (B, C, H, W) tensors is several times slower (measured in docs/reproduction.md, "Time")."""
 
     @staticmethod
     def forward(ctx, x):
