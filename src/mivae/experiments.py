@@ -364,7 +364,8 @@ def wall_time(run_dir):
         try:
             record = json.loads(path.read_text())
             spans.append((float(record["started"]), float(record["last"]), bool(record["finished"])))
-            threads.update([record["threads"]] if isinstance(record.get("threads"), int) else [])
+            if isinstance(record.get("threads"), int):
+                threads.add(record["threads"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a clock file is a record, not a result: a damaged one is left out
     seconds, end, workers = 0.0, -math.inf, 0

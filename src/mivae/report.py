@@ -545,7 +545,7 @@ def build_report(run_dir):
     wall = _wall_time_line(results["wall"], study.get("invocations", []))
     if results["wall"]["invocations"] and not study.get("clocked"):
         wall += " (the study began before mivae recorded its invocations' times: the earliest ones are not counted)"
-    threads = " or ".join(map(str, results["wall"].get("threads") or [])) or machine.get("threads", "?")
+    threads = " or ".join(map(str, results["wall"]["threads"])) or machine.get("threads", "?")
     md.append(f"{wall}; on {threads} CPU threads per worker in {machine.get('precision', '?')} "
               f"(torch {machine.get('torch', '?')}).")
     ran = results["settings"]
