@@ -375,3 +375,37 @@ def test_a_first_trial_lost_to_a_crash_is_run_again_with_the_defaults():
     assert again.number == 1 and selection.suggest_config("cnn", again) == selection.CNNConfig()
     study.tell(again, 0.5)
     assert selection.suggest_config("cnn", study.ask()) != selection.CNNConfig()
+
+
+def test_a_trial_killed_mid_training_goes_on_from_its_checkpoint_when_run_again(tmp_path, problem, monkeypatch):
+    from mivae import training
+
+    train = TrainConfig(epochs=6, patience=10, min_epochs=0)
+    reference = selection.search("mlp", DATA, 3, tmp_path / "reference", train, problem=problem, retrain=False)
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)
+    real_train, calls = selection.train_model, []
+
+    def killed_in_trial_1(*args, on_epoch, **kwargs):
+        calls.append(kwargs["checkpoint"])
+
+        def kill(epoch, history):
+            on_epoch(epoch, history)
+            if len(calls) == 2 and epoch == 4:
+                raise KeyboardInterrupt
+        return real_train(*args, on_epoch=kill, **kwargs)
+
+    monkeypatch.setattr(selection, "train_model", killed_in_trial_1)
+    with pytest.raises(KeyboardInterrupt):
+        selection.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False)
+    assert calls[1].exists() and not calls[0].exists()   # the killed trial's state is kept, a finished one's removed
+    real_load, loaded = training._load_checkpoint, []
+    monkeypatch.setattr(training, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
+    resumed = selection.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False, resume=True)
+    assert loaded == [calls[1]] and calls[2] == calls[1]   # the trial run again found the lost one's checkpoint
+    assert not any(calls[1].parent.iterdir())
+    summary = json.loads((tmp_path / "killed" / "search.json").read_text())
+    expected = json.loads((tmp_path / "reference" / "search.json").read_text())
+    killed = summary["trials"].pop(1)   # the kill's trial; its rerun takes the next number
+    assert killed["state"] == "FAIL" and len(summary["trials"]) == len(expected["trials"]) == 3
+    assert [(t["state"], t["value"]) for t in summary["trials"]] == [(t["state"], t["value"]) for t in expected["trials"]]
+    assert resumed.best_value == reference.best_value and resumed.best_params == reference.best_params

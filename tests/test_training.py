@@ -151,3 +151,84 @@ def test_an_exploding_loss_is_divergence_even_while_finite():
     assert isinstance(caught.value, MivaeError)   # one sentence to a user of the CLI
     mu, logvar = vae.encode(torch.full((4, 8, 8), 1e6))
     assert logvar.abs().max() <= 12.0             # bounded: the KL term's exp never overflows
+
+
+class _Killed(Exception):
+    """Stands in for a kill between two epochs."""
+
+
+def _vae_training(digits, tmp_path, checkpoint=None, kill_after=None, seen=None):
+    def on_epoch(epoch, history):
+        if seen is not None:
+            seen.append((epoch, history.val_score[-1]))
+        if epoch == kill_after:
+            raise _Killed
+
+    return pipeline.train_model("vae", digits_data(), VAEConfig(hidden=(32,), latent=4, lr=3e-3),
+                                TrainConfig(epochs=7, patience=100, batch_size=64, seed=3), problem=digits,
+                                on_epoch=on_epoch, checkpoint=checkpoint)
+
+
+def digits_data():
+    return DataConfig(dataset="digits", level=0.5)
+
+
+def test_a_killed_training_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(digits, tmp_path, monkeypatch):
+    """The VAE draws its latent noise from the global stream and the order of the batches from its own generator:
+    both, with the weights and Adam's moments, must come back exactly."""
+    from mivae import training
+
+    reference = _vae_training(digits, tmp_path)
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)   # save after every epoch
+    checkpoint = tmp_path / "vae.safetensors"
+    with pytest.raises(_Killed):
+        _vae_training(digits, tmp_path, checkpoint, kill_after=4)
+    assert checkpoint.exists()
+    torch.manual_seed(1234)   # the process that resumes starts with another global stream
+    seen = []
+    resumed = _vae_training(digits, tmp_path, checkpoint, seen=seen)
+    assert [e for e, _ in seen] == list(range(1, 8))   # the four saved epochs are replayed to on_epoch, then three more
+    assert resumed.history.train_loss == reference.history.train_loss
+    assert resumed.history.val_score == reference.history.val_score == [v for _, v in seen]
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics["test_negative_elbo"] == reference.metrics["test_negative_elbo"]
+
+
+def test_a_checkpoint_saved_at_an_early_stop_trains_nothing_more(tmp_path, monkeypatch):
+    from mivae import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)   # saved only at the end
+    checkpoint = tmp_path / "tiny.safetensors"
+    scores = iter([0.5, 0.9, 0.8, 0.7, 0.6])
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    config = TrainConfig(epochs=10, patience=2, batch_size=16, min_epochs=0)
+
+    def train(score, loss):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        return model, fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config, score=score,
+                          checkpoint=checkpoint)
+
+    def loss(m, xb, yb):
+        return torch.nn.functional.cross_entropy(m(xb), yb)
+
+    first, history = train(lambda m: next(scores), loss)
+    assert history.stopped_early and history.best_epoch == 2 and checkpoint.exists()
+
+    def no_training(m, xb, yb):
+        raise AssertionError("a finished training ran a step")
+
+    again, restored = train(lambda m: pytest.fail("a finished training was scored"), no_training)
+    assert restored == history and torch.equal(again.weight, first.weight)   # the best epoch's weights
+
+
+def test_a_damaged_checkpoint_is_one_sentence(tmp_path):
+    from mivae.errors import MivaeError
+
+    checkpoint = tmp_path / "damaged.safetensors"
+    checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(MivaeError, match="checkpoint .* is damaged or from another training .*; delete it to start"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, xb, yb: m(xb).sum(), torch.randn(8, 3),
+            torch.zeros(8), TrainConfig(epochs=2), checkpoint=checkpoint)

@@ -127,12 +127,14 @@ def _importance_weighted_evaluation(run, val, test, samples, seed, batch, dtype)
     return result
 
 
-def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True):
+def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True,
+                checkpoint=None):
     """Returns a trained `Run` of `kind` on the problem `data` describes, with validation and test metrics.
 
     Type 2 kinds need `vae_run`, a trained VAE `Run` on the same corruption; its weights stay fixed.
     With `validate` false, exactly `train.epochs` epochs run with no early stopping and only
     test metrics are reported (the final retraining on train + validation of §3.5).
+    checkpoint: a file where the training keeps its state between epochs and resumes from (`fit`).
     """
     problem = problem or make_problem(data, data_dir)
     device = torch.device(train.device)
@@ -147,7 +149,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         score = (lambda m: _vae_score(m, val, data, model_config, batch)) if validate else None
         history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss,
                       _inputs(tr, data, model_config.mask_input), target, train,
-                      score=score, higher_is_better=False, on_epoch=on_epoch)
+                      score=score, higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint)
         parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
         metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
         metrics["health"] = _health(vae_run_health(model, val, data, model_config, batch), held_out=validate)
@@ -160,7 +162,8 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         k, val_inputs = model_config.eval_samples, val.inputs(with_mask=True)
         score = (lambda m: negative_bound_per_image(m, val_inputs, k).mean().item()) if validate else None
         history = fit(model, adam(model, model_config.lr, model_config.l2), partial(miwae_loss, samples=model_config.samples),
-                      tr.inputs(with_mask=True), tr.y, train, score=score, higher_is_better=False, on_epoch=on_epoch)
+                      tr.inputs(with_mask=True), tr.y, train, score=score, higher_is_better=False, on_epoch=on_epoch,
+                      checkpoint=checkpoint)
         metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
         return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
 
@@ -178,7 +181,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         return accuracy(predict_proba(m, _inputs(val, data, with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
     history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data, with_mask), tr.y,
-                  train, score=val_accuracy if validate else None, on_epoch=on_epoch)
+                  train, score=val_accuracy if validate else None, on_epoch=on_epoch, checkpoint=checkpoint)
     metrics = {"val_accuracy": val_accuracy(model)} if validate else {}
     test_inputs = _inputs(test, data, with_mask)
     metrics["test_accuracy"] = accuracy(predict_proba(model, test_inputs, batch, dtype).argmax(1).cpu(), test.y.cpu())

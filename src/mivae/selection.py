@@ -14,6 +14,8 @@ interrupted search resumes with `resume=True`; or any Optuna storage URL, such a
 PostgreSQL server shared by a fleet of workers. `trials` counts the whole study.
 """
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -30,6 +32,7 @@ import torch
 
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt
+from mivae.hardware import resolve_precision
 from mivae.models import CONFIGS, classifier_kind
 from mivae.pipeline import train_model
 from mivae.problem import Part, Problem, make_problem
@@ -311,15 +314,41 @@ def _recorded_settings(study, settings):
     return None
 
 
+def _checkpoint_namer(folder, kind, layers, data, train, vae_run):
+    """Returns config -> the checkpoint file of a trial of that configuration in `folder`, or None without a folder.
+
+    The name is a digest of everything the training depends on: a trial run again after a kill draws
+    the lost one's configuration, so it finds that trial's checkpoint and goes on from it; any other
+    training, with another VAE, precision or setting, finds none.
+    """
+    if folder is None:
+        return lambda config: None
+    fixed = _settings(kind, layers, data, train) | {"precision": str(resolve_precision(train.precision, train.device))}
+    if vae_run is not None:
+        weights = hashlib.sha256()
+        for name, tensor in vae_run.model.state_dict().items():
+            weights.update(name.encode())
+            weights.update(tensor.detach().float().cpu().numpy().tobytes())
+        fixed["vae_weights"] = weights.hexdigest()
+
+    def name(config):
+        key = json.dumps(fixed | {"config": to_dict(config)}, sort_keys=True, default=str)
+        return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+    return name
+
+
 def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0,
-              keep_runs=None):
+              keep_runs=None, checkpoints=None):
     """Runs trials of `study` until `trials` of them have run their course, counting every worker's.
 
     A worker that finds the budget taken waits for the other workers' running trials, so
     that the winner is picked from a finished study; if one of them dies, its slot is run
     again here. Stops early at `deadline` (time.monotonic()). With `keep_runs`, a folder,
-    every finished trial's run is saved there as `<trial number>/`.
+    every finished trial's run is saved there as `<trial number>/`. With `checkpoints`, a
+    folder, a trial's training keeps its state there while it runs, so that a trial lost
+    to a kill goes on from its last checkpoint when it is run again.
     """
+    checkpoint_of = _checkpoint_namer(checkpoints, kind, layers, data, train, vae_run)
     higher_is_better = kind != "vae"
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     quiet = _QuietFailures()
@@ -341,17 +370,24 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: its validation score {history.val_score[-1]:.4f} "
                                          f"is worse than the median of the earlier trials at that epoch")
 
+        checkpoint = checkpoint_of(config)
         try:
-            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run, on_epoch=report)
+            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run, on_epoch=report,
+                              checkpoint=checkpoint)
         except TrainingDiverged as e:
+            _discard(checkpoint)
             trial.set_user_attr("failure", str(e))
             raise optuna.TrialPruned(str(e)) from None
-        except KeyboardInterrupt:
+        except optuna.TrialPruned:
+            _discard(checkpoint)
+            raise
+        except KeyboardInterrupt:  # the checkpoint stays, for the trial that runs this one again
             quiet.trials.add(trial.number)
             raise
         trial.set_user_attr("best_epoch", run.history.best_epoch)
         if keep_runs is not None:
             save_run(run, Path(keep_runs) / str(trial.number))
+        _discard(checkpoint)
         value = run.metrics["val_accuracy" if higher_is_better else "val_negative_elbo"]
         health = run.metrics["health"]
         if not health["ok"]:
@@ -388,6 +424,11 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
                            gc_after_trial=True)
         finally:
             optuna_log.removeFilter(quiet)
+
+
+def _discard(checkpoint):
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
 
 
 def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
@@ -437,7 +478,8 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         if resume and storage is None:
             interrupted_running_trials(study)
         run_study(study, kind, n, data, train, trials, problem, vae_run, deadline, on_trial,
-                  keep_runs=None if retrain else directory / "trials" / study.study_name)
+                  keep_runs=None if retrain else directory / "trials" / study.study_name,
+                  checkpoints=directory / "checkpoints" / study.study_name)
         studies.append(study)
     return finish(kind, data, studies, directory, train, problem, vae_run, retrain)
 

@@ -1,16 +1,24 @@
 """Training: one plain loop for every model, with early stopping on a validation score.
 
 The whole training set lives in memory as tensors; a batch is a slice of a shuffled index.
+A training given a checkpoint file saves its whole state there between epochs, and a killed
+training started again with the same file goes on from there to the result it would have had.
 """
 
 import copy
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError, check_interrupt
 from mivae.hardware import resolve_precision
 from mivae.models.vae import negative_elbo
@@ -71,7 +79,13 @@ class History:
     stopped_early: bool = False
 
 
-def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_is_better=True, on_epoch=None):
+# A checkpointed training saves its state after an epoch once this many seconds have passed since its last save
+# (and after its last epoch): a kill costs at most this much work, and short epochs are not slowed by the writes.
+CHECKPOINT_EVERY = 60.0
+
+
+def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_is_better=True, on_epoch=None,
+        checkpoint=None):
     """Trains `model` in place and returns its `History`.
 
     inputs, targets: tensors whose first dimension indexes the training examples.
@@ -81,14 +95,25 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     Without `score`, exactly `config.epochs` epochs run (retraining with a known epoch count).
     Forward passes run under bf16 autocast where `config.precision` resolves to bf16.
     on_epoch(epoch, history): called after each epoch, for progress output.
+    checkpoint: a file for the training's state (`CHECKPOINT_EVERY`). If it exists, training
+    goes on from the epoch it holds, after on_epoch is called for each epoch it already ran, and
+    ends with the weights and history an uninterrupted training has. The caller keys the file
+    to everything the training depends on, and removes it when the result is safe.
     """
     torch.manual_seed(config.seed)  # latent samples and dropout masks draw from the global stream
     generator = torch.Generator().manual_seed(config.seed)
-    history = History()
-    best, best_state, waited, first_loss = None, None, 0, None
+    state = _TrainingState(history=History())
     n = len(inputs)
     low_precision = resolve_precision(config.precision, inputs.device) == torch.bfloat16
-    for epoch in range(1, config.epochs + 1):
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = _load_checkpoint(checkpoint, model, optimizer, generator)
+        if on_epoch is not None:
+            for epoch in range(1, len(state.history.train_loss) + 1):
+                on_epoch(epoch, _history_until(state.history, epoch))
+    history, saved_at = state.history, time.monotonic()
+    best, best_state, waited, first_loss = state.best, state.best_state, state.waited, state.first_loss
+    first_epoch = config.epochs + 1 if history.stopped_early else len(history.train_loss) + 1
+    for epoch in range(first_epoch, config.epochs + 1):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device)
@@ -126,10 +151,88 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         history.seconds.append(time.perf_counter() - start)
         if on_epoch is not None:
             on_epoch(epoch, history)
-        if score is not None and waited >= config.patience and epoch >= config.min_epochs:
-            history.stopped_early = True
+        history.stopped_early = score is not None and waited >= config.patience and epoch >= config.min_epochs
+        if checkpoint is not None and (history.stopped_early or epoch == config.epochs
+                                       or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
+            _save_checkpoint(checkpoint, model, optimizer, generator,
+                             _TrainingState(history, best, best_state, waited, first_loss))
+            saved_at = time.monotonic()
+        if history.stopped_early:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+@dataclass
+class _TrainingState:
+    """Everything `fit` carries from one epoch to the next, besides the weights, the optimiser and the generators."""
+
+    history: History
+    best: float | None = None
+    best_state: dict | None = None
+    waited: int = 0
+    first_loss: float | None = None
+
+
+def _history_until(history, epoch):
+    """The history as it stood after `epoch`."""
+    return dataclasses.replace(history, train_loss=history.train_loss[:epoch], val_score=history.val_score[:epoch],
+                               seconds=history.seconds[:epoch],
+                               stopped_early=history.stopped_early and epoch == len(history.train_loss))
+
+
+def _save_checkpoint(path, model, optimizer, generator, state):
+    """Writes the training's whole state to `path` atomically: tensors in safetensors, the rest as JSON in its metadata."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": v for k, v in (state.best_state or {}).items()}
+    optimizer_state = optimizer.state_dict()
+    plain = {}  # optimiser values that are not tensors, by parameter index
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    tensors["rng.global"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"history": dataclasses.asdict(state.history), "best": state.best, "waited": state.waited,
+            "first_loss": state.first_loss, "has_best": state.best_state is not None,
+            "optimizer_groups": optimizer_state["param_groups"], "optimizer_plain": plain}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={"mivae_checkpoint": json.dumps(meta)})
+
+
+def _load_checkpoint(path, model, optimizer, generator):
+    """Restores the model, the optimiser and the generators from `path` in place; returns the rest of the state."""
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["mivae_checkpoint"])
+
+        def part(prefix):
+            return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+        model.load_state_dict(part("model."))
+        optimizer_state = {}
+        for key, value in part("optimizer.").items():
+            index, name = key.split(".", 1)
+            optimizer_state.setdefault(int(index), {})[name] = value
+        for index, values in meta["optimizer_plain"].items():
+            optimizer_state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["optimizer_groups"]})
+        torch.set_rng_state(tensors["rng.global"])
+        generator.set_state(tensors["rng.generator"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        device = next(iter(model.state_dict().values())).device
+        best_state = {k: v.to(device) for k, v in part("best.").items()} if meta["has_best"] else None
+        history = History(**meta["history"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise MivaeError(f"the training checkpoint {path} is damaged or from another training ({e}); "
+                         f"delete it to start that training again.") from None
+    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"])
