@@ -203,7 +203,8 @@ def _save_checkpoint(path, model, optimizer, generator, state):
             "first_loss": state.first_loss, "has_best": state.best_state is not None,
             "optimizer_groups": optimizer_state["param_groups"], "optimizer_plain": plain}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+        # copies: safetensors refuses tensors that share memory, as views of one buffer do
+        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
                   metadata={"mivae_checkpoint": json.dumps(meta)})
 
 
