@@ -55,20 +55,31 @@ def test_classifiers_take_images_and_return_logits():
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (3, 3)), (64, (3, 3))]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_cnns_pooling_matches_max_pool_2d_in_values_and_gradients_ties_and_odd_sizes_included(dtype):
-    from mivae.models.classifiers import MaxPool2x2
+def test_the_cnns_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout_does():
+    from mivae.models.classifiers import Dropout
 
     torch.manual_seed(0)
-    x = torch.randint(0, 3, (4, 3, 9, 12)).to(dtype)   # few values: most windows hold a tie; 9 rows: one is dropped
-    grad = torch.randn(4, 3, 4, 6).to(dtype)
-    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    pooled = MaxPool2x2()(ours)
-    assert torch.equal(pooled, torch.nn.MaxPool2d(2)(theirs))
-    pooled.backward(grad)
-    torch.nn.MaxPool2d(2)(theirs).backward(grad)
-    assert torch.equal(ours.grad, theirs.grad)
-    assert ours.grad[:, :, 8].abs().sum() == 0 and (ours.grad != 0).sum() == grad.numel() - (grad == 0).sum()
+    x = torch.rand(400, 500) + 0.5                       # no zeros of its own
+    for p in (0.25, 0.5):
+        out = Dropout(p).train()(x)
+        zeroed = (out == 0).float().mean().item()
+        assert abs(zeroed - p) < 4 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-9   # within 4 standard errors
+        kept = out != 0
+        assert torch.allclose(out[kept], x[kept] / (1 - p))
+    assert torch.equal(Dropout(0.5).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    with pytest.raises(ValueError):
+        Dropout(1.5)
+
+
+def test_a_channels_last_cnn_computes_what_a_contiguous_one_does():
+    torch.manual_seed(0)
+    cnn = CNN((28, 28)).eval()
+    plain = CNN((28, 28)).eval().to(memory_format=torch.contiguous_format)
+    plain.load_state_dict(cnn.state_dict())
+    x = torch.rand(6, 28, 28)
+    assert cnn.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(cnn(x), plain.head(plain.features(x.unsqueeze(1).contiguous())), atol=1e-5)
 
 
 def test_cnn_dropout_acts_in_training_only():

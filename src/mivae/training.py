@@ -203,8 +203,9 @@ def _save_checkpoint(path, model, optimizer, generator, state):
             "first_loss": state.first_loss, "has_best": state.best_state is not None,
             "optimizer_groups": optimizer_state["param_groups"], "optimizer_plain": plain}
     with atomic_path(path) as tmp:
-        # copies: safetensors refuses tensors that share memory, as views of one buffer do
-        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, str(tmp),
+        # contiguous copies: safetensors refuses tensors that share memory (views of one buffer) or are channels-last
+        contiguous = torch.contiguous_format
+        save_file({k: v.detach().cpu().clone(memory_format=contiguous) for k, v in tensors.items()}, str(tmp),
                   metadata={"mivae_checkpoint": json.dumps(meta)})
 
 

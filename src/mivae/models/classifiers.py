@@ -24,42 +24,28 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
-class _MaxPool2x2(torch.autograd.Function):
-    """2x2 max-pooling, stride 2, as `nn.MaxPool2d(2)` computes it, value for value and gradient for gradient (a
-    window's gradient goes to its first maximum in row order), from four strided views. PyTorch's CPU kernel for
-    (B, C, H, W) tensors is several times slower (measured in docs/reproduction.md, "Time")."""
+class Dropout(nn.Module):
+    """`nn.Dropout`: each value zeroed with probability `p` in training, the rest scaled by 1 / (1 - p).
 
-    @staticmethod
-    def forward(ctx, x):
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        corners = [x[..., i:h:2, j:w:2] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1))]
-        y = torch.maximum(torch.maximum(corners[0], corners[1]), torch.maximum(corners[2], corners[3]))
-        ctx.save_for_backward(x, y)
-        return y
+    The mask is drawn as uniform values compared with `p`, which the CPU draws several times faster than the
+    Bernoulli draws of `nn.Dropout` (docs/reproduction.md, "Time"); the distribution is the same."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        h, w = y.shape[-2] * 2, y.shape[-1] * 2
-        taken, parts = None, []
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            hit = x[..., i:h:2, j:w:2] == y
-            if taken is None:
-                taken = hit
-            else:  # a tie goes to the earlier corner
-                hit &= ~taken
-                taken |= hit
-            parts.append(torch.where(hit, grad, 0))
-        rows = [torch.stack(parts[:2], -1), torch.stack(parts[2:], -1)]   # (..., H/2, W/2, 2) per row of the window
-        out = torch.stack(rows, -3).flatten(-4, -3).flatten(-2, -1)        # (..., H, W) of this window layout
-        return nn.functional.pad(out, (0, x.shape[-1] - w, 0, x.shape[-2] - h))  # an odd last row or column: no gradient
-
-
-class MaxPool2x2(nn.Module):
-    """`nn.MaxPool2d(2)`, computed faster (`_MaxPool2x2`)."""
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"a dropout probability must be between 0 and 1; got {p}.")
+        self.p = p
 
     def forward(self, x):
-        return _MaxPool2x2.apply(x)
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep * (1 / (1 - self.p))
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 class CNN(nn.Module):
@@ -72,14 +58,18 @@ class CNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(channels, 32, 3), nn.ReLU(),
             nn.Conv2d(32, 64, 3), nn.ReLU(),
-            MaxPool2x2(),
-            nn.Dropout(dropout_conv),
+            nn.MaxPool2d(2),
+            Dropout(dropout_conv),
             nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Linear(flat, dense), nn.ReLU(), nn.Dropout(dropout_dense), nn.Linear(dense, n_classes))
+        self.head = nn.Sequential(nn.Linear(flat, dense), nn.ReLU(), Dropout(dropout_dense), nn.Linear(dense, n_classes))
+        # Channels-last weights and inputs: oneDNN's convolutions and PyTorch's pooling are fastest on them here (a
+        # training step 1.3x and inference 1.7x as fast as on contiguous tensors; docs/reproduction.md, "Time").
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        return self.head(self.features(x if x.dim() == 4 else x.unsqueeze(1)))  # images (B, H, W) get one grey channel
+        x = x if x.dim() == 4 else x.unsqueeze(1)  # images (B, H, W) get one grey channel
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
 def l2_penalty(module):
