@@ -72,6 +72,20 @@ def test_the_cnns_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout_doe
         Dropout(1.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_before_the_relu_gives_the_values_and_gradients_of_pooling_after_it(dtype):
+    torch.manual_seed(0)
+    x = torch.randint(-2, 3, (4, 3, 9, 12)).to(dtype)   # few values: many windows hold ties, some only values <= 0
+    grad = torch.randn(4, 3, 4, 6).to(dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pool = torch.nn.MaxPool2d(2)
+    after, before = torch.relu(pool(ours)), pool(torch.relu(theirs))
+    assert torch.equal(after, before)
+    after.backward(grad)
+    before.backward(grad)
+    assert torch.equal(ours.grad, theirs.grad) and ours.grad.abs().sum() > 0
+
+
 def test_a_channels_last_cnn_computes_what_a_contiguous_one_does():
     torch.manual_seed(0)
     cnn = CNN((28, 28)).eval()
