@@ -236,3 +236,23 @@ def test_a_damaged_checkpoint_is_one_sentence(tmp_path):
     with pytest.raises(MivaeError, match="checkpoint .* is damaged or from another training .*; delete it to start"):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, xb, yb: m(xb).sum(), torch.randn(8, 3),
             torch.zeros(8), TrainConfig(epochs=2), checkpoint=checkpoint)
+
+
+def test_gains_under_min_delta_do_not_reset_the_patience_but_the_best_weights_are_kept():
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+
+    def run(scores, min_delta):
+        scores = iter(scores)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        config = TrainConfig(epochs=8, patience=2, min_delta=min_delta, batch_size=16, min_epochs=0)
+        return fit(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                   lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb), x, y, config,
+                   score=lambda m: next(scores), higher_is_better=False)
+
+    plateau = [10.0, 9.95, 9.92, 9.91, 9.90, 9.89, 9.88, 9.87]   # a plateau's drift: hundredths per epoch
+    drifting = run(plateau, 0.1)
+    assert drifting.stopped_early and len(drifting.val_score) == 3 and drifting.best_epoch == 3
+    assert len(run(plateau, 0.0).val_score) == 8                  # every hundredth resets a plain patience
+    steady = run([10.0, 9.95, 9.89, 9.84, 9.78, 9.75, 9.74, 9.73], 0.1)  # 0.05 an epoch: a reset every other epoch
+    assert [steady.stopped_early, len(steady.val_score), steady.best_epoch] == [True, 7, 7]

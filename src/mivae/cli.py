@@ -421,6 +421,8 @@ def _add_fit_flags(parser):
     flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
     flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
     flags.add_argument("--min-epochs", type=int, help="epochs before early stopping may end training (default: 10)")
+    flags.add_argument("--min-delta", type=float,
+                       help="least gain in the validation score that resets the patience (default: 0)")
     flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
     flags.add_argument("--device", help="torch device (default: cpu)")
     flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
@@ -438,8 +440,8 @@ def _resolve(args, tables, model_cls=None):
     data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
     data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
     train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
-    train = cfg.replace(train, **{k: getattr(args, k) for k in ("epochs", "patience", "min_epochs", "batch_size", "device",
-                                                                  "precision", "seed")})
+    fit_flags = ("epochs", "patience", "min_epochs", "min_delta", "batch_size", "device", "precision", "seed")
+    train = cfg.replace(train, **{k: getattr(args, k) for k in fit_flags})
     model = cfg.from_dict(model_cls, tables.get("model", {}), "model") if model_cls else None
     return data, model, train
 

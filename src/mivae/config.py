@@ -6,6 +6,7 @@ expected and what was received; nothing is silently ignored.
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -148,6 +149,8 @@ class TrainConfig:
 
     epochs: int = 50            # most epochs; with no validation set, exactly this many
     patience: int = 5           # epochs without a better validation score before stopping
+    min_delta: float = 0.0      # the least gain in the validation score that resets the patience: a plateau's
+                                # noise (a VAE's ELBO wandering by hundredths of a nat) does not keep training alive
     min_epochs: int = 10        # epochs before early stopping may end training: AdaDelta on mostly-white inputs
                                 # starts with a flat stretch of several epochs (docs/reproduction.md)
     batch_size: int = 128       # images per gradient step
@@ -158,6 +161,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _require(self.min_epochs >= 0, f"min_epochs must be at least 0; got {self.min_epochs}.")
+        _require(math.isfinite(self.min_delta) and self.min_delta >= 0,
+                 f"min_delta must be a number of at least 0; got {self.min_delta}.")
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
         _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")

@@ -105,7 +105,7 @@ def _read_json(path):
 
 # Settings added after runs were saved, with the value those older runs were trained with: a run directory whose
 # config.json lacks one was made before it existed, and is read with the old value, not today's default.
-_OLDER_RUNS = {"init": "torch", "min_epochs": 0}
+_OLDER_RUNS = {"init": "torch", "min_epochs": 0, "min_delta": 0.0}
 
 
 def _config(cls, table, section):

@@ -90,8 +90,9 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
 
     inputs, targets: tensors whose first dimension indexes the training examples.
     score(model) -> float: the validation score checked after each epoch; training stops
-    after `config.patience` epochs without improvement, but never before `config.min_epochs`
-    epochs, and the best weights are restored.
+    after `config.patience` epochs without an improvement of more than `config.min_delta` (over
+    the score the patience counts from), but never before `config.min_epochs` epochs, and the
+    best weights are restored (the best score's, however small its lead).
     Without `score`, exactly `config.epochs` epochs run (retraining with a known epoch count).
     Forward passes run under bf16 autocast where `config.precision` resolves to bf16.
     on_epoch(epoch, history): called after each epoch, for progress output.
@@ -112,6 +113,11 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
                 on_epoch(epoch, _history_until(state.history, epoch))
     history, saved_at = state.history, time.monotonic()
     best, best_state, waited, first_loss = state.best, state.best_state, state.waited, state.first_loss
+    anchor = state.anchor  # the score the patience counts from: the last one better than its predecessor by min_delta
+
+    def better(value, than, by=0.0):
+        return than is None or (value > than + by if higher_is_better else value < than - by)
+
     first_epoch = config.epochs + 1 if history.stopped_early else len(history.train_loss) + 1
     for epoch in range(first_epoch, config.epochs + 1):
         start = time.perf_counter()
@@ -141,9 +147,11 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
                 raise TrainingDiverged(f"training diverged: the validation score became {value} after epoch {epoch}; "
                                        f"a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) usually helps.")
             history.val_score.append(value)
-            if best is None or (value > best if higher_is_better else value < best):
-                best, waited, history.best_epoch = value, 0, epoch
+            if better(value, best):
+                best, history.best_epoch = value, epoch
                 best_state = copy.deepcopy(model.state_dict())
+            if better(value, anchor, config.min_delta):
+                anchor, waited = value, 0
             else:
                 waited += 1
         else:
@@ -155,7 +163,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         if checkpoint is not None and (history.stopped_early or epoch == config.epochs
                                        or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
             _save_checkpoint(checkpoint, model, optimizer, generator,
-                             _TrainingState(history, best, best_state, waited, first_loss))
+                             _TrainingState(history, best, best_state, waited, first_loss, anchor))
             saved_at = time.monotonic()
         if history.stopped_early:
             break
@@ -174,6 +182,7 @@ class _TrainingState:
     best_state: dict | None = None
     waited: int = 0
     first_loss: float | None = None
+    anchor: float | None = None
 
 
 def _history_until(history, epoch):
@@ -199,8 +208,8 @@ def _save_checkpoint(path, model, optimizer, generator, state):
     tensors["rng.generator"] = generator.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"history": dataclasses.asdict(state.history), "best": state.best, "waited": state.waited,
-            "first_loss": state.first_loss, "has_best": state.best_state is not None,
+    meta = {"history": dataclasses.asdict(state.history), "best": state.best, "anchor": state.anchor,
+            "waited": state.waited, "first_loss": state.first_loss, "has_best": state.best_state is not None,
             "optimizer_groups": optimizer_state["param_groups"], "optimizer_plain": plain}
     with atomic_path(path) as tmp:
         # contiguous copies: safetensors refuses tensors that share memory (views of one buffer) or are channels-last
@@ -237,4 +246,4 @@ def _load_checkpoint(path, model, optimizer, generator):
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise MivaeError(f"the training checkpoint {path} is damaged or from another training ({e}); "
                          f"delete it to start that training again.") from None
-    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"])
+    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"], meta["anchor"])
