@@ -113,7 +113,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
                 on_epoch(epoch, _history_until(state.history, epoch))
     history, saved_at = state.history, time.monotonic()
     best, best_state, waited, first_loss = state.best, state.best_state, state.waited, state.first_loss
-    anchor = state.anchor  # the score the patience counts from: the last one better than its predecessor by min_delta
+    anchor = state.anchor  # the score the patience counts from: the last to beat the one before it by min_delta
 
     def better(value, than, by=0.0):
         return than is None or (value > than + by if higher_is_better else value < than - by)
@@ -246,4 +246,5 @@ def _load_checkpoint(path, model, optimizer, generator):
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise MivaeError(f"the training checkpoint {path} is damaged or from another training ({e}); "
                          f"delete it to start that training again.") from None
-    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"], meta["anchor"])
+    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"],
+                          meta.get("anchor", meta["best"]))  # saved before min_delta existed: the anchor was the best
