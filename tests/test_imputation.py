@@ -67,3 +67,14 @@ def test_negative_elbo_is_seeded_and_positive(model):
     assert torch.equal(a, negative_elbo_per_image(model.vae, x, x, seed=4))
     assert not torch.equal(a, negative_elbo_per_image(model.vae, x, x, seed=5))
     assert a.shape == (10,)
+
+
+def test_a_cnns_probabilities_do_not_depend_on_the_batch_it_is_asked_to_run_in():
+    from mivae.imputation import CONV_BATCH
+    from mivae.models.classifiers import CNN
+
+    torch.manual_seed(0)
+    cnn, x = CNN((12, 12), dense=16), torch.rand(CONV_BATCH + 37, 12, 12)
+    whole = predict_proba(cnn, x, batch_size=4096)
+    assert whole.shape == (len(x), 10) and torch.allclose(whole.sum(1), torch.ones(len(x)))
+    assert torch.allclose(whole, predict_proba(cnn, x, batch_size=5), atol=1e-6)

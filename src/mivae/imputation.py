@@ -27,14 +27,26 @@ def in_precision(model, dtype):
     return copy.deepcopy(model).to(dtype).eval()
 
 
+# Images per forward pass of a model with convolutions, whatever larger batch is asked for: their activations stay in
+# cache. A CNN's 10,000 validation images took 2.4 s in batches of 256 against 5.1 s in batches of 4,096 (bf16, one
+# thread, 2-core AMD EPYC, 2026-12-06).
+CONV_BATCH = 256
+
+
+def _has_conv(model):
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
 @torch.inference_mode()
 def predict_proba(model, x, batch_size=4096, dtype=torch.float32):
     """Returns class probabilities (N, C) float32 of `model` in eval mode for images x (N, H, W).
 
-    `dtype` is the precision of the matmuls; probabilities are always float32.
+    `dtype` is the precision of the matmuls; probabilities are always float32. A model with
+    convolutions runs at most `CONV_BATCH` images at a time.
     """
     model.eval()
     low = in_precision(model, dtype)
+    batch_size = min(batch_size, CONV_BATCH) if _has_conv(model) else batch_size
     return torch.cat([softmax(low(x[i : i + batch_size].to(dtype))) for i in range(0, len(x), batch_size)])
 
 
@@ -73,8 +85,7 @@ def _batch_rows(model):
     Measured on 2 cores: VAE+MLP runs as fast at 2,048 to 16,384 rows; VAE+CNN is fastest
     near 128 rows, where its convolution activations stay in cache, and 40 % slower at 8,192.
     """
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.classifier.modules())
-    return 128 if has_conv else 8192
+    return 128 if _has_conv(model.classifier) else 8192
 
 
 @torch.inference_mode()
