@@ -81,7 +81,7 @@ PRESETS = {
         epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15}, patience=dict.fromkeys(PARTS, 5),
         min_delta=dict.fromkeys(PARTS, 0.0), min_epochs=5, batch_size=64,
         samples={"mlp": 300, "cnn": 100}, retrain=True,
-        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in about five minutes"),
+        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in a few minutes"),
     "quick": Preset(
         "quick", "mnist", trials={"vae": 8, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
         epochs={"vae": 200, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
