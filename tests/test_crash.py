@@ -164,3 +164,15 @@ def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupt
             slots = [t.user_attrs["slot"] for t in complete]
             assert sorted(slots) == list(range(preset.trials[kind])), unit.name   # every slot once: none run twice
             assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_the_report_counts_a_trial_lost_to_a_kill_as_lost_not_failed(killed_and_uninterrupted):
+    def trial_counts(out):
+        table = (out / "report" / "report.md").read_text().split("## Model selection")[1]
+        rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        return {(r[0], r[1]): [int(n) for n in r[2].split(" / ")] for r in rows}   # complete / pruned / failed / lost
+
+    killed, reference = (trial_counts(killed_and_uninterrupted[k]) for k in ("out", "reference"))
+    assert killed.keys() == reference.keys() and killed
+    assert sum(c[3] for c in killed.values()) >= 1 and sum(c[3] for c in reference.values()) == 0
+    assert {k: c[:3] for k, c in killed.items()} == {k: c[:3] for k, c in reference.items()}

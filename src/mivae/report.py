@@ -465,17 +465,25 @@ def draw_figures(results, directory):
 # The report
 
 
+def _trial_outcome(trial):
+    """How a trial of a search.json ended: complete, pruned, failed (with a reason: an unhealthy model) or lost (stopped
+    with its worker, by a kill, Ctrl-C or the end of a session; the study ran its slot again)."""
+    if trial["state"] == "FAIL":
+        return "failed" if trial.get("failure") and not trial.get("interrupted") else "lost"
+    return {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial["state"], "lost")
+
+
 def _selection_rows(results):
-    lines = ["| setting | model | trials: complete / pruned / failed | best validation score | best epoch | best configuration "
-             "| health | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | model | trials: complete / pruned / failed / lost | best validation score | best epoch "
+             "| best configuration | health | seconds |", "|---|---|---|---|---|---|---|---|"]
     for setting in results["settings"]:
         for name in THESIS_RESULTS:
             if name.startswith("clean") and setting != results["settings"][0]:
                 continue
             s = results[setting][name]["search"]
             config = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["best_config"].items())
-            states = [t["state"] for t in s["trials"]]
-            counts = " / ".join(str(states.count(state)) for state in ("COMPLETE", "PRUNED", "FAIL"))
+            counts = " / ".join(str(sum(_trial_outcome(t) == outcome for t in s["trials"]))
+                                for outcome in ("complete", "pruned", "failed", "lost"))
             health = s.get("health")
             verdict = "not checked" if health is None else "passed" if health["ok"] else f"{FAILED_MARK} {health['reason']}"
             lines.append(f"| {'clean images' if name.startswith('clean') else setting} | {name.removeprefix('clean-')} | "
@@ -622,7 +630,9 @@ def build_report(run_dir):
         md.append(f"Not run for every setting (ran for: {', '.join(results['beyond']) or 'none'}); this section needs all six "
                   f"(`mivae reproduce` without --thesis-only or --settings).")
     md.append("\n## Model selection\n")
-    md.append("Validation score: accuracy for classifiers, negative ELBO for VAEs. Selection used validation data only.\n")
+    md.append("Validation score: accuracy for classifiers, negative ELBO for VAEs. Selection used validation data only. A "
+              "failed trial's model failed its health check; a lost trial was stopped before its end (a kill, Ctrl-C or "
+              "the end of a session), and the study ran its slot again, from its checkpoint.\n")
     md.append(_selection_rows(results) + "\n")
 
     out.mkdir(parents=True, exist_ok=True)
