@@ -479,13 +479,3 @@ def test_an_unfinished_run_cannot_be_reported(tmp_path, capsys):
     experiments.Study("smoke", tmp_path / "run", progress=False)
     assert main(["report", str(tmp_path / "run")]) == 2
     assert "is not finished" in capsys.readouterr().err
-
-
-def test_the_selection_table_tells_a_lost_trial_from_a_failed_one():
-    outcome = report._trial_outcome
-    unhealthy = {"state": "FAIL", "failure": "the model failed its health check: KL 0.0 nats", "interrupted": False}
-    assert outcome(unhealthy) == "failed"
-    assert outcome({"state": "FAIL", "failure": None, "interrupted": True}) == "lost"    # marked on resume
-    assert outcome({"state": "FAIL", "failure": None, "interrupted": False}) == "lost"   # died with its worker
-    assert outcome({"state": "PRUNED", "failure": "training diverged", "interrupted": False}) == "pruned"
-    assert outcome({"state": "COMPLETE", "failure": None, "interrupted": False}) == "complete"

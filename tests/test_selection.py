@@ -319,6 +319,16 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
     assert selection._budget_slot(study, last) == 2
 
 
+
+def test_a_trial_lost_to_its_worker_is_told_from_an_unhealthy_one():
+    outcome = selection.trial_outcome
+    assert outcome("FAIL", "the model failed its health check: KL 0.0 nats") == "failed"
+    assert outcome("FAIL", None, interrupted=True) == "lost"    # marked on resume
+    assert outcome("FAIL") == "lost"                            # died with its worker: no failure recorded
+    assert outcome("PRUNED", "training diverged") == "pruned"
+    assert outcome("COMPLETE") == "complete" and outcome("RUNNING") == "running"
+
+
 def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
     storage, name = selection.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
     worker = subprocess.Popen(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path)),

@@ -26,6 +26,7 @@ from mivae.health import FAILED_MARK
 from mivae.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.report_beyond import section as beyond_section
 from mivae.runs import write_json
+from mivae.selection import trial_outcome
 
 # The thesis' Tables 1-7 (§4), cell by cell.
 THESIS = {
@@ -465,14 +466,6 @@ def draw_figures(results, directory):
 # The report
 
 
-def _trial_outcome(trial):
-    """How a trial of a search.json ended: complete, pruned, failed (with a reason: an unhealthy model) or lost (stopped
-    with its worker, by a kill, Ctrl-C or the end of a session; the study ran its slot again)."""
-    if trial["state"] == "FAIL":
-        return "failed" if trial.get("failure") and not trial.get("interrupted") else "lost"
-    return {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial["state"], "lost")
-
-
 def _selection_rows(results):
     lines = ["| setting | model | trials: complete / pruned / failed / lost | best validation score | best epoch "
              "| best configuration | health | seconds |", "|---|---|---|---|---|---|---|---|"]
@@ -482,8 +475,8 @@ def _selection_rows(results):
                 continue
             s = results[setting][name]["search"]
             config = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["best_config"].items())
-            counts = " / ".join(str(sum(_trial_outcome(t) == outcome for t in s["trials"]))
-                                for outcome in ("complete", "pruned", "failed", "lost"))
+            outcomes = [trial_outcome(t["state"], t.get("failure"), t.get("interrupted")) for t in s["trials"]]
+            counts = " / ".join(str(outcomes.count(o)) for o in ("complete", "pruned", "failed", "lost"))
             health = s.get("health")
             verdict = "not checked" if health is None else "passed" if health["ok"] else f"{FAILED_MARK} {health['reason']}"
             lines.append(f"| {'clean images' if name.startswith('clean') else setting} | {name.removeprefix('clean-')} | "

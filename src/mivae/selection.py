@@ -265,12 +265,20 @@ def interrupted_running_trials(study):
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def trial_outcome(state, failure=None, interrupted=False):
+    """How a trial ended, from its state name, recorded failure and interrupted mark: complete, pruned, failed (with a
+    recorded failure: an unhealthy model), lost (interrupted, or died with its worker, which leaves a failed trial
+    without a recorded failure) or running."""
+    if interrupted or (state == "FAIL" and not failure):
+        return "lost"
+    return {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(state, "running")
+
+
 def spends_budget(t):
     """Whether trial t counts against --trials: finished or running, and not lost to a dead worker or over budget."""
-    if t.user_attrs.get("interrupted") or t.user_attrs.get("over_budget"):
+    if t.user_attrs.get("over_budget"):
         return False
-    # A failed trial without a recorded failure died with its worker (marked by its missing heartbeat).
-    return not (t.state == optuna.trial.TrialState.FAIL and "failure" not in t.user_attrs)
+    return trial_outcome(t.state.name, t.user_attrs.get("failure"), t.user_attrs.get("interrupted")) != "lost"
 
 
 def _budget_slot(study, trial):
