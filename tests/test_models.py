@@ -72,6 +72,23 @@ def test_the_cnns_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout_doe
         Dropout(1.5)
 
 
+def test_the_cnns_dropout_keeps_the_layout_and_dtype_and_scales_with_one_rounding():
+    from mivae.models.classifiers import Dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(64, 8, 6, 6) + 0.5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = Dropout(0.25).train()(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    kept = out != 0
+    assert 0.7 < kept.float().mean().item() < 0.8
+    # x / (1 - p) computed in float32 and rounded once to bf16, as nn.Dropout does
+    assert torch.equal(out[kept], (x.detach()[kept].float() * (1 / 0.75)).to(torch.bfloat16))
+    out.backward(torch.ones_like(out))
+    expected = torch.where(kept, torch.tensor(1 / 0.75).to(torch.bfloat16), torch.tensor(0.0, dtype=torch.bfloat16))
+    assert torch.equal(x.grad, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pooling_before_the_relu_gives_the_values_and_gradients_of_pooling_after_it(dtype):
     torch.manual_seed(0)

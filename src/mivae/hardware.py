@@ -39,17 +39,23 @@ def bf16_supported(device="cpu"):
     return False
 
 
-def steady_heap(threshold=64 << 20):
-    """Fixes glibc's mmap threshold at `threshold` bytes; returns whether it could (False off glibc).
+def steady_heap(threshold=64 << 20, keep=256 << 20):
+    """Fixes glibc's mmap threshold at `threshold` bytes and lets the heap keep up to `keep` free bytes at its
+    top; returns whether it could (False off glibc).
 
     glibc raises the threshold to the size of every large block freed, after which blocks of
     tens of MB come from the heap and fragment it: a VAE+MLP's multiple imputation of 10,000
     MNIST images x 3,000 samples, after the single-imputation passes of 4,096 images, grew by
     about 4.5 GB a minute until the kernel killed it at 24 GB. With the threshold fixed at
     64 MiB it stays near 1.1 GB, as fast (docs/reproduction.md).
+
+    A fixed threshold also turns off glibc's own raising of the trim threshold, which then stays at
+    128 KiB: the free memory at the heap's top went back to the system after every training step and
+    was faulted in again at the next one. Keeping it made a bf16 training step of the 784-512-512
+    MLP 1.5x and of the CNN 1.15x as fast (BENCHMARKS.md); `release_free_memory` still returns it.
     """
     libc = _glibc()
-    return bool(libc and libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
+    return bool(libc and libc.mallopt(-3, threshold) and libc.mallopt(-1, keep))  # M_MMAP_ and M_TRIM_THRESHOLD
 
 
 def release_free_memory():

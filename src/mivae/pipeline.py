@@ -60,10 +60,14 @@ def one_imputation(vae_run, data, part, batch=4096):
     return impute(model, part.inputs(with_mask=vae_run.model_config.mask_input), batch)
 
 
-def _vae_score(vae, part, data, config, batch):
-    """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises."""
+def _vae_score(vae, part, data, config, batch, dtype=torch.float32):
+    """The mean negative ELBO per image on `part`: against the clean images if the VAE denoises.
+
+    dtype: the matmuls' precision. Training scores every epoch in its own precision (bf16 where fast: half the
+    time of float32, within 0.01 nats on the selected VAEs); reported metrics are float32."""
     target = part.clean if config.denoising else _inputs(part, data)
-    return negative_elbo_per_image(vae, _inputs(part, data, config.mask_input), target, batch).mean().item()
+    with torch.autocast(part.y.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        return negative_elbo_per_image(vae, _inputs(part, data, config.mask_input), target, batch).mean().item()
 
 
 def vae_run_health(vae, part, data, config, batch=4096):
@@ -146,7 +150,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     if kind == "vae":
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
-        score = (lambda m: _vae_score(m, val, data, model_config, batch)) if validate else None
+        score = (lambda m: _vae_score(m, val, data, model_config, batch, dtype)) if validate else None
         history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss,
                       _inputs(tr, data, model_config.mask_input), target, train,
                       score=score, higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError, check_interrupt
-from mivae.hardware import resolve_precision
+from mivae.hardware import resolve_precision, steady_heap
 from mivae.models.vae import negative_elbo
 
 
@@ -101,6 +101,7 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     ends with the weights and history an uninterrupted training has. The caller keys the file
     to everything the training depends on, and removes it when the result is safe.
     """
+    steady_heap()  # a step's large temporaries reuse the heap instead of being faulted in anew (hardware.steady_heap)
     torch.manual_seed(config.seed)  # latent samples and dropout masks draw from the global stream
     generator = torch.Generator().manual_seed(config.seed)
     state = _TrainingState(history=History())
