@@ -83,16 +83,16 @@ PRESETS = {
         samples={"mlp": 300, "cnn": 100}, retrain=True,
         about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in a few minutes"),
     "quick": Preset(
-        "quick", "mnist", trials={"vae": 8, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
+        "quick", "mnist", trials={"vae": 6, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
         epochs={"vae": 200, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
         patience={"vae": 15, "mlp": 10, "cnn": 4}, min_delta={"vae": 0.1, "mlp": 0.0, "cnn": 0.0}, min_epochs=10,
-        batch_size=128, samples={"mlp": 3000, "cnn": 100}, retrain=False,
-        about="full MNIST; a scaled-down random search (8 VAE trials, 3 for each MLP, the default configuration of the "
+        batch_size=128, samples={"mlp": 3000, "cnn": 50}, retrain=False,
+        about="full MNIST; a scaled-down random search (6 VAE trials, 3 for each MLP, the default configuration of the "
               "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
               "model trained until early stopping ends it (at least 10 epochs; for VAEs patience 15, counting gains of "
               "more than 0.1 nats only, since their validation ELBO still falls slowly at small learning rates; 10 for "
               "MLPs, whose validation accuracy jumps by several points from epoch to epoch; 4 for CNNs, whose new bests "
-              "came at most 4 epochs apart); the winning trial kept (no retraining); M = 3000 for MLPs and 100 for CNNs"),
+              "came at most 4 epochs apart); the winning trial kept (no retraining); M = 3000 for MLPs and 50 for CNNs"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
         epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
