@@ -50,9 +50,9 @@ def steady_heap(threshold=64 << 20, keep=256 << 20):
     64 MiB it stays near 1.1 GB, as fast (docs/reproduction.md).
 
     A fixed threshold also turns off glibc's own raising of the trim threshold, which then stays at
-    128 KiB: the free memory at the heap's top went back to the system after every training step and
-    was faulted in again at the next one. Keeping it made a bf16 training step of the 784-512-512
-    MLP 1.5x and of the CNN 1.15x as fast (docs/reproduction.md, "Time"); `release_free_memory` still returns it.
+    128 KiB: the free memory at the heap's top can go back to the system after every training step and
+    be faulted in again at the next one. Keeping it made a bf16 training step of the CNN 1.15x as fast
+    (docs/reproduction.md, "Time"); `release_free_memory` still returns it.
     """
     libc = _glibc()
     return bool(libc and libc.mallopt(-3, threshold) and libc.mallopt(-1, keep))  # M_MMAP_ and M_TRIM_THRESHOLD
