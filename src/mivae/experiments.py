@@ -91,9 +91,8 @@ PRESETS = {
               "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
               "model trained until early stopping ends it (at least 10 epochs; for VAEs patience 15, counting gains of "
               "more than 0.1 nats only, since their validation ELBO still falls slowly at small learning rates; 10 for "
-              "MLPs, whose validation accuracy jumps by several points from epoch to epoch; 4 for CNNs, whose new "
-              "bests came at most 4 epochs apart); the winning trial kept (no retraining); M = 3000 for MLPs and 50 "
-              "for CNNs"),
+              "MLPs, whose validation accuracy jumps by several points from epoch to epoch; 4 for CNNs); the winning "
+              "trial kept (no retraining); M = 3000 for MLPs and 50 for CNNs"),
     "thesis": Preset(
         "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
         epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
