@@ -319,7 +319,6 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
     assert selection._budget_slot(study, last) == 2
 
 
-
 def test_a_trial_lost_to_its_worker_is_told_from_an_unhealthy_one():
     outcome = selection.trial_outcome
     assert outcome("FAIL", "the model failed its health check: KL 0.0 nats") == "failed"
