@@ -121,6 +121,36 @@ def test_weight_decay_is_exactly_the_thesis_l2_term():
     assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), initial))  # the step moved every parameter
 
 
+def test_the_fused_adadelta_step_is_torchs_adadelta_and_shares_its_state():
+    # The same steps, with weight decay, on an MLP and on the CNN's channels-last convolutions.
+    import copy
+
+    from mivae.models.classifiers import CNN, MLP
+    from mivae.training import FusedAdadelta, classifier_loss
+
+    torch.manual_seed(0)
+    for model, x in ((MLP((6, 6), 3, (16, 8)), torch.rand(32, 6, 6)), (CNN((8, 8), 3, dense=8), torch.rand(32, 8, 8))):
+        twin = copy.deepcopy(model)
+        settings = dict(lr=1.0, rho=0.95, eps=1e-6, weight_decay=2e-3)
+        ours, theirs = FusedAdadelta(model.parameters(), **settings), torch.optim.Adadelta(twin.parameters(), **settings)
+        y = torch.randint(0, 3, (32,))
+        for step in range(3):
+            for net, optimizer in ((model, ours), (twin, theirs)):
+                torch.manual_seed(step)  # the same dropout masks on both
+                optimizer.zero_grad()
+                classifier_loss(net, x, y).backward()
+                optimizer.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        state, reference = ours.state_dict(), theirs.state_dict()
+        assert state["param_groups"] == reference["param_groups"]
+        for index, values in reference["state"].items():
+            assert values.keys() == state["state"][index].keys()
+            for key, value in values.items():
+                torch.testing.assert_close(state["state"][index][key], value, rtol=1e-5, atol=1e-9)
+        theirs.load_state_dict(state)  # a checkpoint of either loads into the other
+
+
 def test_a_loss_that_becomes_nan_stops_training_at_that_step_before_the_weights_change():
     from mivae.training import TrainingDiverged
 
