@@ -1,4 +1,6 @@
 import dataclasses
+import os
+import shutil
 
 import pytest
 import torch
@@ -121,25 +123,35 @@ def test_weight_decay_is_exactly_the_thesis_l2_term():
     assert not any(torch.equal(p, q) for p, q in zip(a.parameters(), initial))  # the step moved every parameter
 
 
-def test_the_fused_adadelta_step_is_torchs_adadelta_and_shares_its_state():
-    # The same steps, with weight decay, on an MLP and on the CNN's channels-last convolutions.
+def _adadelta_twins(model, x, steps=3):
+    """Runs `steps` AdaDelta steps (with weight decay) on `model` with FusedAdadelta and on a copy with torch's."""
     import copy
 
-    from mivae.models.classifiers import CNN, MLP
     from mivae.training import FusedAdadelta, classifier_loss
+
+    twin = copy.deepcopy(model)
+    settings = dict(lr=1.0, rho=0.95, eps=1e-6, weight_decay=2e-3)
+    ours, theirs = FusedAdadelta(model.parameters(), **settings), torch.optim.Adadelta(twin.parameters(), **settings)
+    y = torch.randint(0, 3, (len(x),))
+    for step in range(steps):
+        for net, optimizer in ((model, ours), (twin, theirs)):
+            torch.manual_seed(step)  # the same dropout masks on both
+            optimizer.zero_grad()
+            classifier_loss(net, x, y).backward()
+            optimizer.step()
+    return twin, ours, theirs
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="the fused step needs a C++ compiler")
+def test_the_fused_adadelta_step_is_torchs_adadelta_and_shares_its_state():
+    # The same steps on an MLP and on the CNN's channels-last convolutions, through the compiled kernel.
+    from mivae import training
+    from mivae.models.classifiers import CNN, MLP
 
     torch.manual_seed(0)
     for model, x in ((MLP((6, 6), 3, (16, 8)), torch.rand(32, 6, 6)), (CNN((8, 8), 3, dense=8), torch.rand(32, 8, 8))):
-        twin = copy.deepcopy(model)
-        settings = dict(lr=1.0, rho=0.95, eps=1e-6, weight_decay=2e-3)
-        ours, theirs = FusedAdadelta(model.parameters(), **settings), torch.optim.Adadelta(twin.parameters(), **settings)
-        y = torch.randint(0, 3, (32,))
-        for step in range(3):
-            for net, optimizer in ((model, ours), (twin, theirs)):
-                torch.manual_seed(step)  # the same dropout masks on both
-                optimizer.zero_grad()
-                classifier_loss(net, x, y).backward()
-                optimizer.step()
+        twin, ours, theirs = _adadelta_twins(model, x)
+        assert training._FUSED["update"]  # compiled, not fallen back
         for a, b in zip(model.parameters(), twin.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         state, reference = ours.state_dict(), theirs.state_dict()
@@ -149,6 +161,23 @@ def test_the_fused_adadelta_step_is_torchs_adadelta_and_shares_its_state():
             for key, value in values.items():
                 torch.testing.assert_close(state["state"][index][key], value, rtol=1e-5, atol=1e-9)
         theirs.load_state_dict(state)  # a checkpoint of either loads into the other
+
+
+def test_the_fused_adadelta_step_falls_back_to_the_same_update_with_a_warning_where_compiling_fails(monkeypatch):
+    from mivae import training
+    from mivae.models.classifiers import MLP
+
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setitem(training._FUSED, "update", broken)
+    torch.manual_seed(0)
+    model = MLP((6, 6), 3, (16, 8))
+    with pytest.warns(RuntimeWarning, match="could not be compiled.*runs unfused"):
+        twin, _, _ = _adadelta_twins(model, torch.rand(32, 6, 6))
+    assert training._FUSED["update"] is False  # given up once for the process, not tried at every step
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_loss_that_becomes_nan_stops_training_at_that_step_before_the_weights_change():

@@ -7,12 +7,12 @@ training started again with the same file goes on from there to the result it wo
 
 import copy
 import dataclasses
-import functools
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,16 +71,27 @@ def _adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_de
     param.copy_(param - lr * delta)
 
 
-@functools.cache
+# The compiled update, built at the first step of a process: None until then, False where it cannot be built.
+_FUSED = {"update": None}
+
+
 def _fused_update():
-    """`_adadelta_update` compiled into one kernel per tensor rank, or None where no C++ compiler is at hand.
+    """`_adadelta_update` compiled into one kernel, or False where it cannot be (no C++ compiler at hand).
 
     It is given 1-D views with a symbolic length and the hyperparameters as 0-d tensors, so one compilation
     serves every tensor, model and setting of a process (Dynamo would otherwise compile anew for each shape
     and value, and stop compiling after eight)."""
-    if shutil.which(os.environ.get("CXX", "g++")) is None:  # Inductor builds its CPU kernels with it
-        return None
-    return torch.compile(_adadelta_update, dynamic=True, fullgraph=True)
+    if _FUSED["update"] is None:
+        compiler = shutil.which(os.environ.get("CXX", "g++"))  # Inductor builds its CPU kernels with it
+        _FUSED["update"] = compiler is not None and torch.compile(_adadelta_update, dynamic=True, fullgraph=True)
+    return _FUSED["update"]
+
+
+def _unfused(error):
+    """Falls back to the plain update for the rest of the process after the compiled one failed to build."""
+    _FUSED["update"] = False
+    warnings.warn(f"AdaDelta's fused step could not be compiled ({type(error).__name__}); the same update runs "
+                  "unfused, more slowly.", RuntimeWarning, stacklevel=3)
 
 
 class FusedAdadelta(torch.optim.Adadelta):
@@ -94,9 +105,8 @@ class FusedAdadelta(torch.optim.Adadelta):
 
     @torch.no_grad()
     def step(self, closure=None):
-        update = _fused_update()
-        if closure is not None or update is None or any(p.device.type != "cpu" for g in self.param_groups
-                                                        for p in g["params"]):
+        if closure is not None or not _fused_update() or any(p.device.type != "cpu" for g in self.param_groups
+                                                             for p in g["params"]):
             return super().step(closure)
         for group in self.param_groups:
             if group["maximize"] or group["differentiable"] or group["capturable"]:
@@ -113,10 +123,14 @@ class FusedAdadelta(torch.optim.Adadelta):
                     state["acc_delta"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
                 tensors = (param, param.grad, state["square_avg"], state["acc_delta"])
-                if all(_dense(t) and t.stride() == param.stride() for t in tensors):
-                    update(*(_flat(t) for t in tensors), lr, rho, eps, decay)
-                else:  # a gradient in another layout than its weights: the same update, unfused
-                    _adadelta_update(*tensors, lr, rho, eps, decay)
+                update = _fused_update()
+                if update and all(_dense(t) and t.stride() == param.stride() for t in tensors):
+                    try:
+                        update(*(_flat(t) for t in tensors), lr, rho, eps, decay)
+                        continue
+                    except Exception as error:  # a compilation that fails changes nothing; the plain update follows
+                        _unfused(error)
+                _adadelta_update(*tensors, lr, rho, eps, decay)  # also where a gradient's layout is not its weights'
         return None
 
 
