@@ -464,6 +464,42 @@ def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
     assert before == [] and after[0]["test_accuracy"] == 0.5
 
 
+def _recording_tasks(ran, needs):
+    """Tasks named by `needs`' keys, each appending its name to `ran` when run."""
+    return [experiments._Task(name, tuple(n), lambda name=name: ran.append(name)) for name, n in needs.items()]
+
+
+def test_one_worker_runs_the_tasks_in_their_order(tmp_path):
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    ran = []
+    experiments._run_tasks(study, _recording_tasks(ran, {"a": (), "b": ("a",), "c": (), "d": ("b", "c")}))
+    assert ran == ["a", "b", "c", "d"]
+
+
+def test_a_worker_takes_other_ready_tasks_while_another_worker_holds_one_and_reuses_it_after(tmp_path):
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    (tmp_path / "tasks").mkdir()
+    ran = []
+    tasks = _recording_tasks(ran, {"vae": (), "vae+mlp": ("vae",), "mlp": (), "cnn": ()})
+    # While the other worker runs "vae", this one runs the two tasks that do not need it, then waits for it.
+    before, _ = _held_by_another_worker(tmp_path / "tasks" / ".vae.lock", lambda: None,
+                                        lambda: experiments._run_tasks(study, tasks))
+    assert before == []  # it waited for the held task in the end
+    assert ran == ["mlp", "cnn", "vae", "vae+mlp"]
+
+
+def test_the_study_lists_each_task_once_after_the_tasks_it_needs(tmp_path):
+    for beyond_stage in (False, True):
+        study = experiments.Study("quick", tmp_path / str(beyond_stage), progress=False, beyond_stage=beyond_stage)
+        names = [t.name for t in experiments._tasks(study)]
+        assert len(names) == len(set(names))
+        for i, task in enumerate(experiments._tasks(study)):
+            assert set(task.needs) <= set(names[:i]), task.name
+        assert names[:5] == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5", "vae+mlp-random-pixels-0.5",
+                             "cnn-random-pixels-0.5", "vae+cnn-random-pixels-0.5"]
+        assert ("beyond-vertical-lines-0.9" in names) == beyond_stage
+
+
 @pytest.mark.parametrize("argv, message", [
     (["reproduce", "--preset", "huge"], "unknown preset 'huge'; known presets are smoke, quick, thesis."),
     (["reproduce", "--limit", "0"], "--limit must be at least 1; got 0."),

@@ -6,17 +6,21 @@
     RUN_DIR/results/table3.json              Table 3: three VAEs of different quality
     RUN_DIR/results/figures/*.json           the images Figures 4, 8, 9 and 13 show
     RUN_DIR/clock/<host>-<pid>-<start>.json  when each invocation ran, kept up to date while it runs
+    RUN_DIR/tasks/.<task>.lock               held by the worker running that task
     RUN_DIR/report/                          written by mivae.report from study.json, results/ and clock/ alone
 
 A key is the hash of everything a unit depends on (its kind, data, training settings,
 search budget, seed and the keys of the units it builds on). A unit whose key already
 has a finished artifact is reused; an interrupted search resumes its Optuna study.
 
-Several workers may share one run directory, for example one per group of --settings on a
-machine whose cores one process cannot keep busy. Each unit and evaluation is then claimed with a
-lock file (`.lock` in its folder) while it runs: a worker that reaches a unit another one is
-running waits for it and reuses its result. A fleet with --storage shares the searches' trials
-instead, so its workers take no such lock.
+Several workers may share one run directory, on a machine whose cores one process cannot keep
+busy: the same command started twice, say. The study is a list of tasks (a search with its
+evaluations, say), each listed after the tasks whose results it uses. A worker claims a task with a
+lock file (RUN_DIR/tasks/.<task>.lock) while it runs it; a worker that finds a ready task claimed
+takes the next ready one and comes back to it later, reusing its results, so the workers share the
+study between them. Each unit and evaluation is claimed with its own lock file too (`.lock` in its
+folder), so a worker that reaches one another worker is running waits for it and reuses its result.
+A fleet with --storage shares the searches' trials instead, so its workers take no such lock.
 """
 
 import contextlib
@@ -325,6 +329,24 @@ def _locked(path, on_wait=None):
         os.close(handle)
 
 
+@contextlib.contextmanager
+def _try_locked(path):
+    """Holds an exclusive lock on the file `path` if no one else does: yields True, or False without waiting."""
+    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
+
+
 class Clock:
     """Records when one invocation of a study ran, in RUN_DIR/clock/<host>-<pid>-<start>.json: its start, its latest
     moment alive (written every `beat` seconds from a background thread, so a killed invocation still counts) and
@@ -424,66 +446,141 @@ def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, prog
     return study
 
 
+@dataclass
+class _Task:
+    """A step of the study that one worker runs whole: a search with its evaluations, or evaluations alone."""
+
+    name: str
+    needs: tuple  # the names of the tasks whose results it uses
+    run: object   # run(): does the work, or reuses what a worker before it did, and records its results
+
+
+def _run_tasks(study, tasks):
+    """Runs `tasks` (listed after the tasks they need), each after the tasks it needs.
+
+    A worker that finds a ready task held by another worker of this run directory puts it off and takes the
+    next ready one, so workers given the same settings share the work instead of waiting on each other; it
+    waits only when every ready task is held. A task another worker finished is run too: it reuses the
+    cached units and evaluations, which gives this worker the results later tasks need.
+    """
+    if study.storage is not None:  # a fleet: every worker has its own run directory and shares the searches' trials
+        for task in tasks:
+            task.run()
+        return
+    folder = study.out / "tasks"
+    folder.mkdir(exist_ok=True)
+    done, pending = set(), list(tasks)
+    while pending:
+        ready = [t for t in pending if set(t.needs) <= done]
+        for task in ready:
+            with _try_locked(folder / f".{task.name}.lock") as ours:
+                if ours:
+                    task.run()
+                    break
+        else:  # every ready task is another worker's: wait for the first, then reuse its results
+            task = ready[0]
+            with _locked(folder / f".{task.name}.lock",
+                         partial(study.bar.set_description, f"reproduce: waiting for another worker's {task.name}")):
+                task.run()
+        done.add(task.name)
+        pending.remove(task)
+
+
 def _run_study(study):
-    """The units of the study in their order: the settings' searches and evaluations, Table 3, Tables 6 and 7, and
-    the beyond-the-thesis stage."""
-    seed = study.seed
-    p, chosen = study.preset, study.settings
-    vaes, vae_mlps = {}, {}
-    for method, level in chosen:
-        setting = setting_name(method, level)
-        data = study.data(method, level)
-        problem = study.problem(data)
-        vae, vae_summary, vae_key = study.searched("vae", data)
-        vaes[setting] = (vae, vae_key)
-        study.evaluated(setting, "vae", vae_key, partial(study.evaluate, vae, data), extra={"search": vae_summary})
+    """The study's tasks in their order: each setting's searches and evaluations, Table 3, Tables 6 and 7, and the
+    beyond-the-thesis stage."""
+    _run_tasks(study, _tasks(study))
+    study.bar.close()
+
+
+def _tasks(study):
+    """The `_Task`s of the study, in the order one worker runs them."""
+    seed, p = study.seed, study.preset
+    chosen = [setting_name(m, lv) for m, lv in study.settings]
+    vaes, vae_mlps, cleans = {}, {}, {}  # what tasks hand on to the tasks that need them
+    tasks = []
+
+    def vae_task(setting, data):
+        vae, summary, key = study.searched("vae", data)
+        study.evaluated(setting, "vae", key, partial(study.evaluate, vae, data), extra={"search": summary})
+        vaes[setting] = (vae, key)
+
+    def classifier_task(setting, data, classifier):
+        run, summary, key = study.searched(classifier, data)
+        study.evaluated(setting, classifier, key, partial(study.evaluate, run, data), extra={"search": summary})
+
+    def type2_task(setting, data, classifier):
+        kind = f"vae+{classifier}"
+        run, summary, key = study.searched(kind, data, vae=vaes[setting])
+        m = p.samples[classifier]
+        cost = len(study.problem(data).test) * m * _SAMPLE_COST[classifier] * study.cost_scale
+        study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
+                        cost=cost, extra={"search": summary}, samples=m, seed=seed)
+        if classifier == "mlp":
+            vae_mlps[setting] = (run, key)
+
+    def figure8_task(setting, data):
+        hard_run, hard_key = vae_mlps[setting]
+        study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, study.problem(data), seed),
+                        seed=seed)
+
+    for method, level in study.settings:
+        setting, data = setting_name(method, level), study.data(method, level)
+        tasks.append(_Task(f"vae-{setting}", (), partial(vae_task, setting, data)))
         # Each classifier beside its Type 2 counterpart, the cheaper MLP pair first.
         for classifier in ("mlp", "cnn"):
-            run, summary, key = study.searched(classifier, data)
-            study.evaluated(setting, classifier, key, partial(study.evaluate, run, data), extra={"search": summary})
-            kind = f"vae+{classifier}"
-            run, summary, key = study.searched(kind, data, vae=(vae, vae_key))
-            m = p.samples[classifier]
-            cost = len(problem.test) * m * _SAMPLE_COST[classifier] * study.cost_scale
-            study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
-                            cost=cost, extra={"search": summary}, samples=m, seed=seed)
-            if classifier == "mlp":
-                vae_mlps[setting] = (run, key)
+            tasks.append(_Task(f"{classifier}-{setting}", (), partial(classifier_task, setting, data, classifier)))
+            tasks.append(_Task(f"vae+{classifier}-{setting}", (f"vae-{setting}",),
+                               partial(type2_task, setting, data, classifier)))
         if setting == "random-pixels-0.5":
-            hard_run, hard_key = vae_mlps[setting]
-            study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, problem, seed), seed=seed)
-    study.evaluated("figures", "examples", None, partial(examples, study), dataset=p.dataset, seed=seed)
-
-    # Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config.
-    if "random-pixels-0.7" in vaes:
-        data = study.data("random-pixels", 0.7)
-        type2_rp70 = vae_mlps["random-pixels-0.7"][0]
-        table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
-                   "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
-                   "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's (report.table3)
-        for name, config in WEAK_VAES.items():
-            vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
-            run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
-                                     epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
-            table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
-                           "test_accuracy": run.metrics["test_accuracy"], "health": run.metrics.get("health")})
-        write_json(study.out / "results" / "table3.json", {"rows": table3})
+            tasks.append(_Task("figure8", (f"vae+mlp-{setting}",), partial(figure8_task, setting, data)))
+    tasks.append(_Task("examples", (), lambda: study.evaluated("figures", "examples", None, partial(examples, study),
+                                                                dataset=p.dataset, seed=seed)))
+    if "random-pixels-0.7" in chosen:
+        tasks.append(_Task("table3", ("vae-random-pixels-0.7", "vae+mlp-random-pixels-0.7"),
+                           partial(_table3, study, vaes, vae_mlps)))
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
     clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
-    cleans = {kind: study.searched(kind, clean) for kind in ("mlp", "cnn")}
-    for method, level in chosen:
-        setting = setting_name(method, level)
-        data, (vae, vae_key) = study.data(method, level), vaes[setting]
+
+    def clean_task(kind):
+        cleans[kind] = study.searched(kind, clean)
+
+    def clean_evaluations(setting, data):
+        vae, vae_key = vaes[setting]
         for kind, (run, summary, key) in cleans.items():
             study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
                             extra={"search": summary}, vae=vae_key)
 
+    tasks += [_Task(f"clean-{kind}", (), partial(clean_task, kind)) for kind in ("mlp", "cnn")]
+    for method, level in study.settings:
+        setting = setting_name(method, level)
+        tasks.append(_Task(f"clean-on-{setting}", (f"vae-{setting}", "clean-mlp", "clean-cnn"),
+                           partial(clean_evaluations, setting, study.data(method, level))))
+
     # Beyond the thesis: mask-aware models, VAEs for incomplete data, importance weights, baselines.
     if study.beyond_stage:
-        for method, level in chosen:
-            beyond.run_setting(study, setting_name(method, level), study.data(method, level), cleans)
-    study.bar.close()
+        for method, level in study.settings:
+            setting = setting_name(method, level)
+            tasks.append(_Task(f"beyond-{setting}", ("clean-mlp", "clean-cnn"),
+                               partial(beyond.run_setting, study, setting, study.data(method, level), cleans)))
+    return tasks
+
+
+def _table3(study, vaes, vae_mlps):
+    """Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config."""
+    p, data = study.preset, study.data("random-pixels", 0.7)
+    type2_rp70 = vae_mlps["random-pixels-0.7"][0]
+    table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
+               "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
+               "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's (report.table3)
+    for name, config in WEAK_VAES.items():
+        vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
+        run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
+                                 epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
+        table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
+                       "test_accuracy": run.metrics["test_accuracy"], "health": run.metrics.get("health")})
+    write_json(study.out / "results" / "table3.json", {"rows": table3})
 
 
 def _record_invocation(study, started):
