@@ -122,7 +122,13 @@ class FusedAdadelta(torch.optim.Adadelta):
                     state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["acc_delta"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
-                tensors = (param, param.grad, state["square_avg"], state["acc_delta"])
+                grad = param.grad
+                if _dense(param):  # everything in the weight's layout (a checkpoint loads the averages contiguous)
+                    grad = grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
+                    for key in ("square_avg", "acc_delta"):
+                        if state[key].stride() != param.stride():
+                            state[key] = torch.empty_like(param).copy_(state[key])
+                tensors = (param, grad, state["square_avg"], state["acc_delta"])
                 update = _fused_update()
                 if update and all(_dense(t) and t.stride() == param.stride() for t in tensors):
                     try:
@@ -130,7 +136,7 @@ class FusedAdadelta(torch.optim.Adadelta):
                         continue
                     except Exception as error:  # a compilation that fails changes nothing; the plain update follows
                         _unfused(error)
-                _adadelta_update(*tensors, lr, rho, eps, decay)  # also where a gradient's layout is not its weights'
+                _adadelta_update(*tensors, lr, rho, eps, decay)  # also for a weight that is not dense
         return None
 
 
