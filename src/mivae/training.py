@@ -100,7 +100,8 @@ class FusedAdadelta(torch.optim.Adadelta):
     torch's step makes about a dozen passes over every weight tensor, each bound by memory: 42 % of a
     784-512-512 MLP's bf16 training step on one thread (docs/reproduction.md, "Time"). The state, its
     names and `state_dict` are torch's, so checkpoints load in either; updates agree with torch's to
-    rounding (about 1e-8). Off the CPU, or without a C++ compiler, the step is torch's own.
+    rounding (about 1e-8). Off the CPU, or without a C++ compiler, the step is torch's own; where the
+    compilation fails, the same update runs unfused, with a warning.
     """
 
     @torch.no_grad()
