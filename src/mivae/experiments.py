@@ -311,34 +311,20 @@ class Study:
 
 
 @contextlib.contextmanager
-def _locked(path, on_wait=None):
-    """Holds an exclusive lock on the file `path` (created if need be), calling on_wait() first if another holds it."""
+def _locked(path, on_wait=None, wait=True):
+    """Holds an exclusive lock on the file `path` (created if need be) and yields True. If another holds it: calls
+    on_wait() and waits for it, or with wait=False yields False at once, holding nothing."""
     handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # an empty lock file: nothing is ever written to it
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             if on_wait is not None:
                 on_wait()
             fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)
-
-
-@contextlib.contextmanager
-def _try_locked(path):
-    """Holds an exclusive lock on the file `path` if no one else does: yields True, or False without waiting."""
-    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
         try:
             yield True
         finally:
@@ -473,7 +459,7 @@ def _run_tasks(study, tasks):
     while pending:
         ready = [t for t in pending if set(t.needs) <= done]
         for task in ready:
-            with _try_locked(folder / f".{task.name}.lock") as ours:
+            with _locked(folder / f".{task.name}.lock", wait=False) as ours:
                 if ours:
                     task.run()
                     break
