@@ -3,9 +3,10 @@
     python benchmarks/run.py                   # the full suite, a few minutes on 2 cores
     python benchmarks/run.py --smoke           # seconds: every code path, tiny sizes (used by the tests)
 
-Prints one table and writes the results to benchmarks/results.json and BENCHMARKS.md.
-Every time is the median of several repeats, and every ratio is taken between figures
-measured in the same run, so that a noisy machine moves both sides alike.
+Prints one table and writes the results to benchmarks/results.json and this machine's section of
+BENCHMARKS.md: a machine class (processor, native bf16 or not, AMX or not) has a section of its own,
+which only a run on that class replaces. Every time is the median of several repeats, and every ratio
+is taken between figures measured in the same run, so that a noisy machine moves both sides alike.
 """
 
 import argparse
@@ -204,6 +205,7 @@ def run(sizes, threads):
             "threads": threads,
             "torch": torch.__version__,
             "bf16_native": bf16_supported("cpu"),
+            **_cpu_features(),
             "precision": str(dtype).removeprefix("torch."),
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -276,27 +278,73 @@ def _processor():
     return platform.processor() or "unknown"
 
 
+def _cpu_features():
+    """Whether the CPU has AVX-512 BF16 and AMX, from the flags of /proc/cpuinfo (both False where it cannot be read)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
+
+
+def machine_title(machine):
+    """The heading of a machine class's section: processor, native bf16 or not, AMX or not."""
+    if machine.get("amx"):
+        bf16 = "AMX"
+    elif machine.get("avx512_bf16"):
+        bf16 = "AVX-512 BF16, no AMX"
+    else:
+        bf16 = "native bf16" if machine.get("bf16_native") else "no native bf16"
+    return f"## Machine: {machine['processor']}, {bf16}"
+
+
+INTRO = """# Benchmarks
+
+One section per machine class (processor, native bf16 or not, AMX or not); `python benchmarks/run.py`
+replaces only the section of the machine it runs on. Every time is the median of several repeats; every
+fraction is of the peak measured in the same run, and the targets are judged per machine."""
+
+
+def merge_report(existing, section, tail=""):
+    """BENCHMARKS.md with `section` (starting with its `machine_title`) in place of the existing section of the
+    same title, or after the others; every other machine's section is kept as it is, and `tail` ends the file."""
+    sections, current = [], None
+    for line in existing.splitlines():
+        if line.startswith("## "):
+            current = [line] if line.startswith("## Machine: ") else None  # other top-level sections are rebuilt
+            if current is not None:
+                sections.append(current)
+        elif current is not None:
+            current.append(line)
+    title = section.splitlines()[0]
+    texts = ["\n".join(lines).strip() for lines in sections]
+    if title in (t.splitlines()[0] for t in texts):
+        texts = [section.strip() if t.splitlines()[0] == title else t for t in texts]
+    else:
+        texts.append(section.strip())
+    return "\n\n".join([INTRO, *texts, *([tail.strip()] if tail.strip() else [])]) + "\n"
+
+
 def markdown(results, command):
-    """Returns BENCHMARKS.md for `results`."""
+    """Returns the section of BENCHMARKS.md for `results`' machine."""
     m, p = results["machine"], results["peak_gflops"]
     lines = [
-        "# Benchmarks",
+        machine_title(m),
         "",
         f"Command: `{command}`  ",
         f"Date: {results['date']}  ",
         f"Machine: {m['processor']}, {m['cores']} cores, {m['threads']} threads (measured), torch {m['torch']}, "
         f"native bf16: {'yes' if m['bf16_native'] else 'no'}, precision used: {m['precision']}",
         "",
-        "Every time is the median of several repeats; every fraction is of the peak measured in the same run.",
-        "",
-        f"## Matmul peak (({p['rows']} x 784) @ (784 x 512))",
+        f"### Matmul peak (({p['rows']} x 784) @ (784 x 512))",
         "",
         "| precision | GFLOP/s |",
         "|---|---|",
         f"| float32 | {p['float32']:.1f} |",
         f"| bfloat16 | {p['bfloat16']:.1f}{'' if m['bf16_native'] else ' (emulated: no native bf16 on this CPU)'} |",
         "",
-        "## One training epoch",
+        "### One training epoch",
         "",
         "| model | images | seconds | GFLOP/s | of peak | matmuls alone (s) | epoch / matmuls |",
         "|---|---|---|---|---|---|---|",
@@ -313,14 +361,14 @@ def markdown(results, command):
     lines += ["", f"Training data: {results['data']}, batches of {mlp['batch']}. CNN step time: "
               + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) + ".", "", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
               f"mivae's loop is {mlp['speedup_over_dataloader']:.2f}x as fast.", "",
-              "## Multiple imputation", "",
+              "### Multiple imputation", "",
               "| model | image-samples/s | GFLOP/s | of peak | 10,000 x 3,000 (s) | per-sample loop (image-samples/s) | speed-up |",
               "|---|---|---|---|---|---|---|"]
     for name, row in results["multiple_imputation"].items():
         lines.append(f"| {name} | {row['image_samples_per_second']:,.0f} | {row['gflops']:.1f} | {row['fraction_of_peak']:.0%} | "
                      f"{row['seconds_for_10000_images_x_3000']:,.0f} | {row['per_sample_loop_image_samples_per_second']:,.0f} | "
                      f"{row['speedup_over_per_sample_loop']:.1f}x |")
-    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
     mi = results["multiple_imputation"]["vae+mlp"]
     lines.append(f"| VAE+MLP, 10,000 images x 3,000 samples in at most 30 s | {mi['seconds_for_10000_images_x_3000']:,.0f} s | "
                  f"{'yes' if mi['seconds_for_10000_images_x_3000'] <= 30 else 'no'} |")
@@ -335,16 +383,23 @@ def markdown(results, command):
                   "30 s target, which assumes bf16 at about 3,400 GFLOP/s, cannot be reached here: at the float32 peak "
                   f"of {p['float32']:.0f} GFLOP/s the {total / 1e3:.0f} TFLOP of 30 million VAE+MLP samples need at least "
                   f"{total / p['float32']:,.0f} s."]
-    precision = ROOT / "benchmarks" / "precision.json"
-    if precision.exists():
-        check = json.loads(precision.read_text())
-        lines += ["", "## bf16 against float32 on the same models and test set", "",
-                  f"Command: `{check['command']}` ({check['test_images']} test images; native bf16 on that machine: "
-                  f"{'yes' if check['bf16_native'] else 'no, emulated'})", "",
-                  "| model | float32 accuracy | bf16 accuracy | images differing | z (bf16 vs float32) |", "|---|---|---|---|---|"]
-        for row in check["rows"]:
-            lines.append(f"| {row['name']} | {row['float32_accuracy']:.4f} | {row['bfloat16_accuracy']:.4f} | "
-                         f"{row['differing_images']} | {row['z_bf16_vs_float32']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def precision_section(path=ROOT / "benchmarks" / "precision.json"):
+    """The closing section of BENCHMARKS.md, from benchmarks/precision.py's results ("" before it has run)."""
+    if not Path(path).exists():
+        return ""
+    check = json.loads(Path(path).read_text())
+    lines = ["## bf16 against float32 on the same models and test set", "",
+             f"Command: `{check['command']}` ({check['test_images']} test images; native bf16 on that machine: "
+             f"{'yes' if check['bf16_native'] else 'no, emulated'})", "",
+             "| model | float32 accuracy | bf16 accuracy | images differing | z (bf16 vs float32) |", "|---|---|---|---|---|"]
+    for row in check["rows"]:
+        lines.append(f"| {row['name']} | {row['float32_accuracy']:.4f} | {row['bfloat16_accuracy']:.4f} | "
+                     f"{row['differing_images']} | {row['z_bf16_vs_float32']:+.2f} |")
+    if check.get("note"):
+        lines += ["", check["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -358,11 +413,12 @@ def main(argv=None):
     threads = args.threads or measure_threads()
     results = run(SMOKE if args.smoke else FULL, threads)
     command = "python benchmarks/run.py" + (" --smoke" if args.smoke else "")
-    report = markdown(results, command)
+    section = markdown(results, command)
+    existing = Path(args.markdown).read_text() if Path(args.markdown).exists() else ""
     write_json(args.out, results)
     with atomic_path(args.markdown) as tmp:
-        tmp.write_text(report)
-    print(report)
+        tmp.write_text(merge_report(existing, section, precision_section()))
+    print(section)
     return 0
 
 

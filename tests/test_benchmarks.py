@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+BENCH = runpy.run_path(str(BENCHMARK))  # its functions, without running it
 
 
 def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
@@ -26,6 +27,31 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
         assert row["image_samples_per_second"] > 0 and row["speedup_over_per_sample_loop"] > 0
     report = md.read_text()
     assert report.startswith("# Benchmarks") and "| vae+mlp |" in report
+    title = BENCH["machine_title"](results["machine"])
+    assert report.count("## Machine: ") == 1 and title in report.splitlines()
+
+
+def _section(title, figure):
+    return f"{title}\n\nCommand: `python benchmarks/run.py`  \n\n### Targets\n\n| target | {figure} | yes |\n"
+
+
+def test_a_benchmark_run_replaces_only_its_own_machines_section():
+    merge, title = BENCH["merge_report"], BENCH["machine_title"]
+    fp32 = title({"processor": "AMD EPYC", "bf16_native": False, "avx512_bf16": False, "amx": False})
+    avx = title({"processor": "AMD EPYC", "bf16_native": True, "avx512_bf16": True, "amx": False})
+    amx = title({"processor": "Intel Xeon", "bf16_native": True, "avx512_bf16": True, "amx": True})
+    assert (fp32, avx, amx) == ("## Machine: AMD EPYC, no native bf16", "## Machine: AMD EPYC, AVX-512 BF16, no AMX",
+                                "## Machine: Intel Xeon, AMX")
+    tail = "## bf16 against float32 on the same models and test set\n\nrows\n"
+    report = merge("", _section(fp32, "1.31x"), tail)
+    report = report.replace("| 1.31x | yes |\n", "| 1.31x | yes |\n\nA note added by hand to the fp32 section.\n")
+    report = merge(report, _section(avx, "2.45x"), tail)
+    assert report.count("## Machine: ") == 2 and report.count("## bf16 against") == 1 and report.endswith(tail)
+    again = merge(report, _section(avx, "1.40x"), tail)   # the same machine class again: its section only
+    assert "2.45x" not in again and "1.40x" in again and "| 1.31x |" in again and "A note added by hand" in again
+    assert again.index(fp32) < again.index(avx) < again.index("## bf16 against")
+    third = merge(again, _section(amx, "1.10x"), tail)
+    assert third.index(avx) < third.index(amx) < third.index("## bf16 against") and third.startswith("# Benchmarks")
 
 
 def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
