@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                   # the full suite, a few minutes on 2 cores
     python benchmarks/run.py --smoke           # seconds: every code path, tiny sizes (used by the tests)
+    python benchmarks/run.py --device cuda     # the same on a GPU, against the GPU's own measured peak
 
 Prints one table and writes the results to benchmarks/results.json and this machine's section of
 BENCHMARKS.md: a machine class (processor, native bf16 or not, AMX or not) has a section of its own,
@@ -26,7 +27,7 @@ from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.data import load_splits
 from mivae.errors import MivaeError
-from mivae.hardware import bf16_supported, measure_threads, resolve_precision
+from mivae.hardware import bf16_supported, measure_threads, resolve_device, resolve_precision, synchronize
 from mivae.imputation import in_precision, multiple_imputation
 from mivae.models import build_model
 from mivae.models.classifiers import softmax
@@ -36,8 +37,11 @@ from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 ROOT = Path(__file__).resolve().parents[1]
 
 # Sizes of the full run and of the smoke run.
-FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=1000, repeats=5, epoch_repeats=3, peak_rows=4096, cnn_steps=40)
-SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=20, repeats=2, epoch_repeats=1, peak_rows=256, cnn_steps=2)
+# The matmul peak is measured on (rows x 784) @ (784 x 512): a GPU needs many more rows than a CPU to be kept busy.
+FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=1000, repeats=5, epoch_repeats=3,
+            peak_rows={"cpu": 4096, "cuda": 131_072}, cnn_steps=40)
+SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=20, repeats=2, epoch_repeats=1,
+             peak_rows={"cpu": 256, "cuda": 4096}, cnn_steps=2)
 
 VAE = VAEConfig(hidden=(512, 512), latent=20)   # the decoder of the issue's facts: 20-512-512-784
 MLP3 = MLPConfig(hidden=(512, 512, 512))        # a 3-layer MLP
@@ -46,22 +50,25 @@ CNN = CNNConfig()
 BATCH = 128                                     # images per training step, as mivae trains
 
 
-def median_time(fn, repeats, warmup=1):
-    """Returns the median wall time in seconds of `fn()` over `repeats` calls after `warmup` calls."""
+def median_time(fn, repeats, warmup=1, device="cpu"):
+    """Returns the median wall time in seconds of `fn()` over `repeats` calls after `warmup` calls, each timed
+    until `device` has finished the work it queued."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def matmul_peak(dtype, rows, repeats):
+def matmul_peak(dtype, rows, repeats, device="cpu"):
     """Returns GFLOP/s of a (rows x 784) @ (784 x 512) matmul in `dtype`."""
-    a, b = torch.randn(rows, 784).to(dtype), torch.randn(784, 512).to(dtype)
-    seconds = median_time(lambda: torch.mm(a, b), repeats)
+    a, b = torch.randn(rows, 784, device=device).to(dtype), torch.randn(784, 512, device=device).to(dtype)
+    seconds = median_time(lambda: torch.mm(a, b), repeats, device=device)
     return 2 * rows * 784 * 512 / seconds / 1e9
 
 
@@ -104,25 +111,26 @@ def cnn_step_times(x, y, steps, low_precision):
     seconds = {}
     for name, model in (("mivae's CNN", build_model("cnn", CNN, x.shape[1:])),
                         ("plain PyTorch layers", plain_cnn(x.shape[1:], CNN))):
+        model = model.to(x.device)
         optimizer = adadelta(model, CNN.lr)
         xb, yb = x[:BATCH], y[:BATCH]
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low_precision):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low_precision):
                 loss = torch.nn.functional.cross_entropy(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
-        seconds[name] = median_time(lambda: [step() for _ in range(steps)], 1) / steps
+        seconds[name] = median_time(lambda: [step() for _ in range(steps)], 1, device=x.device) / steps
     return seconds
 
 
-def matmul_only_epoch(shapes, images, dtype, repeats):
+def matmul_only_epoch(shapes, images, dtype, repeats, device="cpu"):
     """Seconds of the forward and backward matmuls alone of one epoch of batches of BATCH images."""
-    weights = [torch.randn(i, o).to(dtype) for i, o in shapes]
-    acts = [torch.randn(BATCH, i).to(dtype) for i, _ in shapes]
-    grads = [torch.randn(BATCH, o).to(dtype) for _, o in shapes]
+    weights = [torch.randn(i, o, device=device).to(dtype) for i, o in shapes]
+    acts = [torch.randn(BATCH, i, device=device).to(dtype) for i, _ in shapes]
+    grads = [torch.randn(BATCH, o, device=device).to(dtype) for _, o in shapes]
 
     def one_step():
         for layer, (w, a, g) in enumerate(zip(weights, acts, grads)):
@@ -132,23 +140,23 @@ def matmul_only_epoch(shapes, images, dtype, repeats):
             torch.mm(a.t(), g)      # gradient of the weight
 
     steps = -(-images // BATCH)
-    return median_time(one_step, repeats) * steps
+    return median_time(one_step, repeats, device=device) * steps
 
 
 def training_epoch(kind, config, x, y, repeats, precision):
     """Seconds of one mivae training epoch (fit) of `kind` on images x."""
-    model = build_model(kind, config, x.shape[1:])
+    model = build_model(kind, config, x.shape[1:]).to(x.device)
     if kind == "vae":
         optimizer, loss, targets = adam(model, config.lr, config.l2), vae_loss, x
     else:
         optimizer, loss, targets = adadelta(model, config.lr, config.l2), classifier_loss, y
-    train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision)
-    return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, warmup=0), model
+    train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision, device=str(x.device))
+    return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, 0, x.device), model
 
 
 def dataloader_epoch(config, x, y, repeats, dtype):
     """Seconds of one epoch of the conventional DataLoader loop on the same MLP, at the same precision."""
-    model = build_model("mlp", config, x.shape[1:])
+    model = build_model("mlp", config, x.shape[1:]).to(x.device)
     optimizer, loss = adadelta(model, config.lr, config.l2), classifier_loss
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
 
@@ -156,12 +164,12 @@ def dataloader_epoch(config, x, y, repeats, dtype):
         model.train()
         for xb, yb in loader:
             optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 value = loss(model, xb, yb)
             value.backward()
             optimizer.step()
 
-    return median_time(epoch, repeats, warmup=0)
+    return median_time(epoch, repeats, 0, x.device)
 
 
 def per_sample_loop(model, x, samples, dtype):
@@ -169,7 +177,7 @@ def per_sample_loop(model, x, samples, dtype):
     low = in_precision(model, dtype)
     with torch.inference_mode():
         mu, logvar = model.vae.encode(x)
-        total = torch.zeros(len(x), 10)
+        total = torch.zeros(len(x), 10, device=x.device)
         for _ in range(samples):
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             total += softmax(low.classifier(low.vae.decode(z.to(dtype))))
@@ -194,30 +202,34 @@ def training_images(n):
         return torch.rand(n, 28, 28), torch.randint(0, 10, (n,)), "random (MNIST not found)"
 
 
-def run(sizes, threads):
+def run(sizes, threads, device="cpu"):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    dtype = resolve_precision("auto")
+    device = torch.device(device)
+    dtype = resolve_precision("auto", device)
     results = {
         "machine": {
-            "processor": _processor(),
+            "device": device.type,
+            "processor": _processor(device),
             "cores": os.cpu_count(),
             "threads": threads,
             "torch": torch.__version__,
-            "bf16_native": bf16_supported("cpu"),
-            **_cpu_features(),
+            "bf16_native": bf16_supported(device),
+            **(_cpu_features() if device.type == "cpu" else {}),
             "precision": str(dtype).removeprefix("torch."),
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     r = sizes["repeats"]
-    peak32 = matmul_peak(torch.float32, sizes["peak_rows"], r)
+    rows = sizes["peak_rows"][device.type]
+    peak32 = matmul_peak(torch.float32, rows, r, device)
     # Without native bf16 the emulation is hundreds of times slower: measure it small.
-    peak16 = matmul_peak(torch.bfloat16, sizes["peak_rows"] if bf16_supported() else 64, r)
+    peak16 = matmul_peak(torch.bfloat16, rows if bf16_supported(device) else 64, r, device)
     peak = peak16 if dtype == torch.bfloat16 else peak32
-    results["peak_gflops"] = {"float32": peak32, "bfloat16": peak16, "used": peak, "rows": sizes["peak_rows"]}
+    results["peak_gflops"] = {"float32": peak32, "bfloat16": peak16, "used": peak, "rows": rows}
 
     x, y, results["data"] = training_images(sizes["images"])
+    x, y = x.to(device), y.to(device)
     epochs = {}
     for name, kind, config in (("vae", "vae", VAE), ("mlp3", "mlp", MLP3), ("cnn", "cnn", CNN)):
         repeats = 1 if kind == "cnn" else sizes["epoch_repeats"]  # a CNN epoch takes minutes on a CPU
@@ -231,7 +243,7 @@ def run(sizes, threads):
         else:
             shapes = linear_shapes(model)
             flops = dense_training_flops(shapes, sizes["images"])
-            matmuls = matmul_only_epoch(shapes, sizes["images"], dtype, r)
+            matmuls = matmul_only_epoch(shapes, sizes["images"], dtype, r, device)
             row.update(gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak,
                        matmul_only_seconds=matmuls, ratio_to_matmuls=seconds / matmuls)
         epochs[name] = row
@@ -241,19 +253,19 @@ def run(sizes, threads):
     results["training_epoch"] = epochs
 
     mi = {}
-    vae = build_model("vae", VAE, (28, 28))
+    vae = build_model("vae", VAE, (28, 28)).to(device)
     for name, kind, config in (("vae+mlp", "vae+mlp", MLP2), ("vae+cnn", "vae+cnn", CNN)):
-        model = build_model(kind, config, (28, 28), vae=vae).eval()
+        model = build_model(kind, config, (28, 28), vae=vae).to(device).eval()
         n, samples = sizes["mi_images"], sizes["mi_samples"]
         if kind == "vae+cnn":
             n, samples = max(1, n // 10), samples  # the CNN costs about 10x more per sample
         xi, yi = x[:n], y[:n]
-        seconds = median_time(lambda: multiple_imputation(model, xi, yi, samples, dtype=dtype), max(1, r // 2))
+        seconds = median_time(lambda: multiple_imputation(model, xi, yi, samples, dtype=dtype), max(1, r // 2), 1, device)
         rate = n * samples / seconds
         flops = per_sample_flops(model, (28, 28))
         loop_n = sizes["loop_images"] if kind == "vae+mlp" else max(1, sizes["loop_images"] // 10)
         loop_samples = max(1, samples // 30)
-        loop = median_time(lambda: per_sample_loop(model, x[:loop_n], loop_samples, dtype), 1)
+        loop = median_time(lambda: per_sample_loop(model, x[:loop_n], loop_samples, dtype), 1, 1, device)
         loop_rate = loop_n * loop_samples / loop
         mi[name] = {
             "image_samples_per_second": rate,
@@ -268,7 +280,9 @@ def run(sizes, threads):
     return results
 
 
-def _processor():
+def _processor(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -289,7 +303,9 @@ def _cpu_features():
 
 
 def machine_title(machine):
-    """The heading of a machine class's section: processor, native bf16 or not, AMX or not."""
+    """The heading of a machine class's section: processor, native bf16 or not, AMX or not (or the GPU)."""
+    if machine.get("device") == "cuda":
+        return f"## Machine: {machine['processor']} (GPU)"
     if machine.get("amx"):
         bf16 = "AMX"
     elif machine.get("avx512_bf16"):
@@ -407,12 +423,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks every code path in seconds")
     parser.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"), help="JSON results file")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="Markdown report file")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except MivaeError as e:
+        parser.error(str(e))
     threads = args.threads or measure_threads()
-    results = run(SMOKE if args.smoke else FULL, threads)
-    command = "python benchmarks/run.py" + (" --smoke" if args.smoke else "")
+    results = run(SMOKE if args.smoke else FULL, threads, device)
+    command = "python benchmarks/run.py" + (" --smoke" if args.smoke else "") + (
+        f" --device {args.device}" if device.type != "cpu" else "")
     section = markdown(results, command)
     existing = Path(args.markdown).read_text() if Path(args.markdown).exists() else ""
     write_json(args.out, results)

@@ -86,6 +86,10 @@ CLI_CASES = {
     "IDX file truncated": (["data", "info", "--data-dir", "{root}/truncated"], "is truncated", None),
     "IDX file of the wrong magic": (["data", "info", "--data-dir", "{root}/magic"], "magic number 2305", None),
     "unknown dataset": (["data", "info", "--dataset", "cifar"], "invalid choice: 'cifar' (choose from", None),
+    "a device mivae does not run on": (["train", "mlp", "--dataset", "digits", "--device", "tpu", "--out", "{tmp}/run"],
+                                       "device 'tpu' is not a device; expected auto, cpu, cuda or cuda:N.", "{tmp}/run"),
+    "a GPU that is not there": (["train", "mlp", "--dataset", "digits", "--device", "cuda:7", "--out", "{tmp}/run"],
+                                "device 'cuda:7' is not available: this torch sees", "{tmp}/run"),
     "CSV with a word in a numeric column": (["impute", "{root}/words.csv", "--out", "{tmp}/out"], "row 2 holds 'x7'",
                                             "{tmp}/out"),
     "CSV with no rows": (["impute", "{root}/header.csv", "--out", "{tmp}/out"], "has a header but no rows", "{tmp}/out"),
@@ -214,6 +218,8 @@ API_CASES = {
     "a classifier without imputations": (lambda: MultipleImputationClassifier(imputer=object()).fit(TABLE, [0, 1] * 20),
                                          "imputer must be a VAEImputer or MIWAEImputer"),
     "a missing run": (lambda: load_run("/nonexistent/run"), "run directory /nonexistent/run does not exist"),
+    "an imputer on a GPU that is not there": (lambda: MIWAEImputer(device="cuda:7").fit(TABLE),
+                                              "device 'cuda:7' is not available: this torch sees"),
 }
 
 

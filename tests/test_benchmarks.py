@@ -1,9 +1,12 @@
 import json
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 BENCH = runpy.run_path(str(BENCHMARK))  # its functions, without running it
@@ -52,6 +55,37 @@ def test_a_benchmark_run_replaces_only_its_own_machines_section():
     assert again.index(fp32) < again.index(avx) < again.index("## bf16 against")
     third = merge(again, _section(amx, "1.10x"), tail)
     assert third.index(avx) < third.index(amx) < third.index("## bf16 against") and third.startswith("# Benchmarks")
+
+
+def test_the_gpu_checks_dry_run_takes_every_step_on_the_cpu(tmp_path):
+    script = BENCHMARK.parent / "gpu.sh"
+    done = subprocess.run(["bash", str(script), "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
+    assert [r["step"] for r in rows] == ["device", "train every kind, one epoch", "multiple imputation",
+                                         "tabular estimators", "benchmark suite", "smoke study", "all of it within 600 s"]
+    assert all(r["ok"] for r in rows) and "every step worked" in done.stdout
+    kinds = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert kinds == sorted(["vae", "miwae", "not-miwae", "mlp", "cnn"] + [f"{i}+{c}" for i in ("vae", "miwae", "not-miwae")
+                                                                         for c in ("mlp", "cnn")])
+    for kind in kinds:
+        assert json.loads((tmp_path / "runs" / kind / "config.json").read_text())["train"]["device"] == "cpu"
+    assert "## Machine: " in (tmp_path / "BENCHMARKS.md").read_text()   # the repository's BENCHMARKS.md is left alone
+    assert (tmp_path / "study" / "report" / "README.md").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check runs for real")
+def test_without_a_gpu_the_check_fails_every_step_with_its_reason_and_exits_non_zero(tmp_path):
+    done = subprocess.run(["bash", str(BENCHMARK.parent / "gpu.sh"), "--out", str(tmp_path)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    assert done.returncode == 1
+    rows = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
+    assert not any(r["ok"] for r in rows[:6]) and rows[-1]["ok"]   # refused at once, so well within the budget
+    assert rows[0]["detail"] == "device 'cuda' is not available: this torch sees no GPU (a CPU build of torch, or no driver)."
+    assert "exited with status 2" in rows[1]["detail"] and "is not available" in rows[3]["detail"]
+    assert "FAILED: device, train every kind, one epoch, multiple imputation" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mivae.errors import MivaeError
-from mivae.hardware import bf16_supported, measure_threads, resolve_precision
+from mivae.config import TrainConfig
+from mivae.hardware import bf16_supported, check_device, measure_threads, resolve_device, resolve_precision
 from mivae.imputation import multiple_imputation, predict_proba
 from mivae.models.classifiers import MLP
 from mivae.models.type2 import VAEClassifier
@@ -26,6 +27,25 @@ def test_precision_is_forced_or_follows_the_hardware():
     assert resolve_precision("auto") == (torch.bfloat16 if bf16_supported("cpu") else torch.float32)
     with pytest.raises(MivaeError, match="unknown precision 'fp16'; expected one of auto, bf16, fp32"):
         resolve_precision("fp16")
+
+
+def test_auto_is_the_gpu_where_torch_sees_one_and_a_named_gpu_must_be_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and TrainConfig().device == "cpu"
+    with pytest.raises(MivaeError, match=r"^device 'cuda' is not available: this torch sees no GPU"):
+        resolve_device("cuda")
+    assert TrainConfig(device="cuda").device == "cuda"  # a run trained on a GPU is still read on a machine without
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda") and TrainConfig().device == "cuda"
+    assert TrainConfig(device="cpu").device == "cpu" and resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(MivaeError, match=r"^device 'cuda:1' is not available: this torch sees 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:1")
+    for bad in ("tpu", "mps", "cuda:x", "", None):
+        with pytest.raises(MivaeError, match="expected auto, cpu, cuda or cuda:N"):
+            check_device(bad)
+    with pytest.raises(MivaeError, match="^device 'meta' is not one mivae runs on"):
+        TrainConfig(device="meta")
 
 
 def test_measured_thread_count_is_a_valid_count():

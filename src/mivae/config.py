@@ -13,9 +13,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from mivae.errors import MivaeError
+from mivae.hardware import check_device, resolve_device
 
 
 def _require(condition, message):
@@ -155,7 +154,7 @@ class TrainConfig:
                                 # starts with a flat stretch of several epochs (docs/reproduction.md)
     batch_size: int = 128       # images per gradient step
     seed: int = 0               # seeds initialisation, shuffling and latent samples
-    device: str = "cpu"         # torch device
+    device: str = "auto"        # cpu, cuda or cuda:N; auto: the GPU where torch sees one, else the CPU
     precision: str = "auto"     # matmul precision: bf16 where the hardware runs it natively, else fp32
     eval_batch_size: int = 4096  # images per forward pass when evaluating
 
@@ -167,11 +166,10 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
         _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
         _require(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise MivaeError(f"device {self.device!r} is not a torch device, like cpu or cuda.") from None
-        _require(device.type != "cuda" or torch.cuda.is_available(), f"device {self.device!r} is not available: this torch sees no GPU.")
+        # "auto" is settled here, so a saved run names the device it ran on; a named GPU is checked where it is used
+        # (hardware.resolve_device), so a run trained on one can be read on a machine without.
+        device = check_device(self.device)
+        object.__setattr__(self, "device", str(resolve_device()) if device == "auto" else device)
 
 
 def _describe(tp):

@@ -44,7 +44,7 @@ from mivae import beyond
 from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
-from mivae.hardware import resolve_precision
+from mivae.hardware import resolve_device, resolve_precision
 from mivae.models import classifier_kind
 from mivae.pipeline import evaluate_run, train_model
 from mivae.problem import make_problem
@@ -130,7 +130,7 @@ class Study:
     """One reproduce run directory: runs each unit once, and reuses what earlier runs finished."""
 
     def __init__(self, preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None,
-                 beyond_stage=True):
+                 beyond_stage=True, device="auto"):
         if preset not in PRESETS:
             raise MivaeError(f"unknown preset {preset!r}; known presets are {', '.join(PRESETS)}.")
         if seed < 0:
@@ -143,6 +143,7 @@ class Study:
             raise MivaeError(f"the settings to run must be some of the thesis' six, {', '.join(SETTINGS)}; got "
                              f"{unknown[0] if unknown else 'none'}.")
         self.beyond_stage = beyond_stage
+        self.device = str(resolve_device(device))  # where every unit trains and is evaluated; not part of any key
         identity = json.loads(json.dumps({"preset": dataclasses.asdict(self.preset), "seed": seed, "limit": limit}))
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,8 @@ class Study:
         part = part if part in PARTS else "vae"  # MIWAE and not-MIWAE: as the VAE
         return TrainConfig(epochs=epochs or self.preset.epochs[kind], patience=self.preset.patience[part],
                            min_delta=self.preset.min_delta[part],
-                           min_epochs=self.preset.min_epochs, batch_size=self.preset.batch_size, seed=self.seed)
+                           min_epochs=self.preset.min_epochs, batch_size=self.preset.batch_size, seed=self.seed,
+                           device=self.device)
 
     def image_counts(self):
         n = {"digits": (1079, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
@@ -262,7 +264,7 @@ class Study:
                            on_trial=lambda study: trials.update(1))
                 finally:
                     trials.close()
-            return load_run(directory / "final"), json.loads((directory / "search.json").read_text())
+            return load_run(directory / "final", self.device), json.loads((directory / "search.json").read_text())
 
         (run, summary), key, seconds = self._unit(label, spec, self._search_cost(kind), work)
         return run, {**summary, "seconds": seconds}, key
@@ -277,7 +279,7 @@ class Study:
         def work(directory, finished):
             if not finished:
                 save_run(train_model(kind, data, config, train, problem=self.problem(data), vae_run=vae_run), directory)
-            return load_run(directory)
+            return load_run(directory, self.device)
 
         run, key, _ = self._unit(label, spec, cost, work)
         return run, key
@@ -412,14 +414,16 @@ def parse_settings(text):
     return [pair for name, pair in SETTINGS.items() if name in names]
 
 
-def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None, beyond_stage=True):
+def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None, beyond_stage=True,
+              device="auto"):
     """Runs (or resumes) the study of §4 in `out`; returns the `Study` (its `done` lists every unit).
 
     settings: the (method, level) pairs to run (`parse_settings`), by default all six; Table 3 runs with
     Random Pixels 70 %, Figure 8 with Random Pixels 50 %. beyond_stage: also run the beyond-the-thesis stage.
+    device: where the models train and are evaluated (`hardware.resolve_device`).
     """
     started = time.monotonic()
-    study = Study(preset, out, seed, data_dir, storage, limit, progress, settings, beyond_stage)
+    study = Study(preset, out, seed, data_dir, storage, limit, progress, settings, beyond_stage, device)
     clock = Clock(study.out / "clock", [setting_name(m, lv) for m, lv in study.settings])
     try:
         _run_study(study)
@@ -600,9 +604,10 @@ def hard_image(run, problem, seed, candidates=500, n=16):
     """Figure 8: the test image whose n imputations the VAE+MLP classifies most diversely, with them."""
     generator = torch.Generator().manual_seed(seed)
     model = run.model.eval()
-    x = problem.test.x[:candidates]
+    device = next(model.parameters()).device
+    x = problem.test.x[:candidates].to(device)
     mu, logvar = model.vae.encode(x)
-    eps = torch.randn((len(x), n, mu.shape[1]), generator=generator)
+    eps = torch.randn((len(x), n, mu.shape[1]), generator=generator).to(device)  # the same draws on every device
     z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
     images = model.vae.decode(z.flatten(0, 1))
     predicted = model.classifier(images).argmax(1).view(len(x), n)

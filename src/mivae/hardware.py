@@ -1,4 +1,4 @@
-"""The machine: which precision is fast here, and how many threads to use, both measured or detected.
+"""The machine: which device runs the work, which precision is fast on it, and how many threads to use.
 
 bf16 matmuls are about 10x faster than float32 on CPUs with AMX or AVX-512 BF16, but are
 emulated, and hundreds of times slower, on CPUs without them. `resolve_precision("auto")`
@@ -16,6 +16,49 @@ import torch
 from mivae.errors import MivaeError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N for the Nth GPU
+
+
+def check_device(device):
+    """Returns `device` as a name mivae runs on (auto, cpu, cuda or cuda:N), or raises MivaeError in one sentence.
+
+    Whether the device is present is `resolve_device`'s question: a run trained on a GPU can be read anywhere."""
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise MivaeError(f"device {device!r} is not a device; expected auto, cpu, cuda or cuda:N.") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise MivaeError(f"device {device!r} is not one mivae runs on; expected auto, cpu, cuda or cuda:N.")
+    return str(parsed)
+
+
+def resolve_device(device="auto"):
+    """Returns the torch.device that `device` names: "auto" is the GPU where torch sees one, else the CPU.
+
+    A GPU asked for by name must be there: nothing falls back to the CPU."""
+    name = check_device(str(device) if isinstance(device, torch.device) else device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parsed = torch.device(name)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MivaeError(f"device {name!r} is not available: this torch sees no GPU (a CPU build of torch, "
+                             "or no driver).")
+        if parsed.index is not None and parsed.index >= count:
+            raise MivaeError(f"device {name!r} is not available: this torch sees {count} GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}.")
+    return parsed
+
+
+def synchronize(device):
+    """Waits until `device` has run all the work queued on it (a GPU runs asynchronously; a CPU has nothing to wait
+    for): timings are taken after it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _cpu_flags():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mivae.errors import MivaeError
-from mivae.hardware import resolve_precision, steady_heap
+from mivae.hardware import resolve_device, resolve_precision, steady_heap
 from mivae.health import classifier_health, vae_health
 from mivae.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
                               negative_elbo_per_image, predict_proba, rmse_on_missing)
@@ -140,8 +140,8 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
     test metrics are reported (the final retraining on train + validation of §3.5).
     checkpoint: a file where the training keeps its state between epochs and resumes from (`fit`).
     """
+    device = resolve_device(train.device)  # first: a GPU that is not there is an error before any data is read
     problem = problem or make_problem(data, data_dir)
-    device = torch.device(train.device)
     dtype = resolve_precision(train.precision, device)
     tr, val, test = (p.to(device) for p in (problem.train, problem.val, problem.test))
     torch.manual_seed(train.seed)

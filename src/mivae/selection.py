@@ -32,7 +32,7 @@ import torch
 
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt
-from mivae.hardware import resolve_precision
+from mivae.hardware import resolve_device, resolve_precision
 from mivae.models import CONFIGS, classifier_kind
 from mivae.pipeline import train_model
 from mivae.problem import Part, Problem, make_problem
@@ -513,7 +513,7 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
         both = Problem(_merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes)
         final = train_model(kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False)
     else:
-        final = load_run(directory / "trials" / study.study_name / str(best.number))
+        final = load_run(directory / "trials" / study.study_name / str(best.number), resolve_device(train.device))
     run_dir = save_run(final, directory / "final")
     health = final.metrics.get("health")
     if not healthy:  # the kept model comes from a trial that failed on held-out validation images

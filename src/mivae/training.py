@@ -100,23 +100,27 @@ class FusedAdadelta(torch.optim.Adadelta):
     torch's step makes about a dozen passes over every weight tensor, each bound by memory: 42 % of a
     784-512-512 MLP's bf16 training step on one thread (docs/reproduction.md, "Time"). The state, its
     names and `state_dict` are torch's, so checkpoints load in either; updates agree with torch's to
-    rounding (about 1e-8). Off the CPU, or without a C++ compiler, the step is torch's own; where the
-    compilation fails, the same update runs unfused, with a warning.
+    rounding (about 1e-8). The step is the same on every device (Inductor compiles C++ for a CPU, Triton
+    for a GPU). Without a C++ compiler the step is torch's own; where the compilation fails, the same update
+    runs unfused, with a warning.
     """
 
     @torch.no_grad()
     def step(self, closure=None):
-        if closure is not None or not _fused_update() or any(p.device.type != "cpu" for g in self.param_groups
-                                                             for p in g["params"]):
+        if closure is not None or not _fused_update():
             return super().step(closure)
         for group in self.param_groups:
             if group["maximize"] or group["differentiable"] or group["capturable"]:
                 return super().step(closure)
         for group in self.param_groups:
-            lr, rho, eps, decay = (torch.tensor(float(group[k])) for k in ("lr", "rho", "eps", "weight_decay"))
+            hyper = {}  # lr, rho, eps and weight decay as 0-d tensors on each device the group's weights are on
             for param in group["params"]:
                 if param.grad is None:
                     continue
+                if param.device not in hyper:
+                    hyper[param.device] = tuple(torch.tensor(float(group[k]), device=param.device)
+                                                for k in ("lr", "rho", "eps", "weight_decay"))
+                lr, rho, eps, decay = hyper[param.device]
                 state = self.state[param]
                 if not state:  # as torch's Adadelta starts it
                     state["step"] = torch.zeros((), dtype=torch.float32)

@@ -148,8 +148,8 @@ def miwae_loss(model, inputs, targets=None, samples=5):
         weights, means = importance_weights(log_w.float()), torch.sigmoid(logits.float())
         mean = (weights[..., None, None] * means).sum(0)
         pick = torch.multinomial(weights.T, 1).squeeze(1)
-        drawn = means[pick, torch.arange(len(pick))]
-        guess = complete(visible, torch.where(torch.rand(len(pick), 1, 1) < 0.5, mean, drawn))
+        drawn = means[pick, torch.arange(len(pick), device=pick.device)]
+        guess = complete(visible, torch.where(torch.rand(len(pick), 1, 1, device=pick.device) < 0.5, mean, drawn))
     refined = model.refined_logits(guess, visible)
     log_p_held = -(F.binary_cross_entropy_with_logits(refined, inputs[:, 0], reduction="none") * held).flatten(1).sum(-1)
     return -(iwae_bound(log_w) + log_p_held).mean()
@@ -188,7 +188,8 @@ def impute_multiple(model, inputs, imputations, samples=50, generator=None):
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
     picks = torch.multinomial(importance_weights(log_w).T.float(), imputations, replacement=True, generator=generator)  # (B, M)
-    chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[torch.arange(len(inputs))[:, None], picks]   # (B, M, H, W)
+    rows = torch.arange(len(inputs), device=picks.device)[:, None]
+    chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[rows, picks]   # (B, M, H, W)
     return model.fill(inputs, chosen.transpose(0, 1))
 
 
