@@ -112,6 +112,8 @@ PRESETS = {
 # checks; 4: the paired z counts only the images exactly one of two classifiers gets right), so
 # cached ones are redone.
 EVALUATION_VERSION = 4
+
+
 def setting_name(method, level):
     return f"{method}-{level:g}"
 
