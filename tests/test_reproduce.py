@@ -446,7 +446,7 @@ def test_two_workers_of_one_directory_run_each_unit_once(tmp_path):
         write_json(directory / "unit.json", {"label": "shared", "spec": spec, "seconds": 5.0})
 
     before, after = _held_by_another_worker(directory / ".lock", other_worker_finishes,
-                                            lambda: study._unit("shared", spec, 0, work)[0])
+                                            lambda: study._unit("shared", spec, work)[0])
     assert before == [] and calls == [True] and after == ["trained by the other worker"]
 
 
@@ -466,7 +466,8 @@ def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
 
 def _recording_tasks(ran, needs):
     """Tasks named by `needs`' keys, each appending its name to `ran` when run."""
-    return [experiments._Task(name, tuple(n), lambda name=name: ran.append(name)) for name, n in needs.items()]
+    return [experiments._Task(name, tuple(n), lambda name=name: ran.append(name), name.split("-")[0])
+            for name, n in needs.items()]
 
 
 def test_one_worker_runs_the_tasks_in_their_order(tmp_path):
@@ -498,6 +499,51 @@ def test_the_study_lists_each_task_once_after_the_tasks_it_needs(tmp_path):
         assert names[:5] == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5", "vae+mlp-random-pixels-0.5",
                              "cnn-random-pixels-0.5", "vae+cnn-random-pixels-0.5"]
         assert ("beyond-vertical-lines-0.9" in names) == beyond_stage
+
+
+def test_the_time_left_is_the_mean_of_the_timed_tasks_of_each_kind_shared_among_the_workers(tmp_path):
+    tasks = _recording_tasks([], {f"{kind}-{i}": () for kind, n in (("vae", 3), ("cnn", 2), ("table3", 1))
+                                  for i in range(n)})
+    for name, seconds in (("vae-0", 100), ("vae-1", 200), ("cnn-0", 50)):
+        write_json(tmp_path / f"{name}.json", {"kind": name.split("-")[0], "seconds": seconds})
+    (tmp_path / "cnn-1.json").write_text("{")  # a damaged record: the task counts as left
+    assert experiments.time_left(tmp_path, tasks) == (350, 150 + 50, ["table3"])
+    assert experiments.time_left(tmp_path, tasks, workers=2) == (350, 100, ["table3"])
+    assert experiments._hours_minutes(100) == "2 min" and experiments._hours_minutes(2 * 3600 + 33 * 60) == "2 h 33 min"
+
+
+def test_the_progress_bar_shows_the_share_done_and_the_time_left_from_the_measured_tasks(tmp_path, capsys):
+    study = experiments.Study("smoke", tmp_path, progress=True)
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    tasks = _recording_tasks([], {"vae-0": (), "vae-1": (), "cnn-0": ()})
+    experiments._progress(study, folder, tasks)
+    assert study.bar.postfix == "time left: known once a task is done"
+    write_json(folder / "vae-0.json", {"kind": "vae", "seconds": 180})
+    experiments._progress(study, folder, tasks)
+    assert study.bar.n == 180 and study.bar.total == 360  # no worker's clock beats here: counted as one
+    assert study.bar.postfix == "about 3 min left, besides cnn, not timed yet"
+    study.bar.close()
+
+
+def test_a_worker_times_the_tasks_it_ran_and_keeps_the_times_of_those_it_reused(tmp_path):
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    (tmp_path / "tasks").mkdir()
+    write_json(tmp_path / "tasks" / "vae-0.json", {"kind": "vae", "seconds": 5.0})  # done by a worker before
+    ran = []
+    experiments._run_tasks(study, _recording_tasks(ran, {"vae-0": (), "cnn-0": ("vae-0",)}))
+    assert ran == ["vae-0", "cnn-0"]  # the reused task runs too (it loads the results), but keeps its time
+    assert json.loads((tmp_path / "tasks" / "vae-0.json").read_text()) == {"kind": "vae", "seconds": 5.0}
+    record = json.loads((tmp_path / "tasks" / "cnn-0.json").read_text())
+    assert record["kind"] == "cnn" and 0 <= record["seconds"] < 5
+
+
+def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_beats(tmp_path):
+    (tmp_path / "clock").mkdir()
+    for name, last, finished in (("live", 1000, False), ("ended", 1000, True), ("killed", 500, False)):
+        write_json(tmp_path / "clock" / f"{name}.json", {"started": 0, "last": last, "finished": finished})
+    (tmp_path / "clock" / "damaged.json").write_text("{")
+    assert experiments._workers_running(tmp_path, now=1030) == 1
 
 
 @pytest.mark.parametrize("argv, message", [

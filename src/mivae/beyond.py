@@ -32,10 +32,6 @@ EPOCHS = {
 }
 BASELINES = ("mean", "iterative")  # fills of mivae.problem that are scikit-learn imputers
 CLASSIFIERS = ("mlp", "cnn")
-# Seconds per training image and epoch on 2 cores (float32), for the progress bar only; measured in the
-# quick preset at Random Pixels 50 % (MIWAE 258 s for 15 epochs, MIWAE+MLP 224 s for 10).
-TRAIN_COST = {"miwae": 3.4e-4, "not-miwae": 3.6e-4, "miwae+mlp": 4.5e-4, "not-miwae+mlp": 4.5e-4}
-IMPUTER_COST = {"mean": 1.0, "iterative": 90.0}  # seconds to fit and impute one MNIST setting
 
 
 def incomplete_kind(method):
@@ -70,13 +66,3 @@ def run_setting(study, setting, data, cleans):
         for classifier, (clean, _, clean_key) in cleans.items():
             study.evaluated(setting, f"clean-{classifier}-on-{baseline}", clean_key,
                             partial(study.evaluate, clean, filled), fill=baseline)
-
-
-def estimated_seconds(study):
-    """The compute of `run_setting` over the six settings, for the progress bar."""
-    n_train, _ = study.image_counts()
-    epochs, scale = EPOCHS[study.preset.name], study.cost_scale
-    mlp, cnn = study.train_cost("mlp"), study.train_cost("cnn")
-    per_image = (epochs["mask-mlp"] * mlp * 1.3 + epochs["mask-cnn"] * cnn + epochs["imputed-mlp"] * mlp * len(BASELINES)
-                 + epochs["incomplete-vae"] * TRAIN_COST["miwae"] + epochs["incomplete-vae+mlp"] * TRAIN_COST["miwae+mlp"])
-    return 6 * (per_image * n_train + sum(IMPUTER_COST.values()) * n_train / 50000) * scale

@@ -7,6 +7,7 @@
     RUN_DIR/results/figures/*.json           the images Figures 4, 8, 9 and 13 show
     RUN_DIR/clock/<host>-<pid>-<start>.json  when each invocation ran, kept up to date while it runs
     RUN_DIR/tasks/.<task>.lock               held by the worker running that task
+    RUN_DIR/tasks/<task>.json                how long the task took, for the time left of later invocations
     RUN_DIR/report/                          written by mivae.report from study.json, results/ and clock/ alone
 
 A key is the hash of everything a unit depends on (its kind, data, training settings,
@@ -111,10 +112,6 @@ PRESETS = {
 # checks; 4: the paired z counts only the images exactly one of two classifiers gets right), so
 # cached ones are redone.
 EVALUATION_VERSION = 4
-# Seconds per image and epoch (training) or per image-sample (multiple imputation), measured
-# on 2 cores in float32 (BENCHMARKS.md); only for the time-left estimate of the progress bar.
-_TRAIN_COST = {"vae": 7.5e-5, "mlp": 6e-5, "vae+mlp": 8.5e-5, "cnn": 1.4e-3, "vae+cnn": 1.4e-3, **beyond.TRAIN_COST}
-_SAMPLE_COST = {"mlp": 1.7e-5, "cnn": 3e-4}
 
 
 def setting_name(method, level):
@@ -162,8 +159,9 @@ class Study:
             else:
                 write_json(existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                       "clocked": True})  # every invocation of it is in clock/
-        self.bar = tqdm(total=round(self.estimated_seconds()), unit="s", desc="reproduce", disable=not progress,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} est. s [{elapsed}<{remaining}]")
+        # The share of the study done, in measured seconds, and the time left as `_progress` estimates it.
+        self.bar = tqdm(total=1, desc="reproduce", disable=not progress,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} so far{postfix}")
         self.done = []  # (label, seconds, reused) of every unit, in order
         self._problems = {}
 
@@ -181,37 +179,9 @@ class Study:
                            min_epochs=self.preset.min_epochs, batch_size=self.preset.batch_size, seed=self.seed,
                            device=self.device)
 
-    def image_counts(self):
-        n = {"digits": (1079, 359), "mnist": (50000, 10000)}.get(self.preset.dataset, (50000, 10000))
-        return tuple(min(k, self.limit) if self.limit else k for k in n)
-
-    @property
-    def cost_scale(self):
-        """The cost model's seconds are MNIST's; an 8x8 digit costs about a fifth of a 28x28 one here."""
-        return 0.2 if self.preset.dataset == "digits" else 1.0
-
-    def train_cost(self, kind):
-        """Seconds per training image and epoch of `kind` on 2 cores, for MNIST."""
-        return _TRAIN_COST[kind]
-
-    def _search_cost(self, kind):
-        n_train, _ = self.image_counts()
-        layers = len(self.preset.mlp_layers) if kind.endswith("mlp") else 1
-        trials = self.preset.trials[kind] * layers + (1.2 if self.preset.retrain else 0)
-        return trials * self.preset.epochs[kind] * n_train * _TRAIN_COST[kind] * self.cost_scale
-
-    def estimated_seconds(self):
-        """A rough estimate of the whole study's compute on 2 cores, for the progress bar."""
-        _, n_test = self.image_counts()
-        per_setting = sum(self._search_cost(k) for k in SEARCHED)
-        per_setting += sum(n_test * self.preset.samples[c] * _SAMPLE_COST[c] * self.cost_scale for c in ("mlp", "cnn"))
-        tables367 = self._search_cost("mlp") + self._search_cost("cnn") + 2 * self._search_cost("vae+mlp") / 3
-        share = len(self.settings) / len(SETTINGS)
-        return 6 * per_setting * share + tables367 + beyond.estimated_seconds(self) * share * self.beyond_stage
-
     # -- units ----------------------------------------------------------------------------
 
-    def _unit(self, label, spec, cost, work):
+    def _unit(self, label, spec, work):
         """Runs `work(directory)` unless the unit with this spec finished before; returns its output."""
         directory = self.out / "units" / f"{label}-{key_of(spec)}"
         directory.mkdir(parents=True, exist_ok=True)  # a unit's folder exists from its start; unit.json marks its end
@@ -226,7 +196,6 @@ class Study:
                 trained_in = round(seconds, 2)
                 write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
         self.done.append((label, seconds, finished))
-        self.bar.update(round(cost))
         return result, key_of(spec), trained_in
 
     @contextlib.contextmanager
@@ -266,7 +235,7 @@ class Study:
                     trials.close()
             return load_run(directory / "final", self.device), json.loads((directory / "search.json").read_text())
 
-        (run, summary), key, seconds = self._unit(label, spec, self._search_cost(kind), work)
+        (run, summary), key, seconds = self._unit(label, spec, work)
         return run, {**summary, "seconds": seconds}, key
 
     def trained(self, label, kind, data, config, epochs, vae=None):
@@ -274,21 +243,20 @@ class Study:
         vae_run, vae_key = vae or (None, None)
         train = self.train_config(kind, epochs)
         spec = {"kind": kind, "data": to_dict(data), "model": to_dict(config), "train": to_dict(train), "vae": vae_key}
-        cost = train.epochs * self.image_counts()[0] * _TRAIN_COST[kind] * self.cost_scale
 
         def work(directory, finished):
             if not finished:
                 save_run(train_model(kind, data, config, train, problem=self.problem(data), vae_run=vae_run), directory)
             return load_run(directory, self.device)
 
-        run, key, _ = self._unit(label, spec, cost, work)
+        run, key, _ = self._unit(label, spec, work)
         return run, key
 
     def evaluate(self, run, data, **options):
         """`evaluate_run` of `run` on the test set of `data`, with the setting's cached Problem."""
         return evaluate_run(run, problem=self.problem(data), data=data, **options)
 
-    def evaluated(self, group, name, run_key, compute, cost=0.0, extra=None, **spec):
+    def evaluated(self, group, name, run_key, compute, extra=None, **spec):
         """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key matches."""
         path = self.out / "results" / group / f"{name}.json"
         key = key_of({"run": run_key, "version": EVALUATION_VERSION, **spec})
@@ -300,7 +268,6 @@ class Study:
                 result = {"key": key, **compute(), **(extra or {})}
                 result["seconds"] = round(time.monotonic() - start, 2)
                 write_json(path, result)
-        self.bar.update(round(cost))
         return result
 
     def problem(self, data):
@@ -443,6 +410,7 @@ class _Task:
     name: str
     needs: tuple  # the names of the tasks whose results it uses
     run: object   # run(): does the work, or reuses what a worker before it did, and records its results
+    kind: str     # tasks of one kind cost about the same: the time left is estimated from those already timed
 
 
 def _run_tasks(study, tasks):
@@ -451,29 +419,98 @@ def _run_tasks(study, tasks):
     A worker that finds a ready task held by another worker of this run directory puts it off and takes the
     next ready one, so workers given the same settings share the work instead of waiting on each other; it
     waits only when every ready task is held. A task another worker finished is run too: it reuses the
-    cached units and evaluations, which gives this worker the results later tasks need.
+    cached units and evaluations, which gives this worker the results later tasks need. The worker that does
+    a task's work records how long it took (RUN_DIR/tasks/<task>.json), for the time left (`_progress`).
     """
-    if study.storage is not None:  # a fleet: every worker has its own run directory and shares the searches' trials
-        for task in tasks:
-            task.run()
-        return
     folder = study.out / "tasks"
     folder.mkdir(exist_ok=True)
+    _progress(study, folder, tasks)
+    if study.storage is not None:  # a fleet: every worker has its own run directory and shares the searches' trials
+        for task in tasks:
+            _timed(study, folder, task, tasks)
+        return
     done, pending = set(), list(tasks)
     while pending:
         ready = [t for t in pending if set(t.needs) <= done]
         for task in ready:
             with _locked(folder / f".{task.name}.lock", wait=False) as ours:
                 if ours:
-                    task.run()
+                    _timed(study, folder, task, tasks)
                     break
         else:  # every ready task is another worker's: wait for the first, then reuse its results
             task = ready[0]
             with _locked(folder / f".{task.name}.lock",
                          partial(study.bar.set_description, f"reproduce: waiting for another worker's {task.name}")):
-                task.run()
+                _timed(study, folder, task, tasks)
         done.add(task.name)
         pending.remove(task)
+
+
+def _timed(study, folder, task, tasks):
+    """Runs `task`; records its seconds unless a worker before this one did its work."""
+    record = folder / f"{task.name}.json"
+    timed_before = _task_record(record) is not None
+    start = time.monotonic()
+    task.run()
+    if not timed_before:
+        write_json(record, {"kind": task.kind, "seconds": round(time.monotonic() - start, 2)})
+    _progress(study, folder, tasks)
+
+
+def _task_record(path):
+    try:
+        record = json.loads(path.read_text())
+        return record if isinstance(record.get("seconds"), (int, float)) else None
+    except (OSError, ValueError, AttributeError):
+        return None  # not timed yet, or a damaged record: the task counts as left
+
+
+def time_left(folder, tasks, workers=1):
+    """Returns (seconds done, seconds left, kinds left untimed) of the study's `tasks` from their records in
+    `folder` (RUN_DIR/tasks/).
+
+    A task left is estimated at the mean seconds of the finished tasks of its kind on this run directory:
+    every setting has one task of each kind, so after the first setting those are all measured. Kinds that
+    no finished task has timed yet are not counted, but named. The seconds left are shared among `workers`.
+    """
+    records = {t.name: _task_record(folder / f"{t.name}.json") for t in tasks}
+    timed = {}
+    for task in tasks:
+        if records[task.name] is not None:
+            timed.setdefault(task.kind, []).append(records[task.name]["seconds"])
+    left = [t for t in tasks if records[t.name] is None]
+    seconds = sum(sum(timed[t.kind]) / len(timed[t.kind]) for t in left if t.kind in timed)
+    untimed = sorted({t.kind for t in left if t.kind not in timed})
+    done = sum(r["seconds"] for r in records.values() if r is not None)
+    return done, seconds / max(1, workers), untimed
+
+
+def _progress(study, folder, tasks):
+    """Shows the share of the study done and the time left, from the measured seconds of the tasks done."""
+    if study.bar.disable:
+        return
+    done, left, untimed = time_left(folder, tasks, _workers_running(study.out))
+    study.bar.total, study.bar.n = max(1.0, done + left), done
+    text = f"about {_hours_minutes(left)} left" if done > 0 else "time left: known once a task is done"
+    if untimed and done > 0:
+        text += f", besides {', '.join(untimed)}, not timed yet"
+    study.bar.set_postfix_str(text, refresh=True)
+
+
+def _workers_running(run_dir, now=None):
+    """The invocations of the study whose clock beat within the last two minutes and that have not ended."""
+    now = time.time() if now is None else now
+    count = 0
+    for path in (Path(run_dir) / "clock").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads(path.read_text())
+            count += not record["finished"] and now - float(record["last"]) < 120
+    return count
+
+
+def _hours_minutes(seconds):
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def _run_study(study):
@@ -503,9 +540,8 @@ def _tasks(study):
         kind = f"vae+{classifier}"
         run, summary, key = study.searched(kind, data, vae=vaes[setting])
         m = p.samples[classifier]
-        cost = len(study.problem(data).test) * m * _SAMPLE_COST[classifier] * study.cost_scale
         study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
-                        cost=cost, extra={"search": summary}, samples=m, seed=seed)
+                        extra={"search": summary}, samples=m, seed=seed)
         if classifier == "mlp":
             vae_mlps[setting] = (run, key)
 
@@ -516,19 +552,20 @@ def _tasks(study):
 
     for method, level in study.settings:
         setting, data = setting_name(method, level), study.data(method, level)
-        tasks.append(_Task(f"vae-{setting}", (), partial(vae_task, setting, data)))
+        tasks.append(_Task(f"vae-{setting}", (), partial(vae_task, setting, data), "vae"))
         # Each classifier beside its Type 2 counterpart, the cheaper MLP pair first.
         for classifier in ("mlp", "cnn"):
-            tasks.append(_Task(f"{classifier}-{setting}", (), partial(classifier_task, setting, data, classifier)))
+            tasks.append(_Task(f"{classifier}-{setting}", (), partial(classifier_task, setting, data, classifier),
+                               classifier))
             tasks.append(_Task(f"vae+{classifier}-{setting}", (f"vae-{setting}",),
-                               partial(type2_task, setting, data, classifier)))
+                               partial(type2_task, setting, data, classifier), f"vae+{classifier}"))
         if setting == "random-pixels-0.5":
-            tasks.append(_Task("figure8", (f"vae+mlp-{setting}",), partial(figure8_task, setting, data)))
+            tasks.append(_Task("figure8", (f"vae+mlp-{setting}",), partial(figure8_task, setting, data), "figure8"))
     tasks.append(_Task("examples", (), lambda: study.evaluated("figures", "examples", None, partial(examples, study),
-                                                                dataset=p.dataset, seed=seed)))
+                                                                dataset=p.dataset, seed=seed), "examples"))
     if "random-pixels-0.7" in chosen:
         tasks.append(_Task("table3", ("vae-random-pixels-0.7", "vae+mlp-random-pixels-0.7"),
-                           partial(_table3, study, vaes, vae_mlps)))
+                           partial(_table3, study, vaes, vae_mlps), "table3"))
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
     clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
@@ -542,18 +579,19 @@ def _tasks(study):
             study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
                             extra={"search": summary}, vae=vae_key)
 
-    tasks += [_Task(f"clean-{kind}", (), partial(clean_task, kind)) for kind in ("mlp", "cnn")]
+    tasks += [_Task(f"clean-{kind}", (), partial(clean_task, kind), f"clean-{kind}") for kind in ("mlp", "cnn")]
     for method, level in study.settings:
         setting = setting_name(method, level)
         tasks.append(_Task(f"clean-on-{setting}", (f"vae-{setting}", "clean-mlp", "clean-cnn"),
-                           partial(clean_evaluations, setting, study.data(method, level))))
+                           partial(clean_evaluations, setting, study.data(method, level)), "clean-on"))
 
     # Beyond the thesis: mask-aware models, VAEs for incomplete data, importance weights, baselines.
     if study.beyond_stage:
         for method, level in study.settings:
             setting = setting_name(method, level)
             tasks.append(_Task(f"beyond-{setting}", ("clean-mlp", "clean-cnn"),
-                               partial(beyond.run_setting, study, setting, study.data(method, level), cleans)))
+                               partial(beyond.run_setting, study, setting, study.data(method, level), cleans),
+                               "beyond"))
     return tasks
 
 
