@@ -130,7 +130,7 @@ def smoke_study(out, settings):
 
     _call(mivae, ["reproduce", "--preset", "smoke", "--device", settings["device"], "--out", str(out / "study"),
                   *settings["study"]])
-    report = out / "study" / "report" / "README.md"
+    report = out / "study" / "report" / "report.md"
     if not report.exists():
         raise AssertionError(f"the smoke study wrote no report at {report}.")
     return f"report at {report}"

@@ -72,7 +72,7 @@ def test_the_gpu_checks_dry_run_takes_every_step_on_the_cpu(tmp_path):
     for kind in kinds:
         assert json.loads((tmp_path / "runs" / kind / "config.json").read_text())["train"]["device"] == "cpu"
     assert "## Machine: " in (tmp_path / "BENCHMARKS.md").read_text()   # the repository's BENCHMARKS.md is left alone
-    assert (tmp_path / "study" / "report" / "README.md").exists()
+    assert (tmp_path / "study" / "report" / "report.md").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check runs for real")

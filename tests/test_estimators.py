@@ -23,7 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.amputation import ampute, rmse_missing
-from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer
+from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch
 
 IMPUTERS = (VAEImputer, MIWAEImputer)
 FAST = dict(max_epochs=3, hidden=(16,), random_state=0)          # a few epochs of a small net: the contract, not quality
@@ -157,6 +157,35 @@ def test_sample_refuses_a_count_that_is_not_a_positive_whole_number(fitted, tabl
     with pytest.raises(ValueError, match="n_imputations") as error:
         fitted.sample(table.missing, n_imputations=n_imputations)
     assert repr(n_imputations) in str(error.value)
+
+
+def test_the_automatic_batch_grows_with_the_rows_from_64_to_2048():
+    assert [auto_batch(n) for n in (10, 5_000, 23_000, 90_000, 360_000, 900_000, 10**8)] == [
+        64, 64, 64, 256, 1024, 2048, 2048]
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_the_step_budget_ends_training_after_the_epoch_it_runs_out_in(Imputer):
+    X = correlated_table(2_000, seed=3).missing    # 1,800 training rows: 29 steps of 64 per epoch
+    imputer = fast(Imputer, max_epochs=50, max_steps=40, validation_fraction=0.1, patience=50).fit(X)
+    assert (imputer.batch_size_, len(imputer.history_.train_loss), imputer.steps_) == (64, 2, 58)
+    unbounded = fast(Imputer, max_epochs=4, max_steps=None, patience=50).fit(X)
+    assert len(unbounded.history_.train_loss) == 4 and unbounded.steps_ == 4 * 29
+    with pytest.raises(ValueError, match="max_steps must be a whole number of at least 1; got 0"):
+        fast(Imputer, max_steps=0).fit(X)
+    with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1 or 'auto'; got 'big'"):
+        fast(Imputer, batch_size="big").fit(X)
+
+
+def test_automatic_threads_are_one_for_a_small_table_and_every_core_for_a_large_one(table, monkeypatch):
+    from mivae import estimators
+
+    assert fast(MIWAEImputer).fit(table.missing).threads_ == 1
+    monkeypatch.setattr(estimators, "THREADED_ROWS", 100)   # the table's 200 rows count as large
+    assert fast(MIWAEImputer).fit(table.missing).threads_ == estimators._cores()
+    assert fast(MIWAEImputer, threads=1).fit(table.missing).threads_ == 1
+    with pytest.raises(ValueError, match="threads must be a whole number of at least 1 or 'auto'; got 'all'"):
+        fast(MIWAEImputer, threads="all").fit(table.missing)
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)

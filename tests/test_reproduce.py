@@ -498,6 +498,8 @@ def test_the_study_lists_each_task_once_after_the_tasks_it_needs(tmp_path):
             assert set(task.needs) <= set(names[:i]), task.name
         assert names[:5] == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5", "vae+mlp-random-pixels-0.5",
                              "cnn-random-pixels-0.5", "vae+cnn-random-pixels-0.5"]
+        # the clean classifiers, long and needed only by the last tasks, right after the first setting's
+        assert names.index("clean-cnn") < names.index("vae-random-pixels-0.7") < names.index("clean-on-random-pixels-0.5")
         assert ("beyond-vertical-lines-0.9" in names) == beyond_stage
 
 

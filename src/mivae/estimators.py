@@ -23,6 +23,7 @@ completed tables carry the uncertainty of the missing values, as proper multiple
 import functools
 import math
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -43,6 +44,25 @@ from mivae.table import Schema, infer_kinds
 from mivae.training import adam, fit
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
+# The defaults that scale with the table (benchmarks/scale.py): training ends after MAX_STEPS gradient steps (rounded
+# up to whole epochs) if early stopping or max_epochs has not ended it before (on a table of up to 2,560 rows, 500
+# epochs come first); batch_size "auto" grows with the rows (`auto_batch`); threads "auto" uses every core for tables of
+# at least THREADED_ROWS rows, whose batches are large, and one below (a small step gains nothing from more threads,
+# and waiting on a busy core made one 230 times slower); validation holds out at most VALIDATION_ROWS rows.
+MAX_STEPS = 20_000
+MAX_BATCH = 2048
+THREADED_ROWS = 50_000
+VALIDATION_ROWS = 10_000
+
+
+def auto_batch(rows):
+    """The batch size "auto" gives `rows` training rows: rows / 256 rounded to a power of two, from 64 (up to 23,170
+    rows, as before the step budget) to MAX_BATCH."""
+    return int(min(MAX_BATCH, max(64, 2 ** round(math.log2(max(rows, 1) / 256)))))
+
+
+def _cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _validate_table(estimator, X, reset, categorical):
@@ -62,17 +82,29 @@ def _validate_table(estimator, X, reset, categorical):
 
 
 def _threaded(method):
-    """Runs an imputer's method with torch on the imputer's `threads` CPU threads."""
+    """Runs an imputer's method with torch on the imputer's `threads` CPU threads ("auto": `_TabularImputer.threads`)."""
 
     @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(self, X, *args, **kwargs):
         threads = self.threads
-        if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-            raise InputError(f"threads must be a whole number of at least 1; got {threads!r}.")
+        if threads == "auto":
+            threads = _cores() if _rows(X) >= THREADED_ROWS else 1
+        elif isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+            raise InputError(f"threads must be a whole number of at least 1 or 'auto'; got {threads!r}.")
         with torch_threads(threads):
-            return method(self, *args, **kwargs)
+            result = method(self, X, *args, **kwargs)
+        if method.__name__ == "fit":
+            self.threads_ = threads
+        return result
 
     return run
+
+
+def _rows(X):
+    """The row count of a table given as an array, a DataFrame, a list of rows or anything with __array__."""
+    if hasattr(X, "shape"):
+        return X.shape[0]
+    return len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
 
 
 def _check_positive_int(name, value, low=1):
@@ -94,8 +126,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
     training_samples = 1  # K of the training bound; MIWAEImputer sets its own
 
     def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
-                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", threads=1, random_state=None,
-                 device="cpu"):
+                 patience=50, batch_size="auto", validation_fraction=0.1, precision="fp32", threads="auto",
+                 random_state=None, device="cpu", max_steps=MAX_STEPS):
         self.categorical = categorical
         self.likelihood = likelihood
         self.hidden = hidden
@@ -109,6 +141,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.threads = threads
         self.random_state = random_state
         self.device = device
+        self.max_steps = max_steps
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -124,8 +157,13 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
         if self.latent is not None:
             _check_positive_int("latent", self.latent)
-        for name in ("max_epochs", "patience", "batch_size"):
+        for name in ("max_epochs", "patience"):
             _check_positive_int(name, getattr(self, name))
+        batch = self.batch_size
+        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
+            raise InputError(f"batch_size must be a whole number of at least 1 or 'auto'; got {batch!r}.")
+        if self.max_steps is not None:
+            _check_positive_int("max_steps", self.max_steps)
         _check_number("lr", self.lr, 0, math.inf, high_open=True)
         _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -164,7 +202,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
     def _train(self, values, observed, seed):
         """Trains model_ on the encoded rows, holding out validation_fraction of them for early stopping."""
         n = len(values)
-        n_val = int(n * self.validation_fraction)
+        n_val = min(int(n * self.validation_fraction), VALIDATION_ROWS)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(values.device)
         val, train = order[:n_val], order[n_val:]
         rows = torch.cat([values, observed], dim=1)      # (n, W + C): one tensor, sliced into batches by fit
@@ -187,10 +225,16 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 log_w, _ = model.log_weights(values[val], observed[val], val_eps)
                 return iwae_bound(log_w).mean().item()
 
-        config = TrainConfig(epochs=self.max_epochs, patience=self.patience, batch_size=min(self.batch_size, len(train)),
-                             seed=seed, precision=self.precision, device=str(values.device))
+        self.batch_size_ = min(auto_batch(len(train)) if self.batch_size == "auto" else self.batch_size, len(train))
+        steps_per_epoch = math.ceil(len(train) / self.batch_size_)
+        epochs = self.max_epochs if self.max_steps is None else min(self.max_epochs,
+                                                                     math.ceil(self.max_steps / steps_per_epoch))
+        config = TrainConfig(epochs=epochs, patience=self.patience, batch_size=self.batch_size_, seed=seed,
+                             precision=self.precision, device=str(values.device))
         rows = rows[train]
-        return fit(self.model_, adam(self.model_, self.lr), loss, rows, rows, config, score=score)
+        history = fit(self.model_, adam(self.model_, self.lr), loss, rows, rows, config, score=score)
+        self.steps_ = len(history.train_loss) * steps_per_epoch
+        return history
 
     def _encode(self, X):
         check_is_fitted(self, "model_")
@@ -294,16 +338,23 @@ class VAEImputer(_TabularImputer):
         Latent dimension L; None takes the number of columns minus one, between 1 and 16.
     lr : float
         Adam learning rate.
-    max_epochs, patience, batch_size : int
-        Most epochs; epochs without a better validation bound before stopping; rows per step.
+    max_epochs, patience : int
+        Most epochs; epochs without a better validation bound before stopping.
+    max_steps : int or None
+        The budget of gradient steps, rounded up to whole epochs: training ends there if early stopping or
+        max_epochs has not ended it before, so a big table trains in bounded time. None: max_epochs alone.
+    batch_size : int or "auto"
+        Rows per step. "auto" grows with the table: 64 up to about 23,000 rows, then the rows / 256 rounded
+        to a power of two, at most 2,048.
     validation_fraction : float in [0, 1)
-        Rows held out for early stopping; 0 trains for max_epochs.
+        Rows held out for early stopping (at most 10,000); 0 trains for the whole budget.
     precision : "auto", "bf16" or "fp32"
         Matmul precision in training; fp32 by default, where small tables lose nothing in speed.
-    threads : int
-        CPU threads torch uses in fit, transform and sample. One by default: a table's small matrices
-        gain nothing from more, and a busy second core makes synchronising threads slower than one
-        (measured 350 ms against 1.5 ms per step here); cross-validation can run folds in parallel instead.
+    threads : int or "auto"
+        CPU threads torch uses in fit, transform and sample. "auto": every core for a table of at least
+        50,000 rows, one below: a small table's matrices gain nothing from more, and a busy second core
+        makes synchronising threads slower than one (BENCHMARKS.md); cross-validation can run folds in
+        parallel instead.
     random_state : int, RandomState or None
         Seeds the weights, the held-out rows, the training noise and the imputations.
     device : "cpu", "cuda", "cuda:N" or "auto"
@@ -316,6 +367,7 @@ class VAEImputer(_TabularImputer):
     model_ : mivae.models.tabular.TabularVAE, the trained network.
     history_ : mivae.training.History.
     latent_ : int, the latent dimension used.
+    batch_size_, threads_, steps_ : int, the batch size and thread count fit used, and the steps it took.
     n_features_in_, feature_names_in_ : as every scikit-learn estimator.
     """
 
@@ -348,10 +400,10 @@ class MIWAEImputer(_TabularImputer):
     """
 
     def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
-                 patience=50, batch_size=64, validation_fraction=0.1, precision="fp32", importance_samples=20,
-                 imputation_samples=100, threads=1, random_state=None, device="cpu"):
+                 patience=50, batch_size="auto", validation_fraction=0.1, precision="fp32", importance_samples=20,
+                 imputation_samples=100, threads="auto", random_state=None, device="cpu", max_steps=MAX_STEPS):
         super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
-                         validation_fraction, precision, threads, random_state, device)
+                         validation_fraction, precision, threads, random_state, device, max_steps)
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
 
