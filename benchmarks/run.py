@@ -322,9 +322,10 @@ replaces only the section of the machine it runs on. Every time is the median of
 fraction is of the peak measured in the same run, and the targets are judged per machine."""
 
 
-def merge_report(existing, section, tail=""):
+def merge_report(existing, section=None, tail=""):
     """BENCHMARKS.md with `section` (starting with its `machine_title`) in place of the existing section of the
-    same title, or after the others; every other machine's section is kept as it is, and `tail` ends the file."""
+    same title, or after the others; every other machine's section is kept as it is, and `tail` ends the file.
+    Without `section`, the machines' sections are kept and only the tail is rebuilt."""
     sections, current = [], None
     for line in existing.splitlines():
         if line.startswith("## "):
@@ -333,9 +334,10 @@ def merge_report(existing, section, tail=""):
                 sections.append(current)
         elif current is not None:
             current.append(line)
-    title = section.splitlines()[0]
     texts = ["\n".join(lines).strip() for lines in sections]
-    if title in (t.splitlines()[0] for t in texts):
+    if section is None:
+        pass
+    elif (title := section.splitlines()[0]) in (t.splitlines()[0] for t in texts):
         texts = [section.strip() if t.splitlines()[0] == title else t for t in texts]
     else:
         texts.append(section.strip())
@@ -402,6 +404,30 @@ def markdown(results, command):
     return "\n".join(lines) + "\n"
 
 
+def tail():
+    """The sections after the machines': bf16 against float32 on trained models, and the big tables."""
+    return "\n".join(part for part in (precision_section(), scale_section()) if part)
+
+
+def scale_section(path=ROOT / "benchmarks" / "scale.json"):
+    """The "Big tables" section of BENCHMARKS.md, from benchmarks/scale.py's results ("" before it has run)."""
+    if not Path(path).exists():
+        return ""
+    rows = json.loads(Path(path).read_text())["rows"]
+    lines = ["## Big tables: MIWAEImputer against the rows of the table", "",
+             "Command: `python benchmarks/scale.py` (and `--rows 100000 --earlier`). A 20-column table of 4 latent "
+             "factors, 20 % of its entries missing completely at random; RMSE on the missing entries in standard "
+             "deviations (the column mean scores 1). Fit, and transform (the single imputation of every row), in "
+             "seconds.", "",
+             "| rows | settings | batch | threads | epochs | steps | fit (s) | transform (s) | total (s) | RMSE | machine, date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["rows"], r["label"])):
+        lines.append(f"| {r['rows']:,} | {r['label']} | {r['batch_size']} | {r['threads']} | {r['epochs']} | "
+                     f"{r['steps']:,} | {r['fit_seconds']:.1f} | {r['transform_seconds']:.1f} | {r['seconds']:.1f} | "
+                     f"{r['rmse']:.4f} | {r['machine']}, {r['date'][:10]} |")
+    return "\n".join(lines) + "\n"
+
+
 def precision_section(path=ROOT / "benchmarks" / "precision.json"):
     """The closing section of BENCHMARKS.md, from benchmarks/precision.py's results ("" before it has run)."""
     if not Path(path).exists():
@@ -439,7 +465,7 @@ def main(argv=None):
     existing = Path(args.markdown).read_text() if Path(args.markdown).exists() else ""
     write_json(args.out, results)
     with atomic_path(args.markdown) as tmp:
-        tmp.write_text(merge_report(existing, section, precision_section()))
+        tmp.write_text(merge_report(existing, section, tail()))
     print(section)
     return 0
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,21 @@ def test_without_a_gpu_the_check_fails_every_step_with_its_reason_and_exits_non_
     assert "exited with status 2" in rows[1]["detail"] and "is not available" in rows[3]["detail"]
     assert "FAILED: device, train every kind, one epoch, multiple imputation" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_big_table_benchmark_quick_run_measures_and_reports_its_rows(tmp_path):
+    scale = runpy.run_path(str(BENCHMARK.parent / "scale.py"))
+    out = tmp_path / "scale.json"
+    assert scale["main"](["--quick", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["rows"] == 2000 and row["label"] == "quick" and row["batch_size"] == 64 and row["threads"] == 1
+    assert row["steps"] >= 200 and row["fit_seconds"] > 0 and row["rmse"] < 0.9 * row["mean_rmse"]
+    complete, incomplete = scale["make_table"](1000)
+    assert abs(np.isnan(incomplete).mean() - 0.2) < 0.02 and np.allclose(complete.std(0), 1, atol=1e-3)
+    section = BENCH["scale_section"](out)
+    assert section.startswith("## Big tables") and "| 2,000 | quick | 64 | 1 |" in section
+    kept = BENCH["merge_report"](BENCH["merge_report"]("", _section("## Machine: X, AMX", "1.0x")), None, section)
+    assert "## Machine: X, AMX" in kept and kept.endswith(section)   # a tail rebuilt, the machines kept
 
 
 def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):

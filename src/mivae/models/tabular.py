@@ -75,10 +75,11 @@ class TabularVAE(nn.Module):
         and logits, a list of (..., labels) per categorical column."""
         out = self.decoder(z).float()
         n = self.n_continuous
-        params = {"mean": out[..., :n], "scale": F.softplus(out[..., n : 2 * n]) + MIN_SCALE}
+        # softplus of a contiguous copy: on a strided slice torch's CPU kernel took 9x as long (BENCHMARKS.md)
+        params = {"mean": out[..., :n], "scale": F.softplus(out[..., n : 2 * n].contiguous()) + MIN_SCALE}
         offset = 2 * n
         if self.likelihood == "student-t":
-            params["df"] = F.softplus(out[..., offset : offset + n]) + MIN_DF
+            params["df"] = F.softplus(out[..., offset : offset + n].contiguous()) + MIN_DF
             offset += n
         params["logits"] = []
         for _, _, w in self.blocks:
