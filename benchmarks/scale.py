@@ -83,14 +83,17 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, nargs="+", help="table sizes (default: 10000 100000 1000000)")
     parser.add_argument("--earlier", action="store_true", help="the defaults before the budget of gradient steps")
     parser.add_argument("--quick", action="store_true", help="2,000 rows, a short budget: seconds")
-    parser.add_argument("--out", default=str(RESULTS), help="JSON results, merged by rows and settings")
+    parser.add_argument("--out", help="JSON results, merged by rows and settings (default: benchmarks/scale.json; "
+                        "with --quick, out/scale-quick.json)")
     args = parser.parse_args(argv)
+    args.out = args.out or str(ROOT / "out" / "scale-quick.json" if args.quick else RESULTS)
     if args.quick:
         sizes, settings, label = [2000], {"max_steps": 200}, "quick"
     else:
         sizes = args.rows or [10_000, 100_000, 1_000_000]
         settings, label = (EARLIER, "earlier defaults") if args.earlier else ({}, "defaults")
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(out.read_text())["rows"] if out.exists() else []
     for rows in sizes:
         row = {**measure(rows, settings), "label": label, "machine": _machine(),

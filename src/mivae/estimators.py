@@ -101,10 +101,12 @@ def _threaded(method):
 
 
 def _rows(X):
-    """The row count of a table given as an array, a DataFrame, a list of rows or anything with __array__."""
-    if hasattr(X, "shape"):
-        return X.shape[0]
-    return len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
+    """The row count of a table given as an array, a DataFrame, a list of rows or anything with __array__; 0 for
+    what is none of them (the validation that follows names what is wrong)."""
+    try:
+        return X.shape[0] if hasattr(X, "shape") else len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
+    except (IndexError, TypeError, ValueError):
+        return 0
 
 
 def _check_positive_int(name, value, low=1):

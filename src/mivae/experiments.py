@@ -447,12 +447,13 @@ def _run_tasks(study, tasks):
 
 
 def _timed(study, folder, task, tasks):
-    """Runs `task`; records its seconds unless a worker before this one did its work."""
+    """Runs `task`; records its seconds unless a worker before this one did its work (or some of it: a unit reused
+    from a run before the records, or from a stopped invocation, would make the task look cheap)."""
     record = folder / f"{task.name}.json"
     timed_before = _task_record(record) is not None
-    start = time.monotonic()
+    start, units_before = time.monotonic(), len(study.done)
     task.run()
-    if not timed_before:
+    if not timed_before and not any(reused for *_, reused in study.done[units_before:]):
         write_json(record, {"kind": task.kind, "seconds": round(time.monotonic() - start, 2)})
     _progress(study, folder, tasks)
 
@@ -619,8 +620,8 @@ def _record_invocation(study, started):
     """Adds this invocation, with its units, to study.json."""
     chosen, beyond_stage = study.settings, study.beyond_stage
     finished = json.loads((study.out / "study.json").read_text())
-    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-               "precision": str(resolve_precision("auto", "cpu")).removeprefix("torch.")}
+    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": study.device,
+               "precision": str(resolve_precision("auto", study.device)).removeprefix("torch.")}
     invocation = {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.monotonic() - started, 1),
                   "settings": [setting_name(m, lv) for m, lv in chosen], "beyond": beyond_stage,
                   "units_run": sum(not r for *_, r in study.done), "units_reused": sum(r for *_, r in study.done)}

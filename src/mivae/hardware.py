@@ -74,8 +74,8 @@ def _cpu_flags():
 def bf16_supported(device="cpu"):
     """Returns whether `device` runs bf16 matmuls natively (a CPU with AMX or AVX-512 BF16, or a GPU)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere (compute capability 8) and later; earlier GPUs emulate it, slowly
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         # oneDNN also says yes on AVX-512 CPUs that only emulate bf16; ask for the instructions.
         return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
