@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                            # 10^4, 10^5 and 10^6 rows with the defaults
     python benchmarks/scale.py --rows 100000 --earlier    # the same table with the defaults before the step budget
+    python benchmarks/scale.py --rows 1000000 --max-steps 1500   # the defaults but a smaller budget of steps
     python benchmarks/scale.py --quick                    # a few thousand rows: seconds (used by the tests)
 
 The table: 20 columns driven by 4 latent factors through a random two-layer network with noise (so an
@@ -82,6 +83,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", help="table sizes (default: 10000 100000 1000000)")
     parser.add_argument("--earlier", action="store_true", help="the defaults before the budget of gradient steps")
+    parser.add_argument("--max-steps", type=int, help="the defaults, but this budget of gradient steps")
     parser.add_argument("--quick", action="store_true", help="2,000 rows, a short budget: seconds")
     parser.add_argument("--out", help="JSON results, merged by rows and settings (default: benchmarks/scale.json; "
                         "with --quick, out/scale-quick.json)")
@@ -92,6 +94,8 @@ def main(argv=None):
     else:
         sizes = args.rows or [10_000, 100_000, 1_000_000]
         settings, label = (EARLIER, "earlier defaults") if args.earlier else ({}, "defaults")
+        if args.max_steps:
+            settings, label = {**settings, "max_steps": args.max_steps}, f"{label}, max_steps={args.max_steps}"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(out.read_text())["rows"] if out.exists() else []

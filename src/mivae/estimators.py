@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from mivae.config import TrainConfig
 from mivae.errors import InputError, MivaeError
-from mivae.hardware import resolve_device, torch_threads
+from mivae.hardware import resolve_device, resolve_precision, torch_threads
 from mivae.models.miwae import importance_weights, iwae_bound
 from mivae.models.tabular import LIKELIHOODS, TabularVAE
 from mivae.table import Schema, infer_kinds
@@ -282,9 +282,15 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True))
 
     def _in_batches(self, fn, values, observed, dim=0):
+        """`fn` over the rows in batches of BATCH_ROWS, its matmuls in the fit's precision (the model's outputs,
+        the weights and the imputations stay float32)."""
         self.model_.eval()
-        parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS]) for i in range(0, len(values), BATCH_ROWS)]
-        return torch.cat(parts, dim=dim) if parts else torch.zeros((0, values.shape[1]), device=values.device)
+        device = values.device
+        low = resolve_precision(self.precision, device) == torch.bfloat16
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+            parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS])
+                     for i in range(0, len(values), BATCH_ROWS)]
+        return torch.cat(parts, dim=dim).float() if parts else torch.zeros((0, values.shape[1]), device=device)
 
     @_threaded
     def transform(self, X):
