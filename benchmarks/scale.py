@@ -76,7 +76,12 @@ def _machine():
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         model = "unknown CPU"
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    return f"{model}, {bf16}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main(argv=None):
