@@ -357,7 +357,8 @@ class VAEImputer(_TabularImputer):
     validation_fraction : float in [0, 1)
         Rows held out for early stopping (at most 10,000); 0 trains for the whole budget.
     precision : "auto", "bf16" or "fp32"
-        Matmul precision in training; fp32 by default, where small tables lose nothing in speed.
+        Matmul precision in fit, transform and sample; fp32 by default, where small tables lose nothing in
+        speed.
     threads : int or "auto"
         CPU threads torch uses in fit, transform and sample. "auto": every core for a table of at least
         50,000 rows, one below: a small table's matrices gain nothing from more, and a busy second core

@@ -16,7 +16,6 @@ import torch
 from mivae.errors import MivaeError
 
 PRECISIONS = ("auto", "bf16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N for the Nth GPU
 
 
 def check_device(device):
