@@ -112,15 +112,11 @@ class FusedAdadelta(torch.optim.Adadelta):
         for group in self.param_groups:
             if group["maximize"] or group["differentiable"] or group["capturable"]:
                 return super().step(closure)
-        for group in self.param_groups:
-            hyper = {}  # lr, rho, eps and weight decay as 0-d tensors on each device the group's weights are on
+        for number, group in enumerate(self.param_groups):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if param.device not in hyper:
-                    hyper[param.device] = tuple(torch.tensor(float(group[k]), device=param.device)
-                                                for k in ("lr", "rho", "eps", "weight_decay"))
-                lr, rho, eps, decay = hyper[param.device]
+                lr, rho, eps, decay = self._hyperparameters(number, group, param.device)
                 state = self.state[param]
                 if not state:  # as torch's Adadelta starts it
                     state["step"] = torch.zeros((), dtype=torch.float32)
@@ -143,6 +139,15 @@ class FusedAdadelta(torch.optim.Adadelta):
                         _unfused(error)
                 _adadelta_update(*tensors, lr, rho, eps, decay)  # also for a weight that is not dense
         return None
+
+    def _hyperparameters(self, number, group, device):
+        """lr, rho, eps and weight decay of group `number` as 0-d tensors on `device`, made anew only when a value
+        changes (a scheduler's lr): on a GPU each would otherwise be a copy from the host at every step."""
+        values = tuple(float(group[k]) for k in ("lr", "rho", "eps", "weight_decay"))
+        cache = self.__dict__.setdefault("_hyper", {})
+        if cache.get((number, device), (None,))[0] != values:
+            cache[(number, device)] = (values, tuple(torch.tensor(v, device=device) for v in values))
+        return cache[(number, device)][1]
 
 
 def _dense(tensor):
