@@ -112,6 +112,8 @@ class TabularVAE(nn.Module):
 
     def means(self, params):
         """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""
+        if not self.blocks:  # every column continuous: the encoding is the means, in column order
+            return params["mean"]
         parts = [params["mean"][..., [self.continuous_columns.index(j)]] if kind == "continuous"
                  else torch.softmax(params["logits"][[b[0] for b in self.blocks].index(j)], dim=-1)
                  for j, (kind, _) in enumerate(self.layout)]
@@ -125,6 +127,8 @@ class TabularVAE(nn.Module):
             continuous = mean + scale * student_t_quantile(noise_continuous, params["df"])
         else:
             continuous = mean + scale * noise_continuous
+        if not self.blocks:  # every column continuous, as in `means`
+            return continuous
         parts, b = [], 0
         for j, (kind, w) in enumerate(self.layout):
             if kind == "continuous":
