@@ -70,14 +70,14 @@ def train_every_kind(out, settings):
     """Step 2: every model kind, one epoch each; the saved config names the device and the precision it ran in."""
     from mivae.cli import main as mivae
     from mivae.hardware import bf16_supported
-    from mivae.models import IMPUTERS, KINDS
+    from mivae.models import KINDS, imputer_kind
 
     device = settings["device"]
     trained = []
     for kind in sorted(KINDS, key=lambda k: "+" in k):  # the imputers first: the Type 2 kinds are built on them
-        imputer = kind.split("+")[0] if "+" in kind else None
+        imputer = imputer_kind(kind)
         argv = ["train", kind, "--epochs", "1", "--device", device, "--out", str(out / kind), *settings["data"]]
-        if imputer in IMPUTERS:
+        if imputer:
             argv += ["--vae", str(out / imputer)]
         _call(mivae, argv)
         config = json.loads((out / kind / "config.json").read_text())

@@ -27,7 +27,7 @@ from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.data import load_splits
 from mivae.errors import MivaeError
-from mivae.hardware import bf16_supported, measure_threads, resolve_device, resolve_precision, synchronize
+from mivae.hardware import bf16_supported, cpu_flags, measure_threads, resolve_device, resolve_precision, synchronize
 from mivae.imputation import in_precision, multiple_imputation
 from mivae.models import build_model
 from mivae.models.classifiers import softmax
@@ -293,12 +293,8 @@ def _processor(device):
 
 
 def _cpu_features():
-    """Whether the CPU has AVX-512 BF16 and AMX, from the flags of /proc/cpuinfo (both False where it cannot be read)."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
+    """Whether the CPU has AVX-512 BF16 and AMX."""
+    flags = cpu_flags()
     return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
 
 
@@ -415,10 +411,11 @@ def scale_section(path=ROOT / "benchmarks" / "scale.json"):
         return ""
     rows = json.loads(Path(path).read_text())["rows"]
     lines = ["## Big tables: MIWAEImputer against the rows of the table", "",
-             "Command: `python benchmarks/scale.py` (and `--rows 100000 --earlier`). A 20-column table of 4 latent "
-             "factors, 20 % of its entries missing completely at random; RMSE on the missing entries in standard "
-             "deviations (the column mean scores 1). Fit, and transform (the single imputation of every row), in "
-             "seconds.", "",
+             "Commands: " + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "python benchmarks/scale.py")
+                                                                   for r in rows)) + ". A 20-column table of 4 "
+             "latent factors, 20 % of its entries missing completely at random; RMSE on the missing entries in "
+             "standard deviations (the column mean scores 1). Fit, and transform (the single imputation of every "
+             "row), in seconds.", "",
              "| rows | settings | batch | threads | epochs | steps | fit (s) | transform (s) | total (s) | RMSE | machine, date |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["rows"], r["label"])):

@@ -14,7 +14,6 @@ section of BENCHMARKS.md (written by benchmarks/run.py's `scale_section`).
 
 import argparse
 import json
-import os
 import runpy
 import sys
 import time
@@ -22,12 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mivae.artifacts import atomic_path
 from mivae.estimators import MIWAEImputer
+from mivae.hardware import bf16_supported, cores
 from mivae.runs import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))  # its machine titles and BENCHMARKS.md's sections
 RESULTS = ROOT / "benchmarks" / "scale.json"
 # MIWAEImputer's defaults before the budget of gradient steps: up to 500 epochs of batches of 64, one thread, fp32.
 EARLIER = {"max_epochs": 500, "patience": 50, "batch_size": 64, "threads": 1, "precision": "fp32", "max_steps": None}
@@ -71,17 +73,10 @@ def measure(rows, settings, seed=0):
 
 
 def _machine():
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    bf16 = "AMX" if "amx_bf16" in flags else "AVX-512 BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
-    return f"{model}, {bf16}, {len(os.sched_getaffinity(0))} cores"
+    """The machine class as benchmarks/run.py names its section, and the cores: "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
+    cpu = torch.device("cpu")
+    machine = {"processor": BENCH["_processor"](cpu), "bf16_native": bf16_supported(cpu), **BENCH["_cpu_features"]()}
+    return f"{BENCH['machine_title'](machine).removeprefix('## Machine: ')}, {cores()} cores"
 
 
 def main(argv=None):
@@ -93,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--out", help="JSON results, merged by rows and settings (default: benchmarks/scale.json; "
                         "with --quick, out/scale-quick.json)")
     args = parser.parse_args(argv)
+    command = " ".join(["python benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)])
     args.out = args.out or str(ROOT / "out" / "scale-quick.json" if args.quick else RESULTS)
     if args.quick:
         sizes, settings, label = [2000], {"max_steps": 200}, "quick"
@@ -105,18 +101,17 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(out.read_text())["rows"] if out.exists() else []
     for rows in sizes:
-        row = {**measure(rows, settings), "label": label, "machine": _machine(),
+        row = {**measure(rows, settings), "label": label, "machine": _machine(), "command": command,
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         print(f"{rows:>9,} rows, {label}: fit {row['fit_seconds']} s, transform {row['transform_seconds']} s, "
               f"RMSE {row['rmse']:.4f} (column mean {row['mean_rmse']:.4f})", flush=True)
         kept = [r for r in kept if (r["rows"], r["label"]) != (rows, label)] + [row]
         write_json(out, {"rows": kept})
     if out == RESULTS:  # the repository's results: its BENCHMARKS.md shows them
-        report = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))
         markdown = ROOT / "BENCHMARKS.md"
         existing = markdown.read_text() if markdown.exists() else ""
         with atomic_path(markdown) as tmp:
-            tmp.write_text(report["merge_report"](existing, None, report["tail"]()))
+            tmp.write_text(BENCH["merge_report"](existing, None, BENCH["tail"]()))
     return 0
 
 

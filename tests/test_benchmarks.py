@@ -96,10 +96,12 @@ def test_the_big_table_benchmark_quick_run_measures_and_reports_its_rows(tmp_pat
     (row,) = json.loads(out.read_text())["rows"]
     assert row["rows"] == 2000 and row["label"] == "quick" and row["batch_size"] == 64 and row["threads"] == 1
     assert row["steps"] >= 200 and row["fit_seconds"] > 0 and row["rmse"] < 0.9 * row["mean_rmse"]
+    assert row["command"] == f"python benchmarks/scale.py --quick --out {out}"
     complete, incomplete = scale["make_table"](1000)
     assert abs(np.isnan(incomplete).mean() - 0.2) < 0.02 and np.allclose(complete.std(0), 1, atol=1e-3)
     section = BENCH["scale_section"](out)
     assert section.startswith("## Big tables") and "| 2,000 | quick | 64 | 1 |" in section
+    assert f"Commands: `python benchmarks/scale.py --quick --out {out}`." in section
     kept = BENCH["merge_report"](BENCH["merge_report"]("", _section("## Machine: X, AMX", "1.0x")), None, section)
     assert "## Machine: X, AMX" in kept and kept.endswith(section)   # a tail rebuilt, the machines kept
 

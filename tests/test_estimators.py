@@ -24,6 +24,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.amputation import ampute, rmse_missing
 from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch
+from mivae.hardware import cores
 
 IMPUTERS = (VAEImputer, MIWAEImputer)
 FAST = dict(max_epochs=3, hidden=(16,), random_state=0)          # a few epochs of a small net: the contract, not quality
@@ -182,7 +183,7 @@ def test_automatic_threads_are_one_for_a_small_table_and_every_core_for_a_large_
 
     assert fast(MIWAEImputer).fit(table.missing).threads_ == 1
     monkeypatch.setattr(estimators, "THREADED_ROWS", 100)   # the table's 200 rows count as large
-    assert fast(MIWAEImputer).fit(table.missing).threads_ == estimators._cores()
+    assert fast(MIWAEImputer).fit(table.missing).threads_ == cores()
     assert fast(MIWAEImputer, threads=1).fit(table.missing).threads_ == 1
     with pytest.raises(ValueError, match="threads must be a whole number of at least 1 or 'auto'; got 'all'"):
         fast(MIWAEImputer, threads="all").fit(table.missing)

@@ -15,9 +15,9 @@ from mivae.models.vae import VAE
 def test_native_bf16_means_the_instructions_are_there(monkeypatch):
     from mivae import hardware
 
-    monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"avx512f", "avx512bw"})  # emulates bf16 only
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512bw"})  # emulates bf16 only
     assert not bf16_supported("cpu")
-    monkeypatch.setattr(hardware, "_cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_tile"})
     assert bf16_supported("cpu")
 
 

@@ -557,11 +557,8 @@ def _tasks(study):
     def clean_task(kind):
         cleans[kind] = study.searched(kind, clean)
 
-    clean_tasks = [_Task(f"clean-{kind}", (), partial(clean_task, kind), f"clean-{kind}") for kind in ("mlp", "cnn")]
     for number, (method, level) in enumerate(study.settings):
         setting, data = setting_name(method, level), study.data(method, level)
-        if number == 1:  # needed only at the end, but listed early: a long task last would leave the other worker idle
-            tasks += clean_tasks
         tasks.append(_Task(f"vae-{setting}", (), partial(vae_task, setting, data), "vae"))
         # Each classifier beside its Type 2 counterpart, the cheaper MLP pair first.
         for classifier in ("mlp", "cnn"):
@@ -571,6 +568,8 @@ def _tasks(study):
                                partial(type2_task, setting, data, classifier), f"vae+{classifier}"))
         if setting == "random-pixels-0.5":
             tasks.append(_Task("figure8", (f"vae+mlp-{setting}",), partial(figure8_task, setting, data), "figure8"))
+        if number == 0:  # needed only at the end, but listed early: a long task last would leave the other worker idle
+            tasks += [_Task(f"clean-{kind}", (), partial(clean_task, kind), f"clean-{kind}") for kind in ("mlp", "cnn")]
     tasks.append(_Task("examples", (), lambda: study.evaluated("figures", "examples", None, partial(examples, study),
                                                                 dataset=p.dataset, seed=seed), "examples"))
     if "random-pixels-0.7" in chosen:
@@ -583,8 +582,6 @@ def _tasks(study):
             study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
                             extra={"search": summary}, vae=vae_key)
 
-    if len(study.settings) == 1:
-        tasks += clean_tasks
     for method, level in study.settings:
         setting = setting_name(method, level)
         tasks.append(_Task(f"clean-on-{setting}", (f"vae-{setting}", "clean-mlp", "clean-cnn"),

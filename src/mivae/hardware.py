@@ -60,7 +60,13 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def _cpu_flags():
+def cores():
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("flags"):
@@ -77,7 +83,7 @@ def bf16_supported(device="cpu"):
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         # oneDNN also says yes on AVX-512 CPUs that only emulate bf16; ask for the instructions.
-        return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+        return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
     return False
 
 
@@ -136,12 +142,11 @@ def measure_threads(size=1024, repeats=5):
     On a loaded or hyper-threaded machine fewer threads than cores can win; the caller
     sets it once with `torch.set_num_threads`.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     a, b = torch.randn(size, size), torch.randn(size, size)
     before = torch.get_num_threads()
     best, best_time = 1, float("inf")
     try:
-        for threads in range(1, cores + 1):
+        for threads in range(1, cores() + 1):
             torch.set_num_threads(threads)
             torch.mm(a, b)  # warm-up
             times = []
