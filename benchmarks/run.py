@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Sizes of the full run and of the smoke run.
 # The matmul peak is measured on (rows x 784) @ (784 x 512): a GPU needs many more rows than a CPU to be kept busy.
 FULL = dict(images=50_000, mi_images=200, mi_samples=3000, loop_images=1000, repeats=5, epoch_repeats=3,
-            peak_rows={"cpu": 4096, "cuda": 131_072}, cnn_steps=40)
+            peak_rows={"cpu": 4096, "cuda": 131_072}, cnn_steps=40, profile_steps=100)
 SMOKE = dict(images=512, mi_images=4, mi_samples=50, loop_images=20, repeats=2, epoch_repeats=1,
-             peak_rows={"cpu": 256, "cuda": 4096}, cnn_steps=2)
+             peak_rows={"cpu": 256, "cuda": 4096}, cnn_steps=2, profile_steps=2)
 
 VAE = VAEConfig(hidden=(512, 512), latent=20)   # the decoder of the issue's facts: 20-512-512-784
 MLP3 = MLPConfig(hidden=(512, 512, 512))        # a 3-layer MLP
@@ -154,6 +154,39 @@ def training_epoch(kind, config, x, y, repeats, precision):
     return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, 0, x.device), model
 
 
+# How step_profile sorts the profiler's operators: matrix products, and the copies autocast makes (weights and
+# activations to bf16, bf16 gradients back into the float32 weights' gradients); every operator that runs inside the
+# optimiser's step counts as the optimiser's.
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+CASTS = {"aten::copy_", "aten::_to_copy"}
+
+
+def step_profile(kind, config, x, y, steps, precision):
+    """Where the time of `steps` training steps of `kind` goes, by torch's profiler: the fractions of the operators'
+    own time spent in matmuls, the optimiser's step, casts, and everything else (elementwise operators, the loss,
+    autograd's and the loop's own work)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(kind, config, x.shape[1:]).to(x.device)
+    optimizer = adam(model, config.lr, config.l2) if kind == "vae" else adadelta(model, config.lr, config.l2)
+    loss, targets = (vae_loss, x) if kind == "vae" else (classifier_loss, y)
+    train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision, device=str(x.device))
+    n = steps * BATCH
+    fit(model, optimizer, loss, x[:n], targets[:n], train)  # warm-up: the first steps build caches and kernels
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fit(model, optimizer, loss, x[:n], targets[:n], train)
+    parts = dict.fromkeys(("matmuls", "optimiser", "casts", "rest"), 0.0)
+    for event in prof.events():
+        ancestor, in_optimiser = event, False
+        while ancestor is not None and not in_optimiser:
+            in_optimiser, ancestor = ancestor.name.startswith("Optimizer."), ancestor.cpu_parent
+        part = ("optimiser" if in_optimiser else "matmuls" if event.name in MATMULS
+                else "casts" if event.name in CASTS else "rest")
+        parts[part] += event.self_cpu_time_total
+    total = sum(parts.values())
+    return {part: time / total for part, time in parts.items()}
+
+
 def dataloader_epoch(config, x, y, repeats, dtype):
     """Seconds of one epoch of the conventional DataLoader loop on the same MLP, at the same precision."""
     model = build_model("mlp", config, x.shape[1:]).to(x.device)
@@ -245,7 +278,8 @@ def run(sizes, threads, device="cpu"):
             flops = dense_training_flops(shapes, sizes["images"])
             matmuls = matmul_only_epoch(shapes, sizes["images"], dtype, r, device)
             row.update(gflops=flops / seconds / 1e9, fraction_of_peak=flops / seconds / 1e9 / peak,
-                       matmul_only_seconds=matmuls, ratio_to_matmuls=seconds / matmuls)
+                       matmul_only_seconds=matmuls, ratio_to_matmuls=seconds / matmuls,
+                       profile=step_profile(kind, config, x, y, sizes["profile_steps"], "auto"))
         epochs[name] = row
     loader = dataloader_epoch(MLP3, x, y, sizes["epoch_repeats"], dtype)
     epochs["mlp3"]["dataloader_seconds"] = loader
@@ -373,7 +407,12 @@ def markdown(results, command):
     mlp, cnn = results["training_epoch"]["mlp3"], results["training_epoch"]["cnn"]
     steps = cnn["step_seconds"]
     lines += ["", f"Training data: {results['data']}, batches of {mlp['batch']}. CNN step time: "
-              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) + ".", "", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in steps.items()) + ".", "",
+              "Where a training step's time goes (torch's profiler, the operators' own time): " + "; ".join(
+                  f"{name}: " + ", ".join(f"{part} {share:.0%}" for part, share in row["profile"].items())
+                  for name, row in results["training_epoch"].items() if "profile" in row)
+              + ". Casts are autocast's copies to and from bf16; the rest is elementwise operators, the loss, and "
+              "autograd's and the loop's own work.", "", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
               f"mivae's loop is {mlp['speedup_over_dataloader']:.2f}x as fast.", "",
               "### Multiple imputation", "",
               "| model | image-samples/s | GFLOP/s | of peak | 10,000 x 3,000 (s) | per-sample loop (image-samples/s) | speed-up |",
@@ -383,14 +422,23 @@ def markdown(results, command):
                      f"{row['seconds_for_10000_images_x_3000']:,.0f} | {row['per_sample_loop_image_samples_per_second']:,.0f} | "
                      f"{row['speedup_over_per_sample_loop']:.1f}x |")
     lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    # Targets per machine: where bf16 is native, the matmuls are fast and the goals tighter (2x and 50 % before).
+    native = m["bf16_native"]
+    epoch_goal, mi_goal = (1.5, 0.85) if native else (2.0, 0.5)
     mi = results["multiple_imputation"]["vae+mlp"]
     lines.append(f"| VAE+MLP, 10,000 images x 3,000 samples in at most 30 s | {mi['seconds_for_10000_images_x_3000']:,.0f} s | "
                  f"{'yes' if mi['seconds_for_10000_images_x_3000'] <= 30 else 'no'} |")
-    lines.append(f"| multiple imputation at 50 % or more of the matmul peak | {mi['fraction_of_peak']:.0%} of the "
-                 f"{m['precision']} peak | {'yes' if mi['fraction_of_peak'] >= 0.5 else 'no'} |")
+    lines.append(f"| vae+mlp multiple imputation at {mi_goal:.0%} or more of the matmul peak | {mi['fraction_of_peak']:.0%} "
+                 f"of the {m['precision']} peak | {'yes' if mi['fraction_of_peak'] >= mi_goal else 'no'} |")
     for name in ("vae", "mlp3"):
         ratio = results["training_epoch"][name]["ratio_to_matmuls"]
-        lines.append(f"| {name} epoch within 2x of its matmuls alone | {ratio:.2f}x | {'yes' if ratio <= 2 else 'no'} |")
+        lines.append(f"| {name} epoch within {epoch_goal}x of its matmuls alone | {ratio:.2f}x | "
+                     f"{'yes' if ratio <= epoch_goal else 'no'} |")
+    if native:
+        cnn_share, mi_cnn = cnn["fraction_of_peak"], results["multiple_imputation"]["vae+cnn"]["fraction_of_peak"]
+        lines.append(f"| cnn epoch at 50 % or more of the matmul peak | {cnn_share:.0%} | {'yes' if cnn_share >= 0.5 else 'no'} |")
+        lines.append(f"| vae+cnn multiple imputation at 50 % or more of the matmul peak | {mi_cnn:.0%} | "
+                     f"{'yes' if mi_cnn >= 0.5 else 'no'} |")
     if not m["bf16_native"]:
         total = mi["flops_per_sample"] * 30e6 / 1e9  # GFLOP of 10,000 x 3,000 VAE+MLP samples
         lines += ["", "This CPU has no native bf16 (no AMX, no AVX-512 BF16), so everything runs in float32 and the "
@@ -416,10 +464,12 @@ def scale_section(path=ROOT / "benchmarks" / "scale.json"):
              "latent factors, 20 % of its entries missing completely at random; RMSE on the missing entries in "
              "standard deviations (the column mean scores 1). Fit, and transform (the single imputation of every "
              "row), in seconds.", "",
-             "| rows | settings | batch | threads | epochs | steps | fit (s) | transform (s) | total (s) | RMSE | machine, date |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| rows | settings | batch | lr | precision | threads | epochs | steps | fit (s) | transform (s) | total (s) | "
+             "RMSE | machine, date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["rows"], r["label"])):
-        lines.append(f"| {r['rows']:,} | {r['label']} | {r['batch_size']} | {r['threads']} | {r['epochs']} | "
+        lines.append(f"| {r['rows']:,} | {r['label']} | {r['batch_size']} | {r['lr']:.2g} | "
+                     f"{r['precision']} | {r['threads']} | {r['epochs']} | "
                      f"{r['steps']:,} | {r['fit_seconds']:.1f} | {r['transform_seconds']:.1f} | {r['seconds']:.1f} | "
                      f"{r['rmse']:.4f} | {r['machine']}, {r['date'][:10]} |")
     notes = [f"{r['rows']:,} rows, {r['label']}: {r['note']}" for r in rows if r.get("note")]
@@ -429,9 +479,9 @@ def scale_section(path=ROOT / "benchmarks" / "scale.json"):
         met = [r for r in million if r["seconds"] <= 120 and r["rmse"] <= bar[0]]
         best = min(met or million, key=lambda r: r["seconds"])
         notes.append(f"Target: 1,000,000 rows fitted and transformed in at most 120 s with an RMSE of at most "
-                     f"{bar[0]:.4f} (the earlier defaults on 100,000 rows): **{'met' if met else 'missed'}**; "
+                     f"{bar[0]:.5f} (the earlier defaults on 100,000 rows): **{'met' if met else 'missed'}**; "
                      f"{'met by' if met else 'the fastest'}: {best['label']}, {best['seconds']:.1f} s, RMSE "
-                     f"{best['rmse']:.4f}.")
+                     f"{best['rmse']:.5f}. What was tried, and where the time goes: docs/big-tables.md.")
     return "\n".join(lines + (["", "\n\n".join(notes)] if notes else [])) + "\n"
 
 

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))  # its machine titles and BENCHMARKS.md's sections
 RESULTS = ROOT / "benchmarks" / "scale.json"
 # MIWAEImputer's defaults before the budget of gradient steps: up to 500 epochs of batches of 64, one thread, fp32.
-EARLIER = {"max_epochs": 500, "patience": 50, "batch_size": 64, "threads": 1, "precision": "fp32", "max_steps": None}
+EARLIER = {"max_epochs": 500, "patience": 50, "batch_size": 64, "lr": 1e-3, "threads": 1, "precision": "fp32",
+           "max_steps": None}
 
 
 def make_table(rows, columns=20, factors=4, missing=0.2, seed=0):
@@ -66,7 +67,7 @@ def measure(rows, settings, seed=0):
         "fit_seconds": round(fitted - start, 1), "transform_seconds": round(done - fitted, 1),
         "seconds": round(done - start, 1),
         "epochs": len(history.train_loss), "steps": imputer.steps_,
-        "batch_size": imputer.batch_size_, "threads": imputer.threads_,
+        "batch_size": imputer.batch_size_, "threads": imputer.threads_, "lr": imputer.lr_, "precision": imputer.precision_,
         "rmse": float(np.sqrt(np.mean((completed[missing] - complete[missing]) ** 2))),
         "mean_rmse": float(np.sqrt(np.mean(complete[missing] ** 2))),   # the column mean is 0 after standardising
     }

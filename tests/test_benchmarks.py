@@ -26,11 +26,15 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
         row = results["training_epoch"][name]
         assert row["seconds"] > 0 and 0 < row["fraction_of_peak"]
     assert results["training_epoch"]["mlp3"]["matmul_only_seconds"] > 0
+    for name in ("vae", "mlp3"):   # the profile of a step: shares of matmuls, optimiser, casts and the rest
+        shares = results["training_epoch"][name]["profile"]
+        assert set(shares) == {"matmuls", "optimiser", "casts", "rest"} and sum(shares.values()) == pytest.approx(1)
+        assert shares["matmuls"] > 0 and shares["optimiser"] > 0 and min(shares.values()) >= 0
     for name in ("vae+mlp", "vae+cnn"):
         row = results["multiple_imputation"][name]
         assert row["image_samples_per_second"] > 0 and row["speedup_over_per_sample_loop"] > 0
     report = md.read_text()
-    assert report.startswith("# Benchmarks") and "| vae+mlp |" in report
+    assert report.startswith("# Benchmarks") and "| vae+mlp |" in report and "Where a training step's time goes" in report
     title = BENCH["machine_title"](results["machine"])
     assert report.count("## Machine: ") == 1 and title in report.splitlines()
 
@@ -95,12 +99,13 @@ def test_the_big_table_benchmark_quick_run_measures_and_reports_its_rows(tmp_pat
     assert scale["main"](["--quick", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["rows"] == 2000 and row["label"] == "quick" and row["batch_size"] == 64 and row["threads"] == 1
+    assert row["lr"] == 1e-3 and row["precision"] == "fp32"   # a small table: the rate of 64-row batches, float32
     assert row["steps"] >= 200 and row["fit_seconds"] > 0 and row["rmse"] < 0.9 * row["mean_rmse"]
     assert row["command"] == f"python benchmarks/scale.py --quick --out {out}"
     complete, incomplete = scale["make_table"](1000)
     assert abs(np.isnan(incomplete).mean() - 0.2) < 0.02 and np.allclose(complete.std(0), 1, atol=1e-3)
     section = BENCH["scale_section"](out)
-    assert section.startswith("## Big tables") and "| 2,000 | quick | 64 | 1 |" in section
+    assert section.startswith("## Big tables") and "| 2,000 | quick | 64 | 0.001 | fp32 | 1 |" in section
     assert f"Commands: `python benchmarks/scale.py --quick --out {out}`." in section
     kept = BENCH["merge_report"](BENCH["merge_report"]("", _section("## Machine: X, AMX", "1.0x")), None, section)
     assert "## Machine: X, AMX" in kept and kept.endswith(section)   # a tail rebuilt, the machines kept

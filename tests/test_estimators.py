@@ -23,7 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.amputation import ampute, rmse_missing
-from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch
+from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch, auto_lr, auto_steps
 from mivae.hardware import cores
 
 IMPUTERS = (VAEImputer, MIWAEImputer)
@@ -160,29 +160,77 @@ def test_sample_refuses_a_count_that_is_not_a_positive_whole_number(fitted, tabl
     assert repr(n_imputations) in str(error.value)
 
 
-def test_the_automatic_batch_grows_with_the_rows_from_64_to_2048():
-    assert [auto_batch(n) for n in (10, 5_000, 23_000, 90_000, 360_000, 900_000, 10**8)] == [
-        64, 64, 64, 256, 1024, 2048, 2048]
+def test_the_automatic_batch_grows_with_the_rows_from_64_to_256():
+    assert [auto_batch(n) for n in (10, 5_000, 23_000, 40_000, 90_000, 900_000, 10**8)] == [
+        64, 64, 64, 128, 256, 256, 256]
+
+
+def test_the_automatic_budget_is_20000_steps_or_3_million_rows_worth_where_fewer():
+    assert [auto_steps(b) for b in (64, 128, 150, 151, 256, 512)] == [20_000, 20_000, 20_000, 19_868, 11_719, 5_860]
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
-def test_the_step_budget_ends_training_after_the_epoch_it_runs_out_in(Imputer):
+def test_the_step_budget_ends_training_at_its_last_step_in_the_middle_of_an_epoch(Imputer):
     X = correlated_table(2_000, seed=3).missing    # 1,800 training rows: 29 steps of 64 per epoch
     imputer = fast(Imputer, max_epochs=50, max_steps=40, validation_fraction=0.1, patience=50).fit(X)
-    assert (imputer.batch_size_, len(imputer.history_.train_loss), imputer.steps_) == (64, 2, 58)
+    assert (imputer.batch_size_, len(imputer.history_.train_loss), imputer.steps_) == (64, 2, 40)
+    assert len(imputer.history_.val_score) == 2    # the part epoch is scored as any other
     unbounded = fast(Imputer, max_epochs=4, max_steps=None, patience=50).fit(X)
     assert len(unbounded.history_.train_loss) == 4 and unbounded.steps_ == 4 * 29
-    with pytest.raises(ValueError, match="max_steps must be a whole number of at least 1; got 0"):
+    with pytest.raises(ValueError, match="max_steps must be a whole number of at least 1, 'auto' or None; got 0"):
         fast(Imputer, max_steps=0).fit(X)
     with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1 or 'auto'; got 'big'"):
         fast(Imputer, batch_size="big").fit(X)
+
+
+def test_the_automatic_learning_rate_grows_with_the_square_root_of_the_batch():
+    assert [auto_lr(b) for b in (64, 256, 1024)] == pytest.approx([1e-3, 2e-3, 4e-3], rel=1e-12)
+    X = correlated_table(2_000, seed=3).missing
+    assert fast(MIWAEImputer, batch_size=256).fit(X).lr_ == pytest.approx(2e-3, rel=1e-12)
+    assert fast(MIWAEImputer, batch_size=256, lr=0.01).fit(X).lr_ == 0.01
+    with pytest.raises(ValueError, match="lr must be a number in \\(0, inf\\) or 'auto'; got 'fast'"):
+        fast(MIWAEImputer, lr="fast").fit(X)
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_the_rate_falls_linearly_to_zero_over_the_budget_only_where_the_budget_ends_training(Imputer, monkeypatch):
+    from mivae import estimators
+
+    schedules = []
+
+    def recording_fit(*args, lr_schedule=None, **kwargs):
+        schedules.append(lr_schedule)
+        return fit(*args, lr_schedule=lr_schedule, **kwargs)
+
+    fit = estimators.fit
+    monkeypatch.setattr(estimators, "fit", recording_fit)
+    X = correlated_table(2_000, seed=3).missing    # 1,800 training rows: 29 steps of 64 per epoch
+    fast(Imputer, max_epochs=50, max_steps=40, patience=50).fit(X)     # the budget ends training, after 40 steps
+    schedule = schedules[-1]
+    assert [schedule(step) for step in (0, 20, 39)] == pytest.approx([1, 0.5, 1 / 40], rel=1e-12)
+    fast(Imputer, max_epochs=1, max_steps=40, patience=50).fit(X)      # max_epochs ends it first: a constant rate
+    fast(Imputer, max_epochs=2, max_steps=None, patience=50).fit(X)
+    assert schedules[-2:] == [None, None]
+
+
+def test_automatic_precision_is_bf16_only_for_a_big_table_on_native_bf16(table, monkeypatch):
+    from mivae import estimators
+
+    assert fast(MIWAEImputer).fit(table.missing).precision_ == "fp32"
+    monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
+    monkeypatch.setattr(estimators, "bf16_supported", lambda device: False)
+    assert fast(MIWAEImputer).fit(table.missing).precision_ == "fp32"
+    monkeypatch.setattr(estimators, "bf16_supported", lambda device: True)
+    imputer = fast(MIWAEImputer).fit(table.missing)
+    assert imputer.precision_ == "bf16" and np.isfinite(imputer.transform(table.missing)).all()
+    assert fast(MIWAEImputer, precision="fp32").fit(table.missing).precision_ == "fp32"
 
 
 def test_automatic_threads_are_one_for_a_small_table_and_every_core_for_a_large_one(table, monkeypatch):
     from mivae import estimators
 
     assert fast(MIWAEImputer).fit(table.missing).threads_ == 1
-    monkeypatch.setattr(estimators, "THREADED_ROWS", 100)   # the table's 200 rows count as large
+    monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
     assert fast(MIWAEImputer).fit(table.missing).threads_ == cores()
     assert fast(MIWAEImputer, threads=1).fit(table.missing).threads_ == 1
     with pytest.raises(ValueError, match="threads must be a whole number of at least 1 or 'auto'; got 'all'"):

@@ -289,6 +289,44 @@ def test_a_checkpoint_saved_at_an_early_stop_trains_nothing_more(tmp_path, monke
     assert restored == history and torch.equal(again.weight, first.weight)   # the best epoch's weights
 
 
+def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_takes_the_same(tmp_path, monkeypatch):
+    """fit's lr_schedule scales the rates step by step across epochs, the rates as given come back at the end, and a
+    training resumed from its checkpoint goes on with the rates (and so the weights) it would have had."""
+    from mivae import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)   # save after every epoch
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    config = TrainConfig(epochs=3, batch_size=10)              # 4 steps per epoch, 12 in all
+
+    def train(checkpoint=None, kill_after=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        rates = []
+
+        def loss(m, xb, yb):
+            rates.append(optimizer.param_groups[0]["lr"])
+            return torch.nn.functional.cross_entropy(m(xb), yb)
+
+        def on_epoch(epoch, history):
+            if epoch == kill_after:
+                raise _Killed
+
+        fit(model, optimizer, loss, x, y, config, on_epoch=on_epoch, checkpoint=checkpoint,
+            lr_schedule=lambda step: 1 - step / 12)
+        return model, optimizer, rates
+
+    model, optimizer, rates = train()
+    assert rates == pytest.approx([0.1 * (1 - step / 12) for step in range(12)], rel=1e-12)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    checkpoint = tmp_path / "scheduled.safetensors"
+    with pytest.raises(_Killed):
+        train(checkpoint, kill_after=2)
+    resumed, _, resumed_rates = train(checkpoint)
+    assert resumed_rates == rates[4:]    # killed before epoch 2 was saved: epochs 2 and 3 again, at their own rates
+    assert torch.equal(resumed.weight, model.weight) and torch.equal(resumed.bias, model.bias)
+
+
 def test_a_damaged_checkpoint_is_one_sentence(tmp_path):
     from mivae.errors import MivaeError
 

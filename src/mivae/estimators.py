@@ -36,28 +36,47 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from mivae.config import TrainConfig
 from mivae.errors import InputError, MivaeError
-from mivae.hardware import cores, resolve_device, resolve_precision, torch_threads
+from mivae.hardware import bf16_supported, cores, resolve_device, resolve_precision, torch_threads
 from mivae.models.miwae import importance_weights, iwae_bound
 from mivae.models.tabular import LIKELIHOODS, TabularVAE
 from mivae.table import Schema, infer_kinds
 from mivae.training import adam, fit
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
-# The defaults that scale with the table (benchmarks/scale.py): training ends after MAX_STEPS gradient steps (rounded
-# up to whole epochs) if early stopping or max_epochs has not ended it before (on a table of up to 2,560 rows, 500
-# epochs come first); batch_size "auto" grows with the rows (`auto_batch`); threads "auto" uses every core for tables of
-# at least THREADED_ROWS rows, whose batches are large, and one below (a small step gains nothing from more threads,
-# and waiting on a busy core made one 230 times slower); validation holds out at most VALIDATION_ROWS rows.
+# The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
+# - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
+#   (`auto_steps`), so that the time a fit takes stays bounded as the batch grows. Training ends there if early
+#   stopping or max_epochs has not ended it before (on a table of up to 2,560 rows, 500 epochs come first); where the
+#   budget ends it, the learning rate falls linearly to zero over the budget;
+# - batch_size "auto" grows with the rows (`auto_batch`), and lr "auto" with the batch (`auto_lr`);
+# - a table of at least BIG_TABLE rows is big: threads "auto" uses every core for it, and precision "auto" bf16 where
+#   the hardware has it natively (a small table's steps gain nothing from either, and waiting on a busy core made a
+#   small step 230 times slower);
+# - validation holds out at most VALIDATION_ROWS rows.
 MAX_STEPS = 20_000
-MAX_BATCH = 2048
-THREADED_ROWS = 50_000
+MAX_ROWS = 3_000_000
+MAX_BATCH = 256
+BASE_LR = 1e-3
+BIG_TABLE = 50_000
 VALIDATION_ROWS = 10_000
 
 
 def auto_batch(rows):
     """The batch size "auto" gives `rows` training rows: rows / 256 rounded to a power of two, from 64 (up to 23,170
-    rows, as before the step budget) to MAX_BATCH."""
+    rows, as before the step budget) to MAX_BATCH (from 46,341 rows on)."""
     return int(min(MAX_BATCH, max(64, 2 ** round(math.log2(max(rows, 1) / 256)))))
+
+
+def auto_steps(batch_size):
+    """The budget of gradient steps "auto" gives batches of `batch_size` rows: MAX_STEPS, or MAX_ROWS / batch_size
+    steps where that is fewer (batches of more than 150 rows)."""
+    return min(MAX_STEPS, math.ceil(MAX_ROWS / batch_size))
+
+
+def auto_lr(batch_size):
+    """The learning rate "auto" gives batches of `batch_size` rows: BASE_LR at 64 rows, growing with the square root
+    of the batch (Adam's square-root scaling rule, Malladi et al. 2022), so larger batches take larger steps."""
+    return BASE_LR * math.sqrt(batch_size / 64)
 
 
 def _validate_table(estimator, X, reset, categorical):
@@ -83,7 +102,7 @@ def _threaded(method):
     def run(self, X, *args, **kwargs):
         threads = self.threads
         if threads == "auto":
-            threads = cores() if _rows(X) >= THREADED_ROWS else 1
+            threads = cores() if _rows(X) >= BIG_TABLE else 1
         elif isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
             raise InputError(f"threads must be a whole number of at least 1 or 'auto'; got {threads!r}.")
         with torch_threads(threads):
@@ -122,9 +141,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
     training_samples = 1  # K of the training bound; MIWAEImputer sets its own
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
-                 patience=50, batch_size="auto", validation_fraction=0.1, precision="fp32", threads="auto",
-                 random_state=None, device="cpu", max_steps=MAX_STEPS):
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto", max_epochs=500,
+                 patience=50, batch_size="auto", validation_fraction=0.1, precision="auto", threads="auto",
+                 random_state=None, device="cpu", max_steps="auto"):
         self.categorical = categorical
         self.likelihood = likelihood
         self.hidden = hidden
@@ -159,9 +178,14 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         batch = self.batch_size
         if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
             raise InputError(f"batch_size must be a whole number of at least 1 or 'auto'; got {batch!r}.")
-        if self.max_steps is not None:
-            _check_positive_int("max_steps", self.max_steps)
-        _check_number("lr", self.lr, 0, math.inf, high_open=True)
+        steps = self.max_steps
+        if steps is not None and steps != "auto" and (
+                isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+            raise InputError(f"max_steps must be a whole number of at least 1, 'auto' or None; got {steps!r}.")
+        lr = self.lr
+        if not (isinstance(lr, str) and lr == "auto") and not (
+                isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):  # NaN fails too
+            raise InputError(f"lr must be a number in (0, inf) or 'auto'; got {lr!r}.")
         _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
@@ -187,6 +211,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             warnings.warn(f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
                           "in the model and come back missing.", UserWarning, stacklevel=2)
         values, observed = (torch.from_numpy(a).to(device) for a in self.schema_.encode(X))
+        big = len(X) >= BIG_TABLE and bf16_supported(device)
+        self.precision_ = ("bf16" if big else "fp32") if self.precision == "auto" else self.precision
         columns = len(self.schema_.modelled)
         self.latent_ = self.latent or max(1, min(columns - 1, 16))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -223,14 +249,23 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 return iwae_bound(log_w).mean().item()
 
         self.batch_size_ = min(auto_batch(len(train)) if self.batch_size == "auto" else self.batch_size, len(train))
+        self.lr_ = auto_lr(self.batch_size_) if self.lr == "auto" else self.lr
         steps_per_epoch = math.ceil(len(train) / self.batch_size_)
-        epochs = self.max_epochs if self.max_steps is None else min(self.max_epochs,
-                                                                     math.ceil(self.max_steps / steps_per_epoch))
+        budget = auto_steps(self.batch_size_) if self.max_steps == "auto" else self.max_steps
+        epochs, schedule = self.max_epochs, None
+        if budget is not None and budget < self.max_epochs * steps_per_epoch:
+            # The budget ends training at a step known in advance (mid-epoch if need be): the rate falls linearly
+            # towards zero at it.
+            epochs = math.ceil(budget / steps_per_epoch)
+            schedule = lambda step: 1 - step / budget   # noqa: E731
+        else:
+            budget = None
         config = TrainConfig(epochs=epochs, patience=self.patience, batch_size=self.batch_size_, seed=seed,
-                             precision=self.precision, device=str(values.device))
+                             precision=self.precision_, device=str(values.device))
         rows = rows[train]
-        history = fit(self.model_, adam(self.model_, self.lr), loss, rows, rows, config, score=score)
-        self.steps_ = len(history.train_loss) * steps_per_epoch
+        history = fit(self.model_, adam(self.model_, self.lr_), loss, rows, rows, config, score=score,
+                      lr_schedule=schedule, max_steps=budget)
+        self.steps_ = min(len(history.train_loss) * steps_per_epoch, budget or math.inf)
         return history
 
     def _encode(self, X):
@@ -281,7 +316,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         the weights and the imputations stay float32)."""
         self.model_.eval()
         device = values.device
-        low = resolve_precision(self.precision, device) == torch.bfloat16
+        low = resolve_precision(self.precision_, device) == torch.bfloat16
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS])
                      for i in range(0, len(values), BATCH_ROWS)]
@@ -339,21 +374,25 @@ class VAEImputer(_TabularImputer):
         Nodes per hidden ReLU layer of the encoder; the decoder mirrors them.
     latent : int or None
         Latent dimension L; None takes the number of columns minus one, between 1 and 16.
-    lr : float
-        Adam learning rate.
+    lr : float or "auto"
+        Adam learning rate. "auto": 1e-3 for batches of 64 rows, growing with the square root of the batch
+        (2e-3 at 256 rows). Where the step budget ends training, the rate falls linearly to zero over it.
     max_epochs, patience : int
         Most epochs; epochs without a better validation bound before stopping.
-    max_steps : int or None
-        The budget of gradient steps, rounded up to whole epochs: training ends there if early stopping or
-        max_epochs has not ended it before, so a big table trains in bounded time. None: max_epochs alone.
+    max_steps : int, "auto" or None
+        The budget of gradient steps: training ends there (in the middle of an epoch if need be) if early
+        stopping or max_epochs has not ended it before, so a big table trains in bounded time, and the
+        learning rate falls linearly to zero over it. "auto": 20,000 steps, or 3 million rows' worth
+        where that is fewer (batches of more than 150 rows). None: max_epochs alone, at a constant rate.
     batch_size : int or "auto"
         Rows per step. "auto" grows with the table: 64 up to about 23,000 rows, then the rows / 256 rounded
-        to a power of two, at most 2,048.
+        to a power of two, at most 256.
     validation_fraction : float in [0, 1)
         Rows held out for early stopping (at most 10,000); 0 trains for the whole budget.
     precision : "auto", "bf16" or "fp32"
-        Matmul precision in fit, transform and sample; fp32 by default, where small tables lose nothing in
-        speed.
+        Matmul precision in fit, transform and sample. "auto": bf16 for a table of at least 50,000 rows where
+        the hardware has native bf16 (a CPU with AVX-512 BF16 or AMX, a GPU from Ampere on), fp32 otherwise:
+        a small table's steps gain nothing from bf16. The imputations are float32 either way.
     threads : int or "auto"
         CPU threads torch uses in fit, transform and sample. "auto": every core for a table of at least
         50,000 rows, one below: a small table's matrices gain nothing from more, and a busy second core
@@ -372,6 +411,8 @@ class VAEImputer(_TabularImputer):
     history_ : mivae.training.History.
     latent_ : int, the latent dimension used.
     batch_size_, threads_, steps_ : int, the batch size and thread count fit used, and the steps it took.
+    lr_ : float, the learning rate fit started from; precision_ : "bf16" or "fp32", the one fit used, as do
+    transform and sample.
     n_features_in_, feature_names_in_ : as every scikit-learn estimator.
     """
 
@@ -403,9 +444,9 @@ class MIWAEImputer(_TabularImputer):
         and the pool that sampling-importance-resampling draws from (sample).
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr=1e-3, max_epochs=500,
-                 patience=50, batch_size="auto", validation_fraction=0.1, precision="fp32", importance_samples=20,
-                 imputation_samples=100, threads="auto", random_state=None, device="cpu", max_steps=MAX_STEPS):
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto", max_epochs=500,
+                 patience=50, batch_size="auto", validation_fraction=0.1, precision="auto", importance_samples=20,
+                 imputation_samples=100, threads="auto", random_state=None, device="cpu", max_steps="auto"):
         super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
                          validation_fraction, precision, threads, random_state, device, max_steps)
         self.importance_samples = importance_samples

@@ -185,7 +185,7 @@ CHECKPOINT_EVERY = 60.0
 
 
 def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_is_better=True, on_epoch=None,
-        checkpoint=None):
+        checkpoint=None, lr_schedule=None, max_steps=None):
     """Trains `model` in place and returns its `History`.
 
     inputs, targets: tensors whose first dimension indexes the training examples.
@@ -200,12 +200,18 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
     goes on from the epoch it holds, after on_epoch is called for each epoch it already ran, and
     ends with the weights and history an uninterrupted training has. The caller keys the file
     to everything the training depends on, and removes it when the result is safe.
+    lr_schedule(step) -> float: the factor of each parameter group's learning rate at gradient step
+    `step`, counted from 0 across epochs (so a resumed training takes the rates it would have had).
+    max_steps: training ends after this many gradient steps, in the middle of an epoch if need be (that
+    epoch's loss is the mean over the rows it saw, and it is scored as any other), or after config.epochs.
     """
     steady_heap()  # a step's large temporaries reuse the heap instead of being faulted in anew (hardware.steady_heap)
     torch.manual_seed(config.seed)  # latent samples and dropout masks draw from the global stream
     generator = torch.Generator().manual_seed(config.seed)
     state = _TrainingState(history=History())
     n = len(inputs)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's scheduled rates replace them
     low_precision = resolve_precision(config.precision, inputs.device) == torch.bfloat16
     if checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(checkpoint, model, optimizer, generator)
@@ -221,32 +227,41 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
 
     first_epoch = config.epochs + 1 if history.stopped_early else len(history.train_loss) + 1
     for epoch in range(first_epoch, config.epochs + 1):
+        if max_steps is not None and (epoch - 1) * steps_per_epoch >= max_steps:
+            break
         start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device)
-        total = 0.0
+        total, seen = 0.0, 0
         for step, i in enumerate(range(0, n, config.batch_size), 1):
+            if max_steps is not None and (epoch - 1) * steps_per_epoch + step > max_steps:
+                break
             check_interrupt()
             index = order[i : i + config.batch_size]
+            if lr_schedule is not None:
+                factor = lr_schedule((epoch - 1) * steps_per_epoch + step - 1)
+                for group, lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = lr * factor
             with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
-                loss = loss_fn(model, inputs[index], targets[index])
+                batch = inputs[index]
+                loss = loss_fn(model, batch, batch if targets is inputs else targets[index])  # an autoencoder's: once
             # Checked before the step, so the weights stay those of the last sane loss.
             value = loss.item()
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or abs(value) > DIVERGED * max(abs(first_loss), 1.0):
                 raise TrainingDiverged(f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
                                        f"of epoch {epoch}; a lower learning rate (now "
-                                       f"{optimizer.param_groups[0]['lr']:g}) usually helps.")
+                                       f"{base_lrs[0]:g}) usually helps.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += value * len(index)
-        history.train_loss.append(total / n)
+            total, seen = total + value * len(index), seen + len(index)
+        history.train_loss.append(total / seen)
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):
                 raise TrainingDiverged(f"training diverged: the validation score became {value} after epoch {epoch}; "
-                                       f"a lower learning rate (now {optimizer.param_groups[0]['lr']:g}) usually helps.")
+                                       f"a lower learning rate (now {base_lrs[0]:g}) usually helps.")
             history.val_score.append(value)
             if better(value, best):
                 best, history.best_epoch = value, epoch
@@ -270,6 +285,8 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    for group, lr in zip(optimizer.param_groups, base_lrs):  # the rates as given, not the schedule's last
+        group["lr"] = lr
     model.eval()
     return history
 
