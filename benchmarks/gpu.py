@@ -69,10 +69,11 @@ def check_device(device):
 def train_every_kind(out, settings):
     """Step 2: every model kind, one epoch each; the saved config names the device and the precision it ran in."""
     from mivae.cli import main as mivae
-    from mivae.hardware import bf16_supported
+    from mivae.hardware import bf16_supported, resolve_device
     from mivae.models import KINDS, imputer_kind
 
     device = settings["device"]
+    named = str(resolve_device(device))  # as a run's config records it: "cuda" is cuda:0 there
     trained = []
     for kind in sorted(KINDS, key=lambda k: "+" in k):  # the imputers first: the Type 2 kinds are built on them
         imputer = imputer_kind(kind)
@@ -81,8 +82,8 @@ def train_every_kind(out, settings):
             argv += ["--vae", str(out / imputer)]
         _call(mivae, argv)
         config = json.loads((out / kind / "config.json").read_text())
-        if config["train"]["device"] != device:
-            raise AssertionError(f"the {kind} run trained on {config['train']['device']}, not {device}.")
+        if config["train"]["device"] != named:
+            raise AssertionError(f"the {kind} run trained on {config['train']['device']}, not {named}.")
         if bf16_supported(device) and config["resolved"]["precision"] != "bfloat16":
             raise AssertionError(f"the {kind} run trained in {config['resolved']['precision']}, not bf16.")
         trained.append(kind)

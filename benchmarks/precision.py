@@ -4,7 +4,7 @@
 
 For each run (Type 1 or Type 2), predicts the test set in float32 and in bf16 and reports
 both accuracies and the paired z of §3.6 between them (bf16 vs float32); for Type 2 runs,
-single imputation and multiple imputation with --samples samples. Writes
+single imputation, and for VAE-based ones multiple imputation with --samples samples too. Writes
 benchmarks/precision.json, which benchmarks/run.py puts into BENCHMARKS.md.
 """
 
@@ -17,6 +17,7 @@ import torch
 
 from mivae.hardware import bf16_supported
 from mivae.imputation import multiple_imputation, predict_proba
+from mivae.pipeline import sees_mask
 from mivae.problem import make_problem
 from mivae.runs import load_run, write_json
 from mivae.stats import accuracy, paired_test
@@ -52,13 +53,16 @@ def main(argv=None):
     for run_dir in args.runs:
         run = load_run(run_dir)
         test = make_problem(run.data, args.data_dir).test
+        with_mask = sees_mask(run.kind, run.model_config, run.vae_config)
+        x = test.inputs(with_mask=with_mask)  # (N, 2, H, W) for a mask-aware model
         y = test.y.numpy()
-        label = f"{run.kind} ({run.data.method} {run.data.level:.0%})"
-        rows.append(compare(f"{label}, single" if run.kind.startswith("vae+") else label,
-                            lambda dtype: predict_proba(run.model, test.x, dtype=dtype).argmax(1).numpy(), y))
+        aware = ", mask-aware" if with_mask and "+" not in run.kind else ""
+        label = f"{run.kind}{aware} ({run.data.method} {run.data.level:.0%})"
+        rows.append(compare(f"{label}, single" if "+" in run.kind else label,   # a Type 2 model's single imputation
+                            lambda dtype: predict_proba(run.model, x, dtype=dtype).argmax(1).numpy(), y))
         if run.kind.startswith("vae+"):
             rows.append(compare(f"{label}, M={args.samples}", lambda dtype: multiple_imputation(
-                run.model, test.x, test.y, args.samples, seed=0, dtype=dtype).predictions[args.samples].numpy(), y))
+                run.model, x, test.y, args.samples, seed=0, dtype=dtype).predictions[args.samples].numpy(), y))
     write_json(args.out, {"bf16_native": bf16_supported("cpu"), "test_images": len(y), "rows": rows,
                           "command": "python benchmarks/precision.py " + " ".join(argv or sys.argv[1:])})
     return 0

@@ -36,10 +36,12 @@ def check_device(device):
 def resolve_device(device="auto"):
     """Returns the torch.device that `device` names: "auto" is the GPU where torch sees one, else the CPU.
 
-    A GPU asked for by name must be there: nothing falls back to the CPU."""
+    A GPU asked for by name must be there: nothing falls back to the CPU. A GPU comes back with its index
+    ("cuda" is torch's current one, cuda:0 on most machines), so one device has one name wherever it is
+    recorded (a study's unit keys, a run's config)."""
     name = check_device(str(device) if isinstance(device, torch.device) else device)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     parsed = torch.device(name)
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -49,6 +51,8 @@ def resolve_device(device="auto"):
         if parsed.index is not None and parsed.index >= count:
             raise MivaeError(f"device {name!r} is not available: this torch sees {count} GPU(s), cuda:0 to "
                              f"cuda:{count - 1}.")
+        if parsed.index is None:
+            parsed = torch.device("cuda", torch.cuda.current_device())
     return parsed
 
 

@@ -26,7 +26,7 @@ from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 _SAME_CORRUPTION = ("dataset", "method", "level", "fill", "exact", "seed")
 
 
-def _sees_mask(kind, model_config, vae_config=None):
+def sees_mask(kind, model_config, vae_config=None):
     """Whether a model of `kind` takes mask-aware inputs: always for MIWAEs; else its own choice, or its VAE's."""
     imputer = imputer_kind(kind)
     if kind in INCOMPLETE or imputer in INCOMPLETE:
@@ -179,7 +179,7 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         vae = vae_run.model.to(device)
     model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae,
                         imputer_config=vae_run.model_config if vae_run else None).to(device)
-    with_mask = _sees_mask(kind, model_config, vae_run.model_config if vae_run else None)
+    with_mask = sees_mask(kind, model_config, vae_run.model_config if vae_run else None)
 
     def val_accuracy(m):
         return accuracy(predict_proba(m, _inputs(val, data, with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu())
@@ -227,7 +227,7 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
     if run.kind in INCOMPLETE:
         return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
 
-    with_mask = _sees_mask(run.kind, run.model_config, run.vae_config)
+    with_mask = sees_mask(run.kind, run.model_config, run.vae_config)
     x = test.inputs(with_mask=with_mask)
     # The model's own health on validation images as it was trained (clean ones for a classifier of Tables 6/7).
     result["health"] = _health(classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype),
