@@ -73,7 +73,6 @@ def train_every_kind(out, settings):
     from mivae.models import KINDS, imputer_kind
 
     device = settings["device"]
-    named = str(resolve_device(device))  # as a run's config records it: "cuda" is cuda:0 there
     trained = []
     for kind in sorted(KINDS, key=lambda k: "+" in k):  # the imputers first: the Type 2 kinds are built on them
         imputer = imputer_kind(kind)
@@ -82,6 +81,7 @@ def train_every_kind(out, settings):
             argv += ["--vae", str(out / imputer)]
         _call(mivae, argv)
         config = json.loads((out / kind / "config.json").read_text())
+        named = str(resolve_device(device))  # as the run's config records it: "cuda" is cuda:0 there
         if config["train"]["device"] != named:
             raise AssertionError(f"the {kind} run trained on {config['train']['device']}, not {named}.")
         if bf16_supported(device) and config["resolved"]["precision"] != "bfloat16":
