@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 
 import optuna
@@ -28,9 +29,20 @@ VOLATILE = {"seconds", "worker", "started", "finished", "invocations", "units", 
 
 
 def _start(out):
+    """Starts the study; its stderr goes to a file (a pipe that nobody reads while it runs would stop the study
+    once the pipe's buffer is full), read back by `_finish`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([*COMMAND, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([*COMMAND, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+    process.log = log
+    return process
+
+
+def _finish(process, timeout=900):
+    """Waits for a study started by `_start`; returns its exit status and its stderr."""
+    process.wait(timeout=timeout)
+    process.log.seek(0)
+    return process.returncode, process.log.read()
 
 
 def _unfinished(out, prefix):
@@ -110,11 +122,9 @@ def killed_and_uninterrupted(tmp_path_factory):
         killed[name] = _kill_when(out, moment)
         kept.append(_finished_work(out))
     left = sorted(p.name for p in out.rglob("*.part"))   # half-written by a kill, if one landed mid-write
-    last = _start(out)
-    _, last_err = last.communicate(timeout=900)
-    _, reference_err = reference.communicate(timeout=900)
+    status = _finish(_start(out))
     return {"out": out, "reference": root / "uninterrupted", "killed": killed, "kept": kept, "left": left,
-            "status": (last.returncode, last_err), "reference_status": (reference.returncode, reference_err)}
+            "status": status, "reference_status": _finish(reference)}
 
 
 def test_every_kill_landed_at_its_moment_and_the_restarts_finished(killed_and_uninterrupted):

@@ -540,6 +540,22 @@ def test_a_worker_times_the_tasks_it_ran_and_keeps_the_times_of_those_it_reused(
     assert record["kind"] == "cnn" and 0 <= record["seconds"] < 5
 
 
+def test_a_task_that_went_on_from_a_stopped_invocations_part_of_a_unit_is_not_timed(tmp_path):
+    """A unit whose folder a stopped invocation left without unit.json goes on from that invocation's checkpoints:
+    the task around it took only part of its time here, so it records none."""
+    study = experiments.Study("smoke", tmp_path, progress=False)
+    spec = {"unit": "vae"}
+    (tmp_path / "units" / f"vae-{experiments.key_of(spec)}").mkdir(parents=True)   # begun, never finished
+
+    def unit(label, spec):
+        return lambda: study._unit(label, spec, lambda directory, finished: None)
+
+    experiments._run_tasks(study, [experiments._Task("vae-0", (), unit("vae", spec), "vae"),
+                                   experiments._Task("mlp-0", (), unit("mlp", {"unit": "mlp"}), "mlp")])
+    assert study.resumed == 1 and not (tmp_path / "tasks" / "vae-0.json").exists()
+    assert json.loads((tmp_path / "tasks" / "mlp-0.json").read_text())["kind"] == "mlp"   # begun here: timed
+
+
 def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_beats(tmp_path):
     (tmp_path / "clock").mkdir()
     for name, last, finished in (("live", 1000, False), ("ended", 1000, True), ("killed", 500, False)):

@@ -163,6 +163,7 @@ class Study:
         self.bar = tqdm(total=1, desc="reproduce", disable=not progress,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} so far{postfix}")
         self.done = []  # (label, seconds, reused) of every unit, in order
+        self.resumed = 0  # units that went on from a stopped invocation's part of their work (its checkpoints)
         self._problems = {}
 
     # -- the plan -------------------------------------------------------------------------
@@ -184,10 +185,12 @@ class Study:
     def _unit(self, label, spec, work):
         """Runs `work(directory)` unless the unit with this spec finished before; returns its output."""
         directory = self.out / "units" / f"{label}-{key_of(spec)}"
+        begun = directory.exists()  # by an invocation before this one, or by another worker now
         directory.mkdir(parents=True, exist_ok=True)  # a unit's folder exists from its start; unit.json marks its end
         with self._claimed(directory / ".lock", label):
             start = time.monotonic()
             finished = (directory / "unit.json").exists()
+            self.resumed += int(begun and not finished)
             result = work(directory, finished)
             seconds = time.monotonic() - start
             if finished:
@@ -448,12 +451,14 @@ def _run_tasks(study, tasks):
 
 def _timed(study, folder, task, tasks):
     """Runs `task`; records its seconds unless a worker before this one did its work (or some of it: a unit reused
-    from a run before the records, or from a stopped invocation, would make the task look cheap)."""
+    from a run before the records, or one that went on from a stopped invocation's checkpoints, would make the
+    task look cheap)."""
     record = folder / f"{task.name}.json"
     timed_before = _task_record(record) is not None
-    start, units_before = time.monotonic(), len(study.done)
+    start, units_before, resumed_before = time.monotonic(), len(study.done), study.resumed
     task.run()
-    if not timed_before and not any(reused for *_, reused in study.done[units_before:]):
+    reused = any(reused for *_, reused in study.done[units_before:]) or study.resumed > resumed_before
+    if not timed_before and not reused:
         write_json(record, {"kind": task.kind, "seconds": round(time.monotonic() - start, 2)})
     _progress(study, folder, tasks)
 
