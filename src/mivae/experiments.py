@@ -457,7 +457,7 @@ def _timed(study, folder, task, tasks):
     timed_before = _task_record(record) is not None
     start, units_before, resumed_before = time.monotonic(), len(study.done), study.resumed
     task.run()
-    reused = any(reused for *_, reused in study.done[units_before:]) or study.resumed > resumed_before
+    reused = any(r for *_, r in study.done[units_before:]) or study.resumed > resumed_before
     if not timed_before and not reused:
         write_json(record, {"kind": task.kind, "seconds": round(time.monotonic() - start, 2)})
     _progress(study, folder, tasks)
