@@ -81,9 +81,9 @@ def train_every_kind(out, settings):
             argv += ["--vae", str(out / imputer)]
         _call(mivae, argv)
         config = json.loads((out / kind / "config.json").read_text())
-        named = str(resolve_device(device))  # as the run's config records it: "cuda" is cuda:0 there
-        if config["train"]["device"] != named:
-            raise AssertionError(f"the {kind} run trained on {config['train']['device']}, not {named}.")
+        ran_on, named = (resolve_device(d) for d in (config["train"]["device"], device))  # "cuda" is cuda:0
+        if ran_on != named:
+            raise AssertionError(f"the {kind} run trained on {ran_on}, not {named}.")
         if bf16_supported(device) and config["resolved"]["precision"] != "bfloat16":
             raise AssertionError(f"the {kind} run trained in {config['resolved']['precision']}, not bf16.")
         trained.append(kind)

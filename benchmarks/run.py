@@ -412,7 +412,8 @@ def markdown(results, command):
                   f"{name}: " + ", ".join(f"{part} {share:.0%}" for part, share in row["profile"].items())
                   for name, row in results["training_epoch"].items() if "profile" in row)
               + ". Casts are autocast's copies to and from bf16; the rest is elementwise operators, the loss, and "
-              "autograd's and the loop's own work.", "", f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
+              "autograd's and the loop's own work.", "",
+              f"The conventional `DataLoader` loop takes {mlp['dataloader_seconds']:.2f} s for the same MLP epoch: "
               f"mivae's loop is {mlp['speedup_over_dataloader']:.2f}x as fast.", "",
               "### Multiple imputation", "",
               "| model | image-samples/s | GFLOP/s | of peak | 10,000 x 3,000 (s) | per-sample loop (image-samples/s) | speed-up |",
@@ -428,15 +429,17 @@ def markdown(results, command):
     mi = results["multiple_imputation"]["vae+mlp"]
     lines.append(f"| VAE+MLP, 10,000 images x 3,000 samples in at most 30 s | {mi['seconds_for_10000_images_x_3000']:,.0f} s | "
                  f"{'yes' if mi['seconds_for_10000_images_x_3000'] <= 30 else 'no'} |")
-    lines.append(f"| vae+mlp multiple imputation at {mi_goal:.0%} or more of the matmul peak | {mi['fraction_of_peak']:.0%} "
-                 f"of the {m['precision']} peak | {'yes' if mi['fraction_of_peak'] >= mi_goal else 'no'} |")
+    lines.append(f"| vae+mlp multiple imputation at {mi_goal:.0%} or more of the matmul peak | "
+                 f"{mi['fraction_of_peak']:.0%} of the {m['precision']} peak | "
+                 f"{'yes' if mi['fraction_of_peak'] >= mi_goal else 'no'} |")
     for name in ("vae", "mlp3"):
         ratio = results["training_epoch"][name]["ratio_to_matmuls"]
         lines.append(f"| {name} epoch within {epoch_goal}x of its matmuls alone | {ratio:.2f}x | "
                      f"{'yes' if ratio <= epoch_goal else 'no'} |")
     if native:
         cnn_share, mi_cnn = cnn["fraction_of_peak"], results["multiple_imputation"]["vae+cnn"]["fraction_of_peak"]
-        lines.append(f"| cnn epoch at 50 % or more of the matmul peak | {cnn_share:.0%} | {'yes' if cnn_share >= 0.5 else 'no'} |")
+        lines.append(f"| cnn epoch at 50 % or more of the matmul peak | {cnn_share:.0%} | "
+                     f"{'yes' if cnn_share >= 0.5 else 'no'} |")
         lines.append(f"| vae+cnn multiple imputation at 50 % or more of the matmul peak | {mi_cnn:.0%} | "
                      f"{'yes' if mi_cnn >= 0.5 else 'no'} |")
     if not m["bf16_native"]:
@@ -464,8 +467,8 @@ def scale_section(path=ROOT / "benchmarks" / "scale.json"):
              "latent factors, 20 % of its entries missing completely at random; RMSE on the missing entries in "
              "standard deviations (the column mean scores 1). Fit, and transform (the single imputation of every "
              "row), in seconds.", "",
-             "| rows | settings | batch | lr | precision | threads | epochs | steps | fit (s) | transform (s) | total (s) | "
-             "RMSE | machine, date |",
+             "| rows | settings | batch | lr | precision | threads | epochs | steps | fit (s) | transform (s) | "
+             "total (s) | RMSE | machine, date |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["rows"], r["label"])):
         lines.append(f"| {r['rows']:,} | {r['label']} | {r['batch_size']} | {r['lr']:.2g} | "

@@ -46,7 +46,7 @@ BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K pro
 # The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
 # - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
 #   (`auto_steps`), so that the time a fit takes stays bounded as the batch grows. Training ends there if early
-#   stopping or max_epochs has not ended it before (on a table of up to 2,560 rows, 500 epochs come first); where the
+#   stopping or max_epochs has not ended it before (up to 2,560 training rows, 500 epochs come first); where the
 #   budget ends it, the learning rate falls linearly to zero over the budget;
 # - batch_size "auto" grows with the rows (`auto_batch`), and lr "auto" with the batch (`auto_lr`);
 # - a table of at least BIG_TABLE rows is big: threads "auto" uses every core for it, and precision "auto" bf16 where
@@ -141,9 +141,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
     training_samples = 1  # K of the training bound; MIWAEImputer sets its own
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto", max_epochs=500,
-                 patience=50, batch_size="auto", validation_fraction=0.1, precision="auto", threads="auto",
-                 random_state=None, device="cpu", max_steps="auto"):
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
+                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
+                 threads="auto", random_state=None, device="cpu", max_steps="auto"):
         self.categorical = categorical
         self.likelihood = likelihood
         self.hidden = hidden
@@ -316,7 +316,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         the weights and the imputations stay float32)."""
         self.model_.eval()
         device = values.device
-        low = resolve_precision(self.precision_, device) == torch.bfloat16
+        precision = getattr(self, "precision_", self.precision)  # an imputer fitted before precision_ existed: its own
+        low = resolve_precision(precision, device) == torch.bfloat16
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS])
                      for i in range(0, len(values), BATCH_ROWS)]
@@ -444,9 +445,10 @@ class MIWAEImputer(_TabularImputer):
         and the pool that sampling-importance-resampling draws from (sample).
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto", max_epochs=500,
-                 patience=50, batch_size="auto", validation_fraction=0.1, precision="auto", importance_samples=20,
-                 imputation_samples=100, threads="auto", random_state=None, device="cpu", max_steps="auto"):
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
+                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
+                 importance_samples=20, imputation_samples=100, threads="auto", random_state=None, device="cpu",
+                 max_steps="auto"):
         super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
                          validation_fraction, precision, threads, random_state, device, max_steps)
         self.importance_samples = importance_samples

@@ -37,8 +37,8 @@ def resolve_device(device="auto"):
     """Returns the torch.device that `device` names: "auto" is the GPU where torch sees one, else the CPU.
 
     A GPU asked for by name must be there: nothing falls back to the CPU. A GPU comes back with its index
-    ("cuda" is torch's current one, cuda:0 on most machines), so one device has one name wherever it is
-    recorded (a study's unit keys, a run's config)."""
+    ("cuda" is torch's current one, cuda:0 on most machines), so that a study's unit keys name one device
+    one way however it was asked for."""
     name = check_device(str(device) if isinstance(device, torch.device) else device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
