@@ -143,15 +143,26 @@ def matmul_only_epoch(shapes, images, dtype, repeats, device="cpu"):
     return median_time(one_step, repeats, device=device) * steps
 
 
-def training_epoch(kind, config, x, y, repeats, precision):
-    """Seconds of one mivae training epoch (fit) of `kind` on images x."""
+def _trainer(kind, config, x, y, precision):
+    """A model of `kind` and epoch(n): one mivae training epoch (fit) of it on the first n images of x (all)."""
     model = build_model(kind, config, x.shape[1:]).to(x.device)
     if kind == "vae":
         optimizer, loss, targets = adam(model, config.lr, config.l2), vae_loss, x
     else:
         optimizer, loss, targets = adadelta(model, config.lr, config.l2), classifier_loss, y
     train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision, device=str(x.device))
-    return median_time(lambda: fit(model, optimizer, loss, x, targets, train), repeats, 0, x.device), model
+
+    def epoch(n=len(x)):
+        inputs = x[:n]
+        return fit(model, optimizer, loss, inputs, inputs if targets is x else targets[:n], train)
+
+    return model, epoch
+
+
+def training_epoch(kind, config, x, y, repeats, precision):
+    """Seconds of one mivae training epoch (fit) of `kind` on images x."""
+    model, epoch = _trainer(kind, config, x, y, precision)
+    return median_time(epoch, repeats, 0, x.device), model
 
 
 # How step_profile sorts the profiler's operators: matrix products, and the copies autocast makes (weights and
@@ -167,14 +178,10 @@ def step_profile(kind, config, x, y, steps, precision):
     autograd's and the loop's own work)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = build_model(kind, config, x.shape[1:]).to(x.device)
-    optimizer = adam(model, config.lr, config.l2) if kind == "vae" else adadelta(model, config.lr, config.l2)
-    loss, targets = (vae_loss, x) if kind == "vae" else (classifier_loss, y)
-    train = TrainConfig(epochs=1, batch_size=BATCH, precision=precision, device=str(x.device))
-    n = steps * BATCH
-    fit(model, optimizer, loss, x[:n], targets[:n], train)  # warm-up: the first steps build caches and kernels
+    _, epoch = _trainer(kind, config, x, y, precision)
+    epoch(steps * BATCH)  # warm-up: the first steps build caches and kernels
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fit(model, optimizer, loss, x[:n], targets[:n], train)
+        epoch(steps * BATCH)
     parts = dict.fromkeys(("matmuls", "optimiser", "casts", "rest"), 0.0)
     for event in prof.events():
         ancestor, in_optimiser = event, False

@@ -327,7 +327,12 @@ def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_t
     assert torch.equal(resumed.weight, model.weight) and torch.equal(resumed.bias, model.bias)
 
 
-def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the_mean_over_its_steps():
+def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the_mean_over_its_steps(tmp_path,
+                                                                                                     monkeypatch):
+    from mivae import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)   # saved only at the end, which the budget makes
+    checkpoint = tmp_path / "budget.safetensors"
     x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
     config = TrainConfig(epochs=5, batch_size=10, patience=10)   # 4 steps of 10 rows per epoch
     torch.manual_seed(0)
@@ -340,9 +345,12 @@ def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the
         return value
 
     history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config,
-                  score=lambda m: scored.append(1) or -len(scored), max_steps=6)
+                  score=lambda m: scored.append(1) or -len(scored), max_steps=6, checkpoint=checkpoint)
     assert len(losses) == 6 and len(history.train_loss) == 2 and len(scored) == 2   # 4 steps, then 2 of the next epoch
     assert history.train_loss[1] == pytest.approx(sum(losses[4:]) / 2, rel=1e-6)
+    again = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config,
+                score=lambda m: pytest.fail("a finished training was scored"), max_steps=6, checkpoint=checkpoint)
+    assert len(losses) == 6 and again.train_loss == history.train_loss   # the budget's end was saved: nothing more
 
 
 def test_a_damaged_checkpoint_is_one_sentence(tmp_path):

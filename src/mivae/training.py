@@ -227,19 +227,19 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
 
     first_epoch = config.epochs + 1 if history.stopped_early else len(history.train_loss) + 1
     for epoch in range(first_epoch, config.epochs + 1):
-        if max_steps is not None and (epoch - 1) * steps_per_epoch >= max_steps:
+        done = (epoch - 1) * steps_per_epoch  # gradient steps before this epoch
+        steps = steps_per_epoch if max_steps is None else min(steps_per_epoch, max_steps - done)
+        if steps <= 0:
             break
         start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(inputs.device)
         total, seen = 0.0, 0
-        for step, i in enumerate(range(0, n, config.batch_size), 1):
-            if max_steps is not None and (epoch - 1) * steps_per_epoch + step > max_steps:
-                break
+        for step, i in enumerate(range(0, min(n, steps * config.batch_size), config.batch_size), 1):
             check_interrupt()
             index = order[i : i + config.batch_size]
             if lr_schedule is not None:
-                factor = lr_schedule((epoch - 1) * steps_per_epoch + step - 1)
+                factor = lr_schedule(done + step - 1)
                 for group, lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = lr * factor
             with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=low_precision):
@@ -276,7 +276,8 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         if on_epoch is not None:
             on_epoch(epoch, history)
         history.stopped_early = score is not None and waited >= config.patience and epoch >= config.min_epochs
-        if checkpoint is not None and (history.stopped_early or epoch == config.epochs
+        last = epoch == config.epochs or (max_steps is not None and done + steps >= max_steps)  # saved, as every end
+        if checkpoint is not None and (history.stopped_early or last
                                        or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
             _save_checkpoint(checkpoint, model, optimizer, generator,
                              _TrainingState(history, best, best_state, waited, first_loss, anchor))
