@@ -43,7 +43,7 @@ def _settings(dry_run):
 def _mnist_at_hand():
     """Returns None if MNIST is on this machine (from $MIVAE_DATA_DIR or the user cache), else why not: a machine
     lent for a GPU check may have no network, and each of the eleven trainings would try to download it."""
-    from mivae.data import load_splits
+    from mivae.images.data import load_splits
     from mivae.errors import MivaeError
 
     try:
@@ -107,7 +107,7 @@ def estimators(settings):
     """Step 4: the tabular imputers fitted, completed and sampled on the device."""
     import numpy as np
 
-    from mivae.estimators import MIWAEImputer, VAEImputer
+    from mivae.tables.estimators import MIWAEImputer, VAEImputer
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(settings["rows"], 20)) @ rng.normal(size=(20, 20))

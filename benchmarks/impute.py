@@ -17,7 +17,7 @@ the others 20). Each imputes once by self-normalised importance sampling over 20
 and as the mean of 10 imputations drawn by sampling-importance-resampling (`mean of 10`), in bf16
 where the hardware runs it; each variant's transform is timed on its own. Baselines:
 SimpleImputer(mean), KNNImputer(5) and IterativeImputer (3 rounds, 50 nearest pixels), as
-mivae.baselines configures them.
+mivae.images.baselines configures them.
 
     python benchmarks/impute.py                         # the full run -> docs/imputation-benchmark/
     python benchmarks/impute.py --quick                 # digits-sized subsets, seconds: a check that it runs
@@ -40,15 +40,15 @@ import numpy as np
 import torch
 
 from mivae.artifacts import atomic_path
-from mivae.baselines import fit_imputer, impute_part
+from mivae.images.baselines import fit_imputer, impute_part
 from mivae.config import DataConfig, MLPConfig, TrainConfig
-from mivae.figures import image_grid
+from mivae.images.figures import image_grid
 from mivae.hardware import resolve_precision
-from mivae.imputation import predict_proba, rmse_on_missing
+from mivae.images.imputation import predict_proba, rmse_on_missing
 from mivae.models.miwae import MIWAE, impute_importance, impute_multiple, miwae_loss
-from mivae.pipeline import train_model
-from mivae.problem import make_problem
-from mivae.runs import load_run, save_run
+from mivae.images.pipeline import train_model
+from mivae.images.problem import make_problem
+from mivae.images.runs import load_run, save_run
 from mivae.training import adam, fit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from mivae.hardware import bf16_supported
-from mivae.imputation import multiple_imputation, predict_proba
-from mivae.pipeline import sees_mask
-from mivae.problem import make_problem
-from mivae.runs import load_run, write_json
+from mivae.images.imputation import multiple_imputation, predict_proba
+from mivae.images.pipeline import sees_mask
+from mivae.images.problem import make_problem
+from mivae.images.runs import load_run, write_json
 from mivae.stats import accuracy, paired_test
 
 ROOT = Path(__file__).resolve().parents[1]

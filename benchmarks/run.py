@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
-from mivae.data import load_splits
+from mivae.images.data import load_splits
 from mivae.errors import MivaeError
 from mivae.hardware import bf16_supported, cpu_flags, measure_threads, resolve_device, resolve_precision, synchronize
-from mivae.imputation import in_precision, multiple_imputation
+from mivae.images.imputation import in_precision, multiple_imputation
 from mivae.models import build_model
 from mivae.models.classifiers import softmax
-from mivae.runs import write_json
+from mivae.images.runs import write_json
 from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from mivae.artifacts import atomic_path
-from mivae.estimators import MIWAEImputer
+from mivae.tables.estimators import MIWAEImputer
 from mivae.hardware import bf16_supported, cores
-from mivae.runs import write_json
+from mivae.images.runs import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))  # its machine titles and BENCHMARKS.md's sections

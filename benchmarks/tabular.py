@@ -1,6 +1,6 @@
 """The tabular benchmark: mivae's imputers against scikit-learn's on tables that ship with scikit-learn.
 
-For each dataset, missingness setting and seed: the complete table is amputed (mivae.amputation),
+For each dataset, missingness setting and seed: the complete table is amputed (mivae.tables.amputation),
 split 70/30 stratified, every imputer is fitted on the incomplete training rows and fills both
 parts. Scores:
 - RMSE on the missing test entries, each column in units of its training standard deviation;
@@ -35,9 +35,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mivae.amputation import ampute, rmse_missing
+from mivae.tables.amputation import ampute, rmse_missing
 from mivae.artifacts import atomic_path
-from mivae.estimators import MIWAEImputer, VAEImputer
+from mivae.tables.estimators import MIWAEImputer, VAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"breast-cancer": load_breast_cancer, "wine": load_wine, "digits": load_digits}

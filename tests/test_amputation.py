@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mivae.amputation import MECHANISMS, ampute, fit_intercepts, rmse_missing, sigmoid
+from mivae.tables.amputation import MECHANISMS, ampute, fit_intercepts, rmse_missing, sigmoid
 
 
 @pytest.fixture(scope="module")

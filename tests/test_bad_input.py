@@ -13,11 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-from mivae.amputation import ampute
+from mivae.tables.amputation import ampute
 from mivae.cli import main
-from mivae.corruption import corrupt
-from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer
-from mivae.runs import load_run
+from mivae.images.corruption import corrupt
+from mivae.tables.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer
+from mivae.images.runs import load_run
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from mivae.baselines import IMPUTERS, fit_imputer, impute_part
+from mivae.images.baselines import IMPUTERS, fit_imputer, impute_part
 from mivae.config import DataConfig
 from mivae.errors import MivaeError
-from mivae.imputation import rmse_on_missing
-from mivae.problem import make_problem
+from mivae.images.imputation import rmse_on_missing
+from mivae.images.problem import make_problem
 
 
 @pytest.fixture(scope="module")

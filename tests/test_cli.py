@@ -171,7 +171,7 @@ def test_bad_train_and_evaluate_input_is_one_sentence(capsys, tmp_path, monkeypa
 
 
 def test_a_miwae_with_local_refinement_trains_saves_and_evaluates_as_it_was(tmp_path, capsys):
-    from mivae.runs import load_run
+    from mivae.images.runs import load_run
 
     common = ["--dataset", "digits", "--level", "0.5", "--hidden", "64", "--latent", "4", "--epochs", "3"]
     assert run(capsys, "train", "miwae", *common, "--refine", "8", "--holdout-shape", "columns", "--out", str(tmp_path / "r"))[0] == 0

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mivae.corruption import (
+from mivae.images.corruption import (
     Corrupted,
     corrupt,
     corruption_mask,

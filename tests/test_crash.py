@@ -19,7 +19,7 @@ import time
 import optuna
 import pytest
 
-from mivae import experiments, selection
+from mivae.study import reproduce, search
 
 COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
 # Wall times, process ids, dates and the database's trial numbers: the only things a rerun may change. (An
@@ -161,7 +161,7 @@ def test_nothing_finished_before_a_kill_was_done_again(killed_and_uninterrupted)
 
 def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupted):
     out = killed_and_uninterrupted["out"]
-    preset = experiments.PRESETS["smoke"]
+    preset = reproduce.PRESETS["smoke"]
     searches = [p for p in (out / "units").iterdir() if (p / "study.db").exists()]
     assert searches
     for unit in searches:
@@ -169,7 +169,7 @@ def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupt
         for summary in optuna.get_all_study_summaries(f"sqlite:///{unit / 'study.db'}"):
             study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{unit / 'study.db'}")
             # Finished trials that spent the budget: complete, pruned, or failed with a reason (an unhealthy model).
-            complete = [t for t in study.trials if t.state.is_finished() and selection.spends_budget(t)]
+            complete = [t for t in study.trials if t.state.is_finished() and search.spends_budget(t)]
             assert len(complete) == preset.trials[kind], unit.name
             slots = [t.user_attrs["slot"] for t in complete]
             assert sorted(slots) == list(range(preset.trials[kind])), unit.name   # every slot once: none run twice

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import idx_bytes, write_idx
 
-from mivae.data import FASHION_MNIST, MNIST, fetch, load_idx_dataset, load_splits, read_idx, resolve_data_dir
+from mivae.images.data import FASHION_MNIST, MNIST, fetch, load_idx_dataset, load_splits, read_idx, resolve_data_dir
 from mivae.errors import MivaeError
 
 # Published class counts of MNIST.

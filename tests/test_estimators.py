@@ -1,4 +1,4 @@
-"""The scikit-learn estimators of mivae.estimators: VAEImputer, MIWAEImputer and MultipleImputationClassifier.
+"""The scikit-learn estimators of mivae.tables.estimators: VAEImputer, MIWAEImputer and MultipleImputationClassifier.
 
 In five parts: scikit-learn's own estimator suite; the contract every imputer shares; imputation
 quality against column means on a table with known truths; mixed-type DataFrames; and the
@@ -22,8 +22,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from mivae.amputation import ampute, rmse_missing
-from mivae.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch, auto_lr, auto_steps
+from mivae.tables.amputation import ampute, rmse_missing
+from mivae.tables.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch, auto_lr, auto_steps
 from mivae.hardware import cores
 
 IMPUTERS = (VAEImputer, MIWAEImputer)
@@ -194,7 +194,7 @@ def test_the_automatic_learning_rate_grows_with_the_square_root_of_the_batch():
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_the_rate_falls_linearly_to_zero_over_the_budget_only_where_the_budget_ends_training(Imputer, monkeypatch):
-    from mivae import estimators
+    from mivae.tables import estimators
 
     schedules = []
 
@@ -214,7 +214,7 @@ def test_the_rate_falls_linearly_to_zero_over_the_budget_only_where_the_budget_e
 
 
 def test_automatic_precision_is_bf16_only_for_a_big_table_on_native_bf16(table, monkeypatch):
-    from mivae import estimators
+    from mivae.tables import estimators
 
     assert fast(MIWAEImputer).fit(table.missing).precision_ == "fp32"
     monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
@@ -227,7 +227,7 @@ def test_automatic_precision_is_bf16_only_for_a_big_table_on_native_bf16(table, 
 
 
 def test_automatic_threads_are_one_for_a_small_table_and_every_core_for_a_large_one(table, monkeypatch):
-    from mivae import estimators
+    from mivae.tables import estimators
 
     assert fast(MIWAEImputer).fit(table.missing).threads_ == 1
     monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
@@ -516,9 +516,9 @@ def test_predict_proba_gives_probabilities_that_do_not_depend_on_the_other_rows(
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_shared_imputations_of_a_row_do_not_depend_on_its_batch(Imputer, table, monkeypatch):
-    import mivae.estimators
+    import mivae.tables.estimators
 
-    monkeypatch.setattr(mivae.estimators, "BATCH_ROWS", 7)      # the table spans many batches
+    monkeypatch.setattr(mivae.tables.estimators, "BATCH_ROWS", 7)      # the table spans many batches
     imputer = fast(Imputer).fit(table.missing)
     whole, _ = imputer.encoded_imputations(table.missing, 3, seed=5)
     for i in (0, 9, 150):

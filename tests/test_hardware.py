@@ -6,7 +6,7 @@ import torch
 from mivae.errors import MivaeError
 from mivae.config import TrainConfig
 from mivae.hardware import bf16_supported, check_device, measure_threads, resolve_device, resolve_precision
-from mivae.imputation import multiple_imputation, predict_proba
+from mivae.images.imputation import multiple_imputation, predict_proba
 from mivae.models.classifiers import MLP
 from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE

@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
-from mivae import selection
+from mivae.study import search
 from mivae.config import DataConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.health import classifier_health, constant_image_nll
 from mivae.models import build_model
-from mivae.pipeline import classifier_run_health, train_model, vae_run_health
-from mivae.problem import make_problem
+from mivae.images.pipeline import classifier_run_health, train_model, vae_run_health
+from mivae.images.problem import make_problem
 
 DATA = DataConfig(dataset="digits", method="random-pixels", level=0.3)
 
@@ -98,9 +98,9 @@ def test_a_search_records_an_unhealthy_trial_as_failed_and_goes_on(tmp_path, pro
     def collapsing_second(kind, trial, layers=2):
         return MLPConfig(hidden=(32, 32), lr=1e-9) if trial.number == 1 else MLPConfig(hidden=(64, 64 + trial.number))
 
-    monkeypatch.setattr(selection, "suggest_config", collapsing_second)
+    monkeypatch.setattr(search, "suggest_config", collapsing_second)
     train = TrainConfig(epochs=15, batch_size=32, min_epochs=0)
-    result = selection.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False, prune=False)
+    result = search.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False, prune=False)
     summary = json.loads((tmp_path / "search.json").read_text())
     states = [t["state"] for t in summary["trials"]]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
@@ -111,9 +111,9 @@ def test_a_search_records_an_unhealthy_trial_as_failed_and_goes_on(tmp_path, pro
 
 
 def test_a_search_whose_every_trial_is_unhealthy_keeps_the_best_and_says_it_failed(tmp_path, problem, monkeypatch):
-    monkeypatch.setattr(selection, "suggest_config", lambda kind, trial, layers=2: MLPConfig(hidden=(32, 32), lr=1e-9))
+    monkeypatch.setattr(search, "suggest_config", lambda kind, trial, layers=2: MLPConfig(hidden=(32, 32), lr=1e-9))
     train = TrainConfig(epochs=2, batch_size=64, min_epochs=0)
-    selection.search("mlp", DATA, 2, tmp_path, train, problem=problem, retrain=False, prune=False)
+    search.search("mlp", DATA, 2, tmp_path, train, problem=problem, retrain=False, prune=False)
     summary = json.loads((tmp_path / "search.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["FAIL", "FAIL"]
     assert not summary["health"]["ok"] and (tmp_path / "final" / "model.safetensors").exists()
@@ -122,16 +122,16 @@ def test_a_search_whose_every_trial_is_unhealthy_keeps_the_best_and_says_it_fail
 def test_a_retrained_winner_of_failed_trials_is_still_reported_as_failed(tmp_path, problem, monkeypatch):
     """Retrained on train + validation, the kept model is judged on images it has seen; the search's verdict
     rests on its trials, judged on held-out images, which all failed."""
-    monkeypatch.setattr(selection, "suggest_config", lambda kind, trial, layers=2: MLPConfig(hidden=(32, 32), lr=1e-9))
-    real = selection.train_model
+    monkeypatch.setattr(search, "suggest_config", lambda kind, trial, layers=2: MLPConfig(hidden=(32, 32), lr=1e-9))
+    real = search.train_model
 
     def healthy_retraining(kind, data, config, train, **kwargs):  # the final model learns, unlike its trials
         if kwargs.get("validate", True):
             return real(kind, data, config, train, **kwargs)
         return real(kind, data, MLPConfig(hidden=(32, 32)), dataclasses.replace(train, epochs=15), **kwargs)
 
-    monkeypatch.setattr(selection, "train_model", healthy_retraining)
-    result = selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=2, batch_size=64, min_epochs=0),
+    monkeypatch.setattr(search, "train_model", healthy_retraining)
+    result = search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=2, batch_size=64, min_epochs=0),
                               problem=problem, retrain=True, prune=False)
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())["health"]
     assert final["ok"] and final["held_out"] is False   # the retrained model passes on what it was trained on
@@ -142,24 +142,24 @@ def test_a_retrained_winner_of_failed_trials_is_still_reported_as_failed(tmp_pat
 
 def test_the_pruner_stops_a_hopeless_trial(tmp_path, problem, monkeypatch):
     """Two sound trials, then one that cannot learn: it is pruned after the warm-up, long before its last epoch."""
-    suggest = selection.suggest_config
+    suggest = search.suggest_config
 
     def hopeless_third(kind, trial, layers=2):
         return MLPConfig(hidden=(32, 32), lr=1e-9) if trial.number == 2 else suggest(kind, trial, layers)
 
-    monkeypatch.setattr(selection, "suggest_config", hopeless_third)
+    monkeypatch.setattr(search, "suggest_config", hopeless_third)
     train = TrainConfig(epochs=20, batch_size=64, min_epochs=3, patience=20)
-    selection.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False)
+    search.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False)
     trials = json.loads((tmp_path / "search.json").read_text())["trials"]
     assert [t["state"] for t in trials[:2]] == ["COMPLETE", "COMPLETE"]
     assert trials[2]["state"] == "PRUNED" and trials[2]["pruned_at"] == 3   # the first epoch early stopping could act
     study = optuna.load_study(study_name=json.loads((tmp_path / "search.json").read_text())["study"],
-                              storage=selection.default_storage(tmp_path))
+                              storage=search.default_storage(tmp_path))
     assert len(study.trials[2].intermediate_values) == 3
 
 
 def test_the_pruner_spares_a_slow_start_inside_the_warm_up():
-    pruner = selection.median_pruner(TrainConfig(min_epochs=10))
+    pruner = search.median_pruner(TrainConfig(min_epochs=10))
     study = optuna.create_study(direction="maximize", pruner=pruner)
     for _ in range(2):
         study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={e: 0.9 for e in range(1, 21)},

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mivae.imputation import impute, multiple_imputation, negative_elbo_per_image, predict_proba
+from mivae.images.imputation import impute, multiple_imputation, negative_elbo_per_image, predict_proba
 from mivae.models.classifiers import MLP
 from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE
@@ -70,7 +70,7 @@ def test_negative_elbo_is_seeded_and_positive(model):
 
 
 def test_a_cnns_probabilities_do_not_depend_on_the_batch_it_is_asked_to_run_in():
-    from mivae.imputation import CONV_BATCH
+    from mivae.images.imputation import CONV_BATCH
     from mivae.models.classifiers import CNN
 
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import torch
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.errors import MivaeError
 from mivae.models import build_model
-from mivae.pipeline import evaluate_run, train_model
-from mivae.problem import make_problem, mask_aware
+from mivae.images.pipeline import evaluate_run, train_model
+from mivae.images.problem import make_problem, mask_aware
 
 DATA = DataConfig(dataset="digits", level=0.5)
 

@@ -5,7 +5,7 @@ import torch
 
 from mivae.models.miwae import (MIWAE, classify_importance, importance_weights, impute_importance, impute_multiple,
                                 iwae_bound, miwae_loss)
-from mivae.problem import mask_aware
+from mivae.images.problem import mask_aware
 
 
 def _batch(n=256, seed=0, missing=0.5):
@@ -111,7 +111,7 @@ def test_training_on_incomplete_images_alone_raises_the_bound():
 @pytest.fixture(scope="module")
 def digits():
     from mivae.config import DataConfig
-    from mivae.problem import make_problem
+    from mivae.images.problem import make_problem
 
     data = DataConfig(dataset="digits", level=0.5)
     return data, make_problem(data)
@@ -120,8 +120,8 @@ def digits():
 @pytest.mark.parametrize("kind", ["miwae", "not-miwae"])
 def test_trained_on_incomplete_digits_alone_it_imputes_better_than_any_constant(kind, digits, tmp_path):
     from mivae.config import MIWAEConfig, TrainConfig
-    from mivae.pipeline import evaluate_run, train_model
-    from mivae.runs import load_run, save_run
+    from mivae.images.pipeline import evaluate_run, train_model
+    from mivae.images.runs import load_run, save_run
 
     data, problem = digits
     run = train_model(kind, data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20),
@@ -138,8 +138,8 @@ def test_trained_on_incomplete_digits_alone_it_imputes_better_than_any_constant(
 def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp_path):
     from mivae.config import MIWAEConfig, MLPConfig, TrainConfig
     from mivae.errors import MivaeError
-    from mivae.pipeline import evaluate_run, train_model
-    from mivae.runs import load_run, save_run
+    from mivae.images.pipeline import evaluate_run, train_model
+    from mivae.images.runs import load_run, save_run
 
     data, problem = digits
     train = TrainConfig(epochs=20, batch_size=64, patience=5)

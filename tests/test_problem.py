@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from mivae.config import DataConfig
-from mivae.corruption import corruption_mask
-from mivae.problem import make_problem
+from mivae.images.corruption import corruption_mask
+from mivae.images.problem import make_problem
 
 
 @pytest.fixture(scope="module")

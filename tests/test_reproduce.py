@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from mivae import experiments, report, report_beyond
+from mivae.study import report, report_beyond, reproduce
 from mivae.cli import main
 from mivae.errors import MivaeError
-from mivae.report import THESIS
-from mivae.runs import load_run, write_json
+from mivae.study.report import THESIS
+from mivae.images.runs import load_run, write_json
 
-SETTINGS = [experiments.setting_name(m, lv) for m in experiments.METHODS for lv in experiments.LEVELS]
+SETTINGS = [reproduce.setting_name(m, lv) for m in reproduce.METHODS for lv in reproduce.LEVELS]
 
 
 class Interrupt(BaseException):
@@ -31,7 +31,7 @@ class Interrupt(BaseException):
 def smoke(tmp_path_factory):
     """A smoke study interrupted after two finished searches, then resumed to the end; its report."""
     out = tmp_path_factory.mktemp("reproduce") / "smoke"
-    real_search = experiments.search
+    real_search = reproduce.search
     calls = []
 
     def interrupted_search(*args, **kwargs):
@@ -40,19 +40,19 @@ def smoke(tmp_path_factory):
             raise Interrupt
         return real_search(*args, **kwargs)
 
-    experiments.search = interrupted_search
+    reproduce.search = interrupted_search
     try:
         with pytest.raises(Interrupt):
-            experiments.reproduce("smoke", out, progress=False)
+            reproduce.reproduce("smoke", out, progress=False)
         finished_before = sorted(p.name for p in (out / "units").iterdir() if (p / "unit.json").exists())
         calls.clear()
-        experiments.search = lambda *a, **k: (calls.append(a[0]), real_search(*a, **k))[1]
-        study = experiments.reproduce("smoke", out, progress=False)
+        reproduce.search = lambda *a, **k: (calls.append(a[0]), real_search(*a, **k))[1]
+        study = reproduce.reproduce("smoke", out, progress=False)
     finally:
-        experiments.search = real_search
+        reproduce.search = real_search
     report.build_report(out)
     return {"out": out, "study": study, "finished_before": finished_before, "searches_after_resume": list(calls),
-            "wall": experiments.wall_time(out), "report": (out / "report" / "report.md").read_text(),
+            "wall": reproduce.wall_time(out), "report": (out / "report" / "report.md").read_text(),
             "results": json.loads((out / "report" / "results.json").read_text())}
 
 
@@ -74,7 +74,7 @@ def test_tables_1_2_4_5_hold_every_cell_in_range_beside_the_thesis(smoke):
     for table in (1, 2, 4, 5):
         cells = _cells(smoke, table)
         assert len(cells) == 3 * 4
-        assert [c["thesis"] for c in cells] == [v for level in experiments.LEVELS for v in THESIS[table][level]]
+        assert [c["thesis"] for c in cells] == [v for level in reproduce.LEVELS for v in THESIS[table][level]]
         for c in cells:
             if c["column"].startswith("z"):
                 assert math.isfinite(c["ours"]) and abs(c["ours"]) <= math.sqrt(359)  # |z| <= sqrt(N differing)
@@ -160,9 +160,9 @@ def test_the_command_reuses_a_finished_study_without_training(smoke, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("a finished unit was trained again")
 
-    monkeypatch.setattr(experiments, "search", no_training)
-    monkeypatch.setattr(experiments, "train_model", no_training)
-    monkeypatch.setattr(experiments, "evaluate_run", no_training)
+    monkeypatch.setattr(reproduce, "search", no_training)
+    monkeypatch.setattr(reproduce, "train_model", no_training)
+    monkeypatch.setattr(reproduce, "evaluate_run", no_training)
     assert main(["reproduce", "--preset", "smoke", "--out", str(smoke["out"]), "--threads", "2"]) == 0
     out = capsys.readouterr().out
     # 36 units of the thesis' study (32 searches, Table 3's 4 trainings) and 6 x 6 beyond it
@@ -238,7 +238,7 @@ def test_settings_pick_rows_of_the_matrix_and_reuse_what_ran(smoke, tmp_path, mo
     copy = tmp_path / "copy"
     shutil.copytree(smoke["out"], copy)
     ran = []
-    monkeypatch.setattr(experiments, "search", lambda *a, **k: ran.append(a[0]))
+    monkeypatch.setattr(reproduce, "search", lambda *a, **k: ran.append(a[0]))
     assert main(["reproduce", "--preset", "smoke", "--settings", "vl90,rp70", "--thesis-only", "--out", str(copy),
                  "--threads", "1"]) == 0
     assert ran == []
@@ -253,9 +253,9 @@ def test_settings_pick_rows_of_the_matrix_and_reuse_what_ran(smoke, tmp_path, mo
 def test_the_settings_of_a_study_are_checked_in_python_too(tmp_path):
     with pytest.raises(MivaeError, match="the settings to run must be some of the thesis' six, rp50, .*; got "
                                          "\\('random-pixels', 0.6\\)."):
-        experiments.reproduce("smoke", tmp_path, settings=[("random-pixels", 0.6)], progress=False)
+        reproduce.reproduce("smoke", tmp_path, settings=[("random-pixels", 0.6)], progress=False)
     with pytest.raises(MivaeError, match="got none."):
-        experiments.reproduce("smoke", tmp_path, settings=[], progress=False)
+        reproduce.reproduce("smoke", tmp_path, settings=[], progress=False)
 
 
 def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, capsys):
@@ -270,14 +270,14 @@ def test_mivae_report_rebuilds_the_report_from_results_alone(smoke, tmp_path, ca
 
 def test_a_run_directory_keeps_its_preset_and_seed_but_not_the_wording_of_its_description(smoke, monkeypatch):
     with pytest.raises(MivaeError, match="another preset, seed or limit"):
-        experiments.Study("smoke", smoke["out"], seed=1, progress=False)
-    reworded = dataclasses.replace(experiments.PRESETS["smoke"], about="the same study, described anew")
-    monkeypatch.setitem(experiments.PRESETS, "smoke", reworded)
-    experiments.Study("smoke", smoke["out"], progress=False)  # accepted: no result depends on the description
+        reproduce.Study("smoke", smoke["out"], seed=1, progress=False)
+    reworded = dataclasses.replace(reproduce.PRESETS["smoke"], about="the same study, described anew")
+    monkeypatch.setitem(reproduce.PRESETS, "smoke", reworded)
+    reproduce.Study("smoke", smoke["out"], progress=False)  # accepted: no result depends on the description
     more_patient = dataclasses.replace(reworded, patience={**reworded.patience, "mlp": 6})
-    monkeypatch.setitem(experiments.PRESETS, "smoke", more_patient)
+    monkeypatch.setitem(reproduce.PRESETS, "smoke", more_patient)
     with pytest.raises(MivaeError, match="another preset, seed or limit"):
-        experiments.Study("smoke", smoke["out"], progress=False)
+        reproduce.Study("smoke", smoke["out"], progress=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -397,12 +397,12 @@ def test_the_wall_time_counts_every_invocation_and_overlapping_workers_once(tmp_
     for i, (start, last, finished) in enumerate(spans):
         write_json(clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished, "threads": 2 - i % 2})
     (clock / "host-9.json").write_text("{")  # a damaged record is left out
-    assert experiments.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2,
+    assert reproduce.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2,
                                                "threads": [1, 2]}
 
 
 def test_a_running_invocation_keeps_its_clock_up_to_date(tmp_path):
-    clock = experiments.Clock(tmp_path, ["random-pixels-0.7"], beat=0.05)
+    clock = reproduce.Clock(tmp_path, ["random-pixels-0.7"], beat=0.05)
     first = json.loads(clock.path.read_text())
     deadline = time.monotonic() + 30
     while json.loads(clock.path.read_text())["last"] == first["last"] and time.monotonic() < deadline:
@@ -431,9 +431,9 @@ def _held_by_another_worker(lock, finish, call):
 
 
 def test_two_workers_of_one_directory_run_each_unit_once(tmp_path):
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     spec = {"unit": "shared"}
-    directory = tmp_path / "units" / f"shared-{experiments.key_of(spec)}"
+    directory = tmp_path / "units" / f"shared-{reproduce.key_of(spec)}"
     directory.mkdir(parents=True)
     calls = []
 
@@ -451,10 +451,10 @@ def test_two_workers_of_one_directory_run_each_unit_once(tmp_path):
 
 
 def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     (tmp_path / "results" / "rp").mkdir(parents=True)
     path = tmp_path / "results" / "rp" / "mlp.json"
-    key = experiments.key_of({"run": "abc", "version": experiments.EVALUATION_VERSION})
+    key = reproduce.key_of({"run": "abc", "version": reproduce.EVALUATION_VERSION})
 
     def other_worker_finishes():
         write_json(path, {"key": key, "test_accuracy": 0.5})
@@ -466,35 +466,35 @@ def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
 
 def _recording_tasks(ran, needs):
     """Tasks named by `needs`' keys, each appending its name to `ran` when run."""
-    return [experiments._Task(name, tuple(n), lambda name=name: ran.append(name), name.split("-")[0])
+    return [reproduce._Task(name, tuple(n), lambda name=name: ran.append(name), name.split("-")[0])
             for name, n in needs.items()]
 
 
 def test_one_worker_runs_the_tasks_in_their_order(tmp_path):
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     ran = []
-    experiments._run_tasks(study, _recording_tasks(ran, {"a": (), "b": ("a",), "c": (), "d": ("b", "c")}))
+    reproduce._run_tasks(study, _recording_tasks(ran, {"a": (), "b": ("a",), "c": (), "d": ("b", "c")}))
     assert ran == ["a", "b", "c", "d"]
 
 
 def test_a_worker_takes_other_ready_tasks_while_another_worker_holds_one_and_reuses_it_after(tmp_path):
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     (tmp_path / "tasks").mkdir()
     ran = []
     tasks = _recording_tasks(ran, {"vae": (), "vae+mlp": ("vae",), "mlp": (), "cnn": ()})
     # While the other worker runs "vae", this one runs the two tasks that do not need it, then waits for it.
     before, _ = _held_by_another_worker(tmp_path / "tasks" / ".vae.lock", lambda: None,
-                                        lambda: experiments._run_tasks(study, tasks))
+                                        lambda: reproduce._run_tasks(study, tasks))
     assert before == []  # it waited for the held task in the end
     assert ran == ["mlp", "cnn", "vae", "vae+mlp"]
 
 
 def test_the_study_lists_each_task_once_after_the_tasks_it_needs(tmp_path):
     for beyond_stage in (False, True):
-        study = experiments.Study("quick", tmp_path / str(beyond_stage), progress=False, beyond_stage=beyond_stage)
-        names = [t.name for t in experiments._tasks(study)]
+        study = reproduce.Study("quick", tmp_path / str(beyond_stage), progress=False, beyond_stage=beyond_stage)
+        names = [t.name for t in reproduce._tasks(study)]
         assert len(names) == len(set(names))
-        for i, task in enumerate(experiments._tasks(study)):
+        for i, task in enumerate(reproduce._tasks(study)):
             assert set(task.needs) <= set(names[:i]), task.name
         assert names[:5] == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5", "vae+mlp-random-pixels-0.5",
                              "cnn-random-pixels-0.5", "vae+cnn-random-pixels-0.5"]
@@ -509,31 +509,31 @@ def test_the_time_left_is_the_mean_of_the_timed_tasks_of_each_kind_shared_among_
     for name, seconds in (("vae-0", 100), ("vae-1", 200), ("cnn-0", 50)):
         write_json(tmp_path / f"{name}.json", {"kind": name.split("-")[0], "seconds": seconds})
     (tmp_path / "cnn-1.json").write_text("{")  # a damaged record: the task counts as left
-    assert experiments.time_left(tmp_path, tasks) == (350, 150 + 50, ["table3"])
-    assert experiments.time_left(tmp_path, tasks, workers=2) == (350, 100, ["table3"])
-    assert experiments._hours_minutes(100) == "2 min" and experiments._hours_minutes(2 * 3600 + 33 * 60) == "2 h 33 min"
+    assert reproduce.time_left(tmp_path, tasks) == (350, 150 + 50, ["table3"])
+    assert reproduce.time_left(tmp_path, tasks, workers=2) == (350, 100, ["table3"])
+    assert reproduce._hours_minutes(100) == "2 min" and reproduce._hours_minutes(2 * 3600 + 33 * 60) == "2 h 33 min"
 
 
 def test_the_progress_bar_shows_the_share_done_and_the_time_left_from_the_measured_tasks(tmp_path, capsys):
-    study = experiments.Study("smoke", tmp_path, progress=True)
+    study = reproduce.Study("smoke", tmp_path, progress=True)
     folder = tmp_path / "tasks"
     folder.mkdir()
     tasks = _recording_tasks([], {"vae-0": (), "vae-1": (), "cnn-0": ()})
-    experiments._progress(study, folder, tasks)
+    reproduce._progress(study, folder, tasks)
     assert study.bar.postfix == "time left: known once a task is done"
     write_json(folder / "vae-0.json", {"kind": "vae", "seconds": 180})
-    experiments._progress(study, folder, tasks)
+    reproduce._progress(study, folder, tasks)
     assert study.bar.n == 180 and study.bar.total == 360  # no worker's clock beats here: counted as one
     assert study.bar.postfix == "about 3 min left, besides cnn, not timed yet"
     study.bar.close()
 
 
 def test_a_worker_times_the_tasks_it_ran_and_keeps_the_times_of_those_it_reused(tmp_path):
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     (tmp_path / "tasks").mkdir()
     write_json(tmp_path / "tasks" / "vae-0.json", {"kind": "vae", "seconds": 5.0})  # done by a worker before
     ran = []
-    experiments._run_tasks(study, _recording_tasks(ran, {"vae-0": (), "cnn-0": ("vae-0",)}))
+    reproduce._run_tasks(study, _recording_tasks(ran, {"vae-0": (), "cnn-0": ("vae-0",)}))
     assert ran == ["vae-0", "cnn-0"]  # the reused task runs too (it loads the results), but keeps its time
     assert json.loads((tmp_path / "tasks" / "vae-0.json").read_text()) == {"kind": "vae", "seconds": 5.0}
     record = json.loads((tmp_path / "tasks" / "cnn-0.json").read_text())
@@ -543,15 +543,15 @@ def test_a_worker_times_the_tasks_it_ran_and_keeps_the_times_of_those_it_reused(
 def test_a_task_that_went_on_from_a_stopped_invocations_part_of_a_unit_is_not_timed(tmp_path):
     """A unit whose folder a stopped invocation left without unit.json goes on from that invocation's checkpoints:
     the task around it took only part of its time here, so it records none."""
-    study = experiments.Study("smoke", tmp_path, progress=False)
+    study = reproduce.Study("smoke", tmp_path, progress=False)
     spec = {"unit": "vae"}
-    (tmp_path / "units" / f"vae-{experiments.key_of(spec)}").mkdir(parents=True)   # begun, never finished
+    (tmp_path / "units" / f"vae-{reproduce.key_of(spec)}").mkdir(parents=True)   # begun, never finished
 
     def unit(label, spec):
         return lambda: study._unit(label, spec, lambda directory, finished: None)
 
-    experiments._run_tasks(study, [experiments._Task("vae-0", (), unit("vae", spec), "vae"),
-                                   experiments._Task("mlp-0", (), unit("mlp", {"unit": "mlp"}), "mlp")])
+    reproduce._run_tasks(study, [reproduce._Task("vae-0", (), unit("vae", spec), "vae"),
+                                   reproduce._Task("mlp-0", (), unit("mlp", {"unit": "mlp"}), "mlp")])
     assert study.resumed == 1 and not (tmp_path / "tasks" / "vae-0.json").exists()
     assert json.loads((tmp_path / "tasks" / "mlp-0.json").read_text())["kind"] == "mlp"   # begun here: timed
 
@@ -561,7 +561,7 @@ def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_be
     for name, last, finished in (("live", 1000, False), ("ended", 1000, True), ("killed", 500, False)):
         write_json(tmp_path / "clock" / f"{name}.json", {"started": 0, "last": last, "finished": finished})
     (tmp_path / "clock" / "damaged.json").write_text("{")
-    assert experiments._workers_running(tmp_path, now=1030) == 1
+    assert reproduce._workers_running(tmp_path, now=1030) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -576,6 +576,6 @@ def test_bad_reproduce_and_report_arguments_are_one_sentence(argv, message, caps
 
 
 def test_an_unfinished_run_cannot_be_reported(tmp_path, capsys):
-    experiments.Study("smoke", tmp_path / "run", progress=False)
+    reproduce.Study("smoke", tmp_path / "run", progress=False)
     assert main(["report", str(tmp_path / "run")]) == 2
     assert "is not finished" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import torch
 
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, read_config_file
 from mivae.errors import MivaeError
-from mivae.imputation import predict_proba
+from mivae.images.imputation import predict_proba
 from mivae.models import build_model
-from mivae.runs import Run, load_run, save_run
+from mivae.images.runs import Run, load_run, save_run
 from mivae.training import History
 
 DATA = DataConfig(dataset="digits", level=0.3)
@@ -119,7 +119,7 @@ def test_a_run_saved_before_init_and_min_epochs_existed_reads_as_it_was_trained(
         del config[table][key]
     (path / "config.json").write_text(json.dumps(config))
     # The digest covers the model tables: an older run's was computed without the key, as here.
-    from mivae.runs import _architecture_digest
+    from mivae.images.runs import _architecture_digest
     from safetensors.torch import load_file, save_file
     save_file(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"),
               metadata={"architecture_sha256": _architecture_digest(config)})

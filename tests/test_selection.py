@@ -15,11 +15,11 @@ import optuna
 import pytest
 import torch
 
-from mivae import selection
+from mivae.study import search
 from mivae.config import DataConfig, TrainConfig
 from mivae.errors import MivaeError
-from mivae.problem import make_problem
-from mivae.runs import Run
+from mivae.images.problem import make_problem
+from mivae.images.runs import Run
 from mivae.training import History, TrainingDiverged
 
 DATA = DataConfig(dataset="digits", level=0.3)
@@ -32,11 +32,11 @@ def problem():
 
 def test_draws_depend_only_on_seed_and_budget_slot():
     def draws(seed, numbers):
-        study = optuna.create_study(sampler=selection.TrialSeededSampler(seed))
+        study = optuna.create_study(sampler=search.TrialSeededSampler(seed))
         out = {}
         for _ in range(max(numbers) + 1):
             trial = study.ask()
-            out[trial.number] = selection.suggest_config("vae", trial)
+            out[trial.number] = search.suggest_config("vae", trial)
             study.tell(trial, 0.0)
         return [out[n] for n in numbers]
 
@@ -51,12 +51,12 @@ def test_draws_depend_only_on_seed_and_budget_slot():
 
 def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
     def fourth_vae_draw(earlier_kind):
-        study = optuna.create_study(sampler=selection.TrialSeededSampler(5))
+        study = optuna.create_study(sampler=search.TrialSeededSampler(5))
         for _ in range(3):
             trial = study.ask()
-            selection.suggest_config(earlier_kind, trial)
+            search.suggest_config(earlier_kind, trial)
             study.tell(trial, 0.0)
-        return selection.suggest_config("vae", study.ask())
+        return search.suggest_config("vae", study.ask())
 
     # A stream-based sampler (Optuna's RandomSampler) would differ here: the earlier trials drew other parameters.
     assert fourth_vae_draw("cnn") == fourth_vae_draw("mlp")
@@ -64,43 +64,43 @@ def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
 
 def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one_drew():
     def uninterrupted():
-        study = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+        study = optuna.create_study(sampler=search.TrialSeededSampler(7))
         configs = []
         for _ in range(3):
             trial = study.ask()
-            configs.append(selection.suggest_config("vae", trial))
+            configs.append(search.suggest_config("vae", trial))
             study.tell(trial, 0.0)
         return configs
 
     expected = uninterrupted()
     # A kill during the second trial: it is marked interrupted when the study resumes, and the next trial replaces it.
-    study = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+    study = optuna.create_study(sampler=search.TrialSeededSampler(7))
     first = study.ask()
-    assert selection.suggest_config("vae", first) == expected[0]
+    assert search.suggest_config("vae", first) == expected[0]
     study.tell(first, 0.0)
     lost = study.ask()
-    assert selection.suggest_config("vae", lost) == expected[1]
-    selection.interrupted_running_trials(study)
+    assert search.suggest_config("vae", lost) == expected[1]
+    search.interrupted_running_trials(study)
     again = study.ask()
-    assert selection.suggest_config("vae", again) == expected[1] and again.number == 2
+    assert search.suggest_config("vae", again) == expected[1] and again.number == 2
     study.tell(again, 0.0)
     last = study.ask()
-    assert selection.suggest_config("vae", last) == expected[2]
+    assert search.suggest_config("vae", last) == expected[2]
     # In a fleet: trials 0 and 1 run at once and the worker of trial 0 dies; its replacement takes slot 0, not 1.
-    fleet = optuna.create_study(sampler=selection.TrialSeededSampler(7))
+    fleet = optuna.create_study(sampler=search.TrialSeededSampler(7))
     dying, running = fleet.ask(), fleet.ask()
-    selection.suggest_config("vae", dying)
-    assert selection.suggest_config("vae", running) == expected[1]
+    search.suggest_config("vae", dying)
+    assert search.suggest_config("vae", running) == expected[1]
     fleet._storage.set_trial_state_values(dying._trial_id, optuna.trial.TrialState.FAIL)   # as fail_stale_trials does
     replacement = fleet.ask()
-    assert selection.suggest_config("vae", replacement) == expected[0]
+    assert search.suggest_config("vae", replacement) == expected[0]
 
 
 def test_mlp_searches_draw_each_layer_and_the_space_is_shown():
     trial = optuna.trial.FixedTrial({"nodes_1": 100, "nodes_2": 200, "nodes_3": 300, "l2": 1e-5, "lr": 0.1})
-    config = selection.suggest_config("mlp", trial, layers=3)
+    config = search.suggest_config("mlp", trial, layers=3)
     assert config.hidden == (100, 200, 300) and config.lr == 0.1 and config.l2 == 1e-5
-    text = selection.describe_spaces()
+    text = search.describe_spaces()
     assert "latent" in text and "dropout_conv" in text and "2, 3, 4 layers" in text
     assert "lr             0.01 to 1 (log scale)  - AdaDelta learning rate" in text
 
@@ -127,8 +127,8 @@ def _fake_train(values, diverge=()):
 
 def test_selection_retrains_the_best_validation_score_on_train_and_validation(tmp_path, problem, monkeypatch):
     fake, calls = _fake_train([0.5, 0.9, 0.7, 0.6])
-    monkeypatch.setattr(selection, "train_model", fake)
-    result = selection.search("mlp", DATA, 4, tmp_path, TrainConfig(epochs=30), problem=problem)
+    monkeypatch.setattr(search, "train_model", fake)
+    result = search.search("mlp", DATA, 4, tmp_path, TrainConfig(epochs=30), problem=problem)
     assert result.best_value == 0.9 and result.best_epoch == 2
     searched, final = calls[:4], calls[4]
     assert final[0] == searched[1][0]                        # the configuration of trial 1
@@ -140,15 +140,15 @@ def test_selection_retrains_the_best_validation_score_on_train_and_validation(tm
 
 def test_vaes_are_selected_by_the_lowest_validation_negative_elbo(tmp_path, problem, monkeypatch):
     fake, calls = _fake_train([150.0, 120.0, 180.0])
-    monkeypatch.setattr(selection, "train_model", fake)
-    result = selection.search("vae", DATA, 3, tmp_path, TrainConfig(), problem=problem)
+    monkeypatch.setattr(search, "train_model", fake)
+    result = search.search("vae", DATA, 3, tmp_path, TrainConfig(), problem=problem)
     assert result.best_value == 120.0 and calls[3][0] == calls[1][0]
 
 
 def test_mlp_architectures_are_searched_apart_and_the_best_of_all_is_retrained(tmp_path, problem, monkeypatch):
     fake, calls = _fake_train([0.5, 0.6, 0.95, 0.7])  # two trials with 2 layers, then two with 3
-    monkeypatch.setattr(selection, "train_model", fake)
-    result = selection.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
+    monkeypatch.setattr(search, "train_model", fake)
+    result = search.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
     assert result.best_value == 0.95
     assert [len(c[0].hidden) for c in calls] == [2, 2, 3, 3, 3]  # the final retraining: the 3-layer winner
     assert calls[4][0] == calls[2][0]
@@ -158,48 +158,48 @@ def test_mlp_architectures_are_searched_apart_and_the_best_of_all_is_retrained(t
 
 def test_resuming_with_other_settings_is_refused(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0.5, 0.6, 0.7, 0.8])
-    monkeypatch.setattr(selection, "train_model", fake)
-    selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem)
+    monkeypatch.setattr(search, "train_model", fake)
+    search.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem)
     with pytest.raises(MivaeError, match="was run with other settings"):
-        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, resume=True)
+        search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, resume=True)
 
 
 def test_a_study_that_holds_each_setting_as_its_own_attribute_is_still_checked(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0.5, 0.6, 0.7, 0.8])
-    monkeypatch.setattr(selection, "train_model", fake)
-    settings = selection._settings("mlp", 2, DATA, TrainConfig(epochs=10))
-    study = optuna.create_study(storage=selection.default_storage(tmp_path), study_name="old", direction="maximize")
+    monkeypatch.setattr(search, "train_model", fake)
+    settings = search._settings("mlp", 2, DATA, TrainConfig(epochs=10))
+    study = optuna.create_study(storage=search.default_storage(tmp_path), study_name="old", direction="maximize")
     for key, value in json.loads(json.dumps(settings)).items():  # as earlier versions recorded them
         study.set_user_attr(key, value)
-    result = selection.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old",
+    result = search.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old",
                               resume=True)
     assert result.best_value == 0.5
     with pytest.raises(MivaeError, match="was run with other settings"):
-        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old",
+        search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old",
                          resume=True)
 
 
 def test_type_2_searches_need_a_vae_retrained_on_train_and_validation(tmp_path, problem):
     early_stopped = Run("vae", DATA, None, TrainConfig(), torch.nn.Linear(1, 1), (8, 8), 10, None, History(val_score=[100.0], best_epoch=1))
     with pytest.raises(MivaeError, match="needs the selected VAE retrained on train \\+ validation"):
-        selection.search("vae+mlp", DATA, 1, tmp_path, TrainConfig(), problem=problem, vae_run=early_stopped)
+        search.search("vae+mlp", DATA, 1, tmp_path, TrainConfig(), problem=problem, vae_run=early_stopped)
 
 
 def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0.5, 0.0, 0.7], diverge={1})
-    monkeypatch.setattr(selection, "train_model", fake)
-    result = selection.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem)
+    monkeypatch.setattr(search, "train_model", fake)
+    result = search.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem)
     assert result.best_value == 0.7
-    trials = optuna.load_study(study_name="mlp2-digits-random-pixels-0.3-seed0", storage=selection.default_storage(tmp_path)).trials
+    trials = optuna.load_study(study_name="mlp2-digits-random-pixels-0.3-seed0", storage=search.default_storage(tmp_path)).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert trials[1].user_attrs["failure"] == "training diverged: the loss went from 2.3 to nan at step 1 of epoch 2"
 
 
 def test_a_search_where_every_trial_fails_is_a_clear_error(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0, 0], diverge={0, 1})
-    monkeypatch.setattr(selection, "train_model", fake)
+    monkeypatch.setattr(search, "train_model", fake)
     with pytest.raises(MivaeError, match="every trial of the search failed \\(training diverged: the loss went from 2.3 to nan"):
-        selection.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem)
+        search.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem)
 
 
 def _mivae(*args):
@@ -224,11 +224,11 @@ def _spent(storage, name):
     """How many finished trials spent the budget (complete, pruned, or failed with a recorded reason); read once no
     process works on the study."""
     study = optuna.load_study(study_name=name, storage=storage)
-    return sum(1 for t in study.trials if t.state.is_finished() and selection.spends_budget(t))
+    return sum(1 for t in study.trials if t.state.is_finished() and search.spends_budget(t))
 
 
 def test_a_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path):
-    storage, name = selection.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
+    storage, name = search.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
     worker = subprocess.Popen(_mivae("--trials", "8", "--out", str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     before = {}
@@ -291,7 +291,7 @@ def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
     assert [w.returncode for w in workers] == [0, 0], errors
     study = optuna.load_study(study_name="fleet", storage=postgres)
     # Finished trials, pruned or failed ones (an unhealthy model) included, as they spend the budget too.
-    complete = [t for t in study.trials if t.state.is_finished() and selection.spends_budget(t)]
+    complete = [t for t in study.trials if t.state.is_finished() and search.spends_budget(t)]
     assert len(complete) == 8                                              # exactly the budget
     assert sorted(t.number for t in complete) == list(range(8))
     assert len({tuple(sorted(t.params.items())) for t in complete}) == 8   # no configuration twice
@@ -312,15 +312,15 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
             trial.set_user_attr(key, value)
         study.tell(trial, 1.0 if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
         states.append(state)
-    spent = [selection.spends_budget(t) for t in study.trials]
+    spent = [search.spends_budget(t) for t in study.trials]
     # A worker that died (FAIL without a recorded failure), an interrupted trial and an over-budget one give their slot back.
     assert spent == [True, False, True, False, False]
     last = study.ask()
-    assert selection._budget_slot(study, last) == 2
+    assert search._budget_slot(study, last) == 2
 
 
 def test_a_trial_lost_to_its_worker_is_told_from_an_unhealthy_one():
-    outcome = selection.trial_outcome
+    outcome = search.trial_outcome
     assert outcome("FAIL", "the model failed its health check: KL 0.0 nats") == "failed"
     assert outcome("FAIL", None, interrupted=True) == "lost"    # marked on resume
     assert outcome("FAIL") == "lost"                            # died with its worker: no failure recorded
@@ -329,7 +329,7 @@ def test_a_trial_lost_to_its_worker_is_told_from_an_unhealthy_one():
 
 
 def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
-    storage, name = selection.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
+    storage, name = search.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
     worker = subprocess.Popen(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -348,9 +348,9 @@ def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
 
 
 def test_without_retraining_the_winning_trial_itself_is_the_final_run(tmp_path, problem):
-    from mivae.runs import load_run
+    from mivae.images.runs import load_run
 
-    result = selection.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=3, patience=2), problem=problem, retrain=False)
+    result = search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=3, patience=2), problem=problem, retrain=False)
     summary = json.loads((tmp_path / "search.json").read_text())
     kept = tmp_path / "trials" / summary["study"]
     assert sorted(p.name for p in kept.iterdir()) == ["0", "1"]  # every trial's run is kept
@@ -365,34 +365,34 @@ def test_the_first_trial_of_every_study_runs_the_default_configuration(tmp_path,
     from mivae.config import MLPConfig, VAEConfig
 
     fake, calls = _fake_train([0.5, 0.6, 0.7, 0.8, 0.9, 0.4])
-    monkeypatch.setattr(selection, "train_model", fake)
-    selection.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
+    monkeypatch.setattr(search, "train_model", fake)
+    search.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem, layers=(2, 3))
     assert calls[0][0] == MLPConfig() and calls[3][0] == MLPConfig(hidden=(512, 512, 512))
     assert calls[1][0] != MLPConfig() and calls[4][0] != calls[3][0]  # then random draws
-    vae = selection.suggest_config("vae", optuna.trial.FixedTrial(selection.default_params("vae")))
+    vae = search.suggest_config("vae", optuna.trial.FixedTrial(search.default_params("vae")))
     assert vae == VAEConfig(l2=1e-8)  # the space's floor stands in for the default L2 of 0
 
 
 def test_a_first_trial_lost_to_a_crash_is_run_again_with_the_defaults():
-    first = selection.default_params("cnn")
-    study = optuna.create_study(sampler=selection.TrialSeededSampler(0, first))
+    first = search.default_params("cnn")
+    study = optuna.create_study(sampler=search.TrialSeededSampler(0, first))
     lost = study.ask()
-    assert selection.suggest_config("cnn", lost) == selection.CNNConfig()
+    assert search.suggest_config("cnn", lost) == search.CNNConfig()
     study._storage.set_trial_user_attr(lost._trial_id, "interrupted", True)  # as resuming a local study marks it
     study.tell(lost, state=optuna.trial.TrialState.FAIL)
     again = study.ask()
-    assert again.number == 1 and selection.suggest_config("cnn", again) == selection.CNNConfig()
+    assert again.number == 1 and search.suggest_config("cnn", again) == search.CNNConfig()
     study.tell(again, 0.5)
-    assert selection.suggest_config("cnn", study.ask()) != selection.CNNConfig()
+    assert search.suggest_config("cnn", study.ask()) != search.CNNConfig()
 
 
 def test_a_trial_killed_mid_training_goes_on_from_its_checkpoint_when_run_again(tmp_path, problem, monkeypatch):
     from mivae import training
 
     train = TrainConfig(epochs=6, patience=10, min_epochs=0)
-    reference = selection.search("mlp", DATA, 3, tmp_path / "reference", train, problem=problem, retrain=False)
+    reference = search.search("mlp", DATA, 3, tmp_path / "reference", train, problem=problem, retrain=False)
     monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)
-    real_train, calls = selection.train_model, []
+    real_train, calls = search.train_model, []
 
     def killed_in_trial_1(*args, on_epoch, **kwargs):
         calls.append(kwargs["checkpoint"])
@@ -403,13 +403,13 @@ def test_a_trial_killed_mid_training_goes_on_from_its_checkpoint_when_run_again(
                 raise KeyboardInterrupt
         return real_train(*args, on_epoch=kill, **kwargs)
 
-    monkeypatch.setattr(selection, "train_model", killed_in_trial_1)
+    monkeypatch.setattr(search, "train_model", killed_in_trial_1)
     with pytest.raises(KeyboardInterrupt):
-        selection.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False)
+        search.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False)
     assert calls[1].exists() and not calls[0].exists()   # the killed trial's state is kept, a finished one's removed
     real_load, loaded = training._load_checkpoint, []
     monkeypatch.setattr(training, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
-    resumed = selection.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False, resume=True)
+    resumed = search.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False, resume=True)
     assert loaded == [calls[1]] and calls[2] == calls[1]   # the trial run again found the lost one's checkpoint
     assert not any(calls[1].parent.iterdir())
     summary = json.loads((tmp_path / "killed" / "search.json").read_text())

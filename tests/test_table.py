@@ -8,7 +8,7 @@ from scipy import stats
 
 from mivae.models.miwae import iwae_bound
 from mivae.models.tabular import TabularVAE, gaussian_log_prob, student_t_log_prob, student_t_quantile
-from mivae.table import CATEGORICAL, CONTINUOUS, Schema, infer_kinds
+from mivae.tables.schema import CATEGORICAL, CONTINUOUS, Schema, infer_kinds
 
 
 def frame():

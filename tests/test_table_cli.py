@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from mivae.amputation import ampute
+from mivae.tables.amputation import ampute
 from mivae.cli import main
 from mivae.errors import MivaeError
-from mivae.table_io import read_table, write_table
+from mivae.tables.io import read_table, write_table
 
 FAST = ["--epochs", "15"]
 

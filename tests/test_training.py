@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from mivae import pipeline
+from mivae.images import pipeline
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig
-from mivae.imputation import negative_elbo_per_image
+from mivae.images.imputation import negative_elbo_per_image
 from mivae.models import build_model
-from mivae.problem import make_problem
+from mivae.images.problem import make_problem
 from mivae.training import fit
 
 

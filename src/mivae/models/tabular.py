@@ -1,6 +1,6 @@
 """A VAE for table rows of mixed types with missing entries, trained on the observed entries alone.
 
-The row arrives encoded (mivae.table): values (B, W), zero where missing, beside observed (B, C),
+The row arrives encoded (mivae.tables.schema): values (B, W), zero where missing, beside observed (B, C),
 1 where column c is observed. The encoder sees both; the decoder gives, per continuous column, a
 Gaussian or Student-t (Mattei and Frellsen 2019 use the latter for UCI tables) with a mean and a
 scale (and degrees of freedom), and per categorical column a softmax over its labels.

@@ -11,7 +11,7 @@ class VAEClassifier(nn.Module):
 
     In training mode every forward pass draws z ~ N(mu, sigma) anew, so the classifier
     learns from ever different imputations; in eval mode it sees the single imputation
-    decode(mu). Multiple imputation at test time is `mivae.imputation.multiple_imputation`.
+    decode(mu). Multiple imputation at test time is `mivae.images.imputation.multiple_imputation`.
     """
 
     def __init__(self, vae, classifier):

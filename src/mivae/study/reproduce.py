@@ -8,7 +8,7 @@
     RUN_DIR/clock/<host>-<pid>-<start>.json  when each invocation ran, kept up to date while it runs
     RUN_DIR/tasks/.<task>.lock               held by the worker running that task
     RUN_DIR/tasks/<task>.json                how long the task took, for the time left of later invocations
-    RUN_DIR/report/                          written by mivae.report from study.json, results/ and clock/ alone
+    RUN_DIR/report/                          written by mivae.study.report from study.json, results/ and clock/ alone
 
 A key is the hash of everything a unit depends on (its kind, data, training settings,
 search budget, seed and the keys of the units it builds on). A unit whose key already
@@ -41,16 +41,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mivae import beyond
+from mivae.study import beyond
 from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision
 from mivae.models import classifier_kind
-from mivae.pipeline import evaluate_run, train_model
-from mivae.problem import make_problem
-from mivae.runs import load_run, save_run, write_json
-from mivae.selection import search, space_of
+from mivae.images.pipeline import evaluate_run, train_model
+from mivae.images.problem import make_problem
+from mivae.images.runs import load_run, save_run, write_json
+from mivae.study.search import search, space_of
 
 METHODS = ("random-pixels", "vertical-lines")
 LEVELS = (0.5, 0.7, 0.9)

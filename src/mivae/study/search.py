@@ -34,9 +34,9 @@ from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt
 from mivae.hardware import resolve_device, resolve_precision
 from mivae.models import CONFIGS, classifier_kind
-from mivae.pipeline import train_model
-from mivae.problem import Part, Problem, make_problem
-from mivae.runs import load_run, save_run, write_json
+from mivae.images.pipeline import train_model
+from mivae.images.problem import Part, Problem, make_problem
+from mivae.images.runs import load_run, save_run, write_json
 from mivae.training import TrainingDiverged
 
 

@@ -38,7 +38,7 @@ def _names(text):
 
 
 def _add_data_options(parser):
-    from mivae.data import DATASETS
+    from mivae.images.data import DATASETS
 
     parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="dataset (default: mnist)")
     parser.add_argument("--data-dir", help="folder holding the dataset's files (default: $MIVAE_DATA_DIR, then the user cache)")
@@ -62,7 +62,7 @@ def build_parser():
     _add_data_options(fetch)
     fetch.set_defaults(run=_data_fetch)
 
-    from mivae.corruption import FILL_POLICIES, METHODS
+    from mivae.images.corruption import FILL_POLICIES, METHODS
 
     corrupt = commands.add_parser(
         "corrupt",
@@ -206,7 +206,7 @@ def _add_table_model_flags(parser):
 
 
 def _table_imputer(args, categorical):
-    from mivae.estimators import MIWAEImputer, VAEImputer
+    from mivae.tables.estimators import MIWAEImputer, VAEImputer
 
     if args.epochs < 1:
         raise MivaeError(f"--epochs must be at least 1; got {args.epochs}.")
@@ -237,7 +237,7 @@ def _impute(args):
     import time
     import warnings
 
-    from mivae.table_io import read_table, table_format, write_table
+    from mivae.tables.io import read_table, table_format, write_table
 
     if args.samples < 1:
         raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
@@ -273,8 +273,8 @@ def _classify(args):
     import numpy as np
     from sklearn.model_selection import StratifiedKFold, cross_validate
 
-    from mivae.estimators import MultipleImputationClassifier
-    from mivae.table_io import read_table
+    from mivae.tables.estimators import MultipleImputationClassifier
+    from mivae.tables.io import read_table
 
     if args.samples < 1:
         raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
@@ -332,7 +332,7 @@ def _baseline_classifier(frame, categorical, indicator):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from mivae.table import CATEGORICAL, infer_kinds
+    from mivae.tables.schema import CATEGORICAL, infer_kinds
 
     kinds = dict(zip(frame.columns, infer_kinds(frame, categorical)))
     continuous = [c for c, kind in kinds.items() if kind != CATEGORICAL]
@@ -344,7 +344,7 @@ def _baseline_classifier(frame, categorical, indicator):
 
 
 def _add_study_commands(commands):
-    from mivae.experiments import PRESETS
+    from mivae.study.reproduce import PRESETS
 
     reproduce = commands.add_parser(
         "reproduce",
@@ -376,9 +376,9 @@ def _add_study_commands(commands):
 def _reproduce(args):
     import optuna
 
-    from mivae.experiments import PRESETS, parse_settings, reproduce
+    from mivae.study.reproduce import PRESETS, parse_settings, reproduce
     from mivae.hardware import resolve_device
-    from mivae.report import build_report
+    from mivae.study.report import build_report
 
     if args.preset not in PRESETS:
         raise MivaeError(f"unknown preset {args.preset!r}; known presets are {', '.join(PRESETS)}.")
@@ -397,16 +397,16 @@ def _reproduce(args):
 
 
 def _report(args):
-    from mivae.report import build_report
+    from mivae.study.report import build_report
 
     print(f"report: {build_report(args.run_dir)}")
 
 
 def _add_problem_flags(parser):
     """Flags of DataConfig: which data, corrupted how."""
-    from mivae.corruption import METHODS
-    from mivae.data import DATASETS
-    from mivae.problem import FILLS
+    from mivae.images.corruption import METHODS
+    from mivae.images.data import DATASETS
+    from mivae.images.problem import FILLS
 
     flags = parser.add_argument_group("data")
     flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
@@ -462,7 +462,7 @@ def _indices(text):
 
 
 def _data_info(args):
-    from mivae.data import load_splits
+    from mivae.images.data import load_splits
 
     splits = load_splits(args.dataset, args.data_dir, seed=args.seed)
     print(f"dataset {splits.dataset}: {sum(len(s) for s in splits)} images of {splits.train.images.shape[1]}x{splits.train.images.shape[2]} pixels, {splits.n_classes} classes, split seed {args.seed}")
@@ -472,7 +472,7 @@ def _data_info(args):
 
 
 def _data_fetch(args):
-    from mivae.data import load_idx_dataset, resolve_data_dir
+    from mivae.images.data import load_idx_dataset, resolve_data_dir
 
     if args.dataset == "digits":
         print("digits ships with scikit-learn; nothing to fetch.")
@@ -484,9 +484,9 @@ def _data_fetch(args):
 def _corrupt(args):
     import numpy as np
 
-    from mivae.corruption import check_level, check_method, corrupt, fill, pixel_means
-    from mivae.data import load_splits
-    from mivae.figures import check_figure_path, image_grid
+    from mivae.images.corruption import check_level, check_method, corrupt, fill, pixel_means
+    from mivae.images.data import load_splits
+    from mivae.images.figures import check_figure_path, image_grid
 
     check_figure_path(args.out)
     check_writable_folder(Path(args.out).parent)
@@ -532,8 +532,8 @@ def _set_threads(threads):
 def _train(args):
     from mivae import config as cfg
     from mivae.models import CONFIGS, classifier_kind
-    from mivae.pipeline import train_model
-    from mivae.runs import load_run, save_run
+    from mivae.images.pipeline import train_model
+    from mivae.images.runs import load_run, save_run
 
     check_writable_folder(args.out)
     _set_threads(args.threads)
@@ -570,8 +570,8 @@ def health_line(health):
 
 def _evaluate(args):
     from mivae.hardware import resolve_device
-    from mivae.pipeline import evaluate_run
-    from mivae.runs import load_run, write_json
+    from mivae.images.pipeline import evaluate_run
+    from mivae.images.runs import load_run, write_json
 
     _set_threads(args.threads)
     if not args.samples or min(args.samples) < 1:
@@ -592,8 +592,8 @@ def _search(args):
     from tqdm.auto import tqdm
 
     from mivae import config as cfg
-    from mivae.runs import load_run
-    from mivae.selection import describe_spaces, search, spends_budget
+    from mivae.images.runs import load_run
+    from mivae.study.search import describe_spaces, search, spends_budget
 
     if args.show_space:
         print(describe_spaces())

@@ -1,10 +1,10 @@
-"""The report's "Beyond the thesis" section, from the results of `mivae.beyond` and of the thesis' stage.
+"""The report's "Beyond the thesis" section, from the results of `mivae.study.beyond` and of the thesis' stage.
 
 Every choice between methods is made on validation accuracy; test accuracy is only reported.
 """
 
-from mivae.beyond import BASELINES, CLASSIFIERS
-from mivae.experiments import LEVELS, METHODS, setting_name
+from mivae.study.beyond import BASELINES, CLASSIFIERS
+from mivae.study.reproduce import LEVELS, METHODS, setting_name
 from mivae.health import FAILED_MARK
 from mivae.stats import paired_test
 
@@ -168,7 +168,7 @@ def clean_scenario(results, thesis_cells):
 def section(results, thesis_cells):
     """Returns (Markdown lines, facts for results.json) of the "Beyond the thesis" section."""
     md = ["## Beyond the thesis\n",
-          "The same six settings and test images, with models the thesis did not have (`mivae.beyond`): the thesis' MLP "
+          "The same six settings and test images, with models the thesis did not have (`mivae.study.beyond`): the thesis' MLP "
           "and CNN on **mask-aware** inputs (zero-filled values and the mask as a second channel); a VAE trained on the "
           "**incomplete images alone** (MIWAE on Random Pixels; not-MIWAE, with a self-masking missingness model, on "
           "Vertical Lines) with an MLP on its imputations, classified with one imputation (self-normalised importance "

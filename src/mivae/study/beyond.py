@@ -30,7 +30,7 @@ EPOCHS = {
     "quick": {"mask-mlp": 15, "mask-cnn": 3, "incomplete-vae": 15, "incomplete-vae+mlp": 10, "imputed-mlp": 12},
     "thesis": {"mask-mlp": 50, "mask-cnn": 50, "incomplete-vae": 50, "incomplete-vae+mlp": 50, "imputed-mlp": 50},
 }
-BASELINES = ("mean", "iterative")  # fills of mivae.problem that are scikit-learn imputers
+BASELINES = ("mean", "iterative")  # fills of mivae.images.problem that are scikit-learn imputers
 CLASSIFIERS = ("mlp", "cnn")
 
 

@@ -3,7 +3,7 @@
 Built from RUN_DIR/results/ alone (never trains, never reads the dataset):
 
     RUN_DIR/report/report.md       tables in the thesis' layout, "ours (thesis)", figures, §5's observations,
-                                   and the "Beyond the thesis" section (mivae.report_beyond)
+                                   and the "Beyond the thesis" section (mivae.study.report_beyond)
     RUN_DIR/report/figures/*.png   Figures 4, 8-16
     RUN_DIR/report/results.csv     every table cell: table, row, column, ours, thesis, failed_model (it rests on a
                                    model that failed its health check, mivae.health)
@@ -20,13 +20,13 @@ import numpy as np
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
-from mivae.experiments import LEVELS, METHODS, setting_name, wall_time
-from mivae.figures import image_grid, plt, save_figure
+from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
+from mivae.images.figures import image_grid, plt, save_figure
 from mivae.health import FAILED_MARK
-from mivae.report_beyond import RESULTS as BEYOND_RESULTS
-from mivae.report_beyond import section as beyond_section
-from mivae.runs import write_json
-from mivae.selection import trial_outcome
+from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
+from mivae.study.report_beyond import section as beyond_section
+from mivae.images.runs import write_json
+from mivae.study.search import trial_outcome
 
 # The thesis' Tables 1-7 (§4), cell by cell.
 THESIS = {

@@ -13,12 +13,12 @@ import torch
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision, steady_heap
 from mivae.health import classifier_health, vae_health
-from mivae.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
+from mivae.images.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
                               negative_elbo_per_image, predict_proba, rmse_on_missing)
 from mivae.models import INCOMPLETE, build_model, imputer_kind
 from mivae.models.miwae import miwae_loss
-from mivae.problem import make_problem
-from mivae.runs import Run
+from mivae.images.problem import make_problem
+from mivae.images.runs import Run
 from mivae.stats import accuracy, class_distribution, paired_test, uncertainty
 from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 

@@ -6,7 +6,7 @@ level), so the test images are identical for every model built on the same confi
 
 A fill is a constant (`white`, `zero`), the per-pixel mean of the observed training pixels
 (`mean`, what scikit-learn's SimpleImputer does), or a scikit-learn imputer fitted on the
-first `IMPUTER_FIT_IMAGES` corrupted training images (`iterative`, `knn`; see `mivae.baselines`).
+first `IMPUTER_FIT_IMAGES` corrupted training images (`iterative`, `knn`; see `mivae.images.baselines`).
 """
 
 import dataclasses
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mivae.corruption import FILL_POLICIES, corrupt, fill, pixel_means
-from mivae.data import load_splits
+from mivae.images.corruption import FILL_POLICIES, corrupt, fill, pixel_means
+from mivae.images.data import load_splits
 from mivae.errors import MivaeError
 
 IMPUTER_FILLS = ("iterative", "knn")
 FILLS = FILL_POLICIES + IMPUTER_FILLS
-IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 53 s on these; see mivae.baselines for KNN's cost
+IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 53 s on these; see mivae.images.baselines for KNN's cost
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def make_problem(config, data_dir=None):
             y=torch.from_numpy(s.labels[: config.limit]),
         )
     if config.fill in IMPUTER_FILLS:
-        from mivae.baselines import fit_imputer, impute_part  # scikit-learn loads only when a problem needs it
+        from mivae.images.baselines import fit_imputer, impute_part  # scikit-learn loads only when a problem needs it
 
         imputer = fit_imputer(config.fill, parts["train"], IMPUTER_FIT_IMAGES, seed=config.seed)
         parts = {name: dataclasses.replace(part, x=impute_part(imputer, part)) for name, part in parts.items()}

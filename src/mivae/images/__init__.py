@@ -1,0 +1,1 @@
+"""The thesis' image pipeline: datasets, corruption, problems, baselines, imputation, run directories, figures."""

@@ -1,0 +1,580 @@
+"""scikit-learn estimators for any table with missing values: VAEImputer, MIWAEImputer, MultipleImputationClassifier.
+
+They follow the contract of `sklearn.impute`: `__init__` only stores parameters, `fit` validates its
+input and returns self, learned state ends in `_`, `transform` checks that the estimator was fitted
+and that the feature count matches, and never refits. They work inside Pipeline, GridSearchCV and
+cross_val_score. Input is a DataFrame (column types from its dtypes) or a 2-D array (continuous
+unless `categorical` names columns), NaN or None where missing; output has the same form, columns
+and order, with every observed entry kept exactly.
+
+Both imputers are mask-aware VAEs over the encoded rows (mivae.tables.schema, mivae.models.tabular) that
+learn from the observed entries alone; no complete row is needed.
+
+- `VAEImputer` trains on the masked ELBO and imputes as the thesis does: single imputation decodes
+  z = mu, multiple imputation decodes latent samples z ~ q(z | x_obs).
+- `MIWAEImputer` trains on the importance-weighted bound with K samples (Mattei and Frellsen 2019)
+  and imputes by self-normalised importance sampling (single) and sampling-importance-resampling
+  (multiple).
+
+Multiple imputations draw the missing entries from p(x | z), observation noise and all, so M
+completed tables carry the uncertainty of the missing values, as proper multiple imputation needs.
+"""
+
+import functools
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from mivae.config import TrainConfig
+from mivae.errors import InputError, MivaeError
+from mivae.hardware import bf16_supported, cores, resolve_device, resolve_precision, torch_threads
+from mivae.models.miwae import importance_weights, iwae_bound
+from mivae.models.tabular import LIKELIHOODS, TabularVAE
+from mivae.tables.schema import Schema, infer_kinds
+from mivae.training import adam, fit
+
+BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
+# The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
+# - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
+#   (`auto_steps`), so that the time a fit takes stays bounded as the batch grows. Training ends there if early
+#   stopping or max_epochs has not ended it before (up to 2,560 training rows, 500 epochs come first); where the
+#   budget ends it, the learning rate falls linearly to zero over the budget;
+# - batch_size "auto" grows with the rows (`auto_batch`), and lr "auto" with the batch (`auto_lr`);
+# - a table of at least BIG_TABLE rows is big: threads "auto" uses every core for it, and precision "auto" bf16 where
+#   the hardware has it natively (a small table's steps gain nothing from either, and waiting on a busy core made a
+#   small step 230 times slower);
+# - validation holds out at most VALIDATION_ROWS rows.
+MAX_STEPS = 20_000
+MAX_ROWS = 3_000_000
+MAX_BATCH = 256
+BASE_LR = 1e-3
+BIG_TABLE = 50_000
+VALIDATION_ROWS = 10_000
+
+
+def auto_batch(rows):
+    """The batch size "auto" gives `rows` training rows: rows / 256 rounded to a power of two, from 64 (up to 23,170
+    rows, as before the step budget) to MAX_BATCH (from 46,341 rows on)."""
+    return int(min(MAX_BATCH, max(64, 2 ** round(math.log2(max(rows, 1) / 256)))))
+
+
+def auto_steps(batch_size):
+    """The budget of gradient steps "auto" gives batches of `batch_size` rows: MAX_STEPS, or MAX_ROWS / batch_size
+    steps where that is fewer (batches of more than 150 rows)."""
+    return min(MAX_STEPS, math.ceil(MAX_ROWS / batch_size))
+
+
+def auto_lr(batch_size):
+    """The learning rate "auto" gives batches of `batch_size` rows: BASE_LR at 64 rows, growing with the square root
+    of the batch (Adam's square-root scaling rule, Malladi et al. 2022), so larger batches take larger steps."""
+    return BASE_LR * math.sqrt(batch_size / 64)
+
+
+def _validate_table(estimator, X, reset, categorical):
+    """Returns X checked by scikit-learn (feature count and names against fit) in the form the schema reads.
+
+    A DataFrame is returned as it is, its dtypes intact; an array is converted to float64 when every
+    column is continuous (so a non-number is an error there) and kept as objects otherwise.
+    """
+    if hasattr(X, "dtypes") and hasattr(X, "columns"):
+        # names and count only: converting the whole frame would lose its dtypes (categories, nullable integers)
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+        if len(X) == 0 or X.shape[1] == 0:
+            raise InputError(f"X needs at least one row and one column; got a table of shape {X.shape}.")
+        return X
+    return validate_data(estimator, X, reset=reset, dtype=None if categorical else "numeric",
+                         ensure_all_finite="allow-nan")
+
+
+def _threaded(method):
+    """Runs an imputer's method with torch on the imputer's `threads` CPU threads ("auto": `_TabularImputer.threads`)."""
+
+    @functools.wraps(method)
+    def run(self, X, *args, **kwargs):
+        threads = self.threads
+        if threads == "auto":
+            threads = cores() if _rows(X) >= BIG_TABLE else 1
+        elif isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+            raise InputError(f"threads must be a whole number of at least 1 or 'auto'; got {threads!r}.")
+        with torch_threads(threads):
+            result = method(self, X, *args, **kwargs)
+        if method.__name__ == "fit":
+            self.threads_ = threads
+        return result
+
+    return run
+
+
+def _rows(X):
+    """The row count of a table given as an array, a DataFrame, a list of rows or anything with __array__; 0 for
+    what is none of them (the validation that follows names what is wrong)."""
+    try:
+        return X.shape[0] if hasattr(X, "shape") else len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
+    except (IndexError, TypeError, ValueError):
+        return 0
+
+
+def _check_positive_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise InputError(f"{name} must be a whole number of at least {low}; got {value!r}.")
+
+
+def _check_number(name, value, low, high, low_open=True, high_open=False):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise InputError(f"{name} must be a number in {interval}; got {value!r}.")
+
+
+class _TabularImputer(TransformerMixin, BaseEstimator):
+    """What the two imputers share: validation, the schema, training, and turning encoded imputations into tables."""
+
+    training_samples = 1  # K of the training bound; MIWAEImputer sets its own
+
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
+                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
+                 threads="auto", random_state=None, device="cpu", max_steps="auto"):
+        self.categorical = categorical
+        self.likelihood = likelihood
+        self.hidden = hidden
+        self.latent = latent
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.precision = precision
+        self.threads = threads
+        self.random_state = random_state
+        self.device = device
+        self.max_steps = max_steps
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _check_params(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}.")
+        hidden = self.hidden
+        if not isinstance(hidden, (tuple, list)) or not hidden or not all(
+                isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
+        if self.latent is not None:
+            _check_positive_int("latent", self.latent)
+        for name in ("max_epochs", "patience"):
+            _check_positive_int(name, getattr(self, name))
+        batch = self.batch_size
+        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
+            raise InputError(f"batch_size must be a whole number of at least 1 or 'auto'; got {batch!r}.")
+        steps = self.max_steps
+        if steps is not None and steps != "auto" and (
+                isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+            raise InputError(f"max_steps must be a whole number of at least 1, 'auto' or None; got {steps!r}.")
+        lr = self.lr
+        if not (isinstance(lr, str) and lr == "auto") and not (
+                isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):  # NaN fails too
+            raise InputError(f"lr must be a number in (0, inf) or 'auto'; got {lr!r}.")
+        _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
+        try:
+            return resolve_device(self.device)
+        except MivaeError as e:
+            raise InputError(str(e)) from None
+
+    @_threaded
+    def fit(self, X, y=None):
+        """Fits the imputer on table X (n, d) with NaN where missing; y is ignored. Returns self."""
+        device = self._check_params()
+        X = _validate_table(self, X, reset=True, categorical=self.categorical)
+        try:
+            kinds = infer_kinds(X, self.categorical)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self.schema_ = Schema.fit(X, kinds)
+        empty = [c.name for c in self.schema_.columns if c.empty]
+        if len(empty) == len(self.schema_.columns):
+            raise InputError("every column is missing in every row, so there is nothing to learn from.")
+        if empty:
+            warnings.warn(f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
+                          "in the model and come back missing.", UserWarning, stacklevel=2)
+        values, observed = (torch.from_numpy(a).to(device) for a in self.schema_.encode(X))
+        big = len(X) >= BIG_TABLE and bf16_supported(device)
+        self.precision_ = ("bf16" if big else "fp32") if self.precision == "auto" else self.precision
+        columns = len(self.schema_.modelled)
+        self.latent_ = self.latent or max(1, min(columns - 1, 16))
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        torch.manual_seed(seed)  # the initial weights
+        self.model_ = TabularVAE(self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood).to(device)
+        self.seed_ = seed
+        self.history_ = self._train(values, observed, seed)
+        return self
+
+    def _train(self, values, observed, seed):
+        """Trains model_ on the encoded rows, holding out validation_fraction of them for early stopping."""
+        n = len(values)
+        n_val = min(int(n * self.validation_fraction), VALIDATION_ROWS)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(values.device)
+        val, train = order[:n_val], order[n_val:]
+        rows = torch.cat([values, observed], dim=1)      # (n, W + C): one tensor, sliced into batches by fit
+        width = values.shape[1]
+        samples = self.training_samples
+        latent = self.latent_
+
+        def loss(model, batch, _):
+            eps = torch.randn(samples, len(batch), latent, device=batch.device)
+            log_w, _ = model.log_weights(batch[:, :width], batch[:, width:], eps)
+            return -iwae_bound(log_w).mean()
+
+        score = None
+        if n_val >= 1:
+            val_eps = torch.randn((samples, n_val, latent), generator=torch.Generator().manual_seed(seed + 1)).to(values.device)
+
+            @torch.no_grad()
+            def score(model):  # the same noise every epoch: the bound moves only with the weights
+                model.eval()
+                log_w, _ = model.log_weights(values[val], observed[val], val_eps)
+                return iwae_bound(log_w).mean().item()
+
+        self.batch_size_ = min(auto_batch(len(train)) if self.batch_size == "auto" else self.batch_size, len(train))
+        self.lr_ = auto_lr(self.batch_size_) if self.lr == "auto" else self.lr
+        steps_per_epoch = math.ceil(len(train) / self.batch_size_)
+        budget = auto_steps(self.batch_size_) if self.max_steps == "auto" else self.max_steps
+        epochs, schedule = self.max_epochs, None
+        if budget is not None and budget < self.max_epochs * steps_per_epoch:
+            # The budget ends training at a step known in advance (mid-epoch if need be): the rate falls linearly
+            # towards zero at it.
+            epochs = math.ceil(budget / steps_per_epoch)
+            schedule = lambda step: 1 - step / budget   # noqa: E731
+        else:
+            budget = None
+        config = TrainConfig(epochs=epochs, patience=self.patience, batch_size=self.batch_size_, seed=seed,
+                             precision=self.precision_, device=str(values.device))
+        rows = rows[train]
+        history = fit(self.model_, adam(self.model_, self.lr_), loss, rows, rows, config, score=score,
+                      lr_schedule=schedule, max_steps=budget)
+        self.steps_ = min(len(history.train_loss) * steps_per_epoch, budget or math.inf)
+        return history
+
+    def _encode(self, X):
+        check_is_fitted(self, "model_")
+        X = _validate_table(self, X, reset=False, categorical=self.categorical)
+        try:
+            values, observed = self.schema_.encode(X)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        device = self._device()
+        return X, torch.from_numpy(values).to(device), torch.from_numpy(observed).to(device)
+
+    def _device(self):
+        """The device the fitted model is on: where its inputs go and its imputations are computed."""
+        return next(self.model_.parameters()).device
+
+    def _observed_slots(self, observed):
+        return observed[:, self.model_.column_of_slot]
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        """Returns the encoded single imputation (B, W) of encoded rows; observed slots kept."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        """Returns M encoded imputations (M, B, W) drawn from p(x_miss | x_obs); observed slots kept.
+
+        With `shared`, the same noise serves every row, so each row's imputations are a fixed function
+        of that row alone; otherwise every row draws its own.
+        """
+        raise NotImplementedError
+
+    def _noise(self, shape, rows, generator, shared, uniform=False):
+        """Returns noise (*shape, rows or 1, ...) : standard normal, or uniform in [0, 1)."""
+        size = (*shape[:1], 1 if shared else rows, *shape[1:])
+        # Drawn on the CPU from its seeded generator, so the imputations are the same on every device.
+        noise = torch.rand(size, generator=generator) if uniform else torch.randn(size, generator=generator)
+        return noise.to(self._device())
+
+    def _observation_noise(self, imputations, rows, generator, shared):
+        model = self.model_
+        return (self._noise((imputations, model.n_continuous), rows, generator, shared),
+                self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True))
+
+    def _in_batches(self, fn, values, observed, dim=0):
+        """`fn` over the rows in batches of BATCH_ROWS, its matmuls in the fit's precision (the model's outputs,
+        the weights and the imputations stay float32)."""
+        self.model_.eval()
+        device = values.device
+        precision = getattr(self, "precision_", self.precision)  # an imputer fitted before precision_ existed: its own
+        low = resolve_precision(precision, device) == torch.bfloat16
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+            parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS])
+                     for i in range(0, len(values), BATCH_ROWS)]
+        return torch.cat(parts, dim=dim).float() if parts else torch.zeros((0, values.shape[1]), device=device)
+
+    @_threaded
+    def transform(self, X):
+        """Returns the single imputation of table X: the same form, columns and order, observed entries kept exactly."""
+        X, values, observed = self._encode(X)
+        completed = self._in_batches(self._single, values, observed)
+        return self.schema_.assemble(self.schema_.decode(completed.cpu().numpy(), X), X)
+
+    @_threaded
+    def sample(self, X, n_imputations=10):
+        """Returns a list of `n_imputations` completed copies of table X, each drawn from p(x_miss | x_obs).
+
+        Each copy has X's form, columns and order; observed entries are kept exactly. The draws come
+        from random_state, so an int random_state gives the same copies on every call.
+        """
+        _check_positive_int("n_imputations", n_imputations)
+        X, values, observed = self._encode(X)
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        draws = self._drawn(values, observed, n_imputations, seed, shared=False)
+        return [self.schema_.assemble(self.schema_.decode(d.numpy(), X), X) for d in draws.cpu()]
+
+    def _drawn(self, values, observed, imputations, seed, shared):
+        """Returns `_draw` over all rows in batches: one stream of noise through the batches, or with `shared`
+        the same noise restarted for every batch, so that a row's draws never depend on its batch."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def batch(v, o):
+            return self._draw(v, o, imputations, torch.Generator().manual_seed(seed) if shared else generator, shared)
+
+        return self._in_batches(batch, values, observed, dim=1)
+
+    @_threaded
+    def encoded_imputations(self, X, n_imputations, seed=0, shared=True):
+        """Returns (imputations (M, n, W) float32, observed (n, columns)) in the model's encoding: standardised
+        continuous values and one-hot labels, for classifiers that work on the encoding. With `shared`,
+        each row's imputations depend on that row alone (common random numbers)."""
+        X, values, observed = self._encode(X)
+        return self._drawn(values, observed, n_imputations, seed, shared).cpu().numpy(), observed.cpu().numpy()
+
+
+class VAEImputer(_TabularImputer):
+    """Imputes a table with a VAE trained on the masked ELBO, as the thesis' VAE (§2.2) on incomplete data.
+
+    Parameters
+    ----------
+    categorical : list of column names (DataFrame) or indices (array), or None
+        Columns to treat as categorical besides those a DataFrame's dtypes make categorical.
+    likelihood : "gaussian" or "student-t"
+        The decoder's distribution for continuous columns (standardised internally).
+    hidden : tuple of int
+        Nodes per hidden ReLU layer of the encoder; the decoder mirrors them.
+    latent : int or None
+        Latent dimension L; None takes the number of columns minus one, between 1 and 16.
+    lr : float or "auto"
+        Adam learning rate. "auto": 1e-3 for batches of 64 rows, growing with the square root of the batch
+        (2e-3 at 256 rows). Where the step budget ends training, the rate falls linearly to zero over it.
+    max_epochs, patience : int
+        Most epochs; epochs without a better validation bound before stopping.
+    max_steps : int, "auto" or None
+        The budget of gradient steps: training ends there (in the middle of an epoch if need be) if early
+        stopping or max_epochs has not ended it before, so a big table trains in bounded time, and the
+        learning rate falls linearly to zero over it. "auto": 20,000 steps, or 3 million rows' worth
+        where that is fewer (batches of more than 150 rows). None: max_epochs alone, at a constant rate.
+    batch_size : int or "auto"
+        Rows per step. "auto" grows with the table: 64 up to about 23,000 rows, then the rows / 256 rounded
+        to a power of two, at most 256.
+    validation_fraction : float in [0, 1)
+        Rows held out for early stopping (at most 10,000); 0 trains for the whole budget.
+    precision : "auto", "bf16" or "fp32"
+        Matmul precision in fit, transform and sample. "auto": bf16 for a table of at least 50,000 rows where
+        the hardware has native bf16 (a CPU with AVX-512 BF16 or AMX, a GPU from Ampere on), fp32 otherwise:
+        a small table's steps gain nothing from bf16. The imputations are float32 either way.
+    threads : int or "auto"
+        CPU threads torch uses in fit, transform and sample. "auto": every core for a table of at least
+        50,000 rows, one below: a small table's matrices gain nothing from more, and a busy second core
+        makes synchronising threads slower than one (measured 350 ms against 1.5 ms per step on 2 cores);
+        cross-validation can run folds in parallel instead.
+    random_state : int, RandomState or None
+        Seeds the weights, the held-out rows, the training noise and the imputations.
+    device : "cpu", "cuda", "cuda:N" or "auto"
+        Where the model trains and imputes; "auto" is the GPU where torch sees one. A GPU named but absent
+        is an error, never a silent fall-back to the CPU.
+
+    Attributes
+    ----------
+    schema_ : mivae.tables.schema.Schema, the column types and scalings.
+    model_ : mivae.models.tabular.TabularVAE, the trained network.
+    history_ : mivae.training.History.
+    latent_ : int, the latent dimension used.
+    batch_size_, threads_, steps_ : int, the batch size and thread count fit used, and the steps it took.
+    lr_ : float, the learning rate fit started from; precision_ : "bf16" or "fp32", the one fit used, as do
+    transform and sample.
+    n_features_in_, feature_names_in_ : as every scikit-learn estimator.
+    """
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        mu, _ = self.model_.encode(values, observed)                  # z = mu, as the thesis' single imputation
+        keep = self._observed_slots(observed)
+        return values * keep + self.model_.means(self.model_.decode(mu)) * (1 - keep)
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        model = self.model_
+        mu, logvar = model.encode(values, observed)
+        z = mu + torch.exp(0.5 * logvar) * self._noise((imputations, self.latent_), len(values), generator, shared)
+        draws = model.draw(model.decode(z), *self._observation_noise(imputations, len(values), generator, shared))
+        keep = self._observed_slots(observed)
+        return values * keep + draws * (1 - keep)                     # (M, B, W)
+
+
+class MIWAEImputer(_TabularImputer):
+    """Imputes a table with MIWAE (Mattei and Frellsen 2019): the importance-weighted bound with K samples.
+
+    Parameters are those of VAEImputer, and:
+
+    importance_samples : int
+        K of the training bound (5 to 50 in the paper; K = 1 is VAEImputer's masked ELBO).
+    imputation_samples : int
+        Proposals per row for imputation: the self-normalised importance-sampling mean (transform)
+        and the pool that sampling-importance-resampling draws from (sample).
+    """
+
+    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
+                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
+                 importance_samples=20, imputation_samples=100, threads="auto", random_state=None, device="cpu",
+                 max_steps="auto"):
+        super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
+                         validation_fraction, precision, threads, random_state, device, max_steps)
+        self.importance_samples = importance_samples
+        self.imputation_samples = imputation_samples
+
+    def _check_params(self):
+        device = super()._check_params()
+        _check_positive_int("importance_samples", self.importance_samples)
+        _check_positive_int("imputation_samples", self.imputation_samples)
+        return device
+
+    @property
+    def training_samples(self):
+        return self.importance_samples
+
+    @torch.no_grad()
+    def _single(self, values, observed):
+        # The same K proposals for every row and call: the imputation is a fixed function of its row.
+        generator = torch.Generator().manual_seed(self.seed_)
+        eps = torch.randn((self.imputation_samples, 1, self.latent_), generator=generator).to(values.device)
+        log_w, params = self.model_.log_weights(values, observed, eps)
+        expected = (importance_weights(log_w)[..., None] * self.model_.means(params)).sum(0)   # (B, W)
+        keep = self._observed_slots(observed)
+        return values * keep + expected * (1 - keep)
+
+    @torch.no_grad()
+    def _draw(self, values, observed, imputations, generator, shared):
+        model, rows = self.model_, len(values)
+        eps = self._noise((self.imputation_samples, self.latent_), rows, generator, shared)
+        log_w, params = model.log_weights(values, observed, eps)                  # (K, B)
+        cdf = importance_weights(log_w).cumsum(0).T                               # (B, K)
+        u = self._noise((imputations,), rows, generator, shared, uniform=True).expand(imputations, rows)
+        picks = torch.searchsorted(cdf.contiguous(), u.T.contiguous()).clamp(max=len(log_w) - 1).T   # (M, B)
+        columns = torch.arange(rows, device=values.device)[None, :]
+        chosen = {key: (value[picks, columns] if key != "logits" else [v[picks, columns] for v in value])
+                  for key, value in params.items()}
+        draws = model.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
+        keep = self._observed_slots(observed)
+        return values * keep + draws * (1 - keep)
+
+
+class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
+    """Classifies rows with missing entries by averaging a classifier's class probabilities over M imputations.
+
+    The thesis' multiple imputation (§2.2.4) for any table: the imputer is fitted on X (labels
+    unseen), the classifier is trained on M imputations of every training row stacked, and
+    predict_proba is the mean of its probabilities over M imputations of each row. The classifier
+    sees the imputer's encoding (standardised continuous columns, one-hot categorical ones), so it
+    needs no preprocessing of its own.
+
+    Parameters
+    ----------
+    imputer : VAEImputer, MIWAEImputer or None
+        Cloned and fitted on X; None takes MIWAEImputer().
+    classifier : a scikit-learn classifier with predict_proba, or None
+        Cloned and fitted on the imputations; None takes LogisticRegression(max_iter=1000).
+    n_imputations : int
+        M, the imputations per row in training and in prediction.
+    add_indicator : bool
+        Also give the classifier the observed mask (1 = observed), so missingness itself can inform
+        the class (useful when values are missing not at random).
+    random_state : int, RandomState or None
+        Seeds the imputer (where its own random_state is None) and the imputations.
+
+    Attributes
+    ----------
+    imputer_, classifier_ : the fitted estimators.
+    classes_ : the class labels, as given.
+    n_features_in_, feature_names_in_ : as every scikit-learn estimator.
+    """
+
+    def __init__(self, imputer=None, classifier=None, n_imputations=10, add_indicator=False, random_state=None):
+        self.imputer = imputer
+        self.classifier = classifier
+        self.n_imputations = n_imputations
+        self.add_indicator = add_indicator
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _features(self, X, seed, shared):
+        draws, observed = self.imputer_.encoded_imputations(X, self.n_imputations, seed=seed, shared=shared)
+        if self.add_indicator:
+            draws = np.concatenate([draws, np.broadcast_to(observed, (len(draws), *observed.shape))], axis=2)
+        return draws                                                    # (M, n, features)
+
+    def fit(self, X, y):
+        """Fits the imputer on X and the classifier on M imputations of X with labels y. Returns self."""
+        imputer = MIWAEImputer() if self.imputer is None else self.imputer
+        if not isinstance(imputer, _TabularImputer):
+            raise InputError(f"imputer must be a VAEImputer or MIWAEImputer, which draw multiple imputations; "
+                             f"got {type(imputer).__name__}.")
+        _check_positive_int("n_imputations", self.n_imputations)
+        categorical = imputer.categorical
+        X = _validate_table(self, X, reset=True, categorical=categorical)
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if len(y) != len(X):
+            raise InputError(f"X has {len(X)} rows but y has {len(y)} labels.")
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        rng = check_random_state(self.random_state)
+        self.imputer_ = clone(imputer)
+        if self.imputer_.random_state is None and self.random_state is not None:
+            self.imputer_.set_params(random_state=int(rng.randint(2**31 - 1)))
+        self.imputer_.fit(X)
+        self.seed_ = int(rng.randint(2**31 - 1))
+        features = self._features(X, self.seed_, shared=False)
+        self.classifier_ = clone(LogisticRegression(max_iter=1000) if self.classifier is None else self.classifier)
+        self.classifier_.fit(features.reshape(-1, features.shape[-1]), np.tile(encoder.transform(y), len(features)))
+        return self
+
+    def predict_proba(self, X):
+        """Returns the class probabilities (n, classes), averaged over M imputations of each row."""
+        check_is_fitted(self, "classifier_")
+        X = _validate_table(self, X, reset=False, categorical=self.imputer_.categorical)
+        features = self._features(X, self.seed_, shared=True)
+        proba = np.zeros((features.shape[1], len(self.classes_)))
+        for imputation in features:
+            proba[:, self.classifier_.classes_] += self.classifier_.predict_proba(imputation)
+        return proba / len(features)
+
+    def predict(self, X):
+        """Returns the most probable class of each row, as labelled in fit."""
+        proba = self.predict_proba(X)  # checks that the classifier was fitted
+        return self.classes_[proba.argmax(1)]
