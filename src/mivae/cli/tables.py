@@ -1,0 +1,178 @@
+"""The table commands: impute and classify."""
+
+from pathlib import Path
+
+from mivae.artifacts import check_writable_folder
+from mivae.cli.options import api_errors, name_list, print_notes
+from mivae.errors import MivaeError
+
+
+def add_commands(commands):
+    impute = commands.add_parser(
+        "impute",
+        help="fill the missing entries of a CSV or Parquet table: M completed tables",
+        description="Fits a VAE on the observed entries of a table (CSV or Parquet, empty cells missing) and writes "
+        "--samples completed tables to --out, each with the input's columns in the input's order: OUT/STEM.imputed-K.EXT. "
+        "Numeric columns are continuous, text and true/false columns categorical, unless declared otherwise.",
+    )
+    impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
+    impute.add_argument("--out", required=True, help="folder for the completed tables")
+    impute.add_argument("--samples", type=int, default=10, help="M, the number of completed tables (default: 10)")
+    impute.add_argument("--single", action="store_true", help="also write the single best imputation, OUT/STEM.single.EXT")
+    impute.add_argument("--format", choices=("csv", "parquet"), help="output format (default: that of the input)")
+    _add_table_model_flags(impute)
+    impute.set_defaults(run=_impute)
+
+    classify = commands.add_parser(
+        "classify",
+        help="cross-validate a classifier over multiple imputations of a table with missing values",
+        description="Predicts --target from the other columns of a table with missing entries: in each fold a VAE is "
+        "fitted on the training rows, a logistic regression on --samples imputations of them, and test rows are "
+        "classified by the mean of its probabilities over --samples imputations. Prints the accuracy per fold beside a "
+        "baseline's: the same logistic regression on the column means and modes, on the same folds.",
+    )
+    classify.add_argument("data", help="the table: .csv, .tsv or .parquet")
+    classify.add_argument("--target", required=True, help="the column to predict; it must have no missing entry")
+    classify.add_argument("--folds", type=int, default=5, help="cross-validation folds, stratified (default: 5)")
+    classify.add_argument("--samples", type=int, default=10, help="M, imputations per row (default: 10)")
+    classify.add_argument("--indicator", action="store_true", help="also give the classifier the missingness mask")
+    _add_table_model_flags(classify)
+    classify.set_defaults(run=_classify)
+
+
+def _add_table_model_flags(parser):
+    from mivae.models.tabular import LIKELIHOODS
+
+    parser.add_argument("--model", default="miwae", choices=("miwae", "vae"), help="the imputer: MIWAE "
+                        "(importance-weighted, the default) or the VAE of the thesis on the masked ELBO")
+    parser.add_argument("--categorical", type=name_list, default=[], help="comma-separated columns to treat as categorical")
+    parser.add_argument("--continuous", type=name_list, default=[], help="comma-separated columns that must hold numbers")
+    parser.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="distribution of continuous "
+                        "columns (default: gaussian)")
+    parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the imputations (default: 0)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the GPU where torch sees one); "
+                        "default: cpu, where a table's small matrices run fastest")
+
+
+def _table_imputer(args, categorical):
+    from mivae.tables.estimators import MIWAEImputer, VAEImputer
+
+    if args.epochs < 1:
+        raise MivaeError(f"--epochs must be at least 1; got {args.epochs}.")
+    overlap = set(args.categorical) & set(args.continuous)
+    if overlap:
+        raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
+    model = MIWAEImputer if args.model == "miwae" else VAEImputer
+    return model(categorical=categorical or None, likelihood=args.likelihood, max_epochs=args.epochs, random_state=args.seed,
+                 device=args.device)
+
+
+def _impute(args):
+    import time
+    import warnings
+
+    from mivae.tables.io import read_table, table_format, write_table
+
+    if args.samples < 1:
+        raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
+    data = Path(args.data)
+    ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
+    frame = read_table(data, args.categorical, args.continuous)
+    out = Path(args.out)
+    check_writable_folder(out)  # before training: a folder that cannot take the tables should not cost a fit
+    imputer = _table_imputer(args, [c for c in args.categorical if c in frame.columns])
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        api_errors(lambda: imputer.fit(frame))
+    trained = time.perf_counter() - start
+    print_notes(caught)
+    tables = api_errors(lambda: imputer.sample(frame, args.samples))
+    kinds = [c.kind for c in imputer.schema_.columns]
+    print(f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
+          f"categorical columns, {frame.isna().to_numpy().mean():.1%} of entries missing")
+    print(f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
+          f"in {trained:.1f}s")
+    digits = len(str(args.samples))
+    for k, table in enumerate(tables, 1):
+        write_table(table, out / f"{data.stem}.imputed-{k:0{digits}d}{ext}")
+    if args.single:
+        write_table(api_errors(lambda: imputer.transform(frame)), out / f"{data.stem}.single{ext}")
+    print(f"wrote {args.samples} completed tables{' and the single imputation' if args.single else ''} to {out}")
+
+
+def _classify(args):
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    from mivae.tables.estimators import MultipleImputationClassifier
+    from mivae.tables.io import read_table
+
+    if args.samples < 1:
+        raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
+    if args.folds < 2:
+        raise MivaeError(f"--folds must be at least 2; got {args.folds}.")
+    frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
+    if args.target not in frame.columns:
+        raise MivaeError(f"target column {args.target!r} is not in {args.data}, whose columns are {', '.join(frame.columns)}.")
+    y = frame.pop(args.target)
+    if y.isna().any():
+        raise MivaeError(f"target column {args.target!r} is missing in {int(y.isna().sum())} of {len(y)} rows; "
+                         "a target must be complete.")
+    if frame.shape[1] == 0:
+        raise MivaeError(f"{args.data} has no column besides the target {args.target!r} to predict it from.")
+    counts = y.value_counts()
+    if len(counts) < 2:
+        raise MivaeError(f"target column {args.target!r} holds only the class {counts.index[0]!r}; it needs two or more.")
+    if counts.min() < args.folds:
+        raise MivaeError(f"--folds {args.folds} needs at least {args.folds} rows of every class, but class "
+                         f"{counts.idxmin()!r} has {counts.min()}.")
+    labels = y.astype(str) if y.dtype == object else y
+    model = MultipleImputationClassifier(_table_imputer(args, [c for c in args.categorical if c in frame.columns]),
+                                         n_imputations=args.samples, add_indicator=args.indicator, random_state=args.seed)
+    folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        scores = api_errors(lambda: cross_validate(model, frame, labels, cv=folds, error_score="raise")["test_score"])
+    print_notes({str(w.message): w for w in caught}.values())
+    baseline = _baseline_classifier(frame, [c for c in args.categorical if c in frame.columns], args.indicator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # an all-missing column is noted above already
+        try:
+            base_scores = cross_validate(baseline, frame, labels, cv=folds, error_score="raise")["test_score"]
+        except ValueError as e:   # the comparison is a courtesy: its failure is reported, not fatal
+            base_scores, why = [np.nan] * args.folds, str(e).split("\n")[0]
+    print(f"{Path(args.data).name}: predicting {args.target!r} ({len(counts)} classes) from {frame.shape[1]} columns, "
+          f"{len(frame)} rows, {frame.isna().to_numpy().mean():.1%} of entries missing")
+    for k, (score, base) in enumerate(zip(scores, base_scores), 1):
+        print(f"fold {k}: accuracy {score:.4f} (baseline {base:.4f})")
+    print(f"accuracy {np.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f} over {args.folds} folds "
+          f"(M = {args.samples}, {args.model})")
+    if np.isnan(base_scores).any():
+        print(f"baseline: none, since the same classifier on the column means and modes failed: {why}")
+    else:
+        print(f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
+              "column means and modes, on the same folds")
+
+
+def _baseline_classifier(frame, categorical, indicator):
+    """Returns the classifier `mivae classify` compares with: a logistic regression on each continuous column's
+    mean and standardised, each categorical column's mode and one-hot, fitted within each fold."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from mivae.tables.schema import CATEGORICAL, infer_kinds
+
+    kinds = dict(zip(frame.columns, infer_kinds(frame, categorical)))
+    continuous = [c for c, kind in kinds.items() if kind != CATEGORICAL]
+    labels = [c for c, kind in kinds.items() if kind == CATEGORICAL]
+    parts = [("continuous", make_pipeline(SimpleImputer(add_indicator=indicator), StandardScaler()), continuous),
+             ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent", add_indicator=indicator),
+                                           OneHotEncoder(handle_unknown="ignore")), labels)]
+    return make_pipeline(ColumnTransformer([part for part in parts if part[2]]), LogisticRegression(max_iter=1000))
