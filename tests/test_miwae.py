@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from mivae.models.miwae import (MIWAE, classify_importance, importance_weights, impute_importance, impute_multiple,
-                                iwae_bound, miwae_loss)
+from mivae.models.distributions import importance_weights, iwae_bound
+from mivae.models.miwae import MIWAE, classify_importance, impute_importance, impute_multiple, miwae_loss
 from mivae.images.problem import mask_aware
 
 

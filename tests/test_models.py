@@ -6,7 +6,8 @@ import torch
 from mivae.models import build_model
 from mivae.models.classifiers import CNN, MLP, l2_penalty
 from mivae.models.type2 import VAEClassifier
-from mivae.models.vae import VAE, kl_divergence, negative_elbo, reconstruction_loss, reparameterize
+from mivae.models.distributions import kl_divergence, reparameterize
+from mivae.models.vae import VAE, negative_elbo, reconstruction_loss
 from mivae.config import CNNConfig, MLPConfig, VAEConfig
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from mivae.models.miwae import iwae_bound
-from mivae.models.tabular import TabularVAE, gaussian_log_prob, student_t_log_prob, student_t_quantile
+from mivae.models.distributions import gaussian_log_prob, iwae_bound, student_t_log_prob
+from mivae.models.tabular import TabularVAE, student_t_quantile
 from mivae.tables.schema import CATEGORICAL, CONTINUOUS, Schema, infer_kinds
 
 

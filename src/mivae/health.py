@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from mivae.models.vae import kl_divergence
+from mivae.models.distributions import kl_divergence
 
 COLLAPSED_SHARE = 0.5      # one class above this share of the predictions: collapsed
 CHANCE_MARGIN = 0.02       # accuracy at most this above the largest class share: no better than a constant answer

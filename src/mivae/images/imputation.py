@@ -13,8 +13,9 @@ import torch
 
 from mivae.hardware import release_free_memory
 from mivae.models.classifiers import softmax
-from mivae.models.miwae import classify_importance, impute_importance, iwae_bound
-from mivae.models.vae import negative_elbo, reparameterize
+from mivae.models.distributions import iwae_bound, reparameterize
+from mivae.models.miwae import classify_importance, impute_importance
+from mivae.models.vae import negative_elbo
 
 
 def in_precision(model, dtype):

@@ -26,36 +26,32 @@ left visible. The guess is the importance-weighted mean of the decoder (single i
 resampled proposal (multiple imputation); training shows it either, half the images each.
 """
 
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mivae.models.vae import dense_stack, gaussian_log_density
+from mivae.models.distributions import gaussian_log_density, importance_weights, iwae_bound, reparameterize
+from mivae.models.vae import VAE
 
 
-class MIWAE(nn.Module):
-    """An importance-weighted VAE for images of `image_shape` (H, W) with missing pixels.
+class MIWAE(VAE):
+    """An importance-weighted VAE for images of `image_shape` (H, W) with missing pixels: the VAE's encoder (of
+    mask-aware inputs) and decoder, trained on the importance-weighted bound of the observed pixels.
 
     `missingness` is None (MIWAE: missing at random is assumed) or "self-masking" (not-MIWAE).
     """
 
     def __init__(self, image_shape, hidden=(512, 512), latent=20, missingness=None, refine=0, holdout=0.3,
                  holdout_shape="pixels"):
-        super().__init__()
         if missingness not in (None, "self-masking"):
             raise ValueError(f"unknown missingness model {missingness!r}")
         if refine and missingness:
             raise ValueError("local refinement is for MIWAE and the masked ELBO, not for a missingness model")
         if holdout_shape not in ("pixels", "columns") or not 0 < holdout < 1:
             raise ValueError(f"holdout must be in (0, 1) and its shape pixels or columns; got {holdout}, {holdout_shape!r}")
-        self.image_shape, self.missingness = tuple(image_shape), missingness
-        pixels = math.prod(self.image_shape)
-        self.encoder = dense_stack([2 * pixels, *hidden])
-        self.to_mu = nn.Linear(hidden[-1], latent)
-        self.to_logvar = nn.Linear(hidden[-1], latent)
-        self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], pixels))
+        super().__init__(image_shape, hidden, latent, channels=2)
+        self.missingness = missingness
         if missingness == "self-masking":
             self.mask_scale = nn.Parameter(torch.zeros(self.image_shape))   # a_j
             self.mask_shift = nn.Parameter(torch.full(self.image_shape, 0.5))  # b_j
@@ -63,24 +59,11 @@ class MIWAE(nn.Module):
         self.refine = nn.Sequential(nn.Conv2d(3, refine, 5, padding=2), nn.ReLU(), nn.Conv2d(refine, refine, 3, padding=1),
                                     nn.ReLU(), nn.Conv2d(refine, 1, 3, padding=1)) if refine else None
 
-    def encode(self, inputs):
-        """Returns (mu, logvar), each (B, L), of q(z | x_obs, s) for mask-aware inputs (B, 2, H, W)."""
-        h = self.encoder(inputs.flatten(1))
-        return self.to_mu(h), self.to_logvar(h).clamp(-12.0, 12.0)  # bounded: exp never overflows
-
-    def decode_logits(self, z):
-        """Returns the Bernoulli logits (..., H, W) of p(x | z) for latents z (..., L)."""
-        return self.decoder(z).unflatten(-1, self.image_shape)
-
-    def decode(self, z):
-        """Returns the decoder's mean images (..., H, W) in [0, 1]."""
-        return torch.sigmoid(self.decode_logits(z))
-
     def sample_latents(self, inputs, samples, generator=None):
         """Returns z (K, B, L) drawn from q(z | x_obs, s), with mu and logvar (B, L)."""
         mu, logvar = self.encode(inputs)
         eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
+        return reparameterize(mu, logvar, eps=eps), mu, logvar
 
     def log_weights(self, inputs, samples, generator=None):
         """Returns (log w (K, B), decoder logits (K, B, H, W)) for mask-aware inputs (B, 2, H, W)."""
@@ -128,10 +111,6 @@ def complete(inputs, fill):
     return values * observed + fill * (1 - observed)
 
 
-def iwae_bound(log_w):
-    """Returns log (1/K) sum_k w_k per image (B,) from log weights (K, B)."""
-    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-
 
 def miwae_loss(model, inputs, targets=None, samples=5):
     """Returns the batch mean of the negative importance-weighted bound with K = `samples` (the masked ELBO for K = 1).
@@ -166,10 +145,6 @@ def hold_out(inputs, fraction, shape="pixels"):
     visible = (observed & ~held).to(inputs.dtype)
     return torch.stack([inputs[:, 0] * visible, visible], 1), held.to(inputs.dtype)
 
-
-def importance_weights(log_w):
-    """Returns the self-normalised importance weights (K, B): non-negative, summing to one over K."""
-    return torch.softmax(log_w, dim=0)
 
 
 @torch.no_grad()

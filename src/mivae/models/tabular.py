@@ -14,61 +14,46 @@ for K = 1). Noise comes in as tensors so that a caller can share it across rows 
 numbers make an imputation a fixed function of its row) or draw it anew for every row.
 """
 
-import math
 
 import torch
 from scipy import special
-from torch import nn
 from torch.nn import functional as F
 
-from mivae.models.vae import dense_stack, gaussian_log_density
+from mivae.models.distributions import gaussian_log_density, gaussian_log_prob, reparameterize, student_t_log_prob
+from mivae.models.vae import GaussianVAE
 
 LIKELIHOODS = ("gaussian", "student-t")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
 MIN_DF = 3.0      # the smallest degrees of freedom of a Student-t head: its variance stays finite
 
 
-def gaussian_log_prob(x, mean, scale):
-    """Returns log N(x; mean, scale^2), elementwise."""
-    return -0.5 * ((x - mean) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)
 
 
-def student_t_log_prob(x, mean, scale, df):
-    """Returns the log density of Student's t with `df` degrees of freedom, location `mean`, scale `scale`, elementwise."""
-    t = (x - mean) / scale
-    return (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi) - scale.log()
-            - (df + 1) / 2 * torch.log1p(t.pow(2) / df))
-
-
-class TabularVAE(nn.Module):
+class TabularVAE(GaussianVAE):
     """A mask-aware VAE over encoded rows with the given column `layout` of (kind, width) pairs."""
 
     def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian"):
-        super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}.")
-        self.layout, self.likelihood = tuple(layout), likelihood
-        kinds = [kind for kind, _ in self.layout]
-        self.n_continuous = kinds.count("continuous")
-        width = sum(w for _, w in self.layout)
+        layout = tuple(layout)
+        kinds = [kind for kind, _ in layout]
         # Which encoded slot belongs to which column, and where the continuous slots and categorical blocks sit.
-        column_of_slot = [j for j, (_, w) in enumerate(self.layout) for _ in range(w)]
-        starts = [sum(w for _, w in self.layout[:j]) for j in range(len(self.layout))]
+        column_of_slot = [j for j, (_, w) in enumerate(layout) for _ in range(w)]
+        starts = [sum(w for _, w in layout[:j]) for j in range(len(layout))]
+        blocks = [(j, s, w) for j, (s, (kind, w)) in enumerate(zip(starts, layout)) if kind == "categorical"]
+        heads = (3 if likelihood == "student-t" else 2) * kinds.count("continuous") + sum(w for _, _, w in blocks)
+        super().__init__(len(column_of_slot) + len(layout), hidden, latent, heads)   # values and the observed mask
+        self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
+        self.n_continuous = kinds.count("continuous")
+        self.continuous_columns = [j for j, kind in enumerate(kinds) if kind == "continuous"]
         self.register_buffer("column_of_slot", torch.tensor(column_of_slot, dtype=torch.long), persistent=False)
         self.register_buffer("continuous_slots", torch.tensor(
-            [s for s, (kind, _) in zip(starts, self.layout) if kind == "continuous"], dtype=torch.long), persistent=False)
-        self.blocks = [(j, s, w) for j, (s, (kind, w)) in enumerate(zip(starts, self.layout)) if kind == "categorical"]
-        self.continuous_columns = [j for j, kind in enumerate(kinds) if kind == "continuous"]
-        heads = (3 if likelihood == "student-t" else 2) * self.n_continuous + sum(w for _, _, w in self.blocks)
-        self.encoder = dense_stack([width + len(self.layout), *hidden])
-        self.to_mu = nn.Linear(hidden[-1], latent)
-        self.to_logvar = nn.Linear(hidden[-1], latent)
-        self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], heads))
+            [s for s, (kind, _) in zip(starts, layout) if kind == "continuous"], dtype=torch.long), persistent=False)
 
     def encode(self, values, observed):
-        """Returns (mu, logvar), each (B, L), of q(z | x_obs, s)."""
-        h = self.encoder(torch.cat([values * observed[:, self.column_of_slot], observed], dim=1))
-        return self.to_mu(h).float(), self.to_logvar(h).float().clamp(-12.0, 12.0)  # bounded: exp never overflows
+        """Returns (mu, logvar), each (B, L) float32, of q(z | x_obs, s)."""
+        mu, logvar = self.posterior(torch.cat([values * observed[:, self.column_of_slot], observed], dim=1))
+        return mu.float(), logvar.float()
 
     def decode(self, z):
         """Returns the decoder's parameters for latents z (..., L): a dict of mean, scale, df (..., continuous)
@@ -105,7 +90,7 @@ class TabularVAE(nn.Module):
     def log_weights(self, values, observed, eps):
         """Returns (log w (K, B), decoder params) for standard normal noise eps (K, B or 1, L)."""
         mu, logvar = self.encode(values, observed)
-        z = mu + torch.exp(0.5 * logvar) * eps                                    # (K, B, L)
+        z = reparameterize(mu, logvar, eps=eps)                                   # (K, B, L)
         params = self.decode(z)
         # log q(z | x) = log N(eps; 0, I) - sum(logvar) / 2 at z = mu + sigma * eps: the same value and gradients as
         # the density of z, in fewer passes over (K, B, L)

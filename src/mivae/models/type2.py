@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from mivae.models.vae import reparameterize
+from mivae.models.distributions import reparameterize
 
 
 class VAEClassifier(nn.Module):

@@ -47,6 +47,7 @@ from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision
 from mivae.models import classifier_kind
+from mivae.models.distributions import reparameterize
 from mivae.images.pipeline import evaluate_run, train_model
 from mivae.images.problem import make_problem
 from mivae.images.runs import load_run, save_run, write_json
@@ -653,7 +654,7 @@ def hard_image(run, problem, seed, candidates=500, n=16):
     x = problem.test.x[:candidates].to(device)
     mu, logvar = model.vae.encode(x)
     eps = torch.randn((len(x), n, mu.shape[1]), generator=generator).to(device)  # the same draws on every device
-    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
+    z = reparameterize(mu[:, None], logvar[:, None], eps=eps)                    # (N, n, L)
     images = model.vae.decode(z.flatten(0, 1))
     predicted = model.classifier(images).argmax(1).view(len(x), n)
     counts = torch.stack([torch.bincount(row, minlength=run.n_classes) for row in predicted]).double()

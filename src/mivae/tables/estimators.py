@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from mivae.config import TrainConfig
 from mivae.errors import InputError, MivaeError
 from mivae.hardware import bf16_supported, cores, resolve_device, resolve_precision, torch_threads
-from mivae.models.miwae import importance_weights, iwae_bound
+from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
 from mivae.models.tabular import LIKELIHOODS, TabularVAE
 from mivae.tables.schema import Schema, infer_kinds
 from mivae.training import adam, fit
@@ -427,7 +427,7 @@ class VAEImputer(_TabularImputer):
     def _draw(self, values, observed, imputations, generator, shared):
         model = self.model_
         mu, logvar = model.encode(values, observed)
-        z = mu + torch.exp(0.5 * logvar) * self._noise((imputations, self.latent_), len(values), generator, shared)
+        z = reparameterize(mu, logvar, eps=self._noise((imputations, self.latent_), len(values), generator, shared))
         draws = model.draw(model.decode(z), *self._observation_noise(imputations, len(values), generator, shared))
         keep = self._observed_slots(observed)
         return values * keep + draws * (1 - keep)                     # (M, B, W)

@@ -1,0 +1,60 @@
+"""The distributions every model here shares: the diagonal Gaussian latent and its reparameterisation, the
+densities of the decoders' heads, and the importance-weighted bound with its self-normalised weights.
+
+Log densities come in two forms: `gaussian_log_density` of a latent vector (summed over its last dimension,
+parametrised by the log variance, as an encoder gives it) and `gaussian_log_prob` of each entry of a table row
+(elementwise, parametrised by the scale, as a decoder head gives it).
+"""
+
+import math
+
+import torch
+
+LOGVAR_BOUND = 12.0   # |log variance| of a latent at most this: exp(logvar) never overflows, even in bf16
+
+
+def bounded_logvar(logvar):
+    """Returns the log variance clamped to [-LOGVAR_BOUND, LOGVAR_BOUND]."""
+    return logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+
+
+def reparameterize(mu, logvar, generator=None, eps=None):
+    """Returns z = mu + sigma * eps (thesis §2.2.2), with eps ~ N(0, I) drawn here unless given (broadcast to mu)."""
+    if eps is None:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_log_density(z, mu=None, logvar=None):
+    """Returns log N(z; mu, diag(exp(logvar))) summed over the last dimension (the standard normal by default)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def kl_divergence(mu, logvar):
+    """Returns KL(N(mu, sigma) || N(0, I)) per row (B,) (thesis eq. 2.9)."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
+def gaussian_log_prob(x, mean, scale):
+    """Returns log N(x; mean, scale^2), elementwise."""
+    return -0.5 * ((x - mean) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)
+
+
+def student_t_log_prob(x, mean, scale, df):
+    """Returns the log density of Student's t with `df` degrees of freedom, location `mean`, scale `scale`, elementwise."""
+    t = (x - mean) / scale
+    return (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi) - scale.log()
+            - (df + 1) / 2 * torch.log1p(t.pow(2) / df))
+
+
+def iwae_bound(log_w):
+    """Returns log (1/K) sum_k w_k per row (B,) from log weights (K, B): the importance-weighted bound (Burda et
+    al. 2016), the ELBO for K = 1."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def importance_weights(log_w):
+    """Returns the self-normalised importance weights (K, B): non-negative, summing to one over K."""
+    return torch.softmax(log_w, dim=0)
