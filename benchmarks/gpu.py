@@ -34,17 +34,29 @@ BUDGET = 600  # seconds: the whole check on one GPU
 
 def _settings(dry_run):
     if dry_run:
-        return {"device": "cpu", "data": ["--dataset", "digits", "--limit", "96"], "samples": "1,5",
-                "bench": ["--smoke", "--threads", "1"], "study": ["--limit", "48", "--thesis-only"], "rows": 300}
-    return {"device": "cuda", "data": ["--dataset", "mnist"], "samples": "1,10,100", "bench": [], "study": [],
-            "rows": 20_000}
+        return {
+            "device": "cpu",
+            "data": ["--dataset", "digits", "--limit", "96"],
+            "samples": "1,5",
+            "bench": ["--smoke", "--threads", "1"],
+            "study": ["--limit", "48", "--thesis-only"],
+            "rows": 300,
+        }
+    return {
+        "device": "cuda",
+        "data": ["--dataset", "mnist"],
+        "samples": "1,10,100",
+        "bench": [],
+        "study": [],
+        "rows": 20_000,
+    }
 
 
 def _mnist_at_hand():
     """Returns None if MNIST is on this machine (from $MIVAE_DATA_DIR or the user cache), else why not: a machine
     lent for a GPU check may have no network, and each of the eleven trainings would try to download it."""
-    from mivae.images.data import load_splits
     from mivae.errors import MivaeError
+    from mivae.images.data import load_splits
 
     try:
         load_splits("mnist", download=False)
@@ -136,16 +148,30 @@ def benchmark(out, settings, dry_run):
         raise AssertionError(f"benchmarks/run.py exited with status {code}.")
     figures = json.loads(results.read_text())
     fractions = {name: row["fraction_of_peak"] for name, row in figures["training_epoch"].items()}
-    return (f"peak {figures['peak_gflops']['used']:,.0f} GFLOP/s; epochs at "
-            + ", ".join(f"{name} {f:.0%}" for name, f in fractions.items()) + " of it")
+    return (
+        f"peak {figures['peak_gflops']['used']:,.0f} GFLOP/s; epochs at "
+        + ", ".join(f"{name} {f:.0%}" for name, f in fractions.items())
+        + " of it"
+    )
 
 
 def smoke_study(out, settings):
     """Step 6: the smoke study, trained and evaluated on the device, and its report."""
     from mivae.cli import main as mivae
 
-    _call(mivae, ["reproduce", "--preset", "smoke", "--device", settings["device"], "--out", str(out / "study"),
-                  *settings["study"]])
+    _call(
+        mivae,
+        [
+            "reproduce",
+            "--preset",
+            "smoke",
+            "--device",
+            settings["device"],
+            "--out",
+            str(out / "study"),
+            *settings["study"],
+        ],
+    )
     report = out / "study" / "report" / "report.md"
     if not report.exists():
         raise AssertionError(f"the smoke study wrote no report at {report}.")
@@ -170,12 +196,14 @@ def run(out, dry_run=False):
     if missing:  # the image steps then check the device on the digits that ship with scikit-learn
         print(f"MNIST is not on this machine ({missing}); the image steps use scikit-learn's digits instead.")
         settings["data"] = ["--dataset", "digits"]
-    steps = [("device", lambda: check_device(settings["device"])),
-             ("train every kind, one epoch", lambda: train_every_kind(out / "runs", settings)),
-             ("multiple imputation", lambda: multiple_imputation(out / "runs", settings)),
-             ("tabular estimators", lambda: estimators(settings)),
-             ("benchmark suite", lambda: benchmark(out, settings, dry_run)),
-             ("smoke study", lambda: smoke_study(out, settings))]
+    steps = [
+        ("device", lambda: check_device(settings["device"])),
+        ("train every kind, one epoch", lambda: train_every_kind(out / "runs", settings)),
+        ("multiple imputation", lambda: multiple_imputation(out / "runs", settings)),
+        ("tabular estimators", lambda: estimators(settings)),
+        ("benchmark suite", lambda: benchmark(out, settings, dry_run)),
+        ("smoke study", lambda: smoke_study(out, settings)),
+    ]
     rows, started = [], time.monotonic()
     for name, step in steps:
         start = time.monotonic()
@@ -185,25 +213,32 @@ def run(out, dry_run=False):
             reason = str(error) or type(error).__name__
             rows.append({"step": name, "ok": False, "detail": reason, "traceback": traceback.format_exc()})
         rows[-1]["seconds"] = round(time.monotonic() - start, 1)
-        print(f"{'ok    ' if rows[-1]['ok'] else 'FAILED'} {name} ({rows[-1]['seconds']:.0f} s): {rows[-1]['detail']}",
-              flush=True)
+        print(
+            f"{'ok    ' if rows[-1]['ok'] else 'FAILED'} {name} ({rows[-1]['seconds']:.0f} s): {rows[-1]['detail']}",
+            flush=True,
+        )
     total = time.monotonic() - started
     within = dry_run or total <= BUDGET
-    rows.append({"step": f"all of it within {BUDGET} s", "ok": within, "detail": f"{total:.0f} s",
-                 "seconds": round(total, 1)})
+    rows.append(
+        {"step": f"all of it within {BUDGET} s", "ok": within, "detail": f"{total:.0f} s", "seconds": round(total, 1)}
+    )
     (out / "gpu-check.json").write_text(json.dumps({"dry_run": dry_run, "steps": rows}, indent=2) + "\n")
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU, small: checks they would run")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same steps on the CPU, small: checks they would run"
+    )
     parser.add_argument("--out", default=str(ROOT / "out" / "gpu-check"), help="folder for the runs and the results")
     args = parser.parse_args(argv)
     rows = run(Path(args.out), args.dry_run)
     failed = [row["step"] for row in rows if not row["ok"]]
-    print(f"gpu check{' (dry run, on the CPU)' if args.dry_run else ''}: "
-          + (f"FAILED: {', '.join(failed)}" if failed else f"every step worked in {rows[-1]['seconds']:.0f} s"))
+    print(
+        f"gpu check{' (dry run, on the CPU)' if args.dry_run else ''}: "
+        + (f"FAILED: {', '.join(failed)}" if failed else f"every step worked in {rows[-1]['seconds']:.0f} s")
+    )
     return 1 if failed else 0
 
 

@@ -40,25 +40,32 @@ import numpy as np
 import torch
 
 from mivae.artifacts import atomic_path
-from mivae.images.baselines import fit_imputer, impute_part
 from mivae.config import DataConfig, MLPConfig, TrainConfig
-from mivae.images.figures import image_grid
 from mivae.hardware import resolve_precision
+from mivae.images.baselines import fit_imputer, impute_part
+from mivae.images.figures import image_grid
 from mivae.images.imputation import predict_proba, rmse_on_missing
-from mivae.models.miwae import MIWAE, impute_importance, impute_multiple, miwae_loss
 from mivae.images.pipeline import train_model
 from mivae.images.problem import make_problem
 from mivae.images.runs import load_run, save_run
+from mivae.models.miwae import MIWAE, impute_importance, impute_multiple, miwae_loss
 from mivae.training import adam, fit
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {f"{m[0]}{m[1]}{round(100 * lv)}": (method, lv) for method, m in (("random-pixels", "rp"),
-            ("vertical-lines", "vl")) for lv in (0.5, 0.7, 0.9)}
-MIVAE = {"masked-elbo": {"samples": 1}, "miwae": {"samples": 5}, "not-miwae": {"samples": 5, "missingness": "self-masking"},
-         "refined-miwae": {"samples": 3, "refine": 16, "epochs": 10}}   # K, and the model's options; 20 epochs unless said
+SETTINGS = {
+    f"{m[0]}{m[1]}{round(100 * lv)}": (method, lv)
+    for method, m in (("random-pixels", "rp"), ("vertical-lines", "vl"))
+    for lv in (0.5, 0.7, 0.9)
+}
+MIVAE = {
+    "masked-elbo": {"samples": 1},
+    "miwae": {"samples": 5},
+    "not-miwae": {"samples": 5, "missingness": "self-masking"},
+    "refined-miwae": {"samples": 3, "refine": 16, "epochs": 10},
+}  # K, and the model's options; 20 epochs unless said
 BASELINES = ("mean", "knn", "iterative")
-PROPOSALS = 20      # proposals per image for importance-sampling imputation
-IMPUTATIONS = 10    # draws averaged by "mean of 10"
+PROPOSALS = 20  # proposals per image for importance-sampling imputation
+IMPUTATIONS = 10  # draws averaged by "mean of 10"
 TARGETS = {"rmse": 0.110, "accuracy": 0.975, "seconds": 30.0}  # Random Pixels 50 %, the best mivae imputer
 
 
@@ -81,8 +88,14 @@ def fit_mivae(name, part, epochs, holdout_shape, seed=0):
     torch.manual_seed(seed)
     model = MIWAE(tuple(part.clean.shape[1:]), holdout_shape=holdout_shape, **options)
     inputs = part.inputs(with_mask=True)
-    fit(model, adam(model, 1e-3), partial(miwae_loss, samples=samples), inputs, inputs,
-        TrainConfig(epochs=epochs or own_epochs, batch_size=128, seed=seed))
+    fit(
+        model,
+        adam(model, 1e-3),
+        partial(miwae_loss, samples=samples),
+        inputs,
+        inputs,
+        TrainConfig(epochs=epochs or own_epochs, batch_size=128, seed=seed),
+    )
     return model
 
 
@@ -93,8 +106,10 @@ def impute_mivae(model, part, seed=0, batch=500):
     generator = torch.Generator().manual_seed(seed)
     inputs = part.inputs(with_mask=True)
     low_precision = resolve_precision("auto", inputs.device) == torch.bfloat16
-    methods = {"single": lambda x: impute_importance(model, x, PROPOSALS, generator),
-               "mean of 10": lambda x: impute_multiple(model, x, IMPUTATIONS, PROPOSALS, generator).mean(0)}
+    methods = {
+        "single": lambda x: impute_importance(model, x, PROPOSALS, generator),
+        "mean of 10": lambda x: impute_multiple(model, x, IMPUTATIONS, PROPOSALS, generator).mean(0),
+    }
     outputs = {}
     for variant, method in methods.items():
         start = time.perf_counter()
@@ -113,11 +128,15 @@ def score(classifier, imputed, part):
 def run_setting(name, args, classifier, rows, save, examples):
     """Fits and scores every imputer on one setting not scored yet; appends to `rows` as each finishes."""
     method, level = SETTINGS[name]
-    problem = make_problem(DataConfig(dataset="digits" if args.quick else "mnist", method=method, level=level, seed=0),
-                           args.data_dir)
+    problem = make_problem(
+        DataConfig(dataset="digits" if args.quick else "mnist", method=method, level=level, seed=0), args.data_dir
+    )
     n_fit, n_test = (500, 200) if args.quick else (10_000, 10_000)
     fit_part, test = _head(problem.train, n_fit), _head(problem.test, n_test)
-    examples[name] = {"clean": test.clean[0].numpy(), "corrupted": torch.where(test.mask[0], 0.5, test.clean[0]).numpy()}
+    examples[name] = {
+        "clean": test.clean[0].numpy(),
+        "corrupted": torch.where(test.mask[0], 0.5, test.clean[0]).numpy(),
+    }
     done = {r["imputer"] for r in rows if r["setting"] == name}
     for imputer in args.imputers:
         if imputer in done:
@@ -137,13 +156,30 @@ def run_setting(name, args, classifier, rows, save, examples):
             outputs = {"single": (imputed, time.perf_counter() - start)}
         for variant, (imputed, transform_s) in outputs.items():
             rmse, acc = score(classifier, imputed, part)
-            rows.append({"setting": name, "imputer": imputer, "variant": variant, "rmse": rmse, "accuracy": acc,
-                         "fit_s": fit_s, "transform_s": transform_s, "test_images": len(part),
-                         "fit_images": len(fit_part), "missing": float(part.mask.float().mean()),
-                         "threads": torch.get_num_threads(), "made_by": args.command, "date": date.today().isoformat(),
-                         "example": np.round(imputed[0].numpy(), 3).tolist()})   # test image 0, for the figure
-            print(f"{name} {imputer:13s} {variant:10s} rmse {rmse:.4f} acc {acc:.4f} fit {fit_s:.1f}s "
-                  f"transform {transform_s:.1f}s", file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "setting": name,
+                    "imputer": imputer,
+                    "variant": variant,
+                    "rmse": rmse,
+                    "accuracy": acc,
+                    "fit_s": fit_s,
+                    "transform_s": transform_s,
+                    "test_images": len(part),
+                    "fit_images": len(fit_part),
+                    "missing": float(part.mask.float().mean()),
+                    "threads": torch.get_num_threads(),
+                    "made_by": args.command,
+                    "date": date.today().isoformat(),
+                    "example": np.round(imputed[0].numpy(), 3).tolist(),
+                }
+            )  # test image 0, for the figure
+            print(
+                f"{name} {imputer:13s} {variant:10s} rmse {rmse:.4f} acc {acc:.4f} fit {fit_s:.1f}s "
+                f"transform {transform_s:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         save()
 
 
@@ -153,12 +189,17 @@ def _head(part, n):
 
 def table(rows):
     """Returns the Markdown results table, one row per (setting, imputer, variant)."""
-    lines = ["| setting | imputer | imputation | RMSE on missing pixels | downstream accuracy | fit s | transform s |"
-             " threads | test images |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | imputer | imputation | RMSE on missing pixels | downstream accuracy | fit s | transform s |"
+        " threads | test images |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['setting'].upper()} | {r['imputer']} | {r['variant']} | {r['rmse']:.4f} | "
-                     f"{r['accuracy']:.4f} | {r['fit_s']:.1f} | {r['transform_s']:.1f} | {r.get('threads', 2)} | "
-                     f"{r['test_images']:,} |")
+        lines.append(
+            f"| {r['setting'].upper()} | {r['imputer']} | {r['variant']} | {r['rmse']:.4f} | "
+            f"{r['accuracy']:.4f} | {r['fit_s']:.1f} | {r['transform_s']:.1f} | {r.get('threads', 2)} | "
+            f"{r['test_images']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,15 +208,26 @@ def targets(rows):
     lines = []
     mine = [r for r in rows if r["imputer"] in MIVAE]
     rp50 = [r for r in mine if r["setting"] == "rp50"]
-    if rp50:   # the three targets hold for one imputer: the one with the best RMSE
+    if rp50:  # the three targets hold for one imputer: the one with the best RMSE
         best = min(rp50, key=lambda r: r["rmse"])
         name, seconds = f"{best['imputer']}, {best['variant']}", best["fit_s"] + best["transform_s"]
-        lines += [_verdict("RP50: the best mivae imputer's RMSE <= 0.110", best["rmse"] <= TARGETS["rmse"],
-                           f"{best['rmse']:.4f} ({name})"),
-                  _verdict("RP50: its downstream accuracy >= 0.975", best["accuracy"] >= TARGETS["accuracy"],
-                           f"{best['accuracy']:.4f}"),
-                  _verdict("RP50: its fit + transform under 30 s", seconds < TARGETS["seconds"],
-                           f"{seconds:.1f} s on {best.get('threads', 2)} threads")]
+        lines += [
+            _verdict(
+                "RP50: the best mivae imputer's RMSE <= 0.110",
+                best["rmse"] <= TARGETS["rmse"],
+                f"{best['rmse']:.4f} ({name})",
+            ),
+            _verdict(
+                "RP50: its downstream accuracy >= 0.975",
+                best["accuracy"] >= TARGETS["accuracy"],
+                f"{best['accuracy']:.4f}",
+            ),
+            _verdict(
+                "RP50: its fit + transform under 30 s",
+                seconds < TARGETS["seconds"],
+                f"{seconds:.1f} s on {best.get('threads', 2)} threads",
+            ),
+        ]
     for setting in SETTINGS:
         if setting == "rp50":
             continue
@@ -185,10 +237,15 @@ def targets(rows):
             continue
         b_rmse, b_acc = min(r["rmse"] for r in base), max(r["accuracy"] for r in base)
         winners = [r for r in ours if r["rmse"] < b_rmse and r["accuracy"] > b_acc]
-        best = min(winners or ours, key=lambda r: r["rmse"])   # one imputer must win on both
-        lines.append(_verdict(f"{setting.upper()}: the best mivae imputer beats every baseline on RMSE and accuracy",
-                              bool(winners), f"{best['imputer']} ({best['variant']}): RMSE {best['rmse']:.4f} against "
-                              f"{b_rmse:.4f}, accuracy {best['accuracy']:.4f} against {b_acc:.4f}"))
+        best = min(winners or ours, key=lambda r: r["rmse"])  # one imputer must win on both
+        lines.append(
+            _verdict(
+                f"{setting.upper()}: the best mivae imputer beats every baseline on RMSE and accuracy",
+                bool(winners),
+                f"{best['imputer']} ({best['variant']}): RMSE {best['rmse']:.4f} against "
+                f"{b_rmse:.4f}, accuracy {best['accuracy']:.4f} against {b_acc:.4f}",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -201,7 +258,9 @@ def provenance(rows):
     made = {}
     for r in rows:
         made.setdefault((r.get("made_by", "python benchmarks/impute.py"), r.get("date", "")), set()).add(r["imputer"])
-    return "\n".join(f"- `{command}` on {day}: {', '.join(sorted(imputers))}" for (command, day), imputers in made.items())
+    return "\n".join(
+        f"- `{command}` on {day}: {', '.join(sorted(imputers))}" for (command, day), imputers in made.items()
+    )
 
 
 def figure(examples, rows, path):
@@ -211,9 +270,15 @@ def figure(examples, rows, path):
     grid = []
     for setting in SETTINGS:
         if setting in examples:
-            single = {r["imputer"]: np.array(r["example"]) for r in rows if r["setting"] == setting and r["variant"] == "single"}
+            single = {
+                r["imputer"]: np.array(r["example"])
+                for r in rows
+                if r["setting"] == setting and r["variant"] == "single"
+            }
             blank = np.zeros_like(examples[setting]["clean"])
-            grid.append([examples[setting]["clean"], examples[setting]["corrupted"], *(single.get(i, blank) for i in imputers)])
+            grid.append(
+                [examples[setting]["clean"], examples[setting]["corrupted"], *(single.get(i, blank) for i in imputers)]
+            )
     image_grid(grid, ["original", "corrupted", *imputers], path)
 
 
@@ -221,9 +286,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, 500 fit and 200 test images, 2 epochs: seconds")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: " + ", ".join(SETTINGS))
-    parser.add_argument("--imputers", default=",".join([*MIVAE, *BASELINES]),
-                        help="comma-separated: " + ", ".join([*MIVAE, *BASELINES]))
-    parser.add_argument("--epochs", type=int, help="training epochs of mivae's imputers (default: 20, refined-miwae 10; --quick 2)")
+    parser.add_argument(
+        "--imputers", default=",".join([*MIVAE, *BASELINES]), help="comma-separated: " + ", ".join([*MIVAE, *BASELINES])
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="training epochs of mivae's imputers (default: 20, refined-miwae 10; --quick 2)"
+    )
     parser.add_argument("--knn-test", type=int, help="KNNImputer on only the first N test images (it is slow)")
     parser.add_argument("--data-dir", help="folder holding MNIST (default: $MIVAE_DATA_DIR, then the user cache)")
     parser.add_argument("--out", help="folder for the table, figure and results (default: docs/imputation-benchmark/)")
@@ -252,7 +320,9 @@ def main(argv=None):
     examples = {}
     for name in names:
         run_setting(name, args, classifier, rows, save, examples)
-    rows.sort(key=lambda r: (list(SETTINGS).index(r["setting"]), [*MIVAE, *BASELINES].index(r["imputer"]), r["variant"]))
+    rows.sort(
+        key=lambda r: (list(SETTINGS).index(r["setting"]), [*MIVAE, *BASELINES].index(r["imputer"]), r["variant"])
+    )
     save()
     figure(examples, rows, out / "examples.png")
     elsewhere = any("--out" in r.get("made_by", "") for r in rows) and not args.out
@@ -264,9 +334,9 @@ Made by these runs (a rerun reuses the rows already made{copied}):
 {provenance(rows)}
 
 Protocol in
-`benchmarks/impute.py`: imputers fitted on the first {rows[0]['fit_images']:,} corrupted training images, applied to
+`benchmarks/impute.py`: imputers fitted on the first {rows[0]["fit_images"]:,} corrupted training images, applied to
 the corrupted test images; the downstream classifier is one 784-512-512-10 MLP trained on clean images
-(test accuracy on clean images {classifier.metrics['test_accuracy']:.4f}). mivae's imputers train for
+(test accuracy on clean images {classifier.metrics["test_accuracy"]:.4f}). mivae's imputers train for
 {f"{args.epochs} epochs" if args.epochs else "20 epochs, refined-miwae for 10"}, with batch 128, Adam 1e-3, a 512-512 encoder and
 decoder and latent 20 (refined-miwae adds a three-layer convolutional refinement of 16 channels), and impute
 from 20 importance-sampled proposals in bf16; each variant's transform is timed on its own. Times are wall seconds on the torch

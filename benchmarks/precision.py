@@ -37,8 +37,11 @@ def compare(name, predict, y):
         row[f"{label}_seconds"] = time.perf_counter() - start
     test = paired_test(predictions[torch.bfloat16], predictions[torch.float32], y)
     row.update(differing_images=test.n_differ, z_bf16_vs_float32=test.z, mcnemar_p=test.mcnemar_p)
-    print(f"{name}: float32 {row['float32_accuracy']:.4f}  bf16 {row['bfloat16_accuracy']:.4f}  "
-          f"differ on {test.n_differ}  z {test.z:+.2f}", flush=True)
+    print(
+        f"{name}: float32 {row['float32_accuracy']:.4f}  bf16 {row['bfloat16_accuracy']:.4f}  "
+        f"differ on {test.n_differ}  z {test.z:+.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -58,13 +61,34 @@ def main(argv=None):
         y = test.y.numpy()
         aware = ", mask-aware" if with_mask and "+" not in run.kind else ""
         label = f"{run.kind}{aware} ({run.data.method} {run.data.level:.0%})"
-        rows.append(compare(f"{label}, single" if "+" in run.kind else label,   # a Type 2 model's single imputation
-                            lambda dtype: predict_proba(run.model, x, dtype=dtype).argmax(1).numpy(), y))
+        rows.append(
+            compare(
+                f"{label}, single" if "+" in run.kind else label,  # a Type 2 model's single imputation
+                lambda dtype: predict_proba(run.model, x, dtype=dtype).argmax(1).numpy(),
+                y,
+            )
+        )
         if run.kind.startswith("vae+"):
-            rows.append(compare(f"{label}, M={args.samples}", lambda dtype: multiple_imputation(
-                run.model, x, test.y, args.samples, seed=0, dtype=dtype).predictions[args.samples].numpy(), y))
-    write_json(args.out, {"bf16_native": bf16_supported("cpu"), "test_images": len(y), "rows": rows,
-                          "command": "python benchmarks/precision.py " + " ".join(argv or sys.argv[1:])})
+            rows.append(
+                compare(
+                    f"{label}, M={args.samples}",
+                    lambda dtype: (
+                        multiple_imputation(run.model, x, test.y, args.samples, seed=0, dtype=dtype)
+                        .predictions[args.samples]
+                        .numpy()
+                    ),
+                    y,
+                )
+            )
+    write_json(
+        args.out,
+        {
+            "bf16_native": bf16_supported("cpu"),
+            "test_images": len(y),
+            "rows": rows,
+            "command": "python benchmarks/precision.py " + " ".join(argv or sys.argv[1:]),
+        },
+    )
     return 0
 
 

@@ -17,23 +17,30 @@ import json
 import runpy
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mivae.artifacts import atomic_path
-from mivae.tables.estimators import MIWAEImputer
 from mivae.hardware import bf16_supported, cores
 from mivae.images.runs import write_json
+from mivae.tables.estimators import MIWAEImputer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = runpy.run_path(str(ROOT / "benchmarks" / "run.py"))  # its machine titles and BENCHMARKS.md's sections
 RESULTS = ROOT / "benchmarks" / "scale.json"
 # MIWAEImputer's defaults before the budget of gradient steps: up to 500 epochs of batches of 64, one thread, fp32.
-EARLIER = {"max_epochs": 500, "patience": 50, "batch_size": 64, "lr": 1e-3, "threads": 1, "precision": "fp32",
-           "max_steps": None}
+EARLIER = {
+    "max_epochs": 500,
+    "patience": 50,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "threads": 1,
+    "precision": "fp32",
+    "max_steps": None,
+}
 
 
 def make_table(rows, columns=20, factors=4, missing=0.2, seed=0):
@@ -63,13 +70,20 @@ def measure(rows, settings, seed=0):
     missing = np.isnan(incomplete)
     history = imputer.history_
     return {
-        "rows": rows, "settings": settings, "seed": seed,
-        "fit_seconds": round(fitted - start, 1), "transform_seconds": round(done - fitted, 1),
+        "rows": rows,
+        "settings": settings,
+        "seed": seed,
+        "fit_seconds": round(fitted - start, 1),
+        "transform_seconds": round(done - fitted, 1),
         "seconds": round(done - start, 1),
-        "epochs": len(history.train_loss), "steps": imputer.steps_,
-        "batch_size": imputer.batch_size_, "threads": imputer.threads_, "lr": imputer.lr_, "precision": imputer.precision_,
+        "epochs": len(history.train_loss),
+        "steps": imputer.steps_,
+        "batch_size": imputer.batch_size_,
+        "threads": imputer.threads_,
+        "lr": imputer.lr_,
+        "precision": imputer.precision_,
         "rmse": float(np.sqrt(np.mean((completed[missing] - complete[missing]) ** 2))),
-        "mean_rmse": float(np.sqrt(np.mean(complete[missing] ** 2))),   # the column mean is 0 after standardising
+        "mean_rmse": float(np.sqrt(np.mean(complete[missing] ** 2))),  # the column mean is 0 after standardising
     }
 
 
@@ -86,8 +100,11 @@ def main(argv=None):
     parser.add_argument("--earlier", action="store_true", help="the defaults before the budget of gradient steps")
     parser.add_argument("--max-steps", type=int, help="the defaults, but this budget of gradient steps")
     parser.add_argument("--quick", action="store_true", help="2,000 rows, a short budget: seconds")
-    parser.add_argument("--out", help="JSON results, merged by rows and settings (default: benchmarks/scale.json; "
-                        "with --quick, out/scale-quick.json)")
+    parser.add_argument(
+        "--out",
+        help="JSON results, merged by rows and settings (default: benchmarks/scale.json; "
+        "with --quick, out/scale-quick.json)",
+    )
     args = parser.parse_args(argv)
     command = " ".join(["python benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)])
     args.out = args.out or str(ROOT / "out" / "scale-quick.json" if args.quick else RESULTS)
@@ -102,10 +119,18 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(out.read_text())["rows"] if out.exists() else []
     for rows in sizes:
-        row = {**measure(rows, settings), "label": label, "machine": _machine(), "command": command,
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        print(f"{rows:>9,} rows, {label}: fit {row['fit_seconds']} s, transform {row['transform_seconds']} s, "
-              f"RMSE {row['rmse']:.4f} (column mean {row['mean_rmse']:.4f})", flush=True)
+        row = {
+            **measure(rows, settings),
+            "label": label,
+            "machine": _machine(),
+            "command": command,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        print(
+            f"{rows:>9,} rows, {label}: fit {row['fit_seconds']} s, transform {row['transform_seconds']} s, "
+            f"RMSE {row['rmse']:.4f} (column mean {row['mean_rmse']:.4f})",
+            flush=True,
+        )
         kept = [r for r in kept if (r["rows"], r["label"]) != (rows, label)] + [row]
         write_json(out, {"rows": kept})
     if out == RESULTS:  # the repository's results: its BENCHMARKS.md shows them

@@ -35,8 +35,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mivae.tables.amputation import ampute, rmse_missing
 from mivae.artifacts import atomic_path
+from mivae.tables.amputation import ampute, rmse_missing
 from mivae.tables.estimators import MIWAEImputer, VAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def run_one(name, load, mechanism, rate, seed, quick):
     mask = ampute(X, rate, mechanism, seed=seed)
     train, test = train_test_split(np.arange(len(X)), test_size=0.3, stratify=y, random_state=seed)
     incomplete = np.where(mask, np.nan, X)
-    scale = np.where(X[train].std(0) > 0, X[train].std(0), 1.0)   # digits has blank border pixels
+    scale = np.where(X[train].std(0) > 0, X[train].std(0), 1.0)  # digits has blank border pixels
     rows = []
     for method, imputer in imputers(quick, seed).items():
         start = time.perf_counter()
@@ -106,24 +106,43 @@ def run_one(name, load, mechanism, rate, seed, quick):
         filled_train, filled_test = imputer.transform(incomplete[train]), imputer.transform(incomplete[test])
         done = time.perf_counter()
         accuracy = float(classifier().fit(filled_train, y[train]).score(filled_test, y[test]))
-        row = {"dataset": name, "mechanism": mechanism, "rate": rate, "seed": seed, "method": method,
-               "missing": float(mask.mean()), "rmse": rmse_missing(X[test], filled_test, mask[test], scale),
-               "accuracy": accuracy, "fit_s": fitted - start, "transform_s": done - fitted}
+        row = {
+            "dataset": name,
+            "mechanism": mechanism,
+            "rate": rate,
+            "seed": seed,
+            "method": method,
+            "missing": float(mask.mean()),
+            "rmse": rmse_missing(X[test], filled_test, mask[test], scale),
+            "accuracy": accuracy,
+            "fit_s": fitted - start,
+            "transform_s": done - fitted,
+        }
         if method.startswith("mivae"):
-            row["accuracy_multiple"] = multiple_accuracy(imputer, incomplete[train], y[train], incomplete[test], y[test])
+            row["accuracy_multiple"] = multiple_accuracy(
+                imputer, incomplete[train], y[train], incomplete[test], y[test]
+            )
             row["epochs"] = len(imputer.history_.train_loss)
         rows.append(row)
-        print(f"{name:14s} {mechanism} {rate:.0%} seed {seed} {method:12s} rmse {row['rmse']:.4f} "
-              f"acc {accuracy:.4f} fit {row['fit_s']:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"{name:14s} {mechanism} {rate:.0%} seed {seed} {method:12s} rmse {row['rmse']:.4f} "
+            f"acc {accuracy:.4f} fit {row['fit_s']:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
 def summarise(rows):
     """Returns the Markdown table: mean (sd) over seeds of every score, per dataset, setting and method."""
-    keys = sorted({(r["dataset"], r["mechanism"], r["rate"]) for r in rows}, key=lambda k: (k[0], k[1] != "mcar", k[1], k[2]))
+    keys = sorted(
+        {(r["dataset"], r["mechanism"], r["rate"]) for r in rows}, key=lambda k: (k[0], k[1] != "mcar", k[1], k[2])
+    )
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| dataset | missing | method | RMSE | accuracy | accuracy, M = 10 | fit s | transform s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | missing | method | RMSE | accuracy | accuracy, M = 10 | fit s | transform s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key in keys:
         group = [r for r in rows if (r["dataset"], r["mechanism"], r["rate"]) == key]
         best_rmse = min(np.mean([r["rmse"] for r in group if r["method"] == m]) for m in methods)
@@ -132,9 +151,13 @@ def summarise(rows):
             mine = [r for r in group if r["method"] == m]
             rmse, acc = [r["rmse"] for r in mine], [r["accuracy"] for r in mine]
             multi = [r["accuracy_multiple"] for r in mine if "accuracy_multiple" in r]
-            cells = [_cell(rmse, np.mean(rmse) == best_rmse), _cell(acc, np.mean(acc) == best_acc),
-                     _cell(multi) if multi else "-", f"{np.mean([r['fit_s'] for r in mine]):.2f}",
-                     f"{np.mean([r['transform_s'] for r in mine]):.2f}"]
+            cells = [
+                _cell(rmse, np.mean(rmse) == best_rmse),
+                _cell(acc, np.mean(acc) == best_acc),
+                _cell(multi) if multi else "-",
+                f"{np.mean([r['fit_s'] for r in mine]):.2f}",
+                f"{np.mean([r['transform_s'] for r in mine]):.2f}",
+            ]
             lines.append(f"| {key[0]} | {key[1].upper()} {key[2]:.0%} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -180,11 +203,15 @@ def main(argv=None):
     for name in names:
         for mechanism, rate in SETTINGS:
             for seed in range(seeds):
-                if any((r["dataset"], r["mechanism"], r["rate"], r["seed"]) == (name, mechanism, rate, seed) for r in rows):
+                if any(
+                    (r["dataset"], r["mechanism"], r["rate"], r["seed"]) == (name, mechanism, rate, seed) for r in rows
+                ):
                     continue
                 rows += run_one(name, DATASETS[name], mechanism, rate, seed, args.quick)
                 if raw:
-                    _write(raw, json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1))
+                    _write(
+                        raw, json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1)
+                    )
     rows = [r for r in rows if r["dataset"] in names and r["seed"] < seeds]
     table = summarise(rows)
     print(table)

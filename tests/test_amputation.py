@@ -99,23 +99,26 @@ def test_integer_table_is_accepted(table):
     assert abs(ampute(X, 0.25, "mnar").mean() - 0.25) < 0.02
 
 
-@pytest.mark.parametrize("kwargs, names", [
-    (dict(X=[[1.0, float("nan")], [2.0, 3.0]], rate=0.2), ["X", "NaN"]),
-    (dict(X=[1.0, 2.0, 3.0], rate=0.2), ["X", "2-D"]),
-    (dict(X=[["a", "b"], ["c", "d"]], rate=0.2), ["X", "numeric"]),
-    (dict(rate=-0.1), ["rate", "[0, 1)", "-0.1"]),
-    (dict(rate=1.0), ["rate", "[0, 1)", "1.0"]),
-    (dict(rate="abc"), ["rate", "number", "'abc'"]),
-    (dict(rate=True), ["rate", "number", "True"]),
-    (dict(rate=float("nan")), ["rate", "nan"]),
-    (dict(rate=0.2, mechanism="foo"), ["mechanism", "mcar, mar, mnar", "'foo'"]),
-    (dict(rate=0.2, observed_fraction=0.0), ["observed_fraction", "(0, 1)"]),
-    (dict(rate=0.2, observed_fraction=1.0), ["observed_fraction", "(0, 1)"]),
-    # 9 amputed columns of 10 would each need 0.9 * 10 / 9 = 1.0 > 0.95: at most 0.95 * 9 / 10.
-    (dict(rate=0.9, mechanism="mar"), ["rate 0.9", "'mar'", "0.855"]),
-    # d = 1: the one column is always observed, so no positive rate is feasible.
-    (dict(X=np.zeros((5, 1)), rate=0.1, mechanism="mar"), ["rate 0.1", "'mar'", "is 0"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        (dict(X=[[1.0, float("nan")], [2.0, 3.0]], rate=0.2), ["X", "NaN"]),
+        (dict(X=[1.0, 2.0, 3.0], rate=0.2), ["X", "2-D"]),
+        (dict(X=[["a", "b"], ["c", "d"]], rate=0.2), ["X", "numeric"]),
+        (dict(rate=-0.1), ["rate", "[0, 1)", "-0.1"]),
+        (dict(rate=1.0), ["rate", "[0, 1)", "1.0"]),
+        (dict(rate="abc"), ["rate", "number", "'abc'"]),
+        (dict(rate=True), ["rate", "number", "True"]),
+        (dict(rate=float("nan")), ["rate", "nan"]),
+        (dict(rate=0.2, mechanism="foo"), ["mechanism", "mcar, mar, mnar", "'foo'"]),
+        (dict(rate=0.2, observed_fraction=0.0), ["observed_fraction", "(0, 1)"]),
+        (dict(rate=0.2, observed_fraction=1.0), ["observed_fraction", "(0, 1)"]),
+        # 9 amputed columns of 10 would each need 0.9 * 10 / 9 = 1.0 > 0.95: at most 0.95 * 9 / 10.
+        (dict(rate=0.9, mechanism="mar"), ["rate 0.9", "'mar'", "0.855"]),
+        # d = 1: the one column is always observed, so no positive rate is feasible.
+        (dict(X=np.zeros((5, 1)), rate=0.1, mechanism="mar"), ["rate 0.1", "'mar'", "is 0"]),
+    ],
+)
 def test_bad_input_raises_a_value_error_naming_it(table, kwargs, names):
     kwargs = {"X": table, **kwargs}
     with pytest.raises(ValueError) as error:
@@ -140,12 +143,15 @@ def test_rmse_missing_is_zero_for_a_perfect_imputation_and_scales_constant_colum
     assert rmse_missing(X_true, X_true + 2.0, np.ones((3, 2), dtype=bool)) == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("mask, imputed_shape, scale, name", [
-    (np.zeros((3, 2), dtype=bool), (3, 2), None, "mask"),
-    (np.ones((3, 2), dtype=bool), (2, 3), None, "shape"),
-    (np.ones((2, 2), dtype=bool), (3, 2), None, "shape"),
-    (np.ones((3, 2), dtype=bool), (3, 2), [1.0, 0.0], "scale"),
-])
+@pytest.mark.parametrize(
+    "mask, imputed_shape, scale, name",
+    [
+        (np.zeros((3, 2), dtype=bool), (3, 2), None, "mask"),
+        (np.ones((3, 2), dtype=bool), (2, 3), None, "shape"),
+        (np.ones((2, 2), dtype=bool), (3, 2), None, "shape"),
+        (np.ones((3, 2), dtype=bool), (3, 2), [1.0, 0.0], "scale"),
+    ],
+)
 def test_rmse_missing_refuses_bad_input(mask, imputed_shape, scale, name):
     with pytest.raises(ValueError, match=name):
         rmse_missing(np.arange(6.0).reshape(3, 2), np.zeros(imputed_shape), mask, scale)

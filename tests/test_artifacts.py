@@ -12,7 +12,7 @@ def test_atomic_path_replaces_the_file_only_on_success(tmp_path):
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed mid-write")
-    assert target.read_text() == "first"                  # the old file survives
+    assert target.read_text() == "first"  # the old file survives
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary left behind
 
 
@@ -34,15 +34,17 @@ def test_every_file_mivae_writes_goes_through_an_atomic_temporary():
     from pathlib import Path
 
     source = Path(__file__).resolve().parents[1] / "src" / "mivae"
-    writes = re.compile(r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.to_csv\(|\.to_parquet\(|save_file\(|"
-                        r"open\([^)]*[\"'][wa]b?[\"']|json\.dump\(|np\.save")
+    writes = re.compile(
+        r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.to_csv\(|\.to_parquet\(|save_file\(|"
+        r"open\([^)]*[\"'][wa]b?[\"']|json\.dump\(|np\.save"
+    )
     found = 0
     for path in source.rglob("*.py"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if writes.search(line) and not line.lstrip().startswith(("#", "def ")):
                 found += 1
                 assert "tmp" in line, f"{path.name}:{number} writes without atomic_path: {line.strip()}"
-    assert found >= 8   # models, JSON, reports, figures, tables, downloads
+    assert found >= 8  # models, JSON, reports, figures, tables, downloads
 
 
 def test_a_temporary_names_its_host_and_process_and_only_a_dead_local_writers_are_removed(tmp_path):
@@ -59,11 +61,13 @@ def test_a_temporary_names_its_host_and_process_and_only_a_dead_local_writers_ar
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)
     (tmp_path / "units" / "a").mkdir(parents=True)
-    files = {"stale": tmp_path / "units" / "a" / f".model.safetensors.{host}-{dead}-x1y2.part",
-             "live": tmp_path / f".results.json.{host}-{os.getpid()}-abc.part",
-             "elsewhere": tmp_path / f".results.json.another-host-{dead}-abc.part",
-             "untagged": tmp_path / ".results.json.k3j2.part",
-             "ordinary": tmp_path / "notes.part"}
+    files = {
+        "stale": tmp_path / "units" / "a" / f".model.safetensors.{host}-{dead}-x1y2.part",
+        "live": tmp_path / f".results.json.{host}-{os.getpid()}-abc.part",
+        "elsewhere": tmp_path / f".results.json.another-host-{dead}-abc.part",
+        "untagged": tmp_path / ".results.json.k3j2.part",
+        "ordinary": tmp_path / "notes.part",
+    }
     for path in files.values():
         path.write_text("half")
     assert remove_stale_temporaries(tmp_path) == 1

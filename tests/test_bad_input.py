@@ -13,26 +13,30 @@ import shutil
 import numpy as np
 import pytest
 
-from mivae.tables.amputation import ampute
 from mivae.cli import main
 from mivae.images.corruption import corrupt
-from mivae.tables.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer
 from mivae.images.runs import load_run
+from mivae.tables.amputation import ampute
+from mivae.tables.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, mnist_dir):
     """Damaged MNIST folders, bad tables and a small trained run to damage, made once."""
     root = tmp_path_factory.mktemp("bad")
-    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-             "t10k-labels-idx1-ubyte.gz"]
+    names = [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
     for folder, damage in {"empty": lambda b: b"", "truncated": lambda b: b[:3000], "magic": None}.items():
         (root / folder).mkdir()
         for name in names:
             data = (mnist_dir / name).read_bytes()
             if damage is None and name.startswith("t10k-labels"):
                 raw = gzip.decompress(data)
-                data = gzip.compress(b"\x00\x00\x09\x01" + raw[4:])   # an IDX file whose magic is not a label file's
+                data = gzip.compress(b"\x00\x00\x09\x01" + raw[4:])  # an IDX file whose magic is not a label file's
             (root / folder / name).write_bytes(damage(data) if damage else data)
     (root / "missing").mkdir()
     (root / "a-file").write_text("not a folder")
@@ -41,8 +45,22 @@ def files(tmp_path_factory, mnist_dir):
     (root / "all-missing.csv").write_text("a,b\n,\n,\n")
     (root / "labels.csv").write_text("a,b,c\n1,2,x\n2,,y\n3,4,\n")
     (root / "config.toml").write_text("[model]\nhiden = [64]\n")
-    status = main(["train", "mlp", "--dataset", "digits", "--epochs", "1", "--limit", "300", "--threads", "1",
-                   "--out", str(root / "run")])
+    status = main(
+        [
+            "train",
+            "mlp",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--limit",
+            "300",
+            "--threads",
+            "1",
+            "--out",
+            str(root / "run"),
+        ]
+    )
     assert status == 0
     return root
 
@@ -86,59 +104,149 @@ CLI_CASES = {
     "IDX file truncated": (["data", "info", "--data-dir", "{root}/truncated"], "is truncated", None),
     "IDX file of the wrong magic": (["data", "info", "--data-dir", "{root}/magic"], "magic number 2305", None),
     "unknown dataset": (["data", "info", "--dataset", "cifar"], "invalid choice: 'cifar' (choose from", None),
-    "a device mivae does not run on": (["train", "mlp", "--dataset", "digits", "--device", "tpu", "--out", "{tmp}/run"],
-                                       "device 'tpu' is not a device; expected auto, cpu, cuda or cuda:N.", "{tmp}/run"),
-    "a GPU that is not there": (["train", "mlp", "--dataset", "digits", "--device", "cuda:7", "--out", "{tmp}/run"],
-                                "device 'cuda:7' is not available: this torch sees", "{tmp}/run"),
-    "CSV with a word in a numeric column": (["impute", "{root}/words.csv", "--out", "{tmp}/out"], "row 2 holds 'x7'",
-                                            "{tmp}/out"),
-    "CSV with no rows": (["impute", "{root}/header.csv", "--out", "{tmp}/out"], "has a header but no rows", "{tmp}/out"),
-    "CSV whose every column is missing": (["impute", "{root}/all-missing.csv", "--out", "{tmp}/out"],
-                                          "every column is missing in every row", "{tmp}/out"),
-    "table of an unknown format": (["impute", "{root}/config.toml", "--out", "{tmp}/out"], "neither CSV nor Parquet",
-                                   "{tmp}/out"),
-    "level -0.1": (["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "-0.1", "--out",
-                    "{tmp}/f.png"], "corruption level must be in [0, 1); got -0.1", "{tmp}/f.png"),
-    "level 1.0": (["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "1.0", "--out",
-                   "{tmp}/f.png"], "corruption level must be in [0, 1); got 1.0", "{tmp}/f.png"),
-    "level abc": (["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "abc", "--out",
-                   "{tmp}/f.png"], "takes numbers separated by commas", "{tmp}/f.png"),
-    "training level 1.0": (["train", "mlp", "--dataset", "digits", "--level", "1.0", "--out", "{tmp}/run"],
-                           "level must be in [0, 1)", "{tmp}/run"),
-    "unknown corruption method": (["corrupt", "--dataset", "digits", "--method", "zigzag", "--levels", "0.5", "--out",
-                                   "{tmp}/f.png"], "unknown corruption method 'zigzag'; expected one of", "{tmp}/f.png"),
-    "unknown model kind": (["train", "resnet", "--out", "{tmp}/run"], "invalid choice: 'resnet' (choose from", "{tmp}/run"),
-    "unknown preset": (["reproduce", "--preset", "huge", "--out", "{tmp}/study"], "unknown preset 'huge'; known presets",
-                       "{tmp}/study"),
-    "unknown config key": (["train", "mlp", "--dataset", "digits", "--config", "{root}/config.toml", "--out", "{tmp}/run"],
-                           "hiden", "{tmp}/run"),
-    "zero samples to evaluate": (["evaluate", "{run}", "--samples", "0"], "--samples must be whole numbers of at least 1",
-                                 None),
-    "negative imputations": (["impute", "{root}/labels.csv", "--samples", "-3", "--out", "{tmp}/out"],
-                             "--samples must be at least 1; got -3", "{tmp}/out"),
-    "zero trials": (["search", "mlp", "--dataset", "digits", "--trials", "0", "--out", "{tmp}/search"],
-                    "--trials must be at least 1; got 0", "{tmp}/search"),
-    "negative trials": (["search", "mlp", "--dataset", "digits", "--trials", "-2", "--out", "{tmp}/search"],
-                        "--trials must be at least 1; got -2", "{tmp}/search"),
-    "zero threads": (["train", "mlp", "--dataset", "digits", "--threads", "0", "--out", "{tmp}/run"],
-                     "--threads must be at least 1; got 0", "{tmp}/run"),
-    "unknown setting": (["reproduce", "--preset", "smoke", "--settings", "rp70,rp60", "--out", "{tmp}/study"],
-                        "unknown setting 'rp60'; known settings are rp50, rp70, rp90, vl50, vl70, vl90", "{tmp}/study"),
-    "zero limit": (["reproduce", "--preset", "smoke", "--limit", "0", "--out", "{tmp}/study"],
-                   "--limit must be at least 1; got 0", "{tmp}/study"),
-    "training output under a file": (["train", "mlp", "--dataset", "digits", "--epochs", "1", "--out",
-                                      "{root}/a-file/run"], "is a file, not a folder", None),
-    "imputation output under a file": (["impute", "{root}/labels.csv", "--out", "{root}/a-file/out"],
-                                       "is a file, not a folder", None),
-    "figure under a file": (["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "0.5", "--out",
-                             "{root}/a-file/f.png"], "is a file, not a folder", None),
+    "a device mivae does not run on": (
+        ["train", "mlp", "--dataset", "digits", "--device", "tpu", "--out", "{tmp}/run"],
+        "device 'tpu' is not a device; expected auto, cpu, cuda or cuda:N.",
+        "{tmp}/run",
+    ),
+    "a GPU that is not there": (
+        ["train", "mlp", "--dataset", "digits", "--device", "cuda:7", "--out", "{tmp}/run"],
+        "device 'cuda:7' is not available: this torch sees",
+        "{tmp}/run",
+    ),
+    "CSV with a word in a numeric column": (
+        ["impute", "{root}/words.csv", "--out", "{tmp}/out"],
+        "row 2 holds 'x7'",
+        "{tmp}/out",
+    ),
+    "CSV with no rows": (
+        ["impute", "{root}/header.csv", "--out", "{tmp}/out"],
+        "has a header but no rows",
+        "{tmp}/out",
+    ),
+    "CSV whose every column is missing": (
+        ["impute", "{root}/all-missing.csv", "--out", "{tmp}/out"],
+        "every column is missing in every row",
+        "{tmp}/out",
+    ),
+    "table of an unknown format": (
+        ["impute", "{root}/config.toml", "--out", "{tmp}/out"],
+        "neither CSV nor Parquet",
+        "{tmp}/out",
+    ),
+    "level -0.1": (
+        ["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "-0.1", "--out", "{tmp}/f.png"],
+        "corruption level must be in [0, 1); got -0.1",
+        "{tmp}/f.png",
+    ),
+    "level 1.0": (
+        ["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "1.0", "--out", "{tmp}/f.png"],
+        "corruption level must be in [0, 1); got 1.0",
+        "{tmp}/f.png",
+    ),
+    "level abc": (
+        ["corrupt", "--dataset", "digits", "--method", "random-pixels", "--levels", "abc", "--out", "{tmp}/f.png"],
+        "takes numbers separated by commas",
+        "{tmp}/f.png",
+    ),
+    "training level 1.0": (
+        ["train", "mlp", "--dataset", "digits", "--level", "1.0", "--out", "{tmp}/run"],
+        "level must be in [0, 1)",
+        "{tmp}/run",
+    ),
+    "unknown corruption method": (
+        ["corrupt", "--dataset", "digits", "--method", "zigzag", "--levels", "0.5", "--out", "{tmp}/f.png"],
+        "unknown corruption method 'zigzag'; expected one of",
+        "{tmp}/f.png",
+    ),
+    "unknown model kind": (
+        ["train", "resnet", "--out", "{tmp}/run"],
+        "invalid choice: 'resnet' (choose from",
+        "{tmp}/run",
+    ),
+    "unknown preset": (
+        ["reproduce", "--preset", "huge", "--out", "{tmp}/study"],
+        "unknown preset 'huge'; known presets",
+        "{tmp}/study",
+    ),
+    "unknown config key": (
+        ["train", "mlp", "--dataset", "digits", "--config", "{root}/config.toml", "--out", "{tmp}/run"],
+        "hiden",
+        "{tmp}/run",
+    ),
+    "zero samples to evaluate": (
+        ["evaluate", "{run}", "--samples", "0"],
+        "--samples must be whole numbers of at least 1",
+        None,
+    ),
+    "negative imputations": (
+        ["impute", "{root}/labels.csv", "--samples", "-3", "--out", "{tmp}/out"],
+        "--samples must be at least 1; got -3",
+        "{tmp}/out",
+    ),
+    "zero trials": (
+        ["search", "mlp", "--dataset", "digits", "--trials", "0", "--out", "{tmp}/search"],
+        "--trials must be at least 1; got 0",
+        "{tmp}/search",
+    ),
+    "negative trials": (
+        ["search", "mlp", "--dataset", "digits", "--trials", "-2", "--out", "{tmp}/search"],
+        "--trials must be at least 1; got -2",
+        "{tmp}/search",
+    ),
+    "zero threads": (
+        ["train", "mlp", "--dataset", "digits", "--threads", "0", "--out", "{tmp}/run"],
+        "--threads must be at least 1; got 0",
+        "{tmp}/run",
+    ),
+    "unknown setting": (
+        ["reproduce", "--preset", "smoke", "--settings", "rp70,rp60", "--out", "{tmp}/study"],
+        "unknown setting 'rp60'; known settings are rp50, rp70, rp90, vl50, vl70, vl90",
+        "{tmp}/study",
+    ),
+    "zero limit": (
+        ["reproduce", "--preset", "smoke", "--limit", "0", "--out", "{tmp}/study"],
+        "--limit must be at least 1; got 0",
+        "{tmp}/study",
+    ),
+    "training output under a file": (
+        ["train", "mlp", "--dataset", "digits", "--epochs", "1", "--out", "{root}/a-file/run"],
+        "is a file, not a folder",
+        None,
+    ),
+    "imputation output under a file": (
+        ["impute", "{root}/labels.csv", "--out", "{root}/a-file/out"],
+        "is a file, not a folder",
+        None,
+    ),
+    "figure under a file": (
+        [
+            "corrupt",
+            "--dataset",
+            "digits",
+            "--method",
+            "random-pixels",
+            "--levels",
+            "0.5",
+            "--out",
+            "{root}/a-file/f.png",
+        ],
+        "is a file, not a folder",
+        None,
+    ),
     "study under a file": (["reproduce", "--preset", "smoke", "--out", "{root}/a-file/study"], "Not a directory", None),
     "target column absent": (["classify", "{root}/labels.csv", "--target", "z"], "target column 'z' is not in", None),
-    "target column missing in a row": (["classify", "{root}/labels.csv", "--target", "c"],
-                                       "target column 'c' is missing in 1 of 3 rows", None),
+    "target column missing in a row": (
+        ["classify", "{root}/labels.csv", "--target", "c"],
+        "target column 'c' is missing in 1 of 3 rows",
+        None,
+    ),
     "not a run directory": (["evaluate", "{tmp}"], "config.json", None),
-    "a diverging training": (["train", "vae", "--dataset", "digits", "--epochs", "2", "--lr", "100", "--threads", "1",
-                              "--out", "{tmp}/run"], "training diverged: the loss went from", "{tmp}/run"),
+    "a diverging training": (
+        ["train", "vae", "--dataset", "digits", "--epochs", "2", "--lr", "100", "--threads", "1", "--out", "{tmp}/run"],
+        "training diverged: the loss went from",
+        "{tmp}/run",
+    ),
 }
 
 RUN_DAMAGE = {
@@ -156,7 +264,7 @@ def _check_one_sentence(status, err, expected):
 
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_the_cli_refuses_bad_input_in_one_sentence_and_writes_nothing(case, files, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MIVAE_MIRRORS", "http://127.0.0.1:9")   # a closed port: "missing" fails at once, offline
+    monkeypatch.setenv("MIVAE_MIRRORS", "http://127.0.0.1:9")  # a closed port: "missing" fails at once, offline
     argv, expected, unwritten = CLI_CASES[case]
     fill = {"root": files, "tmp": tmp_path, "run": files / "run"}
     status = main([a.format(**fill) for a in argv])
@@ -173,7 +281,7 @@ def test_a_damaged_or_foreign_model_file_is_refused_without_running_anything(cas
     status = main(["evaluate", str(run), "--threads", "1"])
     _, err = capsys.readouterr()
     _check_one_sentence(status, err, expected)
-    assert not (run / "PWNED").exists()            # the pickle's code never ran
+    assert not (run / "PWNED").exists()  # the pickle's code never ran
     assert not (run / "evaluation.json").exists()
     with pytest.raises(ValueError, match=expected):
         load_run(run)
@@ -206,20 +314,35 @@ IMAGES = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
 TABLE = np.where(np.random.default_rng(1).random((40, 3)) < 0.2, np.nan, np.random.default_rng(2).normal(size=(40, 3)))
 
 API_CASES = {
-    "unknown corruption method": (lambda: corrupt(IMAGES, "zigzag", 0.5, seed=0, split="test"), "unknown corruption method 'zigzag'"),
-    "corruption level 1.5": (lambda: corrupt(IMAGES, "random-pixels", 1.5, seed=0, split="test"), "must be in [0, 1); got 1.5"),
-    "corruption level abc": (lambda: corrupt(IMAGES, "random-pixels", "abc", seed=0, split="test"), "must be a number in [0, 1)"),
+    "unknown corruption method": (
+        lambda: corrupt(IMAGES, "zigzag", 0.5, seed=0, split="test"),
+        "unknown corruption method 'zigzag'",
+    ),
+    "corruption level 1.5": (
+        lambda: corrupt(IMAGES, "random-pixels", 1.5, seed=0, split="test"),
+        "must be in [0, 1); got 1.5",
+    ),
+    "corruption level abc": (
+        lambda: corrupt(IMAGES, "random-pixels", "abc", seed=0, split="test"),
+        "must be a number in [0, 1)",
+    ),
     "amputation rate abc": (lambda: ampute(np.ones((5, 2)), "abc"), "rate must be a number in [0, 1)"),
     "unknown amputation mechanism": (lambda: ampute(np.ones((5, 2)), 0.3, "sometimes"), "mechanism must be one of"),
     "negative learning rate": (lambda: VAEImputer(lr=-1).fit(TABLE), "lr must be a number in (0, inf)"),
     "zero imputations": (lambda: MIWAEImputer(max_epochs=1).fit(TABLE).sample(TABLE, 0), "n_imputations must be"),
-    "feature-count mismatch": (lambda: VAEImputer(max_epochs=1).fit(TABLE).transform(TABLE[:, :2]),
-                               "X has 2 features, but VAEImputer is expecting 3 features"),
-    "a classifier without imputations": (lambda: MultipleImputationClassifier(imputer=object()).fit(TABLE, [0, 1] * 20),
-                                         "imputer must be a VAEImputer or MIWAEImputer"),
+    "feature-count mismatch": (
+        lambda: VAEImputer(max_epochs=1).fit(TABLE).transform(TABLE[:, :2]),
+        "X has 2 features, but VAEImputer is expecting 3 features",
+    ),
+    "a classifier without imputations": (
+        lambda: MultipleImputationClassifier(imputer=object()).fit(TABLE, [0, 1] * 20),
+        "imputer must be a VAEImputer or MIWAEImputer",
+    ),
     "a missing run": (lambda: load_run("/nonexistent/run"), "run directory /nonexistent/run does not exist"),
-    "an imputer on a GPU that is not there": (lambda: MIWAEImputer(device="cuda:7").fit(TABLE),
-                                              "device 'cuda:7' is not available: this torch sees"),
+    "an imputer on a GPU that is not there": (
+        lambda: MIWAEImputer(device="cuda:7").fit(TABLE),
+        "device 'cuda:7' is not available: this torch sees",
+    ),
 }
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mivae.images.baselines import IMPUTERS, fit_imputer, impute_part
 from mivae.config import DataConfig
 from mivae.errors import MivaeError
+from mivae.images.baselines import IMPUTERS, fit_imputer, impute_part
 from mivae.images.imputation import rmse_on_missing
 from mivae.images.problem import make_problem
 
@@ -43,5 +43,7 @@ def test_an_imputer_fill_is_the_imputers_values_where_missing_and_the_observatio
 
 
 def test_an_unknown_fill_names_every_accepted_one():
-    with pytest.raises(MivaeError, match="unknown fill policy 'median'; expected one of white, zero, mean, iterative, knn."):
+    with pytest.raises(
+        MivaeError, match="unknown fill policy 'median'; expected one of white, zero, mean, iterative, knn."
+    ):
         make_problem(DataConfig(dataset="digits", fill="median"))

@@ -26,7 +26,7 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
         row = results["training_epoch"][name]
         assert row["seconds"] > 0 and 0 < row["fraction_of_peak"]
     assert results["training_epoch"]["mlp3"]["matmul_only_seconds"] > 0
-    for name in ("vae", "mlp3"):   # the profile of a step: shares of matmuls, optimiser, casts and the rest
+    for name in ("vae", "mlp3"):  # the profile of a step: shares of matmuls, optimiser, casts and the rest
         shares = results["training_epoch"][name]["profile"]
         assert set(shares) == {"matmuls", "optimiser", "casts", "rest"} and sum(shares.values()) == pytest.approx(1)
         assert shares["matmuls"] > 0 and shares["optimiser"] > 0 and min(shares.values()) >= 0
@@ -34,7 +34,9 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
         row = results["multiple_imputation"][name]
         assert row["image_samples_per_second"] > 0 and row["speedup_over_per_sample_loop"] > 0
     report = md.read_text()
-    assert report.startswith("# Benchmarks") and "| vae+mlp |" in report and "Where a training step's time goes" in report
+    assert (
+        report.startswith("# Benchmarks") and "| vae+mlp |" in report and "Where a training step's time goes" in report
+    )
     title = BENCH["machine_title"](results["machine"])
     assert report.count("## Machine: ") == 1 and title in report.splitlines()
 
@@ -48,14 +50,17 @@ def test_a_benchmark_run_replaces_only_its_own_machines_section():
     fp32 = title({"processor": "AMD EPYC", "bf16_native": False, "avx512_bf16": False, "amx": False})
     avx = title({"processor": "AMD EPYC", "bf16_native": True, "avx512_bf16": True, "amx": False})
     amx = title({"processor": "Intel Xeon", "bf16_native": True, "avx512_bf16": True, "amx": True})
-    assert (fp32, avx, amx) == ("## Machine: AMD EPYC, no native bf16", "## Machine: AMD EPYC, AVX-512 BF16, no AMX",
-                                "## Machine: Intel Xeon, AMX")
+    assert (fp32, avx, amx) == (
+        "## Machine: AMD EPYC, no native bf16",
+        "## Machine: AMD EPYC, AVX-512 BF16, no AMX",
+        "## Machine: Intel Xeon, AMX",
+    )
     tail = "## bf16 against float32 on the same models and test set\n\nrows\n"
     report = merge("", _section(fp32, "1.31x"), tail)
     report = report.replace("| 1.31x | yes |\n", "| 1.31x | yes |\n\nA note added by hand to the fp32 section.\n")
     report = merge(report, _section(avx, "2.45x"), tail)
     assert report.count("## Machine: ") == 2 and report.count("## bf16 against") == 1 and report.endswith(tail)
-    again = merge(report, _section(avx, "1.40x"), tail)   # the same machine class again: its section only
+    again = merge(report, _section(avx, "1.40x"), tail)  # the same machine class again: its section only
     assert "2.45x" not in again and "1.40x" in again and "| 1.31x |" in again and "A note added by hand" in again
     assert again.index(fp32) < again.index(avx) < again.index("## bf16 against")
     third = merge(again, _section(amx, "1.10x"), tail)
@@ -64,30 +69,52 @@ def test_a_benchmark_run_replaces_only_its_own_machines_section():
 
 def test_the_gpu_checks_dry_run_takes_every_step_on_the_cpu(tmp_path):
     script = BENCHMARK.parent / "gpu.sh"
-    done = subprocess.run(["bash", str(script), "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=900)
+    done = subprocess.run(
+        ["bash", str(script), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
-    assert [r["step"] for r in rows] == ["device", "train every kind, one epoch", "multiple imputation",
-                                         "tabular estimators", "benchmark suite", "smoke study", "all of it within 600 s"]
+    assert [r["step"] for r in rows] == [
+        "device",
+        "train every kind, one epoch",
+        "multiple imputation",
+        "tabular estimators",
+        "benchmark suite",
+        "smoke study",
+        "all of it within 600 s",
+    ]
     assert all(r["ok"] for r in rows) and "every step worked" in done.stdout
     kinds = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert kinds == sorted(["vae", "miwae", "not-miwae", "mlp", "cnn"] + [f"{i}+{c}" for i in ("vae", "miwae", "not-miwae")
-                                                                         for c in ("mlp", "cnn")])
+    assert kinds == sorted(
+        ["vae", "miwae", "not-miwae", "mlp", "cnn"]
+        + [f"{i}+{c}" for i in ("vae", "miwae", "not-miwae") for c in ("mlp", "cnn")]
+    )
     for kind in kinds:
         assert json.loads((tmp_path / "runs" / kind / "config.json").read_text())["train"]["device"] == "cpu"
-    assert "## Machine: " in (tmp_path / "BENCHMARKS.md").read_text()   # the repository's BENCHMARKS.md is left alone
+    assert "## Machine: " in (tmp_path / "BENCHMARKS.md").read_text()  # the repository's BENCHMARKS.md is left alone
     assert (tmp_path / "study" / "report" / "report.md").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check runs for real")
 def test_without_a_gpu_the_check_fails_every_step_with_its_reason_and_exits_non_zero(tmp_path):
-    done = subprocess.run(["bash", str(BENCHMARK.parent / "gpu.sh"), "--out", str(tmp_path)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    done = subprocess.run(
+        ["bash", str(BENCHMARK.parent / "gpu.sh"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=300,
+    )
     assert done.returncode == 1
     rows = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
-    assert not any(r["ok"] for r in rows[:6]) and rows[-1]["ok"]   # refused at once, so well within the budget
-    assert rows[0]["detail"] == "device 'cuda' is not available: this torch sees no GPU (a CPU build of torch, or no driver)."
+    assert not any(r["ok"] for r in rows[:6]) and rows[-1]["ok"]  # refused at once, so well within the budget
+    assert (
+        rows[0]["detail"]
+        == "device 'cuda' is not available: this torch sees no GPU (a CPU build of torch, or no driver)."
+    )
     assert "exited with status 2" in rows[1]["detail"] and "is not available" in rows[3]["detail"]
     assert "FAILED: device, train every kind, one epoch, multiple imputation" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
@@ -99,7 +126,7 @@ def test_the_big_table_benchmark_quick_run_measures_and_reports_its_rows(tmp_pat
     assert scale["main"](["--quick", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert row["rows"] == 2000 and row["label"] == "quick" and row["batch_size"] == 64 and row["threads"] == 1
-    assert row["lr"] == 1e-3 and row["precision"] == "fp32"   # a small table: the rate of 64-row batches, float32
+    assert row["lr"] == 1e-3 and row["precision"] == "fp32"  # a small table: the rate of 64-row batches, float32
     assert row["steps"] >= 200 and row["fit_seconds"] > 0 and row["rmse"] < 0.9 * row["mean_rmse"]
     assert row["command"] == f"python benchmarks/scale.py --quick --out {out}"
     complete, incomplete = scale["make_table"](1000)
@@ -108,7 +135,7 @@ def test_the_big_table_benchmark_quick_run_measures_and_reports_its_rows(tmp_pat
     assert section.startswith("## Big tables") and "| 2,000 | quick | 64 | 0.001 | fp32 | 1 |" in section
     assert f"Commands: `python benchmarks/scale.py --quick --out {out}`." in section
     kept = BENCH["merge_report"](BENCH["merge_report"]("", _section("## Machine: X, AMX", "1.0x")), None, section)
-    assert "## Machine: X, AMX" in kept and kept.endswith(section)   # a tail rebuilt, the machines kept
+    assert "## Machine: X, AMX" in kept and kept.endswith(section)  # a tail rebuilt, the machines kept
 
 
 def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
@@ -116,14 +143,14 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
     rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
     methods = {"mean", "knn", "iterative", "mivae vae", "mivae miwae"}
-    assert {r["method"] for r in rows} == methods and len(rows) == 5 * len(methods)   # five missingness settings
+    assert {r["method"] for r in rows} == methods and len(rows) == 5 * len(methods)  # five missingness settings
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
         assert ("accuracy_multiple" in r) == r["method"].startswith("mivae")
     mcar = {r["rate"]: r["missing"] for r in rows if r["mechanism"] == "mcar"}
     assert all(abs(mcar[rate] - rate) < 0.05 for rate in mcar)
     mean_rmse = {r["rate"]: r["rmse"] for r in rows if r["method"] == "mean" and r["mechanism"] == "mcar"}
-    assert all(0.8 < v < 1.3 for v in mean_rmse.values())   # the column mean misses by about one standard deviation
+    assert all(0.8 < v < 1.3 for v in mean_rmse.values())  # the column mean misses by about one standard deviation
     assert json.loads(raw.read_text())["rows"] == rows
     assert out.read_text().count("| wine |") == len(rows)
 
@@ -132,23 +159,28 @@ def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_
     bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))
     rows = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
     imputers = {"masked-elbo", "miwae", "not-miwae", "refined-miwae", "mean", "knn", "iterative"}
-    assert {r["imputer"] for r in rows} == imputers and len(rows) == 2 * (4 * 2 + 3)   # mivae: single and mean of 10
+    assert {r["imputer"] for r in rows} == imputers and len(rows) == 2 * (4 * 2 + 3)  # mivae: single and mean of 10
     for r in rows:
         assert 0 < r["rmse"] < 1 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0 and r["transform_s"] > 0
         assert r["test_images"] == 200 and r["fit_images"] == 500
         assert abs(r["missing"] - {"rp50": 0.5, "vl70": 0.7}[r["setting"]]) < 0.1
     mean_rmse = [r["rmse"] for r in rows if r["imputer"] == "mean"]
-    assert all(0.15 < v < 0.45 for v in mean_rmse)   # a pixel mean misses by about a third of the range
+    assert all(0.15 < v < 0.45 for v in mean_rmse)  # a pixel mean misses by about a third of the range
     report = (tmp_path / "README.md").read_text()
-    assert report.count("**met**") + report.count("**missed**") == 4   # RP50's three targets and VL70's
+    assert report.count("**met**") + report.count("**missed**") == 4  # RP50's three targets and VL70's
     assert (tmp_path / "examples.png").stat().st_size > 10_000
     again = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
-    assert again == rows   # a rerun reuses every finished result
+    assert again == rows  # a rerun reuses every finished result
     more = bench["main"](["--quick", "--settings", "rp70", "--imputers", "mean,refined-miwae", "--out", str(tmp_path)])
     assert [(r["imputer"], r["variant"]) for r in more if r["setting"] == "rp70"] == [
-        ("refined-miwae", "mean of 10"), ("refined-miwae", "single"), ("mean", "single")]
+        ("refined-miwae", "mean of 10"),
+        ("refined-miwae", "single"),
+        ("mean", "single"),
+    ]
     report = (tmp_path / "README.md").read_text()
-    assert report.count("`python benchmarks/impute.py --quick --settings rp50,vl70 --out") == 1   # each row names its run
+    assert (
+        report.count("`python benchmarks/impute.py --quick --settings rp50,vl70 --out") == 1
+    )  # each row names its run
     assert "--imputers mean,refined-miwae" in report
 
 

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mivae.errors import MivaeError
 from mivae.images.corruption import (
     Corrupted,
     corrupt,
@@ -15,7 +16,6 @@ from mivae.images.corruption import (
     number_of_draws,
     pixel_means,
 )
-from mivae.errors import MivaeError
 
 methods = st.sampled_from(["random-pixels", "vertical-lines"])
 levels = st.floats(0.0, 0.99)
@@ -101,7 +101,9 @@ def test_level_outside_zero_one_is_a_clear_error(level):
 
 
 def test_unknown_method_is_a_clear_error():
-    with pytest.raises(MivaeError, match="unknown corruption method 'blocks'; expected one of random-pixels, vertical-lines"):
+    with pytest.raises(
+        MivaeError, match="unknown corruption method 'blocks'; expected one of random-pixels, vertical-lines"
+    ):
         corrupt(np.zeros((2, 28, 28)), "blocks", 0.5, seed=0, split="test")
 
 

@@ -24,8 +24,20 @@ from mivae.study import reproduce, search
 COMMAND = [sys.executable, "-m", "mivae", "reproduce", "--preset", "smoke", "--threads", "1", "--seed", "0"]
 # Wall times, process ids, dates and the database's trial numbers: the only things a rerun may change. (An
 # interrupted trial keeps its number, so the trial that replaces it has the next one.)
-VOLATILE = {"seconds", "worker", "started", "finished", "invocations", "units", "machine", "datetime_start",
-            "datetime_complete", "created", "number", "best_trial"}
+VOLATILE = {
+    "seconds",
+    "worker",
+    "started",
+    "finished",
+    "invocations",
+    "units",
+    "machine",
+    "datetime_start",
+    "datetime_complete",
+    "created",
+    "number",
+    "best_trial",
+}
 
 
 def _start(out):
@@ -65,7 +77,7 @@ def _searching(out):
             try:
                 with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.1)) as db:
                     states = {row[0] for row in db.execute("SELECT state FROM trials")}
-            except sqlite3.Error:   # its tables are not made yet, or it is busy
+            except sqlite3.Error:  # its tables are not made yet, or it is busy
                 continue
             if {"COMPLETE", "RUNNING"} <= states:
                 return True
@@ -115,16 +127,26 @@ def killed_and_uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
     reference = _start(root / "uninterrupted")
     out = root / "killed"
-    moments = {"during a search": _searching, "while training a fixed model": lambda o: _unfinished(o, "table3-"),
-               "while writing the report": _writing_report}
+    moments = {
+        "during a search": _searching,
+        "while training a fixed model": lambda o: _unfinished(o, "table3-"),
+        "while writing the report": _writing_report,
+    }
     killed, kept = {}, []
     for name, moment in moments.items():
         killed[name] = _kill_when(out, moment)
         kept.append(_finished_work(out))
-    left = sorted(p.name for p in out.rglob("*.part"))   # half-written by a kill, if one landed mid-write
+    left = sorted(p.name for p in out.rglob("*.part"))  # half-written by a kill, if one landed mid-write
     status = _finish(_start(out))
-    return {"out": out, "reference": root / "uninterrupted", "killed": killed, "kept": kept, "left": left,
-            "status": status, "reference_status": _finish(reference)}
+    return {
+        "out": out,
+        "reference": root / "uninterrupted",
+        "killed": killed,
+        "kept": kept,
+        "left": left,
+        "status": status,
+        "reference_status": _finish(reference),
+    }
 
 
 def test_every_kill_landed_at_its_moment_and_the_restarts_finished(killed_and_uninterrupted):
@@ -132,9 +154,9 @@ def test_every_kill_landed_at_its_moment_and_the_restarts_finished(killed_and_un
     assert run["killed"] == dict.fromkeys(run["killed"], True)
     assert run["status"][0] == 0, run["status"][1]
     assert run["reference_status"][0] == 0, run["reference_status"][1]
-    assert not list(run["out"].rglob("*.part")), run["left"]   # what a kill left half-written was removed on restart
+    assert not list(run["out"].rglob("*.part")), run["left"]  # what a kill left half-written was removed on restart
     cells = [_stable(json.loads((o / "report" / "results.json").read_text())) for o in (run["out"], run["reference"])]
-    assert cells[0] == cells[1]   # every table cell and observation of the report
+    assert cells[0] == cells[1]  # every table cell and observation of the report
 
 
 def test_results_after_three_kills_equal_those_of_an_uninterrupted_run(killed_and_uninterrupted):
@@ -153,7 +175,9 @@ def test_nothing_finished_before_a_kill_was_done_again(killed_and_uninterrupted)
     out = killed_and_uninterrupted["out"]
     final = _finished_work(out)
     kept = killed_and_uninterrupted["kept"]
-    assert len(kept[0]) < len(kept[1]) < len(final)   # each restart went on from where it stopped (the first kill: mid-search)
+    assert (
+        len(kept[0]) < len(kept[1]) < len(final)
+    )  # each restart went on from where it stopped (the first kill: mid-search)
     for before in kept:
         for path, (content, written) in before.items():
             assert final[path] == (content, written), f"{path} was written again after a kill"
@@ -172,7 +196,7 @@ def test_no_search_ran_a_trial_twice_or_beyond_its_budget(killed_and_uninterrupt
             complete = [t for t in study.trials if t.state.is_finished() and search.spends_budget(t)]
             assert len(complete) == preset.trials[kind], unit.name
             slots = [t.user_attrs["slot"] for t in complete]
-            assert sorted(slots) == list(range(preset.trials[kind])), unit.name   # every slot once: none run twice
+            assert sorted(slots) == list(range(preset.trials[kind])), unit.name  # every slot once: none run twice
             assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
@@ -180,7 +204,7 @@ def test_the_report_counts_a_trial_lost_to_a_kill_as_lost_not_failed(killed_and_
     def trial_counts(out):
         table = (out / "report" / "report.md").read_text().split("## Model selection")[1]
         rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-        return {(r[0], r[1]): [int(n) for n in r[2].split(" / ")] for r in rows}   # complete / pruned / failed / lost
+        return {(r[0], r[1]): [int(n) for n in r[2].split(" / ")] for r in rows}  # complete / pruned / failed / lost
 
     killed, reference = (trial_counts(killed_and_uninterrupted[k]) for k in ("out", "reference"))
     assert killed.keys() == reference.keys() and killed

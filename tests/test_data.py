@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import idx_bytes, write_idx
 
-from mivae.images.data import FASHION_MNIST, MNIST, fetch, load_idx_dataset, load_splits, read_idx, resolve_data_dir
 from mivae.errors import MivaeError
+from mivae.images.data import FASHION_MNIST, MNIST, fetch, load_idx_dataset, load_splits, read_idx, resolve_data_dir
 
 # Published class counts of MNIST.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -123,15 +123,32 @@ def _damaged_gzip():
         (b"", "is empty"),
         (_damaged_gzip(), "not a valid gzip file"),
         (gzip.compress(idx_bytes(_images()))[:-40], "is truncated: its gzip stream ends early"),
-        (gzip.compress(idx_bytes(_images())[:-5]), r"is truncated: its header promises 3x28x28 values but it holds 2347"),
+        (
+            gzip.compress(idx_bytes(_images())[:-5]),
+            r"is truncated: its header promises 3x28x28 values but it holds 2347",
+        ),
         (gzip.compress(idx_bytes(_images()) + b"\0\0"), "2 bytes beyond the 3x28x28 values"),
-        (gzip.compress(idx_bytes(np.arange(5))), r"not an IDX image file: magic number 2049 \(0x00000801\), expected 2051"),
+        (
+            gzip.compress(idx_bytes(np.arange(5))),
+            r"not an IDX image file: magic number 2049 \(0x00000801\), expected 2051",
+        ),
         (gzip.compress(idx_bytes(_images(), dtype_code=0x0D)), "not an IDX image file: magic number 3331"),
         (gzip.compress(b"\0\0\x08"), r"too short to be an IDX image file \(3 bytes\)"),
         (gzip.compress(idx_bytes(_images())[:12]), r"too short to be an IDX image file \(12 bytes\)"),
         (b"<html>404 Not Found</html>", "not an IDX image file"),
     ],
-    ids=["empty", "not-gzip", "truncated-gzip", "truncated-data", "trailing-bytes", "labels-for-images", "float-type", "short-magic", "short-header", "html"],
+    ids=[
+        "empty",
+        "not-gzip",
+        "truncated-gzip",
+        "truncated-data",
+        "trailing-bytes",
+        "labels-for-images",
+        "float-type",
+        "short-magic",
+        "short-header",
+        "html",
+    ],
 )
 def test_bad_image_file_is_one_clear_error(tmp_path, content, message):
     path = tmp_path / "train-images-idx3-ubyte.gz"
@@ -182,7 +199,10 @@ def test_label_out_of_range_is_named(mnist_dir, tmp_path):
 
 
 def test_missing_files_without_download_say_where_to_put_them(tmp_path):
-    with pytest.raises(MivaeError, match=f"not in {tmp_path / 'mnist'}; put the four MNIST files there, or point --data-dir or MIVAE_DATA_DIR"):
+    with pytest.raises(
+        MivaeError,
+        match=f"not in {tmp_path / 'mnist'}; put the four MNIST files there, or point --data-dir or MIVAE_DATA_DIR",
+    ):
         load_idx_dataset("mnist", tmp_path, download=False)
 
 
@@ -249,10 +269,15 @@ def test_download_refuses_a_mirror_serving_the_wrong_file(mnist_dir, mirror, tmp
     write_idx(served / "t10k-labels-idx1-ubyte.gz", np.zeros(10_000))  # well-formed, wrong content
     monkeypatch.setenv("MIVAE_MIRRORS", url)
     target = tmp_path / "target"
-    with pytest.raises(MivaeError, match="t10k-labels-idx1-ubyte.gz is not in .* could not be downloaded .*does not match the published SHA-256"):
+    with pytest.raises(
+        MivaeError,
+        match="t10k-labels-idx1-ubyte.gz is not in .* could not be downloaded .*does not match the published SHA-256",
+    ):
         fetch("mnist", target)
     # The good files stay; the bad one is not left behind, not even half-written.
-    assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(e.name for e in MNIST.files if e is not MNIST.test_labels)
+    assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(
+        e.name for e in MNIST.files if e is not MNIST.test_labels
+    )
 
 
 def test_offline_download_fails_with_one_sentence(tmp_path, monkeypatch):

@@ -22,13 +22,20 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from mivae.tables.amputation import ampute, rmse_missing
-from mivae.tables.estimators import MIWAEImputer, MultipleImputationClassifier, VAEImputer, auto_batch, auto_lr, auto_steps
 from mivae.hardware import cores
+from mivae.tables.amputation import ampute, rmse_missing
+from mivae.tables.estimators import (
+    MIWAEImputer,
+    MultipleImputationClassifier,
+    VAEImputer,
+    auto_batch,
+    auto_lr,
+    auto_steps,
+)
 
 IMPUTERS = (VAEImputer, MIWAEImputer)
-FAST = dict(max_epochs=3, hidden=(16,), random_state=0)          # a few epochs of a small net: the contract, not quality
-FAST_MIWAE = dict(importance_samples=5, imputation_samples=20)   # K in training and proposals per row in imputation
+FAST = dict(max_epochs=3, hidden=(16,), random_state=0)  # a few epochs of a small net: the contract, not quality
+FAST_MIWAE = dict(importance_samples=5, imputation_samples=20)  # K in training and proposals per row in imputation
 
 
 def fast(Imputer, **params):
@@ -49,8 +56,11 @@ NOT_APPLICABLE = {
 
 
 @parametrize_with_checks(
-    [fast(VAEImputer), fast(MIWAEImputer),
-     MultipleImputationClassifier(imputer=fast(VAEImputer), n_imputations=2, random_state=0)],
+    [
+        fast(VAEImputer),
+        fast(MIWAEImputer),
+        MultipleImputationClassifier(imputer=fast(VAEImputer), n_imputations=2, random_state=0),
+    ],
     expected_failed_checks=lambda estimator: NOT_APPLICABLE[type(estimator).__name__],
 )
 def test_scikit_learn_estimator_checks(estimator, check):
@@ -59,10 +69,11 @@ def test_scikit_learn_estimator_checks(estimator, check):
 
 # --- 2. The contract every imputer shares ---------------------------------------------------------------------
 
+
 class Table(NamedTuple):
-    complete: np.ndarray   # (n, d) the truth
-    mask: np.ndarray       # (n, d) bool, True = missing
-    missing: np.ndarray    # (n, d) the truth with NaN where mask
+    complete: np.ndarray  # (n, d) the truth
+    mask: np.ndarray  # (n, d) bool, True = missing
+    missing: np.ndarray  # (n, d) the truth with NaN where mask
 
 
 def correlated_table(n, seed, d=6, noise=0.1, rate=0.3):
@@ -105,7 +116,7 @@ def test_every_sampled_copy_keeps_observed_entries_and_the_copies_differ_on_miss
         assert copy.shape == table.complete.shape and not np.isnan(copy).any()
         np.testing.assert_array_equal(copy[~table.mask], table.complete[~table.mask])
     for a, b in itertools.combinations(copies, 2):
-        assert np.mean(a[table.mask] != b[table.mask]) > 0.99   # continuous draws: essentially never equal
+        assert np.mean(a[table.mask] != b[table.mask]) > 0.99  # continuous draws: essentially never equal
     single = fitted.transform(table.missing)
     assert all(np.mean(copy[table.mask] != single[table.mask]) > 0.99 for copy in copies)
 
@@ -114,12 +125,12 @@ def test_transform_and_sample_never_refit(fitted, table):
     state = {k: v.clone() for k, v in fitted.model_.state_dict().items()}
     model, schema, history = fitted.model_, fitted.schema_, fitted.history_
     first, first_copies = fitted.transform(table.missing), fitted.sample(table.missing, 3)
-    shifted = table.missing[:50] * 10 + 5                    # a table with other statistics must not rescale the model
+    shifted = table.missing[:50] * 10 + 5  # a table with other statistics must not rescale the model
     fitted.transform(shifted)
     fitted.sample(shifted, 2)
     np.testing.assert_array_equal(fitted.transform(table.missing), first)
     for a, b in zip(fitted.sample(table.missing, 3), first_copies):
-        np.testing.assert_array_equal(a, b)                  # an int random_state: the same copies on every call
+        np.testing.assert_array_equal(a, b)  # an int random_state: the same copies on every call
     assert fitted.model_ is model and fitted.schema_ is schema and fitted.history_ is history
     after = fitted.model_.state_dict()
     assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
@@ -162,7 +173,14 @@ def test_sample_refuses_a_count_that_is_not_a_positive_whole_number(fitted, tabl
 
 def test_the_automatic_batch_grows_with_the_rows_from_64_to_256():
     assert [auto_batch(n) for n in (10, 5_000, 23_000, 40_000, 90_000, 900_000, 10**8)] == [
-        64, 64, 64, 128, 256, 256, 256]
+        64,
+        64,
+        64,
+        128,
+        256,
+        256,
+        256,
+    ]
 
 
 def test_the_automatic_budget_is_20000_steps_or_3_million_rows_worth_where_fewer():
@@ -171,10 +189,10 @@ def test_the_automatic_budget_is_20000_steps_or_3_million_rows_worth_where_fewer
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_the_step_budget_ends_training_at_its_last_step_in_the_middle_of_an_epoch(Imputer):
-    X = correlated_table(2_000, seed=3).missing    # 1,800 training rows: 29 steps of 64 per epoch
+    X = correlated_table(2_000, seed=3).missing  # 1,800 training rows: 29 steps of 64 per epoch
     imputer = fast(Imputer, max_epochs=50, max_steps=40, validation_fraction=0.1, patience=50).fit(X)
     assert (imputer.batch_size_, len(imputer.history_.train_loss), imputer.steps_) == (64, 2, 40)
-    assert len(imputer.history_.val_score) == 2    # the part epoch is scored as any other
+    assert len(imputer.history_.val_score) == 2  # the part epoch is scored as any other
     unbounded = fast(Imputer, max_epochs=4, max_steps=None, patience=50).fit(X)
     assert len(unbounded.history_.train_loss) == 4 and unbounded.steps_ == 4 * 29
     with pytest.raises(ValueError, match="max_steps must be a whole number of at least 1, 'auto' or None; got 0"):
@@ -204,11 +222,11 @@ def test_the_rate_falls_linearly_to_zero_over_the_budget_only_where_the_budget_e
 
     fit = estimators.fit
     monkeypatch.setattr(estimators, "fit", recording_fit)
-    X = correlated_table(2_000, seed=3).missing    # 1,800 training rows: 29 steps of 64 per epoch
-    fast(Imputer, max_epochs=50, max_steps=40, patience=50).fit(X)     # the budget ends training, after 40 steps
+    X = correlated_table(2_000, seed=3).missing  # 1,800 training rows: 29 steps of 64 per epoch
+    fast(Imputer, max_epochs=50, max_steps=40, patience=50).fit(X)  # the budget ends training, after 40 steps
     schedule = schedules[-1]
     assert [schedule(step) for step in (0, 20, 39)] == pytest.approx([1, 0.5, 1 / 40], rel=1e-12)
-    fast(Imputer, max_epochs=1, max_steps=40, patience=50).fit(X)      # max_epochs ends it first: a constant rate
+    fast(Imputer, max_epochs=1, max_steps=40, patience=50).fit(X)  # max_epochs ends it first: a constant rate
     fast(Imputer, max_epochs=2, max_steps=None, patience=50).fit(X)
     assert schedules[-2:] == [None, None]
 
@@ -217,7 +235,7 @@ def test_automatic_precision_is_bf16_only_for_a_big_table_on_native_bf16(table, 
     from mivae.tables import estimators
 
     assert fast(MIWAEImputer).fit(table.missing).precision_ == "fp32"
-    monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
+    monkeypatch.setattr(estimators, "BIG_TABLE", 100)  # the table's 200 rows count as big
     monkeypatch.setattr(estimators, "bf16_supported", lambda device: False)
     assert fast(MIWAEImputer).fit(table.missing).precision_ == "fp32"
     monkeypatch.setattr(estimators, "bf16_supported", lambda device: True)
@@ -230,7 +248,7 @@ def test_automatic_threads_are_one_for_a_small_table_and_every_core_for_a_large_
     from mivae.tables import estimators
 
     assert fast(MIWAEImputer).fit(table.missing).threads_ == 1
-    monkeypatch.setattr(estimators, "BIG_TABLE", 100)   # the table's 200 rows count as big
+    monkeypatch.setattr(estimators, "BIG_TABLE", 100)  # the table's 200 rows count as big
     assert fast(MIWAEImputer).fit(table.missing).threads_ == cores()
     assert fast(MIWAEImputer, threads=1).fit(table.missing).threads_ == 1
     with pytest.raises(ValueError, match="threads must be a whole number of at least 1 or 'auto'; got 'all'"):
@@ -242,7 +260,8 @@ def test_get_params_set_params_and_clone_round_trip(Imputer):
     estimator = Imputer(hidden=(8, 4), latent=3, lr=0.01, max_epochs=7, categorical=[1], random_state=5)
     params = estimator.get_params()
     assert {k: params[k] for k in ("hidden", "latent", "lr", "max_epochs", "categorical", "random_state")} == dict(
-        hidden=(8, 4), latent=3, lr=0.01, max_epochs=7, categorical=[1], random_state=5)
+        hidden=(8, 4), latent=3, lr=0.01, max_epochs=7, categorical=[1], random_state=5
+    )
     assert Imputer().set_params(**params).get_params() == params
     assert estimator.set_params(max_epochs=9) is estimator and estimator.max_epochs == 9
     copy = clone(estimator)
@@ -258,20 +277,33 @@ def test_clone_of_a_fitted_imputer_keeps_its_parameters_but_not_its_fit(fitted):
 
 
 BAD_PARAMETERS = [
-    ("likelihood", "foo"), ("hidden", ()), ("hidden", (16, 0)), ("hidden", 16), ("latent", 0), ("lr", -1), ("lr", 0),
-    ("lr", float("nan")), ("lr", float("inf")), ("validation_fraction", 1.0), ("validation_fraction", -0.1),
-    ("max_epochs", 0), ("patience", 0), ("batch_size", 0), ("precision", "fp8"), ("threads", 0),
+    ("likelihood", "foo"),
+    ("hidden", ()),
+    ("hidden", (16, 0)),
+    ("hidden", 16),
+    ("latent", 0),
+    ("lr", -1),
+    ("lr", 0),
+    ("lr", float("nan")),
+    ("lr", float("inf")),
+    ("validation_fraction", 1.0),
+    ("validation_fraction", -0.1),
+    ("max_epochs", 0),
+    ("patience", 0),
+    ("batch_size", 0),
+    ("precision", "fp8"),
+    ("threads", 0),
 ]
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize(("name", "value"), BAD_PARAMETERS, ids=[f"{n}={v!r}" for n, v in BAD_PARAMETERS])
 def test_a_bad_parameter_is_stored_by_init_and_refused_by_fit_naming_it(Imputer, name, value, table):
-    estimator = fast(Imputer, **{name: value})            # __init__ only stores
+    estimator = fast(Imputer, **{name: value})  # __init__ only stores
     assert estimator.get_params()[name] is value
     with pytest.raises(ValueError, match=rf"\b{name}\b") as error:
         estimator.fit(table.missing)
-    assert repr(value) in str(error.value)                 # what was received
+    assert repr(value) in str(error.value)  # what was received
     assert not hasattr(estimator, "model_")
 
 
@@ -292,13 +324,14 @@ def test_fit_refuses_a_table_with_nothing_observed_and_a_declared_column_that_is
 
 # --- 3. Imputation quality on known truths --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_imputation_is_far_better_than_column_means_on_correlated_data(Imputer):
     data = correlated_table(600, seed=0)
     assert 0.27 < data.mask.mean() < 0.33
     column_means = np.where(data.mask, np.nanmean(data.missing, axis=0), data.complete)
     baseline = rmse_missing(data.complete, column_means, data.mask)
-    assert 0.9 < baseline < 1.1                           # standardised units: the mean misses by about one std
+    assert 0.9 < baseline < 1.1  # standardised units: the mean misses by about one std
     imputer = fast(Imputer, hidden=(64,), latent=2, max_epochs=100)
     single = rmse_missing(data.complete, imputer.fit_transform(data.missing), data.mask)
     draws = [rmse_missing(data.complete, copy, data.mask) for copy in imputer.sample(data.missing, 5)]
@@ -315,7 +348,7 @@ COLOURS = {"red", "green", "blue"}
 class Mixed(NamedTuple):
     complete: pd.DataFrame
     incomplete: pd.DataFrame
-    mask: pd.DataFrame      # True = missing
+    mask: pd.DataFrame  # True = missing
 
 
 def mixed_frame(n=300, seed=0):
@@ -323,18 +356,21 @@ def mixed_frame(n=300, seed=0):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(n)
     b = a + 0.3 * rng.standard_normal(n)
-    complete = pd.DataFrame({
-        "a": a,
-        "b": b,
-        "count": pd.array(np.round(2 * b + 5).astype(int), dtype="Int64"),
-        "colour": np.where(a < -0.5, "red", np.where(a < 0.5, "green", "blue")),
-        "flag": (b > 0).astype(object),
-    }, index=pd.Index([f"row{i}" for i in range(n)], name="id"))
+    complete = pd.DataFrame(
+        {
+            "a": a,
+            "b": b,
+            "count": pd.array(np.round(2 * b + 5).astype(int), dtype="Int64"),
+            "colour": np.where(a < -0.5, "red", np.where(a < 0.5, "green", "blue")),
+            "flag": (b > 0).astype(object),
+        },
+        index=pd.Index([f"row{i}" for i in range(n)], name="id"),
+    )
     mask = pd.DataFrame(rng.random(complete.shape) < 0.2, index=complete.index, columns=complete.columns)
     incomplete = complete.copy()
-    incomplete["a"] = incomplete["a"].mask(mask["a"])                 # NaN
+    incomplete["a"] = incomplete["a"].mask(mask["a"])  # NaN
     incomplete["b"] = incomplete["b"].mask(mask["b"])
-    incomplete["count"] = incomplete["count"].mask(mask["count"])     # pd.NA
+    incomplete["count"] = incomplete["count"].mask(mask["count"])  # pd.NA
     incomplete["colour"] = incomplete["colour"].astype(object).where(~mask["colour"], None)
     incomplete["flag"] = incomplete["flag"].where(~mask["flag"], None)
     return Mixed(complete, incomplete, mask)
@@ -355,7 +391,7 @@ def assert_observed_kept(out, frame):
     for name in frame.columns:
         seen = frame[name].notna().to_numpy()
         if pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
-            given = frame[name].to_numpy(float, na_value=np.nan)                  # a nullable integer's pd.NA as NaN
+            given = frame[name].to_numpy(float, na_value=np.nan)  # a nullable integer's pd.NA as NaN
             np.testing.assert_array_equal(out[name].to_numpy(float)[seen], given[seen])
         else:
             assert out[name][seen].tolist() == frame[name][seen].tolist(), name
@@ -390,12 +426,12 @@ def test_mixed_imputations_follow_the_continuous_columns(fitted_mixed, mixed):
     for name in ("colour", "flag"):
         missed = mask[name].to_numpy()
         accuracy = np.mean(out[name][missed].to_numpy() == truth[name][missed].to_numpy())
-        chance = truth[name].value_counts(normalize=True).max()           # always guessing the commonest label
+        chance = truth[name].value_counts(normalize=True).max()  # always guessing the commonest label
         # measured: colour 0.76 (VAE) and 0.84 (MIWAE) against 0.35; flag 0.92 and 0.94 against 0.53
         assert accuracy > chance + 0.2, (name, accuracy, chance)
     missed = mask["b"].to_numpy()
     error = np.sqrt(np.mean((out["b"][missed] - truth["b"][missed]) ** 2))
-    assert error < 0.6 * truth["b"].std(), error                       # b follows a, mostly observed; measured 0.26 to 0.43
+    assert error < 0.6 * truth["b"].std(), error  # b follows a, mostly observed; measured 0.26 to 0.43
 
 
 def test_a_label_unseen_at_fit_names_its_column_and_label(fitted_mixed, mixed):
@@ -432,9 +468,9 @@ def test_a_numeric_column_declared_categorical_is_imputed_with_observed_codes(Im
     assert set(np.unique(out[missed, 2])) <= set(codes)
     for copy in declared.sample(X, 2):
         assert set(np.unique(copy[missed, 2])) <= set(codes)
-    undeclared = fast(Imputer, max_epochs=10).fit_transform(X)             # the same column taken as continuous
+    undeclared = fast(Imputer, max_epochs=10).fit_transform(X)  # the same column taken as continuous
     assert not set(np.unique(undeclared[missed, 2])) <= set(codes)
-    frame = pd.DataFrame(X, columns=list("abcdef"))                       # and by name in a DataFrame
+    frame = pd.DataFrame(X, columns=list("abcdef"))  # and by name in a DataFrame
     named = fast(Imputer, max_epochs=10, categorical=["c"]).fit(frame).transform(frame)
     assert set(np.unique(named["c"][missed])) <= set(codes)
 
@@ -452,6 +488,7 @@ def test_pandas_nullable_and_category_columns_are_imputed_together(Imputer, mixe
 
 # --- 5. The multiple-imputation classifier ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def wine():
     """sklearn's wine data (178 rows, 13 features, 3 classes) with 30 % of entries MCAR."""
@@ -464,16 +501,17 @@ WINE_CHANCE = 71 / 178  # the commonest class
 
 
 def mi_classifier(Imputer, **params):
-    return MultipleImputationClassifier(**{"imputer": fast(Imputer, max_epochs=10), "n_imputations": 3,
-                                           "random_state": 0, **params})
+    return MultipleImputationClassifier(
+        **{"imputer": fast(Imputer, max_epochs=10), "n_imputations": 3, "random_state": 0, **params}
+    )
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
 def test_the_classifier_in_a_pipeline_cross_validates_well_on_wine_with_missing_entries(Imputer, wine):
     data, y = wine
-    pipeline = make_pipeline(FunctionTransformer(np.log1p), mi_classifier(Imputer))   # log1p keeps NaN as NaN
+    pipeline = make_pipeline(FunctionTransformer(np.log1p), mi_classifier(Imputer))  # log1p keeps NaN as NaN
     scores = cross_val_score(pipeline, data.missing, y, cv=3)
-    assert scores.mean() > 0.75, scores        # chance is 0.40; measured 0.89 for both imputers
+    assert scores.mean() > 0.75, scores  # chance is 0.40; measured 0.89 for both imputers
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
@@ -497,7 +535,7 @@ def test_string_labels_come_back_as_given(Imputer, table):
     assert list(classifier.classes_) == ["a", "b"]
     predicted = classifier.predict(table.missing)
     assert set(predicted) <= {"a", "b"} and all(isinstance(label, str) for label in predicted)
-    assert np.mean(predicted == y) > 0.8       # measured 0.90 (VAE) and 0.96 (MIWAE): column 0 is 30 % missing
+    assert np.mean(predicted == y) > 0.8  # measured 0.90 (VAE) and 0.96 (MIWAE): column 0 is 30 % missing
     np.testing.assert_array_equal(predicted, classifier.classes_[classifier.predict_proba(table.missing).argmax(1)])
 
 
@@ -507,7 +545,7 @@ def test_predict_proba_gives_probabilities_that_do_not_depend_on_the_other_rows(
     classifier = mi_classifier(Imputer).fit(data.missing, y)
     proba = classifier.predict_proba(data.missing)
     assert proba.shape == (len(y), 3) and np.all((proba >= 0) & (proba <= 1))
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-6)   # float32 features: sums within 1e-7
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-6)  # float32 features: sums within 1e-7
     assert np.mean(classifier.predict(data.missing) == y) > 0.8
     for i in np.flatnonzero(data.mask.any(axis=1))[:4]:
         np.testing.assert_allclose(classifier.predict_proba(data.missing[i : i + 1])[0], proba[i], rtol=0, atol=1e-6)
@@ -518,14 +556,14 @@ def test_predict_proba_gives_probabilities_that_do_not_depend_on_the_other_rows(
 def test_shared_imputations_of_a_row_do_not_depend_on_its_batch(Imputer, table, monkeypatch):
     import mivae.tables.estimators
 
-    monkeypatch.setattr(mivae.tables.estimators, "BATCH_ROWS", 7)      # the table spans many batches
+    monkeypatch.setattr(mivae.tables.estimators, "BATCH_ROWS", 7)  # the table spans many batches
     imputer = fast(Imputer).fit(table.missing)
     whole, _ = imputer.encoded_imputations(table.missing, 3, seed=5)
     for i in (0, 9, 150):
         alone, _ = imputer.encoded_imputations(table.missing[i : i + 1], 3, seed=5)
-        np.testing.assert_allclose(alone[:, 0], whole[:, i], rtol=0, atol=1e-5)   # matmuls of other sizes round alike
+        np.testing.assert_allclose(alone[:, 0], whole[:, i], rtol=0, atol=1e-5)  # matmuls of other sizes round alike
     own, _ = imputer.encoded_imputations(table.missing, 3, seed=5, shared=False)
-    assert not np.array_equal(own, whole)                       # unshared: every row draws its own noise
+    assert not np.array_equal(own, whole)  # unshared: every row draws its own noise
 
 
 @pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
@@ -536,10 +574,14 @@ def test_add_indicator_gives_the_classifier_the_observed_mask_as_well(Imputer, w
     assert plain.classifier_.n_features_in_ == 13 and marked.classifier_.n_features_in_ == 26
 
 
-@pytest.mark.parametrize(("params", "named"), [
-    (dict(imputer=SimpleImputer()), "SimpleImputer"),
-    (dict(n_imputations=0), "n_imputations"),
-], ids=["SimpleImputer", "n_imputations=0"])
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        (dict(imputer=SimpleImputer()), "SimpleImputer"),
+        (dict(n_imputations=0), "n_imputations"),
+    ],
+    ids=["SimpleImputer", "n_imputations=0"],
+)
 def test_the_classifier_refuses_what_cannot_draw_multiple_imputations(params, named, wine):
     data, y = wine
     with pytest.raises(ValueError, match=named):
@@ -551,4 +593,4 @@ def test_an_imputer_then_logistic_regression_in_a_pipeline_cross_validates_well(
     data, y = wine
     pipeline = make_pipeline(fast(Imputer, max_epochs=20), StandardScaler(), LogisticRegression(max_iter=1000))
     scores = cross_val_score(pipeline, data.missing, y, cv=3)
-    assert scores.mean() > 0.75, scores        # chance is 0.40; measured 0.90 with MIWAEImputer
+    assert scores.mean() > 0.75, scores  # chance is 0.40; measured 0.90 with MIWAEImputer

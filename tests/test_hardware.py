@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from mivae.errors import MivaeError
 from mivae.config import TrainConfig
+from mivae.errors import MivaeError
 from mivae.hardware import bf16_supported, check_device, measure_threads, resolve_device, resolve_precision
 from mivae.images.imputation import multiple_imputation, predict_proba
 from mivae.models.classifiers import MLP
@@ -39,9 +39,13 @@ def test_auto_is_the_gpu_where_torch_sees_one_and_a_named_gpu_must_be_there(monk
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     # one GPU, one name: "auto" and "cuda" both come back as cuda:0, as a study's unit keys record it
-    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda:0") and TrainConfig().device == "cuda:0"
+    assert (
+        resolve_device("auto") == resolve_device("cuda") == torch.device("cuda:0") and TrainConfig().device == "cuda:0"
+    )
     assert TrainConfig(device="cpu").device == "cpu" and resolve_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(MivaeError, match=r"^device 'cuda:1' is not available: this torch sees 1 GPU\(s\), cuda:0 to cuda:0"):
+    with pytest.raises(
+        MivaeError, match=r"^device 'cuda:1' is not available: this torch sees 1 GPU\(s\), cuda:0 to cuda:0"
+    ):
         resolve_device("cuda:1")
     for bad in ("tpu", "mps", "cuda:x", "", None):
         with pytest.raises(MivaeError, match="expected auto, cpu, cuda or cuda:N"):

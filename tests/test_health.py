@@ -8,12 +8,12 @@ import optuna
 import pytest
 import torch
 
-from mivae.study import search
 from mivae.config import DataConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.health import classifier_health, constant_image_nll
-from mivae.models import build_model
 from mivae.images.pipeline import classifier_run_health, train_model, vae_run_health
 from mivae.images.problem import make_problem
+from mivae.models import build_model
+from mivae.study import search
 
 DATA = DataConfig(dataset="digits", method="random-pixels", level=0.3)
 
@@ -40,7 +40,7 @@ def test_predictions_at_chance_are_caught_even_when_spread_over_classes():
     health = classifier_health(predicted, labels, 10)
     assert not health.ok and "within 2 points of the largest class share 0.1000" in health.reason
     right = labels.copy()
-    right[:300] = (right[:300] + 1) % 10   # 70 % right, spread over all classes
+    right[:300] = (right[:300] + 1) % 10  # 70 % right, spread over all classes
     assert classifier_health(right, labels, 10).ok
 
 
@@ -84,7 +84,9 @@ def test_the_best_constant_image_is_the_pixel_mean():
 
 
 def test_a_trained_vae_passes(problem):
-    run = train_model("vae", DATA, VAEConfig(hidden=(128,), latent=8), TrainConfig(epochs=40, batch_size=64), problem=problem)
+    run = train_model(
+        "vae", DATA, VAEConfig(hidden=(128,), latent=8), TrainConfig(epochs=40, batch_size=64), problem=problem
+    )
     health = run.metrics["health"]
     assert health["ok"], health["reason"]
     assert health["measured"]["negative_elbo"] < health["measured"]["constant_image"] - 5 * 64 / 784
@@ -95,6 +97,7 @@ def test_a_search_records_an_unhealthy_trial_as_failed_and_goes_on(tmp_path, pro
     """The second trial's MLP is built to collapse (AdaDelta at a learning rate that cannot move it);
     the search records it as failed with the reason, runs the third, and selects among the healthy ones,
     without a traceback: a failed health check is an outcome, not an error."""
+
     def collapsing_second(kind, trial, layers=2):
         return MLPConfig(hidden=(32, 32), lr=1e-9) if trial.number == 1 else MLPConfig(hidden=(64, 64 + trial.number))
 
@@ -131,10 +134,18 @@ def test_a_retrained_winner_of_failed_trials_is_still_reported_as_failed(tmp_pat
         return real(kind, data, MLPConfig(hidden=(32, 32)), dataclasses.replace(train, epochs=15), **kwargs)
 
     monkeypatch.setattr(search, "train_model", healthy_retraining)
-    result = search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=2, batch_size=64, min_epochs=0),
-                              problem=problem, retrain=True, prune=False)
+    result = search.search(
+        "mlp",
+        DATA,
+        2,
+        tmp_path,
+        TrainConfig(epochs=2, batch_size=64, min_epochs=0),
+        problem=problem,
+        retrain=True,
+        prune=False,
+    )
     final = json.loads((tmp_path / "final" / "metrics.json").read_text())["health"]
-    assert final["ok"] and final["held_out"] is False   # the retrained model passes on what it was trained on
+    assert final["ok"] and final["held_out"] is False  # the retrained model passes on what it was trained on
     summary = json.loads((tmp_path / "search.json").read_text())
     assert not summary["health"]["ok"] and not result.health["ok"]
     assert summary["health"]["reason"].startswith("no trial passed its health check; the best failed one was kept: ")
@@ -152,9 +163,10 @@ def test_the_pruner_stops_a_hopeless_trial(tmp_path, problem, monkeypatch):
     search.search("mlp", DATA, 3, tmp_path, train, problem=problem, retrain=False)
     trials = json.loads((tmp_path / "search.json").read_text())["trials"]
     assert [t["state"] for t in trials[:2]] == ["COMPLETE", "COMPLETE"]
-    assert trials[2]["state"] == "PRUNED" and trials[2]["pruned_at"] == 3   # the first epoch early stopping could act
-    study = optuna.load_study(study_name=json.loads((tmp_path / "search.json").read_text())["study"],
-                              storage=search.default_storage(tmp_path))
+    assert trials[2]["state"] == "PRUNED" and trials[2]["pruned_at"] == 3  # the first epoch early stopping could act
+    study = optuna.load_study(
+        study_name=json.loads((tmp_path / "search.json").read_text())["study"], storage=search.default_storage(tmp_path)
+    )
     assert len(study.trials[2].intermediate_values) == 3
 
 
@@ -162,11 +174,14 @@ def test_the_pruner_spares_a_slow_start_inside_the_warm_up():
     pruner = search.median_pruner(TrainConfig(min_epochs=10))
     study = optuna.create_study(direction="maximize", pruner=pruner)
     for _ in range(2):
-        study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={e: 0.9 for e in range(1, 21)},
-                                                  distributions={}, params={}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=0.9, intermediate_values={e: 0.9 for e in range(1, 21)}, distributions={}, params={}
+            )
+        )
     trial = study.ask()
     for epoch in range(1, 10):
         trial.report(0.1, epoch)
-        assert not trial.should_prune()   # still inside the warm-up of 10 epochs
+        assert not trial.should_prune()  # still inside the warm-up of 10 epochs
     trial.report(0.1, 10)
     assert trial.should_prune()

@@ -9,9 +9,21 @@ SRC = Path(mivae.__file__).parent
 # Lower numbers first: a module may import only from a lower layer or from its own package. The modules
 # at the top of src/mivae are the floor, in their own order; images and tables share a layer and so never
 # import each other; nothing imports the command.
-LAYERS = {"errors": 0, "hardware": 1, "artifacts": 2, "config": 3, "models": 4, "training": 5, "stats": 6,
-          "health": 7, "images": 8, "tables": 8, "study": 9, "cli": 10}
-FACADES = {"mivae", "__main__", "estimators"}   # the public names, re-exported from the layers below
+LAYERS = {
+    "errors": 0,
+    "hardware": 1,
+    "artifacts": 2,
+    "config": 3,
+    "models": 4,
+    "training": 5,
+    "stats": 6,
+    "health": 7,
+    "images": 8,
+    "tables": 8,
+    "study": 9,
+    "cli": 10,
+}
+FACADES = {"mivae", "__main__", "estimators"}  # the public names, re-exported from the layers below
 
 
 def _unit(module):
@@ -26,13 +38,16 @@ def _imports(path):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("mivae.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mivae":
-            if node.module == "mivae":   # from mivae import config: the module; from mivae import __version__: the root
+            if node.module == "mivae":  # from mivae import config: the module; from mivae import __version__: the root
                 found |= {f"mivae.{a.name}" for a in node.names if a.name != "__version__"}
             else:
                 found.add(node.module)
                 # from mivae.study import beyond names a module of the package
-                found |= {f"{node.module}.{a.name}" for a in node.names
-                          if (SRC / Path(*node.module.split(".")[1:]) / f"{a.name}.py").exists()}
+                found |= {
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if (SRC / Path(*node.module.split(".")[1:]) / f"{a.name}.py").exists()
+                }
     return found
 
 
@@ -41,7 +56,7 @@ def _edges():
     edges = set()
     for path in SRC.rglob("*.py"):
         parts = path.relative_to(SRC).with_suffix("").parts
-        importer = ".".join(("mivae", *parts[: -1 if parts[-1] == "__init__" else None]))   # a package by its name
+        importer = ".".join(("mivae", *parts[: -1 if parts[-1] == "__init__" else None]))  # a package by its name
         edges |= {(importer, imported) for imported in _imports(path)}
     return edges
 
@@ -51,7 +66,7 @@ def test_the_edges_found_include_known_imports():
     edges = _edges()
     assert ("mivae.study.report", "mivae.images.figures") in edges
     assert ("mivae.study.reproduce", "mivae.study.beyond") in edges
-    assert ("mivae.cli.images", "mivae.config") in edges   # from mivae import config as cfg
+    assert ("mivae.cli.images", "mivae.config") in edges  # from mivae import config as cfg
     assert ("mivae.images.runs", "mivae.artifacts") in edges
 
 
@@ -70,10 +85,12 @@ def test_every_import_goes_down_the_layers():
 
 
 def test_the_public_estimators_are_importable_from_the_package_and_the_earlier_module():
-    from mivae import MIWAEImputer, MultipleImputationClassifier, VAEImputer
-    from mivae import estimators
+    from mivae import MIWAEImputer, MultipleImputationClassifier, VAEImputer, estimators
     from mivae.tables import estimators as home
 
     assert (MIWAEImputer, VAEImputer, MultipleImputationClassifier) == (
-        home.MIWAEImputer, home.VAEImputer, home.MultipleImputationClassifier)
+        home.MIWAEImputer,
+        home.VAEImputer,
+        home.MultipleImputationClassifier,
+    )
     assert estimators.MIWAEImputer is home.MIWAEImputer

@@ -5,9 +5,9 @@ import torch
 
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.errors import MivaeError
-from mivae.models import build_model
 from mivae.images.pipeline import evaluate_run, train_model
 from mivae.images.problem import make_problem, mask_aware
+from mivae.models import build_model
 
 DATA = DataConfig(dataset="digits", level=0.5)
 
@@ -17,9 +17,14 @@ def problem():
     return make_problem(DATA)
 
 
-@pytest.mark.parametrize("kind, config", [("mlp", MLPConfig(hidden=(16,), mask_input=True)),
-                                          ("cnn", CNNConfig(dense=8, mask_input=True)),
-                                          ("vae", VAEConfig(hidden=(16,), latent=2, mask_input=True))])
+@pytest.mark.parametrize(
+    "kind, config",
+    [
+        ("mlp", MLPConfig(hidden=(16,), mask_input=True)),
+        ("cnn", CNNConfig(dense=8, mask_input=True)),
+        ("vae", VAEConfig(hidden=(16,), latent=2, mask_input=True)),
+    ],
+)
 def test_a_mask_aware_model_never_sees_the_values_of_missing_pixels(kind, config, problem):
     torch.manual_seed(0)
     model = build_model(kind, config, (8, 8)).eval()

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from mivae.images.problem import mask_aware
 from mivae.models.distributions import importance_weights, iwae_bound
 from mivae.models.miwae import MIWAE, classify_importance, impute_importance, impute_multiple, miwae_loss
-from mivae.images.problem import mask_aware
 
 
 def _batch(n=256, seed=0, missing=0.5):
@@ -34,13 +34,15 @@ def test_the_bound_is_at_least_the_elbo_and_tightens_as_k_grows():
     assert torch.all(iwae_bound(log_w) >= log_w.mean(0) - 1e-5)  # the same samples: log mean exp >= mean log
     bounds = [iwae_bound(_log_w(model, inputs, k)).mean().item() for k in (1, 10, 100)]
     assert bounds[0] < bounds[1] < bounds[2], bounds
-    assert miwae_loss(model, inputs, samples=1).item() == pytest.approx(-_log_w(model, inputs, 1, seed=2).mean().item(), rel=0.05)
+    assert miwae_loss(model, inputs, samples=1).item() == pytest.approx(
+        -_log_w(model, inputs, 1, seed=2).mean().item(), rel=0.05
+    )
 
 
 def test_missing_entries_never_reach_the_bound():
     model, (values, mask) = _model(), _batch(64)
     garbage = torch.where(mask, torch.rand(values.shape) * 100, values)  # other values where missing
-    nan = torch.where(mask, torch.nan, values)                           # or NaN, as mivae's corruption gives
+    nan = torch.where(mask, torch.nan, values)  # or NaN, as mivae's corruption gives
     reference = _log_w(model, mask_aware(values, mask), 5)
     assert torch.equal(_log_w(model, mask_aware(garbage, mask), 5), reference)
     assert torch.equal(_log_w(model, mask_aware(nan, mask), 5), reference)
@@ -76,7 +78,9 @@ def test_weighted_classification_is_a_distribution_and_uniform_weights_give_the_
     torch.manual_seed(3)
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     weighted = classify_importance(model, classifier, inputs, samples=30, generator=torch.Generator().manual_seed(4))
-    uniform = classify_importance(model, classifier, inputs, samples=30, generator=torch.Generator().manual_seed(4), weighted=False)
+    uniform = classify_importance(
+        model, classifier, inputs, samples=30, generator=torch.Generator().manual_seed(4), weighted=False
+    )
     assert torch.allclose(weighted.sum(1), torch.ones(16)) and torch.allclose(uniform.sum(1), torch.ones(16))
     assert not torch.allclose(weighted, uniform)  # the weights matter
 
@@ -124,8 +128,13 @@ def test_trained_on_incomplete_digits_alone_it_imputes_better_than_any_constant(
     from mivae.images.runs import load_run, save_run
 
     data, problem = digits
-    run = train_model(kind, data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20),
-                      TrainConfig(epochs=30, batch_size=64, patience=5), problem=problem)
+    run = train_model(
+        kind,
+        data,
+        MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20),
+        TrainConfig(epochs=30, batch_size=64, patience=5),
+        problem=problem,
+    )
     test = problem.test
     missing = test.clean[test.mask]
     best_constant = missing.std().item()  # the RMSE of the ideal constant fill: the true mean of the missing pixels
@@ -143,7 +152,9 @@ def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp
 
     data, problem = digits
     train = TrainConfig(epochs=20, batch_size=64, patience=5)
-    imputer = train_model("miwae", data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20), train, problem=problem)
+    imputer = train_model(
+        "miwae", data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20), train, problem=problem
+    )
     run = train_model("miwae+mlp", data, MLPConfig(hidden=(128,)), train, problem=problem, vae_run=imputer)
     result = evaluate_run(load_run(save_run(run, tmp_path / "run")), samples=(30,), problem=problem)
     assert result["single"]["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
@@ -163,12 +174,14 @@ def test_hold_out_hides_observed_pixels_only_singly_or_by_whole_columns():
     torch.manual_seed(0)
     visible, held = hold_out(inputs, 0.3)
     observed = inputs[:, 1] > 0
-    assert not held[~observed].any() and not visible[:, 1][held > 0].any()       # only observed pixels are hidden
-    assert torch.equal(visible[:, 1] + held, inputs[:, 1])                        # every observed pixel is one or the other
-    assert torch.equal(visible[:, 0], inputs[:, 0] * visible[:, 1])               # hidden values are zeroed, not kept
+    assert not held[~observed].any() and not visible[:, 1][held > 0].any()  # only observed pixels are hidden
+    assert torch.equal(visible[:, 1] + held, inputs[:, 1])  # every observed pixel is one or the other
+    assert torch.equal(visible[:, 0], inputs[:, 0] * visible[:, 1])  # hidden values are zeroed, not kept
     assert abs(held.sum().item() / observed.sum().item() - 0.3) < 0.02
-    _, held = hold_out(mask_aware(values, torch.zeros_like(mask)), 0.3, "columns")  # nothing missing: columns show whole
-    column_sums = held.sum(1)                                                     # (B, W): H where held, else 0
+    _, held = hold_out(
+        mask_aware(values, torch.zeros_like(mask)), 0.3, "columns"
+    )  # nothing missing: columns show whole
+    column_sums = held.sum(1)  # (B, W): H where held, else 0
     assert torch.all((column_sums == 0) | (column_sums == 8)) and 0.2 < (column_sums > 0).float().mean() < 0.4
 
 
@@ -181,7 +194,7 @@ def test_missing_entries_never_reach_the_refined_loss_and_every_part_learns():
     model, (values, mask) = _refined(), _batch(64)
     losses = []
     for filled in (values, torch.where(mask, torch.rand(values.shape) * 100, values)):
-        torch.manual_seed(3)   # the same held-out pixels and latent draws
+        torch.manual_seed(3)  # the same held-out pixels and latent draws
         losses.append(miwae_loss(model, mask_aware(filled, mask), samples=3))
     assert torch.equal(losses[0], losses[1])
     losses[0].backward()
@@ -196,7 +209,7 @@ def test_refined_imputations_keep_every_observed_pixel():
     multiple = impute_multiple(model, inputs, imputations=3, samples=10, generator=torch.Generator().manual_seed(0))
     for images in (single, *multiple):
         assert torch.equal(images[~mask], values[~mask]) and images.min() >= 0 and images.max() <= 1
-    assert not torch.equal(multiple[0], multiple[1])   # resampled proposals differ
+    assert not torch.equal(multiple[0], multiple[1])  # resampled proposals differ
 
 
 def test_local_refinement_takes_no_missingness_model_and_checks_its_holdout():

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
+from mivae.config import CNNConfig, MLPConfig, VAEConfig
 from mivae.models import build_model
 from mivae.models.classifiers import CNN, MLP, l2_penalty
-from mivae.models.type2 import VAEClassifier
 from mivae.models.distributions import kl_divergence, reparameterize
+from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE, negative_elbo, reconstruction_loss
-from mivae.config import CNNConfig, MLPConfig, VAEConfig
 
 
 def test_vae_shapes_and_output_range():
@@ -44,7 +44,9 @@ def test_reconstruction_is_bce_summed_over_pixels():
     target = torch.rand(2, 8, 8)
     torch.testing.assert_close(reconstruction_loss(logits, target), torch.full((2,), 64 * math.log(2)))
     mu, logvar = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.zeros(2, 2)
-    torch.testing.assert_close(negative_elbo(logits, target, mu, logvar), torch.tensor([64 * math.log(2) + 2.5, 64 * math.log(2)]))
+    torch.testing.assert_close(
+        negative_elbo(logits, target, mu, logvar), torch.tensor([64 * math.log(2) + 2.5, 64 * math.log(2)])
+    )
 
 
 def test_classifiers_take_images_and_return_logits():
@@ -60,11 +62,11 @@ def test_the_cnns_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout_doe
     from mivae.models.classifiers import Dropout
 
     torch.manual_seed(0)
-    x = torch.rand(400, 500) + 0.5                       # no zeros of its own
+    x = torch.rand(400, 500) + 0.5  # no zeros of its own
     for p in (0.25, 0.5):
         out = Dropout(p).train()(x)
         zeroed = (out == 0).float().mean().item()
-        assert abs(zeroed - p) < 4 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-9   # within 4 standard errors
+        assert abs(zeroed - p) < 4 * (p * (1 - p) / x.numel()) ** 0.5 + 1e-9  # within 4 standard errors
         kept = out != 0
         assert torch.allclose(out[kept], x[kept] / (1 - p))
     assert torch.equal(Dropout(0.5).eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
@@ -93,7 +95,7 @@ def test_the_cnns_dropout_keeps_the_layout_and_dtype_and_scales_with_one_roundin
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pooling_before_the_relu_gives_the_values_and_gradients_of_pooling_after_it(dtype):
     torch.manual_seed(0)
-    x = torch.randint(-2, 3, (4, 3, 9, 12)).to(dtype)   # few values: many windows hold ties, some only values <= 0
+    x = torch.randint(-2, 3, (4, 3, 9, 12)).to(dtype)  # few values: many windows hold ties, some only values <= 0
     grad = torch.randn(4, 3, 4, 6).to(dtype)
     ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     pool = torch.nn.MaxPool2d(2)

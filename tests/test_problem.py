@@ -16,8 +16,8 @@ def test_parts_hold_filled_inputs_clean_targets_masks_and_labels(problem):
     for part in (problem.train, problem.val, problem.test):
         assert part.x.shape == part.clean.shape == part.mask.shape == (len(part), 8, 8)
         assert not torch.isnan(part.x).any()
-        assert torch.all(part.x[part.mask] == 1.0)                         # white fill, the thesis' policy
-        assert torch.equal(part.x[~part.mask], part.clean[~part.mask])     # observed pixels untouched
+        assert torch.all(part.x[part.mask] == 1.0)  # white fill, the thesis' policy
+        assert torch.equal(part.x[~part.mask], part.clean[~part.mask])  # observed pixels untouched
     assert problem.image_shape == (8, 8) and problem.n_classes == 10
 
 
@@ -35,4 +35,4 @@ def test_limit_and_other_fill_policies():
     assert torch.all(small.train.x[small.train.mask] == 0.0)
     mean = make_problem(DataConfig(dataset="digits", level=0.7, limit=100, fill="mean"))
     filled = mean.test.x[mean.test.mask]
-    assert 0.0 < filled.mean() < 1.0 and len(torch.unique(filled)) > 5    # per-pixel means, not a constant
+    assert 0.0 < filled.mean() < 1.0 and len(torch.unique(filled)) > 5  # per-pixel means, not a constant

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from mivae.study import report, report_beyond, reproduce
 from mivae.cli import main
 from mivae.errors import MivaeError
-from mivae.study.report import THESIS
 from mivae.images.runs import load_run, write_json
+from mivae.study import report, report_beyond, reproduce
+from mivae.study.report import THESIS
 
 SETTINGS = [reproduce.setting_name(m, lv) for m in reproduce.METHODS for lv in reproduce.LEVELS]
 
@@ -51,9 +51,15 @@ def smoke(tmp_path_factory):
     finally:
         reproduce.search = real_search
     report.build_report(out)
-    return {"out": out, "study": study, "finished_before": finished_before, "searches_after_resume": list(calls),
-            "wall": reproduce.wall_time(out), "report": (out / "report" / "report.md").read_text(),
-            "results": json.loads((out / "report" / "results.json").read_text())}
+    return {
+        "out": out,
+        "study": study,
+        "finished_before": finished_before,
+        "searches_after_resume": list(calls),
+        "wall": reproduce.wall_time(out),
+        "report": (out / "report" / "report.md").read_text(),
+        "results": json.loads((out / "report" / "results.json").read_text()),
+    }
 
 
 def _cells(smoke, table):
@@ -116,7 +122,11 @@ def test_tables_6_and_7_test_clean_trained_classifiers_on_every_corruption(smoke
         assert len(cells) == 12 and all(0 <= c["ours"] <= 1 for c in cells)
     first = json.loads((smoke["out"] / "results" / "random-pixels-0.5" / "clean-mlp.json").read_text())
     other = json.loads((smoke["out"] / "results" / "vertical-lines-0.9" / "clean-mlp.json").read_text())
-    assert first["data"]["method"] == "random-pixels" and other["data"] == {**first["data"], "method": "vertical-lines", "level": 0.9}
+    assert first["data"]["method"] == "random-pixels" and other["data"] == {
+        **first["data"],
+        "method": "vertical-lines",
+        "level": 0.9,
+    }
     assert first["search"] == other["search"]  # one classifier, selected on clean validation images, tested everywhere
 
 
@@ -197,14 +207,21 @@ def test_a_model_that_failed_its_health_check_marks_its_cells_and_is_never_judge
     _healthy(copy)
     path = copy / "results" / "random-pixels-0.7" / "vae+mlp.json"
     result = json.loads(path.read_text())
-    result["health"] = {"ok": False, "reason": "its predictions collapsed: class 1 makes up 100.0% of them.",
-                        "measured": {}}
+    result["health"] = {
+        "ok": False,
+        "reason": "its predictions collapsed: class 1 makes up 100.0% of them.",
+        "measured": {},
+    }
     path.write_text(json.dumps(result))
     report.build_report(copy)
     results = json.loads((copy / "report" / "results.json").read_text())
     marked = {(c["table"], c["row"], c["column"]) for c in results["cells"] if c["failed_model"]}
-    assert marked == {(1, 0.7, "VAE+MLP single"), (1, 0.7, "VAE+MLP M = 300 (thesis 3000)"), (1, 0.7, "z_multi/single"),
-                      (3, "selected", "accuracy")}   # Table 3's selected row is the same VAE+MLP
+    assert marked == {
+        (1, 0.7, "VAE+MLP single"),
+        (1, 0.7, "VAE+MLP M = 300 (thesis 3000)"),
+        (1, 0.7, "z_multi/single"),
+        (3, "selected", "accuracy"),
+    }  # Table 3's selected row is the same VAE+MLP
     judged = [o["held"] for o in results["observations"]]
     # Observations 1, 2, 4 and 6 rest on the Random Pixels 70 % VAE+MLP; 3 on it too (the best other classifier);
     # 5 only on the 90 % settings.
@@ -239,8 +256,23 @@ def test_settings_pick_rows_of_the_matrix_and_reuse_what_ran(smoke, tmp_path, mo
     shutil.copytree(smoke["out"], copy)
     ran = []
     monkeypatch.setattr(reproduce, "search", lambda *a, **k: ran.append(a[0]))
-    assert main(["reproduce", "--preset", "smoke", "--settings", "vl90,rp70", "--thesis-only", "--out", str(copy),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--preset",
+                "smoke",
+                "--settings",
+                "vl90,rp70",
+                "--thesis-only",
+                "--out",
+                str(copy),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert ran == []
     invocation = json.loads((copy / "study.json").read_text())["invocations"][-1]
     assert invocation["settings"] == ["random-pixels-0.7", "vertical-lines-0.9"] and invocation["beyond"] is False
@@ -251,8 +283,10 @@ def test_settings_pick_rows_of_the_matrix_and_reuse_what_ran(smoke, tmp_path, mo
 
 
 def test_the_settings_of_a_study_are_checked_in_python_too(tmp_path):
-    with pytest.raises(MivaeError, match="the settings to run must be some of the thesis' six, rp50, .*; got "
-                                         "\\('random-pixels', 0.6\\)."):
+    with pytest.raises(
+        MivaeError,
+        match="the settings to run must be some of the thesis' six, rp50, .*; got \\('random-pixels', 0.6\\).",
+    ):
         reproduce.reproduce("smoke", tmp_path, settings=[("random-pixels", 0.6)], progress=False)
     with pytest.raises(MivaeError, match="got none."):
         reproduce.reproduce("smoke", tmp_path, settings=[], progress=False)
@@ -334,8 +368,9 @@ def test_the_beyond_section_chooses_on_validation_and_reports_every_target(smoke
     assert u["comparisons"] == 6 * 4 * 3  # settings x (VAE+MLP, VAE+CNN, two weighted variants) x (NLL, Brier, ECE)
     assert u["held"] == (u["multiple_better"] > u["comparisons"] / 2) and u["left_out"] == []
     clean = beyond["clean_scenario"]
-    assert len(clean) == 12 and all(r["met"] == (r["chosen_test"] >= r["thesis"] + 0.10 or r["chosen_test"] >= 0.95)
-                                    for r in clean)
+    assert len(clean) == 12 and all(
+        r["met"] == (r["chosen_test"] >= r["thesis"] + 0.10 or r["chosen_test"] >= 0.95) for r in clean
+    )
     assert all(set(r["test"]) == {"thesis' VAE", "(not-)MIWAE", "mean", "iterative"} for r in clean)
     text = (copy / "report" / "report.md").read_text()
     assert "## Beyond the thesis" in text and text.count("| missed |") + text.count("| **met** |") == 6 + 12
@@ -364,18 +399,25 @@ def test_the_beyond_section_never_reads_a_failed_model_as_a_finding(smoke, tmp_p
     assert all(isinstance(targets[s]["met"], bool) for s in SETTINGS if s != "vertical-lines-0.9")
     u = beyond["uncertainty"]
     # rp50's VAE+MLP and VAE+CNN rest on its failed VAE; vl90's weighted variants on its failed classifier
-    assert u["left_out"] == ["random-pixels-0.5 VAE+CNN", "random-pixels-0.5 VAE+MLP",
-                             "vertical-lines-0.9 not-miwae+mlp"]
+    assert u["left_out"] == [
+        "random-pixels-0.5 VAE+CNN",
+        "random-pixels-0.5 VAE+MLP",
+        "vertical-lines-0.9 not-miwae+mlp",
+    ]
     assert u["comparisons"] == (6 * 4 - 4) * 3
     clean = {(r["setting"], r["classifier"]): r for r in beyond["clean_scenario"]}
     assert all(clean[("random-pixels-0.5", c)]["chosen"] != "thesis' VAE" for c in ("mlp", "cnn"))
     assert clean[("vertical-lines-0.5", "mlp")]["met"] is None
     assert clean[("vertical-lines-0.5", "cnn")]["met"] is not None
     text = (copy / "report" / "report.md").read_text()
-    beyond_text = text[text.index("## Beyond the thesis"):]
+    beyond_text = text[text.index("## Beyond the thesis") :]
     assert "| not judged |" in beyond_text and "left out: a model they rest on failed" in beyond_text
-    for listed in ("random-pixels-0.5 vae: it ignores its latent space", "vertical-lines-0.5 clean-mlp: its",
-                   "vertical-lines-0.9 mask-mlp: its predictions", "random-pixels-0.7 cnn: its predictions"):
+    for listed in (
+        "random-pixels-0.5 vae: it ignores its latent space",
+        "vertical-lines-0.5 clean-mlp: its",
+        "vertical-lines-0.9 mask-mlp: its predictions",
+        "random-pixels-0.7 cnn: its predictions",
+    ):
         assert f"- {listed}" in beyond_text
 
 
@@ -395,10 +437,17 @@ def test_the_wall_time_counts_every_invocation_and_overlapping_workers_once(tmp_
     clock.mkdir()
     spans = [(0, 100, False), (100, 400, True), (200, 300, True), (1000, 1060, False)]  # two workers from 200 to 300
     for i, (start, last, finished) in enumerate(spans):
-        write_json(clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished, "threads": 2 - i % 2})
+        write_json(
+            clock / f"host-{i}.json", {"started": start, "last": last, "finished": finished, "threads": 2 - i % 2}
+        )
     (clock / "host-9.json").write_text("{")  # a damaged record is left out
-    assert reproduce.wall_time(tmp_path) == {"seconds": 460.0, "invocations": 4, "stopped": 2, "workers": 2,
-                                               "threads": [1, 2]}
+    assert reproduce.wall_time(tmp_path) == {
+        "seconds": 460.0,
+        "invocations": 4,
+        "stopped": 2,
+        "workers": 2,
+        "threads": [1, 2],
+    }
 
 
 def test_a_running_invocation_keeps_its_clock_up_to_date(tmp_path):
@@ -445,8 +494,9 @@ def test_two_workers_of_one_directory_run_each_unit_once(tmp_path):
         (directory / "model.txt").write_text("trained by the other worker")
         write_json(directory / "unit.json", {"label": "shared", "spec": spec, "seconds": 5.0})
 
-    before, after = _held_by_another_worker(directory / ".lock", other_worker_finishes,
-                                            lambda: study._unit("shared", spec, work)[0])
+    before, after = _held_by_another_worker(
+        directory / ".lock", other_worker_finishes, lambda: study._unit("shared", spec, work)[0]
+    )
     assert before == [] and calls == [True] and after == ["trained by the other worker"]
 
 
@@ -459,15 +509,20 @@ def test_two_workers_of_one_directory_compute_each_evaluation_once(tmp_path):
     def other_worker_finishes():
         write_json(path, {"key": key, "test_accuracy": 0.5})
 
-    before, after = _held_by_another_worker(tmp_path / "results" / "rp" / ".mlp.lock", other_worker_finishes,
-                                            lambda: study.evaluated("rp", "mlp", "abc", lambda: {"test_accuracy": 0.9}))
+    before, after = _held_by_another_worker(
+        tmp_path / "results" / "rp" / ".mlp.lock",
+        other_worker_finishes,
+        lambda: study.evaluated("rp", "mlp", "abc", lambda: {"test_accuracy": 0.9}),
+    )
     assert before == [] and after[0]["test_accuracy"] == 0.5
 
 
 def _recording_tasks(ran, needs):
     """Tasks named by `needs`' keys, each appending its name to `ran` when run."""
-    return [reproduce._Task(name, tuple(n), lambda name=name: ran.append(name), name.split("-")[0])
-            for name, n in needs.items()]
+    return [
+        reproduce._Task(name, tuple(n), lambda name=name: ran.append(name), name.split("-")[0])
+        for name, n in needs.items()
+    ]
 
 
 def test_one_worker_runs_the_tasks_in_their_order(tmp_path):
@@ -483,8 +538,9 @@ def test_a_worker_takes_other_ready_tasks_while_another_worker_holds_one_and_reu
     ran = []
     tasks = _recording_tasks(ran, {"vae": (), "vae+mlp": ("vae",), "mlp": (), "cnn": ()})
     # While the other worker runs "vae", this one runs the two tasks that do not need it, then waits for it.
-    before, _ = _held_by_another_worker(tmp_path / "tasks" / ".vae.lock", lambda: None,
-                                        lambda: reproduce._run_tasks(study, tasks))
+    before, _ = _held_by_another_worker(
+        tmp_path / "tasks" / ".vae.lock", lambda: None, lambda: reproduce._run_tasks(study, tasks)
+    )
     assert before == []  # it waited for the held task in the end
     assert ran == ["mlp", "cnn", "vae", "vae+mlp"]
 
@@ -496,16 +552,24 @@ def test_the_study_lists_each_task_once_after_the_tasks_it_needs(tmp_path):
         assert len(names) == len(set(names))
         for i, task in enumerate(reproduce._tasks(study)):
             assert set(task.needs) <= set(names[:i]), task.name
-        assert names[:5] == ["vae-random-pixels-0.5", "mlp-random-pixels-0.5", "vae+mlp-random-pixels-0.5",
-                             "cnn-random-pixels-0.5", "vae+cnn-random-pixels-0.5"]
+        assert names[:5] == [
+            "vae-random-pixels-0.5",
+            "mlp-random-pixels-0.5",
+            "vae+mlp-random-pixels-0.5",
+            "cnn-random-pixels-0.5",
+            "vae+cnn-random-pixels-0.5",
+        ]
         # the clean classifiers, long and needed only by the last tasks, right after the first setting's
-        assert names.index("clean-cnn") < names.index("vae-random-pixels-0.7") < names.index("clean-on-random-pixels-0.5")
+        assert (
+            names.index("clean-cnn") < names.index("vae-random-pixels-0.7") < names.index("clean-on-random-pixels-0.5")
+        )
         assert ("beyond-vertical-lines-0.9" in names) == beyond_stage
 
 
 def test_the_time_left_is_the_mean_of_the_timed_tasks_of_each_kind_shared_among_the_workers(tmp_path):
-    tasks = _recording_tasks([], {f"{kind}-{i}": () for kind, n in (("vae", 3), ("cnn", 2), ("table3", 1))
-                                  for i in range(n)})
+    tasks = _recording_tasks(
+        [], {f"{kind}-{i}": () for kind, n in (("vae", 3), ("cnn", 2), ("table3", 1)) for i in range(n)}
+    )
     for name, seconds in (("vae-0", 100), ("vae-1", 200), ("cnn-0", 50)):
         write_json(tmp_path / f"{name}.json", {"kind": name.split("-")[0], "seconds": seconds})
     (tmp_path / "cnn-1.json").write_text("{")  # a damaged record: the task counts as left
@@ -545,15 +609,20 @@ def test_a_task_that_went_on_from_a_stopped_invocations_part_of_a_unit_is_not_ti
     the task around it took only part of its time here, so it records none."""
     study = reproduce.Study("smoke", tmp_path, progress=False)
     spec = {"unit": "vae"}
-    (tmp_path / "units" / f"vae-{reproduce.key_of(spec)}").mkdir(parents=True)   # begun, never finished
+    (tmp_path / "units" / f"vae-{reproduce.key_of(spec)}").mkdir(parents=True)  # begun, never finished
 
     def unit(label, spec):
         return lambda: study._unit(label, spec, lambda directory, finished: None)
 
-    reproduce._run_tasks(study, [reproduce._Task("vae-0", (), unit("vae", spec), "vae"),
-                                   reproduce._Task("mlp-0", (), unit("mlp", {"unit": "mlp"}), "mlp")])
+    reproduce._run_tasks(
+        study,
+        [
+            reproduce._Task("vae-0", (), unit("vae", spec), "vae"),
+            reproduce._Task("mlp-0", (), unit("mlp", {"unit": "mlp"}), "mlp"),
+        ],
+    )
     assert study.resumed == 1 and not (tmp_path / "tasks" / "vae-0.json").exists()
-    assert json.loads((tmp_path / "tasks" / "mlp-0.json").read_text())["kind"] == "mlp"   # begun here: timed
+    assert json.loads((tmp_path / "tasks" / "mlp-0.json").read_text())["kind"] == "mlp"  # begun here: timed
 
 
 def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_beats(tmp_path):
@@ -564,11 +633,14 @@ def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_be
     assert reproduce._workers_running(tmp_path, now=1030) == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["reproduce", "--preset", "huge"], "unknown preset 'huge'; known presets are smoke, quick, thesis."),
-    (["reproduce", "--limit", "0"], "--limit must be at least 1; got 0."),
-    (["report", "/nonexistent/run"], "/nonexistent/run is not a reproduce run directory: study.json is missing."),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["reproduce", "--preset", "huge"], "unknown preset 'huge'; known presets are smoke, quick, thesis."),
+        (["reproduce", "--limit", "0"], "--limit must be at least 1; got 0."),
+        (["report", "/nonexistent/run"], "/nonexistent/run is not a reproduce run directory: study.json is missing."),
+    ],
+)
 def test_bad_reproduce_and_report_arguments_are_one_sentence(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

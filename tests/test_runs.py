@@ -7,8 +7,8 @@ import torch
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, read_config_file
 from mivae.errors import MivaeError
 from mivae.images.imputation import predict_proba
-from mivae.models import build_model
 from mivae.images.runs import Run, load_run, save_run
+from mivae.models import build_model
 from mivae.training import History
 
 DATA = DataConfig(dataset="digits", level=0.3)
@@ -17,10 +17,24 @@ DATA = DataConfig(dataset="digits", level=0.3)
 def _run(kind, config, vae=None, vae_config=None):
     torch.manual_seed(1)
     model = build_model(kind, config, (8, 8), 10, vae=vae).eval()
-    return Run(kind, DATA, config, TrainConfig(epochs=3), model, (8, 8), 10, vae_config, History(train_loss=[1.0], best_epoch=1), {"test_accuracy": 0.5})
+    return Run(
+        kind,
+        DATA,
+        config,
+        TrainConfig(epochs=3),
+        model,
+        (8, 8),
+        10,
+        vae_config,
+        History(train_loss=[1.0], best_epoch=1),
+        {"test_accuracy": 0.5},
+    )
 
 
-@pytest.mark.parametrize("kind, config", [("mlp", MLPConfig(hidden=(20, 10))), ("cnn", CNNConfig(dense=16)), ("vae+mlp", MLPConfig(hidden=(12,)))])
+@pytest.mark.parametrize(
+    "kind, config",
+    [("mlp", MLPConfig(hidden=(20, 10))), ("cnn", CNNConfig(dense=16)), ("vae+mlp", MLPConfig(hidden=(12,)))],
+)
 def test_a_saved_run_loads_back_to_identical_predictions(tmp_path, kind, config):
     vae_config = VAEConfig(hidden=(24,), latent=3)
     vae = build_model("vae", vae_config, (8, 8)) if kind.startswith("vae+") else None
@@ -88,7 +102,10 @@ def test_a_damaged_or_missing_config_is_one_clear_error(saved, tmp_path):
 def test_config_refuses_unknown_keys_and_wrong_types():
     assert from_dict(VAEConfig, {"hidden": [64, 32], "latent": "8"}) == VAEConfig(hidden=(64, 32), latent=8)
     assert from_dict(DataConfig, {"limit": None, "exact": "true"}) == DataConfig(limit=None, exact=True)
-    with pytest.raises(MivaeError, match="unknown setting 'layers' in \\[VAEConfig\\]; known settings are hidden, latent, lr, l2, denoising"):
+    with pytest.raises(
+        MivaeError,
+        match="unknown setting 'layers' in \\[VAEConfig\\]; known settings are hidden, latent, lr, l2, denoising",
+    ):
         from_dict(VAEConfig, {"layers": 3})
     with pytest.raises(MivaeError, match="VAEConfig.latent must be a whole number; got 2.5"):
         from_dict(VAEConfig, {"latent": 2.5})
@@ -100,7 +117,7 @@ def test_config_refuses_unknown_keys_and_wrong_types():
 
 def test_config_files_in_toml_and_json(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('[model]\nhidden = [64, 64]\nlatent = 10\n[train]\nepochs = 3\n')
+    toml.write_text("[model]\nhidden = [64, 64]\nlatent = 10\n[train]\nepochs = 3\n")
     assert read_config_file(toml) == {"model": {"hidden": [64, 64], "latent": 10}, "train": {"epochs": 3}}
     bad = tmp_path / "c.json"
     bad.write_text("{")
@@ -119,10 +136,15 @@ def test_a_run_saved_before_init_and_min_epochs_existed_reads_as_it_was_trained(
         del config[table][key]
     (path / "config.json").write_text(json.dumps(config))
     # The digest covers the model tables: an older run's was computed without the key, as here.
-    from mivae.images.runs import _architecture_digest
     from safetensors.torch import load_file, save_file
-    save_file(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"),
-              metadata={"architecture_sha256": _architecture_digest(config)})
+
+    from mivae.images.runs import _architecture_digest
+
+    save_file(
+        load_file(str(path / "model.safetensors")),
+        str(path / "model.safetensors"),
+        metadata={"architecture_sha256": _architecture_digest(config)},
+    )
     loaded = load_run(path)
     assert loaded.model_config.init == "torch" and loaded.vae_config.init == "torch" and loaded.train.min_epochs == 0
     assert VAEConfig().init == "glorot" and TrainConfig().min_epochs == 10

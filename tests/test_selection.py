@@ -15,11 +15,11 @@ import optuna
 import pytest
 import torch
 
-from mivae.study import search
 from mivae.config import DataConfig, TrainConfig
 from mivae.errors import MivaeError
 from mivae.images.problem import make_problem
 from mivae.images.runs import Run
+from mivae.study import search
 from mivae.training import History, TrainingDiverged
 
 DATA = DataConfig(dataset="digits", level=0.3)
@@ -91,7 +91,7 @@ def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one
     dying, running = fleet.ask(), fleet.ask()
     search.suggest_config("vae", dying)
     assert search.suggest_config("vae", running) == expected[1]
-    fleet._storage.set_trial_state_values(dying._trial_id, optuna.trial.TrialState.FAIL)   # as fail_stale_trials does
+    fleet._storage.set_trial_state_values(dying._trial_id, optuna.trial.TrialState.FAIL)  # as fail_stale_trials does
     replacement = fleet.ask()
     assert search.suggest_config("vae", replacement) == expected[0]
 
@@ -115,12 +115,33 @@ def _fake_train(values, diverge=()):
     def train_model(kind, data, config, train, problem=None, vae_run=None, validate=True, **kw):
         calls.append((config, train.epochs, validate, len(problem.train)))
         if not validate:
-            return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=train.epochs), {"test_accuracy": 0.5})
+            return Run(
+                kind,
+                data,
+                config,
+                train,
+                torch.nn.Linear(1, 1),
+                (8, 8),
+                10,
+                None,
+                History(best_epoch=train.epochs),
+                {"test_accuracy": 0.5},
+            )
         i = len([c for c in calls if c[2]]) - 1
         if i in diverge:
             raise TrainingDiverged("training diverged: the loss went from 2.3 to nan at step 1 of epoch 2")
-        return Run(kind, data, config, train, torch.nn.Linear(1, 1), (8, 8), 10, None, History(best_epoch=i + 1),
-                   {"val_accuracy": values[i], "val_negative_elbo": values[i], "health": HEALTHY})
+        return Run(
+            kind,
+            data,
+            config,
+            train,
+            torch.nn.Linear(1, 1),
+            (8, 8),
+            10,
+            None,
+            History(best_epoch=i + 1),
+            {"val_accuracy": values[i], "val_negative_elbo": values[i], "health": HEALTHY},
+        )
 
     return train_model, calls
 
@@ -131,9 +152,9 @@ def test_selection_retrains_the_best_validation_score_on_train_and_validation(tm
     result = search.search("mlp", DATA, 4, tmp_path, TrainConfig(epochs=30), problem=problem)
     assert result.best_value == 0.9 and result.best_epoch == 2
     searched, final = calls[:4], calls[4]
-    assert final[0] == searched[1][0]                        # the configuration of trial 1
-    assert final[1] == 2 and final[2] is False                 # its recorded epochs, no early stopping
-    assert final[3] == len(problem.train) + len(problem.val)   # on train + validation
+    assert final[0] == searched[1][0]  # the configuration of trial 1
+    assert final[1] == 2 and final[2] is False  # its recorded epochs, no early stopping
+    assert final[3] == len(problem.train) + len(problem.val)  # on train + validation
     assert all(c[3] == len(problem.train) and c[1] == 30 for c in searched)
     assert (tmp_path / "search.json").exists() and (tmp_path / "final" / "config.json").exists()
 
@@ -171,16 +192,26 @@ def test_a_study_that_holds_each_setting_as_its_own_attribute_is_still_checked(t
     study = optuna.create_study(storage=search.default_storage(tmp_path), study_name="old", direction="maximize")
     for key, value in json.loads(json.dumps(settings)).items():  # as earlier versions recorded them
         study.set_user_attr(key, value)
-    result = search.search("mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old",
-                              resume=True)
+    result = search.search(
+        "mlp", DATA, 1, tmp_path, TrainConfig(epochs=10), problem=problem, study_name="old", resume=True
+    )
     assert result.best_value == 0.5
     with pytest.raises(MivaeError, match="was run with other settings"):
-        search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old",
-                         resume=True)
+        search.search("mlp", DATA, 2, tmp_path, TrainConfig(epochs=20), problem=problem, study_name="old", resume=True)
 
 
 def test_type_2_searches_need_a_vae_retrained_on_train_and_validation(tmp_path, problem):
-    early_stopped = Run("vae", DATA, None, TrainConfig(), torch.nn.Linear(1, 1), (8, 8), 10, None, History(val_score=[100.0], best_epoch=1))
+    early_stopped = Run(
+        "vae",
+        DATA,
+        None,
+        TrainConfig(),
+        torch.nn.Linear(1, 1),
+        (8, 8),
+        10,
+        None,
+        History(val_score=[100.0], best_epoch=1),
+    )
     with pytest.raises(MivaeError, match="needs the selected VAE retrained on train \\+ validation"):
         search.search("vae+mlp", DATA, 1, tmp_path, TrainConfig(), problem=problem, vae_run=early_stopped)
 
@@ -190,7 +221,9 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem,
     monkeypatch.setattr(search, "train_model", fake)
     result = search.search("mlp", DATA, 3, tmp_path, TrainConfig(), problem=problem)
     assert result.best_value == 0.7
-    trials = optuna.load_study(study_name="mlp2-digits-random-pixels-0.3-seed0", storage=search.default_storage(tmp_path)).trials
+    trials = optuna.load_study(
+        study_name="mlp2-digits-random-pixels-0.3-seed0", storage=search.default_storage(tmp_path)
+    ).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
     assert trials[1].user_attrs["failure"] == "training diverged: the loss went from 2.3 to nan at step 1 of epoch 2"
 
@@ -198,25 +231,45 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(tmp_path, problem,
 def test_a_search_where_every_trial_fails_is_a_clear_error(tmp_path, problem, monkeypatch):
     fake, _ = _fake_train([0, 0], diverge={0, 1})
     monkeypatch.setattr(search, "train_model", fake)
-    with pytest.raises(MivaeError, match="every trial of the search failed \\(training diverged: the loss went from 2.3 to nan"):
+    with pytest.raises(
+        MivaeError, match="every trial of the search failed \\(training diverged: the loss went from 2.3 to nan"
+    ):
         search.search("mlp", DATA, 2, tmp_path, TrainConfig(), problem=problem)
 
 
 def _mivae(*args):
-    return [sys.executable, "-m", "mivae", "search", "mlp", "--layers", "2", "--dataset", "digits", "--level", "0.3",
-            "--epochs", "3", "--threads", "1", *args]
+    return [
+        sys.executable,
+        "-m",
+        "mivae",
+        "search",
+        "mlp",
+        "--layers",
+        "2",
+        "--dataset",
+        "digits",
+        "--level",
+        "0.3",
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        *args,
+    ]
 
 
 def _complete(storage, name):
     """The finished trials' values, read without writing: loading the database with Optuna while the search is still
     creating its tables would race it to create them (a UNIQUE constraint failure)."""
     database = storage.removeprefix("sqlite:///")
-    query = ("SELECT t.number, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id "
-             "JOIN trial_values v ON v.trial_id = t.trial_id WHERE s.study_name = ? AND t.state = 'COMPLETE'")
+    query = (
+        "SELECT t.number, v.value FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "JOIN trial_values v ON v.trial_id = t.trial_id WHERE s.study_name = ? AND t.state = 'COMPLETE'"
+    )
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
             return dict(db.execute(query, (name,)).fetchall())
-    except sqlite3.Error:   # the database exists before its tables do, or it is busy
+    except sqlite3.Error:  # the database exists before its tables do, or it is busy
         return {}
 
 
@@ -229,7 +282,9 @@ def _spent(storage, name):
 
 def test_a_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path):
     storage, name = search.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
-    worker = subprocess.Popen(_mivae("--trials", "8", "--out", str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        _mivae("--trials", "8", "--out", str(tmp_path)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     before = {}
     while time.time() < deadline and worker.poll() is None:
@@ -245,8 +300,8 @@ def test_a_killed_search_resumes_without_losing_or_rerunning_trials(tmp_path):
     result = subprocess.run(_mivae("--trials", "8", "--out", str(tmp_path), "--resume"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     after = _complete(storage, name)
-    assert _spent(storage, name) == 8                              # the total, not 8 more (pruned trials count)
-    assert all(after[n] == v for n, v in before.items())           # finished trials kept as they were
+    assert _spent(storage, name) == 8  # the total, not 8 more (pruned trials count)
+    assert all(after[n] == v for n, v in before.items())  # finished trials kept as they were
 
 
 def _free_port():
@@ -269,12 +324,28 @@ def postgres():
         shutil.chown(data, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    init = subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"], capture_output=True, text=True)
+    init = subprocess.run(
+        [*as_user, f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"], capture_output=True, text=True
+    )
     if init.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
         pytest.skip(f"PostgreSQL initdb failed: {init.stderr.strip()[-300:]}")
-    start = subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", f"{data}/log",
-                            "-o", f"-p {port} -h 127.0.0.1 -k {data}", "start"], capture_output=True, text=True)
+    start = subprocess.run(
+        [
+            *as_user,
+            f"{bin_dir}/pg_ctl",
+            "-D",
+            data,
+            "-w",
+            "-l",
+            f"{data}/log",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {data}",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if start.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)
         pytest.skip(f"the PostgreSQL server did not start: {start.stderr.strip()[-300:]}")
@@ -284,19 +355,36 @@ def postgres():
 
 
 def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
-    args = ["--trials", "8", "--epochs", "10", "--storage", postgres, "--study", "fleet", "--resume"]  # trials long enough to overlap
-    workers = [subprocess.Popen(_mivae(*args, "--out", str(tmp_path / f"w{i}")), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+    args = [
+        "--trials",
+        "8",
+        "--epochs",
+        "10",
+        "--storage",
+        postgres,
+        "--study",
+        "fleet",
+        "--resume",
+    ]  # trials long enough to overlap
+    workers = [
+        subprocess.Popen(
+            _mivae(*args, "--out", str(tmp_path / f"w{i}")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     errors = [w.communicate(timeout=300)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
     study = optuna.load_study(study_name="fleet", storage=postgres)
     # Finished trials, pruned or failed ones (an unhealthy model) included, as they spend the budget too.
     complete = [t for t in study.trials if t.state.is_finished() and search.spends_budget(t)]
-    assert len(complete) == 8                                              # exactly the budget
+    assert len(complete) == 8  # exactly the budget
     assert sorted(t.number for t in complete) == list(range(8))
-    assert len({tuple(sorted(t.params.items())) for t in complete}) == 8   # no configuration twice
-    assert {len(t.params) for t in complete} == {4}                        # two layers' nodes, l2 and lr
-    assert len({t.user_attrs["worker"] for t in complete}) == 2            # both workers ran trials
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 8  # no configuration twice
+    assert {len(t.params) for t in complete} == {4}  # two layers' nodes, l2 and lr
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers ran trials
     # Each worker waited for the whole study, so both retrained the same winner.
     results = [json.loads((tmp_path / f"w{i}" / "search.json").read_text()) for i in range(2)]
     assert results[0]["best_trial"] == results[1]["best_trial"] == study.best_trial.number
@@ -305,8 +393,13 @@ def test_two_workers_share_one_study_in_postgresql(postgres, tmp_path):
 def test_only_trials_that_ran_their_course_spend_the_budget():
     study = optuna.create_study()
     states = []
-    for state, attrs in [("COMPLETE", {}), ("FAIL", {}), ("PRUNED", {"failure": "diverged"}),
-                         ("FAIL", {"interrupted": True}), ("PRUNED", {"over_budget": True})]:
+    for state, attrs in [
+        ("COMPLETE", {}),
+        ("FAIL", {}),
+        ("PRUNED", {"failure": "diverged"}),
+        ("FAIL", {"interrupted": True}),
+        ("PRUNED", {"over_budget": True}),
+    ]:
         trial = study.ask()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -322,16 +415,20 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
 def test_a_trial_lost_to_its_worker_is_told_from_an_unhealthy_one():
     outcome = search.trial_outcome
     assert outcome("FAIL", "the model failed its health check: KL 0.0 nats") == "failed"
-    assert outcome("FAIL", None, interrupted=True) == "lost"    # marked on resume
-    assert outcome("FAIL") == "lost"                            # died with its worker: no failure recorded
+    assert outcome("FAIL", None, interrupted=True) == "lost"  # marked on resume
+    assert outcome("FAIL") == "lost"  # died with its worker: no failure recorded
     assert outcome("PRUNED", "training diverged") == "pruned"
     assert outcome("COMPLETE") == "complete" and outcome("RUNNING") == "running"
 
 
 def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
     storage, name = search.default_storage(tmp_path), "mlp2-digits-random-pixels-0.3-seed0"
-    worker = subprocess.Popen(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        _mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(_complete(storage, name)) < 1:
         time.sleep(0.2)
@@ -342,7 +439,9 @@ def test_ctrl_c_stops_a_search_cleanly_and_resume_completes_it(tmp_path):
     study = optuna.load_study(study_name=name, storage=storage)
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # nothing left hanging
     assert 1 <= len(_complete(storage, name)) < 8
-    result = subprocess.run(_mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path), "--resume"), capture_output=True, text=True)
+    result = subprocess.run(
+        _mivae("--trials", "8", "--epochs", "20", "--out", str(tmp_path), "--resume"), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert _spent(storage, name) == 8
 
@@ -401,20 +500,23 @@ def test_a_trial_killed_mid_training_goes_on_from_its_checkpoint_when_run_again(
             on_epoch(epoch, history)
             if len(calls) == 2 and epoch == 4:
                 raise KeyboardInterrupt
+
         return real_train(*args, on_epoch=kill, **kwargs)
 
     monkeypatch.setattr(search, "train_model", killed_in_trial_1)
     with pytest.raises(KeyboardInterrupt):
         search.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False)
-    assert calls[1].exists() and not calls[0].exists()   # the killed trial's state is kept, a finished one's removed
+    assert calls[1].exists() and not calls[0].exists()  # the killed trial's state is kept, a finished one's removed
     real_load, loaded = training._load_checkpoint, []
     monkeypatch.setattr(training, "_load_checkpoint", lambda path, *a: loaded.append(path) or real_load(path, *a))
     resumed = search.search("mlp", DATA, 3, tmp_path / "killed", train, problem=problem, retrain=False, resume=True)
-    assert loaded == [calls[1]] and calls[2] == calls[1]   # the trial run again found the lost one's checkpoint
+    assert loaded == [calls[1]] and calls[2] == calls[1]  # the trial run again found the lost one's checkpoint
     assert not any(calls[1].parent.iterdir())
     summary = json.loads((tmp_path / "killed" / "search.json").read_text())
     expected = json.loads((tmp_path / "reference" / "search.json").read_text())
-    killed = summary["trials"].pop(1)   # the kill's trial; its rerun takes the next number
+    killed = summary["trials"].pop(1)  # the kill's trial; its rerun takes the next number
     assert killed["state"] == "FAIL" and len(summary["trials"]) == len(expected["trials"]) == 3
-    assert [(t["state"], t["value"]) for t in summary["trials"]] == [(t["state"], t["value"]) for t in expected["trials"]]
+    assert [(t["state"], t["value"]) for t in summary["trials"]] == [
+        (t["state"], t["value"]) for t in expected["trials"]
+    ]
     assert resumed.best_value == reference.best_value and resumed.best_params == reference.best_params

@@ -1,11 +1,19 @@
 import math
 
 import numpy as np
-
 import pytest
 
-from mivae.stats import (accuracy, accuracy_at_coverage, brier_score, class_distribution, expected_calibration_error,
-                         mcnemar_exact, negative_log_likelihood, paired_test, uncertainty)
+from mivae.stats import (
+    accuracy,
+    accuracy_at_coverage,
+    brier_score,
+    class_distribution,
+    expected_calibration_error,
+    mcnemar_exact,
+    negative_log_likelihood,
+    paired_test,
+    uncertainty,
+)
 
 
 def test_paired_test_by_hand():
@@ -14,7 +22,7 @@ def test_paired_test_by_hand():
     p1 = np.array([0] * 7 + [1] * 2 + [3] + [0] * 8 + [5] * 2)
     p2 = np.array([1] * 7 + [0] * 2 + [4] + [0] * 8 + [5] * 2)
     t = paired_test(p1, p2, labels)
-    assert t.n_differ == 10 and t.x == 7 / 9   # x and z count the 9 images exactly one of them gets right
+    assert t.n_differ == 10 and t.x == 7 / 9  # x and z count the 9 images exactly one of them gets right
     assert math.isclose(t.z, math.sqrt(9) * (2 * 7 / 9 - 1)) and math.isclose(t.z, (7 - 2) / 3)
     assert (t.only_1_right, t.only_2_right) == (7, 2)
     assert math.isclose(t.mcnemar_p, 2 * (1 + 9 + 36) / 2**9)  # 2 P(X <= 2), X ~ Bin(9, 1/2)
@@ -25,8 +33,8 @@ def test_paired_test_by_hand():
 
 def test_images_both_classifiers_get_wrong_do_not_move_z():
     labels = np.zeros(100, dtype=int)
-    p1 = np.array([0] * 10 + [1] * 10 + [2] * 80)   # right on 10 images
-    p2 = np.array([1] * 10 + [0] * 10 + [3] * 80)   # right on the other 10; both wrong, differently, on 80
+    p1 = np.array([0] * 10 + [1] * 10 + [2] * 80)  # right on 10 images
+    p2 = np.array([1] * 10 + [0] * 10 + [3] * 80)  # right on the other 10; both wrong, differently, on 80
     t = paired_test(p1, p2, labels)
     assert t.n_differ == 100 and t.z == 0.0 and t.mcnemar_p == 1.0  # equal accuracy, whatever they do when wrong
 

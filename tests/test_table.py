@@ -31,16 +31,16 @@ def test_encoding_standardises_one_hots_and_masks():
     values, observed = schema.encode(table)
     np.testing.assert_array_equal(observed, [[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]])
     np.testing.assert_allclose(values[:, 0], [(1 - 3) / x.std, 0, 0, (5 - 3) / x.std], rtol=1e-6)
-    np.testing.assert_array_equal(values[:, 1:3], [[0, 1], [1, 0], [0, 0], [0, 1]])   # "a", "b"; missing is all zeros
+    np.testing.assert_array_equal(values[:, 1:3], [[0, 1], [1, 0], [0, 0], [0, 1]])  # "a", "b"; missing is all zeros
 
 
 def test_decode_keeps_observed_entries_and_reads_labels_by_argmax():
     table = frame()
     schema = Schema.fit(table, infer_kinds(table))
     guess = np.zeros((4, schema.width), dtype=np.float32)
-    guess[:, 0] = 1.0                       # one standard deviation above the mean
-    guess[:, 1:3] = [0.9, 0.1]              # "a" more probable
-    guess[:, 3:5] = [0.2, 0.8]              # True more probable (labels sorted: False, True)
+    guess[:, 0] = 1.0  # one standard deviation above the mean
+    guess[:, 1:3] = [0.9, 0.1]  # "a" more probable
+    guess[:, 3:5] = [0.2, 0.8]  # True more probable (labels sorted: False, True)
     out = schema.assemble(schema.decode(guess, table), table)
     assert out["x"].tolist() == [1.0, 3.0 + schema.columns[0].std, 3.0, 5.0]
     assert out["c"].tolist() == ["b", "a", "a", "b"] and out["flag"].tolist() == [True, False, True, True]
@@ -48,7 +48,12 @@ def test_decode_keeps_observed_entries_and_reads_labels_by_argmax():
 
 
 def test_student_t_and_gaussian_log_densities_match_scipy():
-    x, mean, scale, df = torch.tensor([0.3, -2.0, 5.0]), torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 0.5, 3.0]), torch.tensor([3.0, 4.5, 30.0])
+    x, mean, scale, df = (
+        torch.tensor([0.3, -2.0, 5.0]),
+        torch.tensor([0.0, 1.0, 2.0]),
+        torch.tensor([1.0, 0.5, 3.0]),
+        torch.tensor([3.0, 4.5, 30.0]),
+    )
     np.testing.assert_allclose(student_t_log_prob(x, mean, scale, df), stats.t.logpdf(x, df, mean, scale), rtol=1e-5)
     np.testing.assert_allclose(gaussian_log_prob(x, mean, scale), stats.norm.logpdf(x, mean, scale), rtol=1e-5)
     u = torch.tensor([-1.5, 0.0, 2.0])
@@ -57,14 +62,17 @@ def test_student_t_and_gaussian_log_densities_match_scipy():
 
 def test_missing_entries_never_reach_the_likelihood():
     torch.manual_seed(0)
-    model = TabularVAE([("continuous", 1), ("categorical", 3), ("continuous", 1)], hidden=(16,), latent=2,
-                       likelihood="student-t")
+    model = TabularVAE(
+        [("continuous", 1), ("categorical", 3), ("continuous", 1)], hidden=(16,), latent=2, likelihood="student-t"
+    )
     values = torch.tensor([[0.5, 0.0, 1.0, 0.0, -1.0]])
     observed = torch.tensor([[1.0, 1.0, 0.0]])
     params = model.decode(torch.zeros(1, 2))
     changed = values.clone()
-    changed[0, 4] = 100.0                    # the missing third column's value is arbitrary
-    assert model.log_likelihood(params, values, observed).item() == model.log_likelihood(params, changed, observed).item()
+    changed[0, 4] = 100.0  # the missing third column's value is arbitrary
+    assert (
+        model.log_likelihood(params, values, observed).item() == model.log_likelihood(params, changed, observed).item()
+    )
 
 
 def test_importance_weighted_bound_tightens_with_k():

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_wine
 
-from mivae.tables.amputation import ampute
 from mivae.cli import main
 from mivae.errors import MivaeError
+from mivae.tables.amputation import ampute
 from mivae.tables.io import read_table, write_table
 
 FAST = ["--epochs", "15"]
@@ -19,13 +19,15 @@ def mixed_frame(rows=60, seed=0):
     """A table of every column type: floats, integers, text labels and true/false, with gaps."""
     rng = np.random.default_rng(seed)
     size = rng.normal(size=rows)
-    frame = pd.DataFrame({
-        "height": 1.7 + 0.1 * size,
-        "age": rng.integers(20, 60, rows),
-        "colour": np.where(size > 0.5, "red", np.where(size < -0.5, "blue", "green")),
-        "member": size > 0,
-        "weight": 70 + 8 * size + rng.normal(size=rows),
-    })
+    frame = pd.DataFrame(
+        {
+            "height": 1.7 + 0.1 * size,
+            "age": rng.integers(20, 60, rows),
+            "colour": np.where(size > 0.5, "red", np.where(size < -0.5, "blue", "green")),
+            "member": size > 0,
+            "weight": 70 + 8 * size + rng.normal(size=rows),
+        }
+    )
     holes = rng.random(frame.shape) < 0.2
     return frame.astype(object).mask(holes), holes
 
@@ -39,7 +41,9 @@ def run(capsys, *argv):
 def test_impute_round_trips_a_mixed_csv(tmp_path, capsys):
     frame, holes = mixed_frame()
     frame.to_csv(tmp_path / "people.csv", index=False)
-    status, out, err = run(capsys, "impute", tmp_path / "people.csv", "--samples", 3, "--single", "--out", tmp_path / "out", *FAST)
+    status, out, err = run(
+        capsys, "impute", tmp_path / "people.csv", "--samples", 3, "--single", "--out", tmp_path / "out", *FAST
+    )
     assert status == 0, err
     assert "3 continuous and 2 categorical columns" in out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -51,7 +55,7 @@ def test_impute_round_trips_a_mixed_csv(tmp_path, capsys):
         assert not table.isna().any().any()
         assert set(table["colour"]) <= {"red", "green", "blue"}
         assert set(table["member"]) <= {True, False}
-        for name in original.columns:   # observed entries come back exactly as read
+        for name in original.columns:  # observed entries come back exactly as read
             seen = original[name].notna()
             assert (table.loc[seen, name] == original.loc[seen, name]).all(), name
     missing_weight = original["weight"].isna()
@@ -65,7 +69,9 @@ def test_impute_parquet_in_and_out(tmp_path, capsys):
     frame["age"] = frame["age"].astype("Int64")
     frame["member"] = frame["member"].astype("boolean")
     frame.to_parquet(tmp_path / "people.parquet")
-    status, _, err = run(capsys, "impute", tmp_path / "people.parquet", "--samples", 2, "--out", tmp_path / "out", *FAST)
+    status, _, err = run(
+        capsys, "impute", tmp_path / "people.parquet", "--samples", 2, "--out", tmp_path / "out", *FAST
+    )
     assert status == 0, err
     table = pd.read_parquet(tmp_path / "out" / "people.imputed-1.parquet")
     assert list(table.columns) == list(frame.columns)
@@ -89,8 +95,9 @@ def test_classify_cross_validates_over_imputations(tmp_path, capsys):
     table = data.data.mask(ampute(data.data.to_numpy(), 0.2, seed=0))
     table["kind"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
     table.to_csv(tmp_path / "wine.csv", index=False)
-    status, out, err = run(capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--samples", 3,
-                           "--epochs", 30)
+    status, out, err = run(
+        capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--samples", 3, "--epochs", 30
+    )
     assert status == 0, err
     assert out.count("fold ") == 3 and out.count("(baseline ") == 3
     accuracy = float(out.split("\naccuracy ")[-1].split()[0])
@@ -100,12 +107,13 @@ def test_classify_cross_validates_over_imputations(tmp_path, capsys):
 
 def test_classify_compares_with_means_and_modes_on_a_mixed_table(tmp_path, capsys):
     frame, _ = mixed_frame(rows=90, seed=1)
-    frame["size"] = np.where(frame["weight"].isna(), "unknown", "known")   # a complete text target
+    frame["size"] = np.where(frame["weight"].isna(), "unknown", "known")  # a complete text target
     frame.to_csv(tmp_path / "people.csv", index=False)
     baselines = []
     for flags in ([], ["--indicator"]):
-        status, out, err = run(capsys, "classify", tmp_path / "people.csv", "--target", "size", "--folds", 3,
-                               "--samples", 2, *flags, *FAST)
+        status, out, err = run(
+            capsys, "classify", tmp_path / "people.csv", "--target", "size", "--folds", 3, "--samples", 2, *flags, *FAST
+        )
         assert status == 0, err
         baselines.append(float(out.split("\nbaseline ")[-1].split()[0]))
     # The target is whether weight is missing: only a baseline given the indicators beats the majority (0.8) by far.
@@ -139,12 +147,15 @@ def test_bad_files_are_one_sentence_and_write_nothing(case, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--target", "nope"], "target column 'nope' is not in"),
-    (["--target", "c"], "target column 'c' is missing in 1 of 4 rows"),
-    (["--target", "a", "--folds", "1"], "--folds must be at least 2"),
-    (["--target", "a", "--samples", "0"], "--samples must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--target", "nope"], "target column 'nope' is not in"),
+        (["--target", "c"], "target column 'c' is missing in 1 of 4 rows"),
+        (["--target", "a", "--folds", "1"], "--folds must be at least 2"),
+        (["--target", "a", "--samples", "0"], "--samples must be at least 1"),
+    ],
+)
 def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, capsys):
     path = _write(tmp_path / "t.csv", "a,b,c\n0,1.5,x\n1,,y\n0,2.5,\n1,3.0,x\n")
     status, _, err = run(capsys, "classify", path, *argv)
@@ -153,11 +164,13 @@ def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, caps
 
 def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
     path = _write(tmp_path / "t.csv", "a,b\n1,2\n3,\n")
-    for argv, expected in [(["--samples", "0"], "--samples must be at least 1"),
-                           (["--samples", "-3"], "--samples must be at least 1"),
-                           (["--epochs", "0"], "--epochs must be at least 1"),
-                           (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
-                           (["--categorical", "zzz"], "column 'zzz' is not in")]:
+    for argv, expected in [
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--samples", "-3"], "--samples must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
+        (["--categorical", "zzz"], "column 'zzz' is not in"),
+    ]:
         status, _, err = run(capsys, "impute", path, "--out", tmp_path / "out", *argv)
         assert status == 2 and expected in err, (argv, err)
 

@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from mivae.images import pipeline
 from mivae.config import CNNConfig, DataConfig, MLPConfig, TrainConfig, VAEConfig
+from mivae.images import pipeline
 from mivae.images.imputation import negative_elbo_per_image
-from mivae.models import build_model
 from mivae.images.problem import make_problem
+from mivae.models import build_model
 from mivae.training import fit
 
 
@@ -42,18 +42,33 @@ def test_an_mlp_on_clean_digits_exceeds_90_percent(clean_digits):
 
 def test_the_vae_is_trained_to_denoise_and_the_classifier_on_corrupted_inputs(digits, monkeypatch):
     seen = []
-    monkeypatch.setattr(pipeline, "fit", lambda model, opt, loss, inputs, targets, config, **kw: seen.append((inputs, targets)) or fit(model, opt, loss, inputs, targets, dataclasses.replace(config, epochs=1), **kw))
+    monkeypatch.setattr(
+        pipeline,
+        "fit",
+        lambda model, opt, loss, inputs, targets, config, **kw: (
+            seen.append((inputs, targets))
+            or fit(model, opt, loss, inputs, targets, dataclasses.replace(config, epochs=1), **kw)
+        ),
+    )
     data = DataConfig(dataset="digits", level=0.5)
     pipeline.train_model("vae", data, VAEConfig(hidden=(16,), latent=2), TrainConfig(epochs=1), problem=digits)
-    pipeline.train_model("vae", data, VAEConfig(hidden=(16,), latent=2, denoising=False), TrainConfig(epochs=1), problem=digits)
+    pipeline.train_model(
+        "vae", data, VAEConfig(hidden=(16,), latent=2, denoising=False), TrainConfig(epochs=1), problem=digits
+    )
     pipeline.train_model("mlp", data, MLPConfig(hidden=(16,)), TrainConfig(epochs=1), problem=digits)
-    pipeline.train_model("mlp", dataclasses.replace(data, clean_train=True), MLPConfig(hidden=(16,)), TrainConfig(epochs=1), problem=digits)
+    pipeline.train_model(
+        "mlp",
+        dataclasses.replace(data, clean_train=True),
+        MLPConfig(hidden=(16,)),
+        TrainConfig(epochs=1),
+        problem=digits,
+    )
     (dx, dt), (px, pt), (mx, my), (cx, cy) = seen
     assert torch.equal(dx, digits.train.x) and torch.equal(dt, digits.train.clean)  # denoising: clean target
     assert not torch.equal(dx, dt)
-    assert torch.equal(px, digits.train.x) and torch.equal(pt, digits.train.x)    # plain: its own input
+    assert torch.equal(px, digits.train.x) and torch.equal(pt, digits.train.x)  # plain: its own input
     assert torch.equal(mx, digits.train.x) and torch.equal(my, digits.train.y)
-    assert torch.equal(cx, digits.train.clean)                                    # clean-trained classifier
+    assert torch.equal(cx, digits.train.clean)  # clean-trained classifier
 
 
 def _tiny_fit(score, patience, epochs=10, seed=0, min_epochs=0):
@@ -62,10 +77,14 @@ def _tiny_fit(score, patience, epochs=10, seed=0, min_epochs=0):
     x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
     snapshots = []
     history = fit(
-        model, torch.optim.SGD(model.parameters(), lr=0.1),
-        lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb), x, y,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb),
+        x,
+        y,
         TrainConfig(epochs=epochs, patience=patience, batch_size=16, seed=seed, min_epochs=min_epochs),
-        score=score, on_epoch=lambda e, h: snapshots.append(model.weight.detach().clone()),
+        score=score,
+        on_epoch=lambda e, h: snapshots.append(model.weight.detach().clone()),
     )
     return model, history, snapshots
 
@@ -87,7 +106,7 @@ def test_early_stopping_waits_for_the_minimum_of_epochs():
     assert torch.equal(model.weight, snapshots[6])
     scores = iter([0.11, 0.11, 0.11, 0.11, 0.11, 0.3])
     _, history, _ = _tiny_fit(lambda m: next(scores), patience=3, epochs=6)
-    assert history.best_epoch == 1 and len(history.train_loss) == 4   # without it, training ends before it learns
+    assert history.best_epoch == 1 and len(history.train_loss) == 4  # without it, training ends before it learns
 
 
 def test_without_a_score_exactly_the_given_epochs_run():
@@ -195,9 +214,11 @@ def test_a_loss_that_becomes_nan_stops_training_at_that_step_before_the_weights_
         weights.append(m.weight.detach().clone())
         return torch.nn.functional.cross_entropy(m(xb), yb) * (float("nan") if next(calls) >= 4 else 1.0)
 
-    with pytest.raises(TrainingDiverged, match="the loss went from .* to nan at step 1 of epoch 2; a lower learning rate"):
+    with pytest.raises(
+        TrainingDiverged, match="the loss went from .* to nan at step 1 of epoch 2; a lower learning rate"
+    ):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, TrainConfig(epochs=5, batch_size=8))
-    assert len(weights) == 5 and torch.equal(model.weight, weights[-1])   # no step was taken on the NaN loss
+    assert len(weights) == 5 and torch.equal(model.weight, weights[-1])  # no step was taken on the NaN loss
 
 
 def test_an_exploding_loss_is_divergence_even_while_finite():
@@ -210,9 +231,9 @@ def test_an_exploding_loss_is_divergence_even_while_finite():
     vae = VAE((8, 8), hidden=(32,), latent=2)
     with pytest.raises(TrainingDiverged, match="at step [0-9]+ of epoch 1") as caught:
         fit(vae, adam(vae, lr=100.0), vae_loss, x, x, TrainConfig(epochs=3, batch_size=32))
-    assert isinstance(caught.value, MivaeError)   # one sentence to a user of the CLI
+    assert isinstance(caught.value, MivaeError)  # one sentence to a user of the CLI
     mu, logvar = vae.encode(torch.full((4, 8, 8), 1e6))
-    assert logvar.abs().max() <= 12.0             # bounded: the KL term's exp never overflows
+    assert logvar.abs().max() <= 12.0  # bounded: the KL term's exp never overflows
 
 
 class _Killed(Exception):
@@ -227,9 +248,15 @@ def _vae_training(digits, tmp_path, checkpoint=None, kill_after=None, seen=None,
             raise _Killed
 
     config = VAEConfig(hidden=(32,), latent=4, lr=3e-3) if kind == "vae" else CNNConfig(dense=16)
-    return pipeline.train_model(kind, digits_data(), config,
-                                TrainConfig(epochs=7, patience=100, batch_size=64, seed=3), problem=digits,
-                                on_epoch=on_epoch, checkpoint=checkpoint)
+    return pipeline.train_model(
+        kind,
+        digits_data(),
+        config,
+        TrainConfig(epochs=7, patience=100, batch_size=64, seed=3),
+        problem=digits,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+    )
 
 
 def digits_data():
@@ -237,23 +264,24 @@ def digits_data():
 
 
 @pytest.mark.parametrize("kind", ["vae", "cnn"])
-def test_a_killed_training_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(digits, tmp_path, monkeypatch,
-                                                                                    kind):
+def test_a_killed_training_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(
+    digits, tmp_path, monkeypatch, kind
+):
     """The VAE draws its latent noise and the CNN its dropout masks from the global stream, and the order of the
     batches from its own generator: both, with the weights and the optimiser's state (the CNN's channels-last),
     must come back exactly."""
     from mivae import training
 
     reference = _vae_training(digits, tmp_path, kind=kind)
-    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)   # save after every epoch
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)  # save after every epoch
     checkpoint = tmp_path / "vae.safetensors"
     with pytest.raises(_Killed):
         _vae_training(digits, tmp_path, checkpoint, kill_after=4, kind=kind)
     assert checkpoint.exists()
-    torch.manual_seed(1234)   # the process that resumes starts with another global stream
+    torch.manual_seed(1234)  # the process that resumes starts with another global stream
     seen = []
     resumed = _vae_training(digits, tmp_path, checkpoint, seen=seen, kind=kind)
-    assert [e for e, _ in seen] == list(range(1, 8))   # the four saved epochs are replayed to on_epoch, then three more
+    assert [e for e, _ in seen] == list(range(1, 8))  # the four saved epochs are replayed to on_epoch, then three more
     assert resumed.history.train_loss == reference.history.train_loss
     assert resumed.history.val_score == reference.history.val_score == [v for _, v in seen]
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -264,7 +292,7 @@ def test_a_killed_training_resumed_from_its_checkpoint_ends_as_an_uninterrupted_
 def test_a_checkpoint_saved_at_an_early_stop_trains_nothing_more(tmp_path, monkeypatch):
     from mivae import training
 
-    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)   # saved only at the end
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)  # saved only at the end
     checkpoint = tmp_path / "tiny.safetensors"
     scores = iter([0.5, 0.9, 0.8, 0.7, 0.6])
     x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
@@ -273,8 +301,9 @@ def test_a_checkpoint_saved_at_an_early_stop_trains_nothing_more(tmp_path, monke
     def train(score, loss):
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 2)
-        return model, fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config, score=score,
-                          checkpoint=checkpoint)
+        return model, fit(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config, score=score, checkpoint=checkpoint
+        )
 
     def loss(m, xb, yb):
         return torch.nn.functional.cross_entropy(m(xb), yb)
@@ -286,7 +315,7 @@ def test_a_checkpoint_saved_at_an_early_stop_trains_nothing_more(tmp_path, monke
         raise AssertionError("a finished training ran a step")
 
     again, restored = train(lambda m: pytest.fail("a finished training was scored"), no_training)
-    assert restored == history and torch.equal(again.weight, first.weight)   # the best epoch's weights
+    assert restored == history and torch.equal(again.weight, first.weight)  # the best epoch's weights
 
 
 def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_takes_the_same(tmp_path, monkeypatch):
@@ -294,9 +323,9 @@ def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_t
     training resumed from its checkpoint goes on with the rates (and so the weights) it would have had."""
     from mivae import training
 
-    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)   # save after every epoch
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 0.0)  # save after every epoch
     x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
-    config = TrainConfig(epochs=3, batch_size=10)              # 4 steps per epoch, 12 in all
+    config = TrainConfig(epochs=3, batch_size=10)  # 4 steps per epoch, 12 in all
 
     def train(checkpoint=None, kill_after=None):
         torch.manual_seed(0)
@@ -312,8 +341,17 @@ def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_t
             if epoch == kill_after:
                 raise _Killed
 
-        fit(model, optimizer, loss, x, y, config, on_epoch=on_epoch, checkpoint=checkpoint,
-            lr_schedule=lambda step: 1 - step / 12)
+        fit(
+            model,
+            optimizer,
+            loss,
+            x,
+            y,
+            config,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            lr_schedule=lambda step: 1 - step / 12,
+        )
         return model, optimizer, rates
 
     model, optimizer, rates = train()
@@ -323,18 +361,19 @@ def test_a_learning_rate_schedule_sets_every_steps_rate_and_a_resumed_training_t
     with pytest.raises(_Killed):
         train(checkpoint, kill_after=2)
     resumed, _, resumed_rates = train(checkpoint)
-    assert resumed_rates == rates[4:]    # killed before epoch 2 was saved: epochs 2 and 3 again, at their own rates
+    assert resumed_rates == rates[4:]  # killed before epoch 2 was saved: epochs 2 and 3 again, at their own rates
     assert torch.equal(resumed.weight, model.weight) and torch.equal(resumed.bias, model.bias)
 
 
-def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the_mean_over_its_steps(tmp_path,
-                                                                                                     monkeypatch):
+def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the_mean_over_its_steps(
+    tmp_path, monkeypatch
+):
     from mivae import training
 
-    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)   # saved only at the end, which the budget makes
+    monkeypatch.setattr(training, "CHECKPOINT_EVERY", 1e9)  # saved only at the end, which the budget makes
     checkpoint = tmp_path / "budget.safetensors"
     x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
-    config = TrainConfig(epochs=5, batch_size=10, patience=10)   # 4 steps of 10 rows per epoch
+    config = TrainConfig(epochs=5, batch_size=10, patience=10)  # 4 steps of 10 rows per epoch
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     losses, scored = [], []
@@ -344,13 +383,31 @@ def test_a_step_budget_ends_training_in_the_middle_of_an_epoch_whose_loss_is_the
         losses.append(value.item())
         return value
 
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config,
-                  score=lambda m: scored.append(1) or -len(scored), max_steps=6, checkpoint=checkpoint)
-    assert len(losses) == 6 and len(history.train_loss) == 2 and len(scored) == 2   # 4 steps, then 2 of the next epoch
+    history = fit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loss,
+        x,
+        y,
+        config,
+        score=lambda m: scored.append(1) or -len(scored),
+        max_steps=6,
+        checkpoint=checkpoint,
+    )
+    assert len(losses) == 6 and len(history.train_loss) == 2 and len(scored) == 2  # 4 steps, then 2 of the next epoch
     assert history.train_loss[1] == pytest.approx(sum(losses[4:]) / 2, rel=1e-6)
-    again = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, x, y, config,
-                score=lambda m: pytest.fail("a finished training was scored"), max_steps=6, checkpoint=checkpoint)
-    assert len(losses) == 6 and again.train_loss == history.train_loss   # the budget's end was saved: nothing more
+    again = fit(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loss,
+        x,
+        y,
+        config,
+        score=lambda m: pytest.fail("a finished training was scored"),
+        max_steps=6,
+        checkpoint=checkpoint,
+    )
+    assert len(losses) == 6 and again.train_loss == history.train_loss  # the budget's end was saved: nothing more
 
 
 def test_a_damaged_checkpoint_is_one_sentence(tmp_path):
@@ -360,8 +417,15 @@ def test_a_damaged_checkpoint_is_one_sentence(tmp_path):
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     model = torch.nn.Linear(3, 2)
     with pytest.raises(MivaeError, match="checkpoint .* is damaged or from another training .*; delete it to start"):
-        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, xb, yb: m(xb).sum(), torch.randn(8, 3),
-            torch.zeros(8), TrainConfig(epochs=2), checkpoint=checkpoint)
+        fit(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda m, xb, yb: m(xb).sum(),
+            torch.randn(8, 3),
+            torch.zeros(8),
+            TrainConfig(epochs=2),
+            checkpoint=checkpoint,
+        )
 
 
 def test_gains_under_min_delta_do_not_reset_the_patience_but_the_best_weights_are_kept():
@@ -372,13 +436,20 @@ def test_gains_under_min_delta_do_not_reset_the_patience_but_the_best_weights_ar
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 2)
         config = TrainConfig(epochs=8, patience=2, min_delta=min_delta, batch_size=16, min_epochs=0)
-        return fit(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                   lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb), x, y, config,
-                   score=lambda m: next(scores), higher_is_better=False)
+        return fit(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda m, xb, yb: torch.nn.functional.cross_entropy(m(xb), yb),
+            x,
+            y,
+            config,
+            score=lambda m: next(scores),
+            higher_is_better=False,
+        )
 
-    plateau = [10.0, 9.95, 9.92, 9.91, 9.90, 9.89, 9.88, 9.87]   # a plateau's drift: hundredths per epoch
+    plateau = [10.0, 9.95, 9.92, 9.91, 9.90, 9.89, 9.88, 9.87]  # a plateau's drift: hundredths per epoch
     drifting = run(plateau, 0.1)
     assert drifting.stopped_early and len(drifting.val_score) == 3 and drifting.best_epoch == 3
-    assert len(run(plateau, 0.0).val_score) == 8                  # every hundredth resets a plain patience
+    assert len(run(plateau, 0.0).val_score) == 8  # every hundredth resets a plain patience
     steady = run([10.0, 9.95, 9.89, 9.84, 9.78, 9.75, 9.74, 9.73], 0.1)  # 0.05 an epoch: a reset every other epoch
     assert [steady.stopped_early, len(steady.val_score), steady.best_epoch] == [True, 7, 7]

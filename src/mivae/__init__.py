@@ -14,5 +14,6 @@ _ESTIMATORS = {"MIWAEImputer", "MultipleImputationClassifier", "VAEImputer"}
 def __getattr__(name):
     if name in _ESTIMATORS:
         from mivae.tables import estimators
+
         return getattr(estimators, name)
     raise AttributeError(f"module 'mivae' has no attribute {name!r}")

@@ -57,7 +57,7 @@ def remove_stale_temporaries(folder):
 
 
 def _host():
-    return socket.gethostname().replace(".", "_")   # a dotted host name would blur the temporary's name
+    return socket.gethostname().replace(".", "_")  # a dotted host name would blur the temporary's name
 
 
 def _running(pid):
@@ -65,7 +65,7 @@ def _running(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's process
+    except PermissionError:  # another user's process
         return True
     return True
 

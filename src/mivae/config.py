@@ -23,7 +23,10 @@ def _require(condition, message):
 
 
 def _check_layers(name, hidden):
-    _require(len(hidden) > 0 and all(n >= 1 for n in hidden), f"{name} needs at least one layer of at least one node; got {list(hidden)}.")
+    _require(
+        len(hidden) > 0 and all(n >= 1 for n in hidden),
+        f"{name} needs at least one layer of at least one node; got {list(hidden)}.",
+    )
 
 
 # Marks a field added after runs were saved with its config: left out of the config's dict while at its
@@ -48,14 +51,14 @@ def _check_rate(name, value):
 class DataConfig:
     """Which data, corrupted how: the problem a model is trained and tested on."""
 
-    dataset: str = "mnist"            # mnist, fashion-mnist or digits
-    method: str = "random-pixels"     # corruption method (thesis §3.2)
-    level: float = 0.5                # corruption level cl in [0, 1)
-    fill: str = "white"               # what a model sees in a missing pixel (white = 1.0, the thesis)
-    exact: bool = False               # exactly round(cl * p) missing units instead of D draws
-    seed: int = 0                     # seeds the split and the corruption masks
-    clean_train: bool = False         # train and validate on clean images (thesis Tables 6 and 7)
-    limit: int | None = None          # use only the first `limit` images of each split (quick runs)
+    dataset: str = "mnist"  # mnist, fashion-mnist or digits
+    method: str = "random-pixels"  # corruption method (thesis §3.2)
+    level: float = 0.5  # corruption level cl in [0, 1)
+    fill: str = "white"  # what a model sees in a missing pixel (white = 1.0, the thesis)
+    exact: bool = False  # exactly round(cl * p) missing units instead of D draws
+    seed: int = 0  # seeds the split and the corruption masks
+    clean_train: bool = False  # train and validate on clean images (thesis Tables 6 and 7)
+    limit: int | None = None  # use only the first `limit` images of each split (quick runs)
 
     def __post_init__(self):
         _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
@@ -67,12 +70,12 @@ class VAEConfig:
     """The (denoising) variational autoencoder of §2.2 and §3.3."""
 
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer of the encoder; the decoder mirrors them
-    latent: int = 20                      # L, the dimension of the Gaussian latent space
-    lr: float = 1e-3                      # Adam learning rate
-    l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
-    denoising: bool = True                # reconstruct the clean image (§2.2.3), not the corrupted input
-    mask_input: bool = False              # the encoder sees zero-filled values and the mask, not the white fill
-    init: str = "glorot"                  # weight initialisation (INITS); glorot chosen by measurement, docs/reproduction.md
+    latent: int = 20  # L, the dimension of the Gaussian latent space
+    lr: float = 1e-3  # Adam learning rate
+    l2: float = 0.0  # coefficient of the summed squared weights added to the loss
+    denoising: bool = True  # reconstruct the clean image (§2.2.3), not the corrupted input
+    mask_input: bool = False  # the encoder sees zero-filled values and the mask, not the white fill
+    init: str = "glorot"  # weight initialisation (INITS); glorot chosen by measurement, docs/reproduction.md
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
@@ -86,12 +89,12 @@ class MIWAEConfig:
     """An importance-weighted VAE that learns from incomplete images alone (MIWAE; not-MIWAE adds a missingness model)."""
 
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer of the encoder; the decoder mirrors them
-    latent: int = 20                      # L, the dimension of the Gaussian latent space
-    lr: float = 1e-3                      # Adam learning rate
-    l2: float = 0.0                       # coefficient of the summed squared weights added to the loss
-    samples: int = 5                      # K: importance samples per image in the training bound
-    eval_samples: int = 50                # K for validation, test bounds and imputation
-    refine: int = dataclasses.field(default=0, metadata=ADDED_LATER)   # channels of the local refinement; 0: none
+    latent: int = 20  # L, the dimension of the Gaussian latent space
+    lr: float = 1e-3  # Adam learning rate
+    l2: float = 0.0  # coefficient of the summed squared weights added to the loss
+    samples: int = 5  # K: importance samples per image in the training bound
+    eval_samples: int = 50  # K for validation, test bounds and imputation
+    refine: int = dataclasses.field(default=0, metadata=ADDED_LATER)  # channels of the local refinement; 0: none
     holdout: float = dataclasses.field(default=0.3, metadata=ADDED_LATER)  # observed pixels held out to train it
     holdout_shape: str = dataclasses.field(default="pixels", metadata=ADDED_LATER)  # held out as pixels or columns
 
@@ -99,11 +102,16 @@ class MIWAEConfig:
         _check_layers("hidden", self.hidden)
         _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
-        _require(self.samples >= 1 and self.eval_samples >= 1,
-                 f"samples and eval_samples must be at least 1; got {self.samples} and {self.eval_samples}.")
+        _require(
+            self.samples >= 1 and self.eval_samples >= 1,
+            f"samples and eval_samples must be at least 1; got {self.samples} and {self.eval_samples}.",
+        )
         _require(self.refine >= 0, f"refine must be at least 0 channels; got {self.refine}.")
         _require(0 < self.holdout < 1, f"holdout must be in (0, 1); got {self.holdout}.")
-        _require(self.holdout_shape in ("pixels", "columns"), f"holdout_shape must be pixels or columns; got {self.holdout_shape!r}.")
+        _require(
+            self.holdout_shape in ("pixels", "columns"),
+            f"holdout_shape must be pixels or columns; got {self.holdout_shape!r}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,10 @@ class MLPConfig:
     """The multilayer perceptron of §3.3 and appendix A."""
 
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer; the thesis searches 2, 3 and 4 layers
-    l2: float = 1e-5                      # coefficient of the summed squared weights added to the loss
-    lr: float = 1.0                       # AdaDelta learning rate (Zeiler 2012 uses 1.0)
-    mask_input: bool = False              # see zero-filled values and the mask (2 x pixels inputs), not the fill
-    init: str = "torch"                   # weight initialisation (INITS); torch learned faster here, docs/reproduction.md
+    l2: float = 1e-5  # coefficient of the summed squared weights added to the loss
+    lr: float = 1.0  # AdaDelta learning rate (Zeiler 2012 uses 1.0)
+    mask_input: bool = False  # see zero-filled values and the mask (2 x pixels inputs), not the fill
+    init: str = "torch"  # weight initialisation (INITS); torch learned faster here, docs/reproduction.md
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
@@ -127,12 +135,12 @@ class CNNConfig:
     """The convolutional network of §3.3 and appendix B: 32 and 64 3x3 filters, 2x2 max-pooling."""
 
     dropout_conv: float = 0.25  # dropout rate before the dense layer
-    dense: int = 128            # nodes of the dense ReLU layer
+    dense: int = 128  # nodes of the dense ReLU layer
     dropout_dense: float = 0.5  # dropout rate after the dense layer
-    l2: float = 0.0             # coefficient of the summed squared weights added to the loss
-    lr: float = 1.0             # AdaDelta learning rate
-    mask_input: bool = False    # see zero-filled values and the mask as a second channel, not the fill
-    init: str = "glorot"        # weight initialisation (INITS); glorot is the Keras example's, which §3.3's CNN is
+    l2: float = 0.0  # coefficient of the summed squared weights added to the loss
+    lr: float = 1.0  # AdaDelta learning rate
+    mask_input: bool = False  # see zero-filled values and the mask as a second channel, not the fill
+    init: str = "glorot"  # weight initialisation (INITS); glorot is the Keras example's, which §3.3's CNN is
 
     def __post_init__(self):
         _check_init(self.init)
@@ -146,26 +154,30 @@ class CNNConfig:
 class TrainConfig:
     """How a model is fitted: mini-batches, early stopping, seed, device."""
 
-    epochs: int = 50            # most epochs; with no validation set, exactly this many
-    patience: int = 5           # epochs without a better validation score before stopping
-    min_delta: float = 0.0      # the least gain in the validation score that resets the patience: a plateau's
-                                # noise (a VAE's ELBO wandering by hundredths of a nat) does not keep training alive
-    min_epochs: int = 10        # epochs before early stopping may end training: AdaDelta on mostly-white inputs
-                                # starts with a flat stretch of several epochs (docs/reproduction.md)
-    batch_size: int = 128       # images per gradient step
-    seed: int = 0               # seeds initialisation, shuffling and latent samples
-    device: str = "auto"        # cpu, cuda or cuda:N; auto: the GPU where torch sees one, else the CPU
-    precision: str = "auto"     # matmul precision: bf16 where the hardware runs it natively, else fp32
+    epochs: int = 50  # most epochs; with no validation set, exactly this many
+    patience: int = 5  # epochs without a better validation score before stopping
+    min_delta: float = 0.0  # the least gain in the validation score that resets the patience: a plateau's
+    # noise (a VAE's ELBO wandering by hundredths of a nat) does not keep training alive
+    min_epochs: int = 10  # epochs before early stopping may end training: AdaDelta on mostly-white inputs
+    # starts with a flat stretch of several epochs (docs/reproduction.md)
+    batch_size: int = 128  # images per gradient step
+    seed: int = 0  # seeds initialisation, shuffling and latent samples
+    device: str = "auto"  # cpu, cuda or cuda:N; auto: the GPU where torch sees one, else the CPU
+    precision: str = "auto"  # matmul precision: bf16 where the hardware runs it natively, else fp32
     eval_batch_size: int = 4096  # images per forward pass when evaluating
 
     def __post_init__(self):
         _require(self.min_epochs >= 0, f"min_epochs must be at least 0; got {self.min_epochs}.")
-        _require(math.isfinite(self.min_delta) and self.min_delta >= 0,
-                 f"min_delta must be a number of at least 0; got {self.min_delta}.")
+        _require(
+            math.isfinite(self.min_delta) and self.min_delta >= 0,
+            f"min_delta must be a number of at least 0; got {self.min_delta}.",
+        )
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
         _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
-        _require(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
+        _require(
+            self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32; got {self.precision!r}."
+        )
         # "auto" is settled here, so a saved run names the device it ran on; a named GPU is checked where it is used
         # (hardware.resolve_device), so a run trained on one can be read on a machine without.
         device = check_device(self.device)

@@ -46,11 +46,13 @@ def resolve_device(device="auto"):
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise MivaeError(f"device {name!r} is not available: this torch sees no GPU (a CPU build of torch, "
-                             "or no driver).")
+            raise MivaeError(
+                f"device {name!r} is not available: this torch sees no GPU (a CPU build of torch, or no driver)."
+            )
         if parsed.index is not None and parsed.index >= count:
-            raise MivaeError(f"device {name!r} is not available: this torch sees {count} GPU(s), cuda:0 to "
-                             f"cuda:{count - 1}.")
+            raise MivaeError(
+                f"device {name!r} is not available: this torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}."
+            )
         if parsed.index is None:
             parsed = torch.device("cuda", torch.cuda.current_device())
     return parsed

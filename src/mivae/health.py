@@ -18,11 +18,11 @@ from torch.nn import functional as F
 
 from mivae.models.distributions import kl_divergence
 
-COLLAPSED_SHARE = 0.5      # one class above this share of the predictions: collapsed
-CHANCE_MARGIN = 0.02       # accuracy at most this above the largest class share: no better than a constant answer
-MIN_KL = 1.0               # nats per image: below it the encoder tells the decoder (almost) nothing
+COLLAPSED_SHARE = 0.5  # one class above this share of the predictions: collapsed
+CHANCE_MARGIN = 0.02  # accuracy at most this above the largest class share: no better than a constant answer
+MIN_KL = 1.0  # nats per image: below it the encoder tells the decoder (almost) nothing
 CONSTANT_MARGIN = 5.0 / 784  # nats per pixel: a VAE this close to the best constant image has not used its latent
-FAILED_MARK = "✗"          # how reports mark a result resting on a model that failed its check
+FAILED_MARK = "✗"  # how reports mark a result resting on a model that failed its check
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Health:
     """The verdict of a health check, with the measurements it rests on."""
 
     ok: bool
-    reason: str          # one sentence: why it failed, or what it measured when it passed
-    measured: dict       # the numbers the verdict rests on
+    reason: str  # one sentence: why it failed, or what it measured when it passed
+    measured: dict  # the numbers the verdict rests on
 
     def to_dict(self):
         return asdict(self)
@@ -45,13 +45,25 @@ def classifier_health(predicted, labels, n_classes):
     top, accuracy = int(shares.argmax()), float((predicted == labels).mean())
     measured = {"accuracy": accuracy, "top_class": top, "top_share": float(shares[top]), "largest_class_share": largest}
     if shares[top] > COLLAPSED_SHARE:
-        return Health(False, f"its predictions collapsed: class {top} makes up {shares[top]:.1%} of them "
-                             f"(more than {COLLAPSED_SHARE:.0%}).", measured)
+        return Health(
+            False,
+            f"its predictions collapsed: class {top} makes up {shares[top]:.1%} of them "
+            f"(more than {COLLAPSED_SHARE:.0%}).",
+            measured,
+        )
     if accuracy <= largest + CHANCE_MARGIN:
-        return Health(False, f"its accuracy {accuracy:.4f} is within {CHANCE_MARGIN * 100:.0f} points of the largest "
-                             f"class share {largest:.4f}: no better than always answering one class.", measured)
-    return Health(True, f"accuracy {accuracy:.4f} against a largest class share of {largest:.4f}; "
-                        f"no class above {COLLAPSED_SHARE:.0%} of the predictions.", measured)
+        return Health(
+            False,
+            f"its accuracy {accuracy:.4f} is within {CHANCE_MARGIN * 100:.0f} points of the largest "
+            f"class share {largest:.4f}: no better than always answering one class.",
+            measured,
+        )
+    return Health(
+        True,
+        f"accuracy {accuracy:.4f} against a largest class share of {largest:.4f}; "
+        f"no class above {COLLAPSED_SHARE:.0%} of the predictions.",
+        measured,
+    )
 
 
 def constant_image_nll(target):
@@ -71,10 +83,19 @@ def vae_health(vae, inputs, target, negative_elbo, batch_size=4096):
     margin = CONSTANT_MARGIN * target[0].numel()
     measured = {"kl": kl, "negative_elbo": negative_elbo, "constant_image": constant, "margin": margin}
     if kl < MIN_KL:
-        return Health(False, f"it ignores its latent space: the KL term is {kl:.2f} nats per image "
-                             f"(under {MIN_KL:g}).", measured)
+        return Health(
+            False, f"it ignores its latent space: the KL term is {kl:.2f} nats per image (under {MIN_KL:g}).", measured
+        )
     if negative_elbo > constant - margin:
-        return Health(False, f"it ignores its latent space: its negative ELBO {negative_elbo:.1f} nats is within "
-                             f"{margin:.2g} nats of the best constant image's {constant:.1f}.", measured)
-    return Health(True, f"KL {kl:.1f} nats per image; negative ELBO {negative_elbo:.1f} nats against "
-                        f"{constant:.1f} for the best constant image.", measured)
+        return Health(
+            False,
+            f"it ignores its latent space: its negative ELBO {negative_elbo:.1f} nats is within "
+            f"{margin:.2g} nats of the best constant image's {constant:.1f}.",
+            measured,
+        )
+    return Health(
+        True,
+        f"KL {kl:.1f} nats per image; negative ELBO {negative_elbo:.1f} nats against "
+        f"{constant:.1f} for the best constant image.",
+        measured,
+    )

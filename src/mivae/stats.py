@@ -18,9 +18,9 @@ def accuracy(predicted, labels):
 class PairedTest:
     """Two classifiers compared image by image on one test set."""
 
-    n_differ: int     # images on which their predictions differ (both wrong included)
-    x: float          # b / (b + c): of the images exactly one of them gets right, the share classifier 1 does
-    z: float          # sqrt(b + c) (2x - 1) = (b - c) / sqrt(b + c): classifier 1 better by z standard deviations
+    n_differ: int  # images on which their predictions differ (both wrong included)
+    x: float  # b / (b + c): of the images exactly one of them gets right, the share classifier 1 does
+    z: float  # sqrt(b + c) (2x - 1) = (b - c) / sqrt(b + c): classifier 1 better by z standard deviations
     only_1_right: int  # b: images classifier 1 gets right and classifier 2 wrong
     only_2_right: int  # c: the reverse
     mcnemar_p: float  # two-sided exact McNemar p-value from b and c
@@ -65,7 +65,9 @@ def class_distribution(predicted, n_classes=10):
 def _checked(proba, labels):
     proba, labels = np.asarray(proba, dtype=np.float64), np.asarray(labels)
     if proba.ndim != 2 or len(proba) != len(labels):
-        raise ValueError(f"expected probabilities of shape (N, C) for N = {len(labels)} labels; got shape {proba.shape}.")
+        raise ValueError(
+            f"expected probabilities of shape (N, C) for N = {len(labels)} labels; got shape {proba.shape}."
+        )
     return proba, labels
 
 
@@ -106,6 +108,9 @@ def accuracy_at_coverage(proba, labels, coverages=(0.5, 0.7, 0.8, 0.9, 0.95, 1.0
 
 def uncertainty(proba, labels):
     """Returns NLL, Brier score, ECE and accuracy against coverage of predicted probabilities, as one dict."""
-    return {"nll": negative_log_likelihood(proba, labels), "brier": brier_score(proba, labels),
-            "ece": expected_calibration_error(proba, labels),
-            "accuracy_at_coverage": {str(c): a for c, a in accuracy_at_coverage(proba, labels).items()}}
+    return {
+        "nll": negative_log_likelihood(proba, labels),
+        "brier": brier_score(proba, labels),
+        "ece": expected_calibration_error(proba, labels),
+        "accuracy_at_coverage": {str(c): a for c, a in accuracy_at_coverage(proba, labels).items()},
+    }

@@ -90,8 +90,12 @@ def _fused_update():
 def _unfused(error):
     """Falls back to the plain update for the rest of the process after the compiled one failed to build."""
     _FUSED["update"] = False
-    warnings.warn(f"AdaDelta's fused step could not be compiled ({type(error).__name__}); the same update runs "
-                  "unfused, more slowly.", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"AdaDelta's fused step could not be compiled ({type(error).__name__}); the same update runs "
+        "unfused, more slowly.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 class FusedAdadelta(torch.optim.Adadelta):
@@ -172,10 +176,10 @@ class TrainingDiverged(MivaeError):
 class History:
     """What happened during training, epoch by epoch."""
 
-    train_loss: list[float] = field(default_factory=list)   # mean loss per image over each epoch
-    val_score: list[float] = field(default_factory=list)    # validation score after each epoch
-    seconds: list[float] = field(default_factory=list)      # wall time of each epoch, scoring included
-    best_epoch: int = 0                                     # 1-based epoch whose weights were kept
+    train_loss: list[float] = field(default_factory=list)  # mean loss per image over each epoch
+    val_score: list[float] = field(default_factory=list)  # validation score after each epoch
+    seconds: list[float] = field(default_factory=list)  # wall time of each epoch, scoring included
+    best_epoch: int = 0  # 1-based epoch whose weights were kept
     stopped_early: bool = False
 
 
@@ -184,8 +188,20 @@ class History:
 CHECKPOINT_EVERY = 60.0
 
 
-def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_is_better=True, on_epoch=None,
-        checkpoint=None, lr_schedule=None, max_steps=None):
+def fit(
+    model,
+    optimizer,
+    loss_fn,
+    inputs,
+    targets,
+    config,
+    score=None,
+    higher_is_better=True,
+    on_epoch=None,
+    checkpoint=None,
+    lr_schedule=None,
+    max_steps=None,
+):
     """Trains `model` in place and returns its `History`.
 
     inputs, targets: tensors whose first dimension indexes the training examples.
@@ -249,9 +265,11 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
             value = loss.item()
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or abs(value) > DIVERGED * max(abs(first_loss), 1.0):
-                raise TrainingDiverged(f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
-                                       f"of epoch {epoch}; a lower learning rate (now "
-                                       f"{base_lrs[0]:g}) usually helps.")
+                raise TrainingDiverged(
+                    f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
+                    f"of epoch {epoch}; a lower learning rate (now "
+                    f"{base_lrs[0]:g}) usually helps."
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -260,8 +278,10 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged: the validation score became {value} after epoch {epoch}; "
-                                       f"a lower learning rate (now {base_lrs[0]:g}) usually helps.")
+                raise TrainingDiverged(
+                    f"training diverged: the validation score became {value} after epoch {epoch}; "
+                    f"a lower learning rate (now {base_lrs[0]:g}) usually helps."
+                )
             history.val_score.append(value)
             if better(value, best):
                 best, history.best_epoch = value, epoch
@@ -277,10 +297,16 @@ def fit(model, optimizer, loss_fn, inputs, targets, config, score=None, higher_i
             on_epoch(epoch, history)
         history.stopped_early = score is not None and waited >= config.patience and epoch >= config.min_epochs
         last = epoch == config.epochs or (max_steps is not None and done + steps >= max_steps)  # saved, as every end
-        if checkpoint is not None and (history.stopped_early or last
-                                       or time.monotonic() - saved_at >= CHECKPOINT_EVERY):
-            _save_checkpoint(checkpoint, model, optimizer, generator,
-                             _TrainingState(history, best, best_state, waited, first_loss, anchor))
+        if checkpoint is not None and (
+            history.stopped_early or last or time.monotonic() - saved_at >= CHECKPOINT_EVERY
+        ):
+            _save_checkpoint(
+                checkpoint,
+                model,
+                optimizer,
+                generator,
+                _TrainingState(history, best, best_state, waited, first_loss, anchor),
+            )
             saved_at = time.monotonic()
         if history.stopped_early:
             break
@@ -306,9 +332,13 @@ class _TrainingState:
 
 def _history_until(history, epoch):
     """The history as it stood after `epoch`."""
-    return dataclasses.replace(history, train_loss=history.train_loss[:epoch], val_score=history.val_score[:epoch],
-                               seconds=history.seconds[:epoch],
-                               stopped_early=history.stopped_early and epoch == len(history.train_loss))
+    return dataclasses.replace(
+        history,
+        train_loss=history.train_loss[:epoch],
+        val_score=history.val_score[:epoch],
+        seconds=history.seconds[:epoch],
+        stopped_early=history.stopped_early and epoch == len(history.train_loss),
+    )
 
 
 def _save_checkpoint(path, model, optimizer, generator, state):
@@ -327,14 +357,24 @@ def _save_checkpoint(path, model, optimizer, generator, state):
     tensors["rng.generator"] = generator.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"history": dataclasses.asdict(state.history), "best": state.best, "anchor": state.anchor,
-            "waited": state.waited, "first_loss": state.first_loss, "has_best": state.best_state is not None,
-            "optimizer_groups": optimizer_state["param_groups"], "optimizer_plain": plain}
+    meta = {
+        "history": dataclasses.asdict(state.history),
+        "best": state.best,
+        "anchor": state.anchor,
+        "waited": state.waited,
+        "first_loss": state.first_loss,
+        "has_best": state.best_state is not None,
+        "optimizer_groups": optimizer_state["param_groups"],
+        "optimizer_plain": plain,
+    }
     with atomic_path(path) as tmp:
         # contiguous copies: safetensors refuses tensors that share memory (views of one buffer) or are channels-last
         contiguous = torch.contiguous_format
-        save_file({k: v.detach().cpu().clone(memory_format=contiguous) for k, v in tensors.items()}, str(tmp),
-                  metadata={"mivae_checkpoint": json.dumps(meta)})
+        save_file(
+            {k: v.detach().cpu().clone(memory_format=contiguous) for k, v in tensors.items()},
+            str(tmp),
+            metadata={"mivae_checkpoint": json.dumps(meta)},
+        )
 
 
 def _load_checkpoint(path, model, optimizer, generator):
@@ -363,7 +403,10 @@ def _load_checkpoint(path, model, optimizer, generator):
         best_state = {k: v.to(device) for k, v in part("best.").items()} if meta["has_best"] else None
         history = History(**meta["history"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
-        raise MivaeError(f"the training checkpoint {path} is damaged or from another training ({e}); "
-                         f"delete it to start that training again.") from None
-    return _TrainingState(history, meta["best"], best_state, meta["waited"], meta["first_loss"],
-                          meta.get("anchor", meta["best"]))  # saved before min_delta existed: the anchor was the best
+        raise MivaeError(
+            f"the training checkpoint {path} is damaged or from another training ({e}); "
+            f"delete it to start that training again."
+        ) from None
+    return _TrainingState(
+        history, meta["best"], best_state, meta["waited"], meta["first_loss"], meta.get("anchor", meta["best"])
+    )  # saved before min_delta existed: the anchor was the best

@@ -16,7 +16,9 @@ EXIT_USAGE = 2
 
 def build_parser():
     """Returns the argument parser of the `mivae` command."""
-    parser = Parser(prog="mivae", description="Classification of data with missing values by deep generative imputation.")
+    parser = Parser(
+        prog="mivae", description="Classification of data with missing values by deep generative imputation."
+    )
     parser.add_argument("--version", action="version", version=f"mivae {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
@@ -34,9 +36,11 @@ def _on_interrupt(signum, frame):
 def _unraisable(hook):
     """`sys.unraisablehook` that stays silent about a Ctrl-C raised inside a finaliser or garbage-collection callback:
     Python would print it with a traceback and go on; it is recorded, and raised again at the next check."""
+
     def quiet(unraisable):
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             hook(unraisable)
+
     return quiet
 
 

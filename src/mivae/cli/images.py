@@ -3,8 +3,18 @@
 from pathlib import Path
 
 from mivae.artifacts import check_writable_folder, remove_stale_temporaries
-from mivae.cli.options import (DEVICE_HELP, Parser, add_data_options, add_fit_flags, add_problem_flags, float_list,
-                               int_list, name_list, resolve_configs, set_threads)
+from mivae.cli.options import (
+    DEVICE_HELP,
+    Parser,
+    add_data_options,
+    add_fit_flags,
+    add_problem_flags,
+    float_list,
+    int_list,
+    name_list,
+    resolve_configs,
+    set_threads,
+)
 from mivae.errors import MivaeError
 
 
@@ -30,12 +40,23 @@ def add_commands(commands):
         "Figure 9: --method random-pixels --levels 0.5,0.7,0.9; "
         "Figure 13: --method vertical-lines --levels 0.5,0.7,0.9.",
     )
-    corrupt.add_argument("--method", type=name_list, required=True, help=f"comma-separated methods: {', '.join(METHODS)}")
+    corrupt.add_argument(
+        "--method", type=name_list, required=True, help=f"comma-separated methods: {', '.join(METHODS)}"
+    )
     corrupt.add_argument("--levels", type=float_list, required=True, help="comma-separated corruption levels in [0, 1)")
     corrupt.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
-    corrupt.add_argument("--index", type=int_list, default=[0], help="comma-separated test image indices, one row each (default: 0)")
-    corrupt.add_argument("--fill", default="white", choices=FILL_POLICIES, help="what a missing pixel shows (default: white, as the thesis)")
-    corrupt.add_argument("--exact", action="store_true", help="exactly round(cl * p) distinct pixels or columns missing")
+    corrupt.add_argument(
+        "--index", type=int_list, default=[0], help="comma-separated test image indices, one row each (default: 0)"
+    )
+    corrupt.add_argument(
+        "--fill",
+        default="white",
+        choices=FILL_POLICIES,
+        help="what a missing pixel shows (default: white, as the thesis)",
+    )
+    corrupt.add_argument(
+        "--exact", action="store_true", help="exactly round(cl * p) distinct pixels or columns missing"
+    )
     add_data_options(corrupt)
     corrupt.set_defaults(run=_corrupt)
 
@@ -53,22 +74,48 @@ def add_commands(commands):
     train.add_argument("kind", choices=KINDS, help="what to train")
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
-    train.add_argument("--vae", help="run directory of the trained imputer: a vae (vae+mlp, vae+cnn), miwae or not-miwae run")
+    train.add_argument(
+        "--vae", help="run directory of the trained imputer: a vae (vae+mlp, vae+cnn), miwae or not-miwae run"
+    )
     add_problem_flags(train)
     model_flags = train.add_argument_group("model (each applies to the kinds named)")
     model_flags.add_argument("--hidden", help="nodes per hidden layer, comma-separated (vae, mlp)")
     model_flags.add_argument("--latent", type=int, help="latent dimension L (vae)")
     model_flags.add_argument("--lr", type=float, help="learning rate: Adam (vae), AdaDelta (classifiers)")
     model_flags.add_argument("--l2", type=float, help="coefficient of the squared weights in the loss")
-    model_flags.add_argument("--plain", dest="denoising", action="store_const", const=False, help="a plain VAE: reconstruct the corrupted input (vae)")
-    model_flags.add_argument("--mask-input", dest="mask_input", action="store_const", const=True,
-                             help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)")
-    model_flags.add_argument("--init", choices=INITS, help="weight initialisation: glorot (Keras' default, the thesis' "
-                             "framework; the default of vae and cnn) or torch (PyTorch's; the default of mlp) (vae, mlp, cnn)")
-    model_flags.add_argument("--importance-samples", dest="samples", type=int, help="K, importance samples per image in training (miwae, not-miwae)")
+    model_flags.add_argument(
+        "--plain",
+        dest="denoising",
+        action="store_const",
+        const=False,
+        help="a plain VAE: reconstruct the corrupted input (vae)",
+    )
+    model_flags.add_argument(
+        "--mask-input",
+        dest="mask_input",
+        action="store_const",
+        const=True,
+        help="mask-aware: see zero-filled values and the mask, never a fill value (vae, mlp, cnn)",
+    )
+    model_flags.add_argument(
+        "--init",
+        choices=INITS,
+        help="weight initialisation: glorot (Keras' default, the thesis' "
+        "framework; the default of vae and cnn) or torch (PyTorch's; the default of mlp) (vae, mlp, cnn)",
+    )
+    model_flags.add_argument(
+        "--importance-samples",
+        dest="samples",
+        type=int,
+        help="K, importance samples per image in training (miwae, not-miwae)",
+    )
     model_flags.add_argument("--refine", type=int, help="channels of the local refinement network, 0 for none (miwae)")
-    model_flags.add_argument("--holdout", type=float, help="fraction of observed pixels held out to train the refinement (miwae)")
-    model_flags.add_argument("--holdout-shape", choices=("pixels", "columns"), help="hold out single pixels or whole columns (miwae)")
+    model_flags.add_argument(
+        "--holdout", type=float, help="fraction of observed pixels held out to train the refinement (miwae)"
+    )
+    model_flags.add_argument(
+        "--holdout-shape", choices=("pixels", "columns"), help="hold out single pixels or whole columns (miwae)"
+    )
     model_flags.add_argument("--dense", type=int, help="nodes of the dense layer (cnn)")
     model_flags.add_argument("--dropout-conv", type=float, help="dropout before the dense layer (cnn)")
     model_flags.add_argument("--dropout-dense", type=float, help="dropout after the dense layer (cnn)")
@@ -77,11 +124,18 @@ def add_commands(commands):
 
     evaluate = commands.add_parser("evaluate", help="test a trained run on its corrupted test set")
     evaluate.add_argument("run_dir", help="run directory written by 'mivae train'")
-    evaluate.add_argument("--samples", type=int_list, default=[1, 10, 100, 1000], help="numbers of samples M for multiple imputation (default: 1,10,100,1000)")
+    evaluate.add_argument(
+        "--samples",
+        type=int_list,
+        default=[1, 10, 100, 1000],
+        help="numbers of samples M for multiple imputation (default: 1,10,100,1000)",
+    )
     evaluate.add_argument("--vae", help="VAE run: classify one imputation too (classifiers trained with --clean-train)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset's files")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
-    evaluate.add_argument("--precision", choices=PRECISIONS, default="auto", help="matmul precision (default: auto, bf16 where native)")
+    evaluate.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="matmul precision (default: auto, bf16 where native)"
+    )
     evaluate.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.set_defaults(run=_evaluate)
@@ -95,17 +149,30 @@ def add_commands(commands):
         "so an interrupted search continues with --resume, and any number of workers can share a --storage database.",
     )
     search.add_argument("kind", nargs="?", choices=SEARCHABLE, help="what to select")
-    search.add_argument("--show-space", action="store_true", help="print the search spaces and their reasons, then exit")
+    search.add_argument(
+        "--show-space", action="store_true", help="print the search spaces and their reasons, then exit"
+    )
     search.add_argument("--out", help="search directory: study, search.json and the final run in final/")
-    search.add_argument("--trials", type=int, default=100, help="trials in the whole study, all workers together (default: 100)")
-    search.add_argument("--layers", type=int_list, default=[2, 3, 4], help="hidden-layer counts of an MLP, comma-separated; one study each, the best of all retrained (default: 2,3,4, as §3.5)")
+    search.add_argument(
+        "--trials", type=int, default=100, help="trials in the whole study, all workers together (default: 100)"
+    )
+    search.add_argument(
+        "--layers",
+        type=int_list,
+        default=[2, 3, 4],
+        help="hidden-layer counts of an MLP, comma-separated; one study each, the best of all retrained (default: 2,3,4, as §3.5)",
+    )
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: OUT/study.db)")
+    search.add_argument(
+        "--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db (default: OUT/study.db)"
+    )
     search.add_argument("--study", help="study name (default: from kind, dataset, corruption, level and seed)")
     search.add_argument("--resume", action="store_true", help="continue an existing study")
     search.add_argument("--search-seed", type=int, default=0, help="seed of the random draws (default: 0)")
     search.add_argument("--config", help="TOML or JSON file with [data] and [train] tables")
-    search.add_argument("--vae", help="run directory of the selected VAE, retrained on train + validation (vae+mlp, vae+cnn)")
+    search.add_argument(
+        "--vae", help="run directory of the selected VAE, retrained on train + validation (vae+mlp, vae+cnn)"
+    )
     add_problem_flags(search)
     add_fit_flags(search)
     search.set_defaults(run=_search)
@@ -115,7 +182,9 @@ def _data_info(args):
     from mivae.images.data import load_splits
 
     splits = load_splits(args.dataset, args.data_dir, seed=args.seed)
-    print(f"dataset {splits.dataset}: {sum(len(s) for s in splits)} images of {splits.train.images.shape[1]}x{splits.train.images.shape[2]} pixels, {splits.n_classes} classes, split seed {args.seed}")
+    print(
+        f"dataset {splits.dataset}: {sum(len(s) for s in splits)} images of {splits.train.images.shape[1]}x{splits.train.images.shape[2]} pixels, {splits.n_classes} classes, split seed {args.seed}"
+    )
     print(f"{'split':<6} {'images':>7}  " + " ".join(f"{c:>5}" for c in range(splits.n_classes)))
     for split in splits:
         print(f"{split.name:<6} {len(split):>7}  " + " ".join(f"{n:>5}" for n in split.class_counts(splits.n_classes)))
@@ -128,7 +197,9 @@ def _data_fetch(args):
         print("digits ships with scikit-learn; nothing to fetch.")
         return
     train, test = load_idx_dataset(args.dataset, args.data_dir)
-    print(f"{args.dataset}: {len(train)} training and {len(test)} test images verified in {resolve_data_dir(args.dataset, args.data_dir)}")
+    print(
+        f"{args.dataset}: {len(train)} training and {len(test)} test images verified in {resolve_data_dir(args.dataset, args.data_dir)}"
+    )
 
 
 def _corrupt(args):
@@ -154,12 +225,18 @@ def _corrupt(args):
     for method in methods:
         for level in levels:
             # Image i's mask does not depend on how many images are corrupted: the shown prefix suffices.
-            corrupted = corrupt(test.images[: max(args.index) + 1], method, level, seed=args.seed, split="test", exact=args.exact)
+            corrupted = corrupt(
+                test.images[: max(args.index) + 1], method, level, seed=args.seed, split="test", exact=args.exact
+            )
             means = None
             if args.fill == "mean":
-                means = pixel_means(corrupt(splits.train.images, method, level, seed=args.seed, split="train", exact=args.exact))
+                means = pixel_means(
+                    corrupt(splits.train.images, method, level, seed=args.seed, split="train", exact=args.exact)
+                )
             shown = fill(corrupted, args.fill, means)[args.index]
-            titles.append(f"{method.replace('-', ' ')} {level:.0%}\n({np.isnan(corrupted.values[args.index]).mean():.0%} missing)")
+            titles.append(
+                f"{method.replace('-', ' ')} {level:.0%}\n({np.isnan(corrupted.values[args.index]).mean():.0%} missing)"
+            )
             columns.append(shown)
     rows = [[column[r] for column in columns] for r in range(len(args.index))]
     image_grid(rows, titles, args.out)
@@ -168,17 +245,34 @@ def _corrupt(args):
 
 def _train(args):
     from mivae import config as cfg
-    from mivae.models import CONFIGS, classifier_kind
     from mivae.images.pipeline import train_model
     from mivae.images.runs import load_run, save_run
+    from mivae.models import CONFIGS, classifier_kind
 
     check_writable_folder(args.out)
     set_threads(args.threads)
     tables = cfg.read_config_file(args.config) if args.config else {}
     model_cls = CONFIGS[classifier_kind(args.kind)]
     data, model, train = resolve_configs(args, tables, model_cls)
-    flags = {k: getattr(args, k) for k in ("hidden", "latent", "lr", "l2", "denoising", "mask_input", "init", "samples",
-                                           "refine", "holdout", "holdout_shape", "dense", "dropout_conv", "dropout_dense")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "hidden",
+            "latent",
+            "lr",
+            "l2",
+            "denoising",
+            "mask_input",
+            "init",
+            "samples",
+            "refine",
+            "holdout",
+            "holdout_shape",
+            "dense",
+            "dropout_conv",
+            "dropout_dense",
+        )
+    }
     for name, value in flags.items():
         if value is not None and name not in model_cls.__dataclass_fields__:
             flag = {"denoising": "--plain", "samples": "--importance-samples"}.get(name, f"--{name.replace('_', '-')}")
@@ -188,7 +282,10 @@ def _train(args):
 
     def progress(epoch, history):
         score = f"  val {history.val_score[-1]:.4f}" if history.val_score else ""
-        print(f"epoch {epoch:>3}/{train.epochs}  train loss {history.train_loss[-1]:.4f}{score}  {history.seconds[-1]:.1f}s", flush=True)
+        print(
+            f"epoch {epoch:>3}/{train.epochs}  train loss {history.train_loss[-1]:.4f}{score}  {history.seconds[-1]:.1f}s",
+            flush=True,
+        )
 
     run = train_model(args.kind, data, model, train, args.data_dir, vae_run=vae_run, on_epoch=progress)
     save_run(run, args.out)
@@ -242,14 +339,16 @@ def _search(args):
     if not args.layers or not set(args.layers) <= {2, 3, 4}:
         raise MivaeError(f"--layers takes 2, 3 or 4, comma-separated; got {args.layers or 'none'}.")
     check_writable_folder(args.out)
-    remove_stale_temporaries(args.out)   # left by a search killed mid-write
+    remove_stale_temporaries(args.out)  # left by a search killed mid-write
     set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tables = cfg.read_config_file(args.config) if args.config else {}
     data, _, train = resolve_configs(args, tables)
     vae_run = load_run(args.vae) if args.vae else None
     if args.kind.startswith("vae+") and vae_run is None:
-        raise MivaeError(f"a {args.kind} search trains on a VAE's imputations; pass --vae with the selected VAE's final run.")
+        raise MivaeError(
+            f"a {args.kind} search trains on a VAE's imputations; pass --vae with the selected VAE's final run."
+        )
     studies = len(args.layers) if args.kind.removeprefix("vae+") == "mlp" else 1
     bar = tqdm(total=args.trials * studies, desc=f"search {args.kind}", unit="trial", disable=None)
     done_before = {}
@@ -264,12 +363,27 @@ def _search(args):
         bar.refresh()
 
     try:
-        result = search(args.kind, data, args.trials, args.out, train, storage=args.storage, study_name=args.study,
-                        seed=args.search_seed, resume=args.resume, timeout=args.timeout, vae_run=vae_run,
-                        layers=tuple(args.layers), data_dir=args.data_dir, on_trial=progress)
+        result = search(
+            args.kind,
+            data,
+            args.trials,
+            args.out,
+            train,
+            storage=args.storage,
+            study_name=args.study,
+            seed=args.search_seed,
+            resume=args.resume,
+            timeout=args.timeout,
+            vae_run=vae_run,
+            layers=tuple(args.layers),
+            data_dir=args.data_dir,
+            on_trial=progress,
+        )
     finally:
         bar.close()
-    print(f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}")
+    print(
+        f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}"
+    )
     print("retrained on train + validation; test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items()))
     if result.health is not None:
         print(health_line(result.health))
@@ -279,20 +393,30 @@ def _search(args):
 def format_evaluation(result):
     """Returns the printable summary of an `evaluate_run` result."""
     d = result["data"]
-    lines = [f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, {result['precision']}"]
+    lines = [
+        f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, {result['precision']}"
+    ]
     if "test_negative_elbo" in result:
-        lines.append(f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats")
+        lines.append(
+            f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats"
+        )
     if "test_negative_bound" in result:
-        lines.append(f"negative importance-weighted bound per image: validation {result['val_negative_bound']:.1f} nats, "
-                     f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels {result['test_rmse_missing']:.4f}")
+        lines.append(
+            f"negative importance-weighted bound per image: validation {result['val_negative_bound']:.1f} nats, "
+            f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels {result['test_rmse_missing']:.4f}"
+        )
     if "accuracy" in result:
         lines.append(f"accuracy {result['accuracy']:.4f}")
     if "accuracy_on_one_vae_imputation" in result:
-        lines.append(f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  (z vs direct {result['z_imputation_vs_direct']:+.2f})")
+        lines.append(
+            f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  (z vs direct {result['z_imputation_vs_direct']:+.2f})"
+        )
     if "single_accuracy" in result:
         lines.append(f"single imputation (z = mu)  accuracy {result['single_accuracy']:.4f}")
         for m, row in result["multiple"].items():
-            lines.append(f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}")
+            lines.append(
+                f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}"
+            )
     if "health" in result:
         lines.append(health_line(result["health"]))
     return "\n".join(lines)

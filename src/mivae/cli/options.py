@@ -41,7 +41,9 @@ def add_data_options(parser):
     from mivae.images.data import DATASETS
 
     parser.add_argument("--dataset", default="mnist", choices=DATASETS, help="dataset (default: mnist)")
-    parser.add_argument("--data-dir", help="folder holding the dataset's files (default: $MIVAE_DATA_DIR, then the user cache)")
+    parser.add_argument(
+        "--data-dir", help="folder holding the dataset's files (default: $MIVAE_DATA_DIR, then the user cache)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the corruption (default: 0)")
 
 
@@ -54,12 +56,20 @@ def add_problem_flags(parser):
     flags = parser.add_argument_group("data")
     flags.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
     flags.add_argument("--data-dir", help="folder holding the dataset's files")
-    flags.add_argument("--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)")
+    flags.add_argument(
+        "--corruption", dest="method", choices=METHODS, help="corruption method (default: random-pixels)"
+    )
     flags.add_argument("--level", type=float, help="corruption level in [0, 1) (default: 0.5)")
-    flags.add_argument("--fill", choices=FILLS, help="what a model sees in a missing pixel: a constant, the pixel means, "
-                       "or scikit-learn's IterativeImputer or KNNImputer (default: white)")
+    flags.add_argument(
+        "--fill",
+        choices=FILLS,
+        help="what a model sees in a missing pixel: a constant, the pixel means, "
+        "or scikit-learn's IterativeImputer or KNNImputer (default: white)",
+    )
     flags.add_argument("--exact", action="store_const", const=True, help="exactly round(cl * p) missing units")
-    flags.add_argument("--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)")
+    flags.add_argument(
+        "--clean-train", action="store_const", const=True, help="train and validate on clean images (Tables 6, 7)"
+    )
     flags.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
     flags.add_argument("--seed", type=int, help="seed of the split, the corruption and the training (default: 0)")
 
@@ -72,8 +82,9 @@ def add_fit_flags(parser):
     flags.add_argument("--epochs", type=int, help="most epochs (default: 50)")
     flags.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: 5)")
     flags.add_argument("--min-epochs", type=int, help="epochs before early stopping may end training (default: 10)")
-    flags.add_argument("--min-delta", type=float,
-                       help="least gain in the validation score that resets the patience (default: 0)")
+    flags.add_argument(
+        "--min-delta", type=float, help="least gain in the validation score that resets the patience (default: 0)"
+    )
     flags.add_argument("--batch-size", type=int, help="images per step (default: 128)")
     flags.add_argument("--device", help=DEVICE_HELP)
     flags.add_argument("--precision", choices=PRECISIONS, help="matmul precision (default: auto, bf16 where native)")
@@ -87,9 +98,16 @@ def resolve_configs(args, tables, model_cls=None):
     allowed = {"data", "model", "train"} if model_cls else {"data", "train"}
     unknown = sorted(set(tables) - allowed)
     if unknown:
-        raise MivaeError(f"unknown table [{unknown[0]}] in {args.config}; expected {' and '.join(f'[{t}]' for t in sorted(allowed))}.")
+        raise MivaeError(
+            f"unknown table [{unknown[0]}] in {args.config}; expected {' and '.join(f'[{t}]' for t in sorted(allowed))}."
+        )
     data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
-    data = cfg.replace(data, **{k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")})
+    data = cfg.replace(
+        data,
+        **{
+            k: getattr(args, k) for k in ("dataset", "method", "level", "fill", "exact", "clean_train", "limit", "seed")
+        },
+    )
     train = cfg.from_dict(cfg.TrainConfig, tables.get("train", {}), "train")
     fit_flags = ("epochs", "patience", "min_epochs", "min_delta", "batch_size", "device", "precision", "seed")
     train = cfg.replace(train, **{k: getattr(args, k) for k in fit_flags})

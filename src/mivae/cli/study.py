@@ -16,22 +16,34 @@ def add_commands(commands):
         "classifiers selected by random search, single and multiple imputation, Tables 1-7 and Figures 4, 8-16. "
         "Every trained model and result is kept in --out under a key of its configuration: running the same "
         "command again reuses them, and an interrupted run continues where it stopped. Presets: "
-        + "; ".join(f"{name}: {p.about}" for name, p in PRESETS.items()) + ".",
+        + "; ".join(f"{name}: {p.about}" for name, p in PRESETS.items())
+        + ".",
     )
     reproduce.add_argument("--preset", default="smoke", help=f"{', '.join(PRESETS)} (default: smoke)")
     reproduce.add_argument("--out", help="run directory (default: out/reproduce-PRESET)")
-    reproduce.add_argument("--data-dir", help="folder holding the dataset's files (default: $MIVAE_DATA_DIR, then the user cache)")
-    reproduce.add_argument("--seed", type=int, default=0, help="seed of the split, corruption, searches and training (default: 0)")
-    reproduce.add_argument("--storage", help="Optuna storage URL shared by a fleet of workers, such as postgresql://host/db")
+    reproduce.add_argument(
+        "--data-dir", help="folder holding the dataset's files (default: $MIVAE_DATA_DIR, then the user cache)"
+    )
+    reproduce.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, corruption, searches and training (default: 0)"
+    )
+    reproduce.add_argument(
+        "--storage", help="Optuna storage URL shared by a fleet of workers, such as postgresql://host/db"
+    )
     reproduce.add_argument("--limit", type=int, help="use only the first LIMIT images of each split (a quick look)")
     reproduce.add_argument("--threads", type=int, help="CPU threads (default: the fastest count, measured)")
     reproduce.add_argument("--device", default="auto", help=DEVICE_HELP)
-    reproduce.add_argument("--settings", help="run only these settings, comma-separated: rp50, rp70, rp90 (Random Pixels), "
-                           "vl50, vl70, vl90 (Vertical Lines), or all (default: all)")
+    reproduce.add_argument(
+        "--settings",
+        help="run only these settings, comma-separated: rp50, rp70, rp90 (Random Pixels), "
+        "vl50, vl70, vl90 (Vertical Lines), or all (default: all)",
+    )
     reproduce.add_argument("--thesis-only", action="store_true", help="skip the beyond-the-thesis stage")
     reproduce.set_defaults(run=_reproduce)
 
-    report = commands.add_parser("report", help="rebuild the report of a reproduce run from its results, without training")
+    report = commands.add_parser(
+        "report", help="rebuild the report of a reproduce run from its results, without training"
+    )
     report.add_argument("run_dir", help="run directory written by 'mivae reproduce'")
     report.set_defaults(run=_report)
 
@@ -39,9 +51,9 @@ def add_commands(commands):
 def _reproduce(args):
     import optuna
 
-    from mivae.study.reproduce import PRESETS, parse_settings, reproduce
     from mivae.hardware import resolve_device
     from mivae.study.report import build_report
+    from mivae.study.reproduce import PRESETS, parse_settings, reproduce
 
     if args.preset not in PRESETS:
         raise MivaeError(f"unknown preset {args.preset!r}; known presets are {', '.join(PRESETS)}.")
@@ -51,9 +63,18 @@ def _reproduce(args):
     set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out or f"out/reproduce-{args.preset}")
-    study = reproduce(args.preset, out, seed=args.seed, data_dir=args.data_dir, storage=args.storage, limit=args.limit,
-                      progress=True, settings=settings, beyond_stage=not args.thesis_only,
-                      device=str(resolve_device(args.device)))
+    study = reproduce(
+        args.preset,
+        out,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        storage=args.storage,
+        limit=args.limit,
+        progress=True,
+        settings=settings,
+        beyond_stage=not args.thesis_only,
+        device=str(resolve_device(args.device)),
+    )
     reused = sum(1 for _, _, r in study.done if r)
     print(f"{len(study.done)} trained units, {reused} reused from earlier runs.")
     print(f"report: {build_report(out)}")

@@ -18,7 +18,9 @@ def add_commands(commands):
     impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
     impute.add_argument("--out", required=True, help="folder for the completed tables")
     impute.add_argument("--samples", type=int, default=10, help="M, the number of completed tables (default: 10)")
-    impute.add_argument("--single", action="store_true", help="also write the single best imputation, OUT/STEM.single.EXT")
+    impute.add_argument(
+        "--single", action="store_true", help="also write the single best imputation, OUT/STEM.single.EXT"
+    )
     impute.add_argument("--format", choices=("csv", "parquet"), help="output format (default: that of the input)")
     _add_table_model_flags(impute)
     impute.set_defaults(run=_impute)
@@ -43,16 +45,32 @@ def add_commands(commands):
 def _add_table_model_flags(parser):
     from mivae.models.tabular import LIKELIHOODS
 
-    parser.add_argument("--model", default="miwae", choices=("miwae", "vae"), help="the imputer: MIWAE "
-                        "(importance-weighted, the default) or the VAE of the thesis on the masked ELBO")
-    parser.add_argument("--categorical", type=name_list, default=[], help="comma-separated columns to treat as categorical")
-    parser.add_argument("--continuous", type=name_list, default=[], help="comma-separated columns that must hold numbers")
-    parser.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="distribution of continuous "
-                        "columns (default: gaussian)")
+    parser.add_argument(
+        "--model",
+        default="miwae",
+        choices=("miwae", "vae"),
+        help="the imputer: MIWAE (importance-weighted, the default) or the VAE of the thesis on the masked ELBO",
+    )
+    parser.add_argument(
+        "--categorical", type=name_list, default=[], help="comma-separated columns to treat as categorical"
+    )
+    parser.add_argument(
+        "--continuous", type=name_list, default=[], help="comma-separated columns that must hold numbers"
+    )
+    parser.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default="gaussian",
+        help="distribution of continuous columns (default: gaussian)",
+    )
     parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the imputations (default: 0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (the GPU where torch sees one); "
-                        "default: cpu, where a table's small matrices run fastest")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda, cuda:N or auto (the GPU where torch sees one); "
+        "default: cpu, where a table's small matrices run fastest",
+    )
 
 
 def _table_imputer(args, categorical):
@@ -64,8 +82,13 @@ def _table_imputer(args, categorical):
     if overlap:
         raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
     model = MIWAEImputer if args.model == "miwae" else VAEImputer
-    return model(categorical=categorical or None, likelihood=args.likelihood, max_epochs=args.epochs, random_state=args.seed,
-                 device=args.device)
+    return model(
+        categorical=categorical or None,
+        likelihood=args.likelihood,
+        max_epochs=args.epochs,
+        random_state=args.seed,
+        device=args.device,
+    )
 
 
 def _impute(args):
@@ -90,10 +113,14 @@ def _impute(args):
     print_notes(caught)
     tables = api_errors(lambda: imputer.sample(frame, args.samples))
     kinds = [c.kind for c in imputer.schema_.columns]
-    print(f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
-          f"categorical columns, {frame.isna().to_numpy().mean():.1%} of entries missing")
-    print(f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
-          f"in {trained:.1f}s")
+    print(
+        f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
+        f"categorical columns, {frame.isna().to_numpy().mean():.1%} of entries missing"
+    )
+    print(
+        f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
+        f"in {trained:.1f}s"
+    )
     digits = len(str(args.samples))
     for k, table in enumerate(tables, 1):
         write_table(table, out / f"{data.stem}.imputed-{k:0{digits}d}{ext}")
@@ -117,22 +144,34 @@ def _classify(args):
         raise MivaeError(f"--folds must be at least 2; got {args.folds}.")
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
     if args.target not in frame.columns:
-        raise MivaeError(f"target column {args.target!r} is not in {args.data}, whose columns are {', '.join(frame.columns)}.")
+        raise MivaeError(
+            f"target column {args.target!r} is not in {args.data}, whose columns are {', '.join(frame.columns)}."
+        )
     y = frame.pop(args.target)
     if y.isna().any():
-        raise MivaeError(f"target column {args.target!r} is missing in {int(y.isna().sum())} of {len(y)} rows; "
-                         "a target must be complete.")
+        raise MivaeError(
+            f"target column {args.target!r} is missing in {int(y.isna().sum())} of {len(y)} rows; "
+            "a target must be complete."
+        )
     if frame.shape[1] == 0:
         raise MivaeError(f"{args.data} has no column besides the target {args.target!r} to predict it from.")
     counts = y.value_counts()
     if len(counts) < 2:
-        raise MivaeError(f"target column {args.target!r} holds only the class {counts.index[0]!r}; it needs two or more.")
+        raise MivaeError(
+            f"target column {args.target!r} holds only the class {counts.index[0]!r}; it needs two or more."
+        )
     if counts.min() < args.folds:
-        raise MivaeError(f"--folds {args.folds} needs at least {args.folds} rows of every class, but class "
-                         f"{counts.idxmin()!r} has {counts.min()}.")
+        raise MivaeError(
+            f"--folds {args.folds} needs at least {args.folds} rows of every class, but class "
+            f"{counts.idxmin()!r} has {counts.min()}."
+        )
     labels = y.astype(str) if y.dtype == object else y
-    model = MultipleImputationClassifier(_table_imputer(args, [c for c in args.categorical if c in frame.columns]),
-                                         n_imputations=args.samples, add_indicator=args.indicator, random_state=args.seed)
+    model = MultipleImputationClassifier(
+        _table_imputer(args, [c for c in args.categorical if c in frame.columns]),
+        n_imputations=args.samples,
+        add_indicator=args.indicator,
+        random_state=args.seed,
+    )
     folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -140,22 +179,28 @@ def _classify(args):
     print_notes({str(w.message): w for w in caught}.values())
     baseline = _baseline_classifier(frame, [c for c in args.categorical if c in frame.columns], args.indicator)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # an all-missing column is noted above already
+        warnings.simplefilter("ignore")  # an all-missing column is noted above already
         try:
             base_scores = cross_validate(baseline, frame, labels, cv=folds, error_score="raise")["test_score"]
-        except ValueError as e:   # the comparison is a courtesy: its failure is reported, not fatal
+        except ValueError as e:  # the comparison is a courtesy: its failure is reported, not fatal
             base_scores, why = [np.nan] * args.folds, str(e).split("\n")[0]
-    print(f"{Path(args.data).name}: predicting {args.target!r} ({len(counts)} classes) from {frame.shape[1]} columns, "
-          f"{len(frame)} rows, {frame.isna().to_numpy().mean():.1%} of entries missing")
+    print(
+        f"{Path(args.data).name}: predicting {args.target!r} ({len(counts)} classes) from {frame.shape[1]} columns, "
+        f"{len(frame)} rows, {frame.isna().to_numpy().mean():.1%} of entries missing"
+    )
     for k, (score, base) in enumerate(zip(scores, base_scores), 1):
         print(f"fold {k}: accuracy {score:.4f} (baseline {base:.4f})")
-    print(f"accuracy {np.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f} over {args.folds} folds "
-          f"(M = {args.samples}, {args.model})")
+    print(
+        f"accuracy {np.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f} over {args.folds} folds "
+        f"(M = {args.samples}, {args.model})"
+    )
     if np.isnan(base_scores).any():
         print(f"baseline: none, since the same classifier on the column means and modes failed: {why}")
     else:
-        print(f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
-              "column means and modes, on the same folds")
+        print(
+            f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
+            "column means and modes, on the same folds"
+        )
 
 
 def _baseline_classifier(frame, categorical, indicator):
@@ -172,7 +217,14 @@ def _baseline_classifier(frame, categorical, indicator):
     kinds = dict(zip(frame.columns, infer_kinds(frame, categorical)))
     continuous = [c for c, kind in kinds.items() if kind != CATEGORICAL]
     labels = [c for c, kind in kinds.items() if kind == CATEGORICAL]
-    parts = [("continuous", make_pipeline(SimpleImputer(add_indicator=indicator), StandardScaler()), continuous),
-             ("categorical", make_pipeline(SimpleImputer(strategy="most_frequent", add_indicator=indicator),
-                                           OneHotEncoder(handle_unknown="ignore")), labels)]
+    parts = [
+        ("continuous", make_pipeline(SimpleImputer(add_indicator=indicator), StandardScaler()), continuous),
+        (
+            "categorical",
+            make_pipeline(
+                SimpleImputer(strategy="most_frequent", add_indicator=indicator), OneHotEncoder(handle_unknown="ignore")
+            ),
+            labels,
+        ),
+    ]
     return make_pipeline(ColumnTransformer([part for part in parts if part[2]]), LogisticRegression(max_iter=1000))

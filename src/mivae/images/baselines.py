@@ -33,8 +33,9 @@ def make_imputer(name, seed=0):
     if name == "knn":
         return KNNImputer(n_neighbors=5, keep_empty_features=True)
     if name == "iterative":
-        return IterativeImputer(max_iter=3, n_nearest_features=50, random_state=seed, keep_empty_features=True,
-                                skip_complete=True)
+        return IterativeImputer(
+            max_iter=3, n_nearest_features=50, random_state=seed, keep_empty_features=True, skip_complete=True
+        )
     raise MivaeError(f"unknown baseline imputer {name!r}; known imputers are {', '.join(IMPUTERS)}.")
 
 

@@ -117,7 +117,7 @@ class Corrupted:
     """Corrupted images: values with NaN where missing, and the mask that says where."""
 
     values: np.ndarray  # (N, H, W) float32, NaN where mask is True
-    mask: np.ndarray    # (N, H, W) bool, True = missing
+    mask: np.ndarray  # (N, H, W) bool, True = missing
     method: str
     level: float
 
@@ -161,7 +161,9 @@ def fill(corrupted, policy="white", means=None):
         value = np.float32(0.0)
     elif policy == "mean":
         if means is None:
-            raise MivaeError("the 'mean' fill policy needs per-pixel training means; pass means=pixel_means(corrupted_train).")
+            raise MivaeError(
+                "the 'mean' fill policy needs per-pixel training means; pass means=pixel_means(corrupted_train)."
+            )
         value = np.asarray(means, dtype=np.float32)
         if value.shape != corrupted.values.shape[1:]:
             raise MivaeError(f"per-pixel means have shape {value.shape}; the images are {corrupted.values.shape[1:]}.")

@@ -37,24 +37,24 @@ from mivae.errors import MivaeError
 class IdxFile:
     """One published IDX file and the digest it is checked against."""
 
-    name: str                 # standard file name, gzip-compressed
+    name: str  # standard file name, gzip-compressed
     sha256: str | None = None  # of the decompressed content (survives re-compression)
-    md5: str | None = None     # of the gzip file as published, where no content digest is known
+    md5: str | None = None  # of the gzip file as published, where no content digest is known
 
 
 @dataclass(frozen=True)
 class IdxDataset:
     """An MNIST-shaped dataset: four IDX files, a training and a test set."""
 
-    name: str                       # as passed to --dataset
-    title: str                      # as printed for people
-    mirrors: tuple[str, ...]        # base URLs, tried in order
+    name: str  # as passed to --dataset
+    title: str  # as printed for people
+    mirrors: tuple[str, ...]  # base URLs, tried in order
     train_images: IdxFile
     train_labels: IdxFile
     test_images: IdxFile
     test_labels: IdxFile
-    n_train: int                    # images in the training file
-    n_test: int                     # images in the test file
+    n_train: int  # images in the training file
+    n_test: int  # images in the test file
     image_shape: tuple[int, int] = (28, 28)
     n_classes: int = 10
 
@@ -72,10 +72,18 @@ MNIST = IdxDataset(
         "http://yann.lecun.com/exdb/mnist/",
     ),
     # SHA-256 of the decompressed files as published with the original database.
-    train_images=IdxFile("train-images-idx3-ubyte.gz", sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    train_labels=IdxFile("train-labels-idx1-ubyte.gz", sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    test_images=IdxFile("t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    test_labels=IdxFile("t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    train_images=IdxFile(
+        "train-images-idx3-ubyte.gz", sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+    ),
+    train_labels=IdxFile(
+        "train-labels-idx1-ubyte.gz", sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+    ),
+    test_images=IdxFile(
+        "t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+    ),
+    test_labels=IdxFile(
+        "t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    ),
     n_train=60_000,
     n_test=10_000,
 )
@@ -101,9 +109,9 @@ DATASETS = (*IDX_DATASETS, "digits")  # digits: scikit-learn's bundled 8x8 digit
 class Split:
     """A labelled set of images, named for what it is used for."""
 
-    name: str            # "train", "val" or "test"; also keys the corruption of this split
-    images: np.ndarray   # (N, H, W) float32 in [0, 1]
-    labels: np.ndarray   # (N,) int64
+    name: str  # "train", "val" or "test"; also keys the corruption of this split
+    images: np.ndarray  # (N, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int64
 
     def __len__(self):
         return len(self.labels)
@@ -207,17 +215,23 @@ def parse_idx(content, path, ndim):
             f"{path} is truncated: its header promises {'x'.join(map(str, dims))} values but it holds {got_bytes}."
         )
     if got_bytes > expected_bytes:
-        raise MivaeError(f"{path} has {got_bytes - expected_bytes} bytes beyond the {'x'.join(map(str, dims))} values its header declares.")
+        raise MivaeError(
+            f"{path} has {got_bytes - expected_bytes} bytes beyond the {'x'.join(map(str, dims))} values its header declares."
+        )
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _check_digest(path, entry, raw, content):
     if entry.sha256 is not None:
         if hashlib.sha256(content).hexdigest() != entry.sha256:
-            raise MivaeError(f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another dataset's file.")
+            raise MivaeError(
+                f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another dataset's file."
+            )
     elif entry.md5 is not None and raw is not content:  # an archive digest says nothing of a plain file
         if hashlib.md5(raw, usedforsecurity=False).hexdigest() != entry.md5:
-            raise MivaeError(f"{path} does not match the published MD5 of {entry.name}; it is damaged or another dataset's file.")
+            raise MivaeError(
+                f"{path} does not match the published MD5 of {entry.name}; it is damaged or another dataset's file."
+            )
 
 
 def read_idx(path, entry=None, ndim=3, verify=True):
@@ -253,9 +267,10 @@ def _download_file(spec, entry, folder):
         try:
             with urllib.request.urlopen(url, timeout=30) as response, atomic_path(folder / entry.name) as tmp:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with open(tmp, "wb") as out, tqdm(
-                    total=total, unit="B", unit_scale=True, desc=entry.name, leave=False, disable=None
-                ) as bar:
+                with (
+                    open(tmp, "wb") as out,
+                    tqdm(total=total, unit="B", unit_scale=True, desc=entry.name, leave=False, disable=None) as bar,
+                ):
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -343,7 +358,9 @@ def load_idx_dataset(dataset, data_dir=None, download=True, verify=True):
                 f"{spec.title} {name} files hold {len(images)} images and {len(labels)} labels; expected {n} of each."
             )
         if labels.max() >= spec.n_classes:
-            raise MivaeError(f"{labels_path} holds label {labels.max()}; {spec.title} labels run from 0 to {spec.n_classes - 1}.")
+            raise MivaeError(
+                f"{labels_path} holds label {labels.max()}; {spec.title} labels run from 0 to {spec.n_classes - 1}."
+            )
         sets.append(Split(name, images.astype(np.float32) / 255.0, labels.astype(np.int64)))
     return tuple(sets)
 
@@ -398,7 +415,12 @@ def _digits_splits(seed, val_size):
     rest_index, test_index = stratified_split(everything.labels, round(0.2 * n), seed)
     rest = _subset(everything, rest_index, "rest")
     train_index, val_index = stratified_split(rest.labels, val_size, seed)
-    return Splits("digits", _subset(rest, train_index, "train"), _subset(rest, val_index, "val"), _subset(everything, test_index, "test"))
+    return Splits(
+        "digits",
+        _subset(rest, train_index, "train"),
+        _subset(rest, val_index, "val"),
+        _subset(everything, test_index, "test"),
+    )
 
 
 def _check_holdout(size, available, what):

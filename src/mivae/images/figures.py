@@ -42,9 +42,7 @@ def image_grid(rows, column_titles, path, cell_inches=1.6):
     holds one title per column, as in the thesis' Figures 4, 9 and 13.
     """
     n_rows, n_cols = len(rows), len(column_titles)
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows + 0.3), squeeze=False
-    )
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows + 0.3), squeeze=False)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             ax = axes[r][c]

@@ -75,9 +75,9 @@ def negative_elbo_per_image(vae, x, target, batch_size=4096, seed=0):
 class MultipleImputation:
     """The result of M-sample multiple imputation on N images."""
 
-    accuracy: np.ndarray     # (M,): accuracy[m - 1] is the accuracy using the first m samples
-    proba: torch.Tensor      # (N, C): mean of the M softmax vectors per image
-    predictions: dict        # m -> (N,) int64 classes predicted with the first m samples, for requested m
+    accuracy: np.ndarray  # (M,): accuracy[m - 1] is the accuracy using the first m samples
+    proba: torch.Tensor  # (N, C): mean of the M softmax vectors per image
+    predictions: dict  # m -> (N,) int64 classes predicted with the first m samples, for requested m
 
 
 def _batch_rows(model):
@@ -105,7 +105,7 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
     model.eval()
     low = in_precision(model, dtype)
     batch_rows = batch_rows or _batch_rows(model)
-    chunk = min(samples, batch_rows)               # S: samples per forward pass
+    chunk = min(samples, batch_rows)  # S: samples per forward pass
     images_per_batch = max(1, batch_rows // chunk)  # B
     generator = torch.Generator(device=x.device).manual_seed(seed)
     keep = sorted({m for m in keep if 1 <= m <= samples} | {samples})
@@ -121,23 +121,23 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
             release_free_memory()  # the passes' large blocks fragment glibc's heap (hardware.release_free_memory)
         yb = y[i : i + images_per_batch].cpu()
         mu, sigma = mu_all[i : i + images_per_batch], sigma_all[i : i + images_per_batch]  # (B, L)
-        running = None                                             # (B, C) sums of the samples so far
+        running = None  # (B, C) sums of the samples so far
         for s0 in range(0, samples, chunk):
             s = min(chunk, samples - s0)
             eps = torch.randn((len(mu), s, mu.shape[1]), generator=generator, device=x.device)
-            z = mu[:, None, :] + sigma[:, None, :] * eps            # (B, S, L)
-            images = low.vae.decode(z.flatten(0, 1).to(dtype))      # (B*S, H, W)
-            p = softmax(low.classifier(images))                     # (B*S, C) float32
-            p = p.unflatten(0, (len(mu), s))                        # (B, S, C)
-            cumulative = p.cumsum(dim=1)                            # (B, S, C) sums of the first m samples
+            z = mu[:, None, :] + sigma[:, None, :] * eps  # (B, S, L)
+            images = low.vae.decode(z.flatten(0, 1).to(dtype))  # (B*S, H, W)
+            p = softmax(low.classifier(images))  # (B*S, C) float32
+            p = p.unflatten(0, (len(mu), s))  # (B, S, C)
+            cumulative = p.cumsum(dim=1)  # (B, S, C) sums of the first m samples
             if running is not None:
                 cumulative += running[:, None, :]
-            predicted = cumulative.argmax(dim=-1).cpu()             # (B, S)
+            predicted = cumulative.argmax(dim=-1).cpu()  # (B, S)
             correct[s0 : s0 + s] += (predicted == yb[:, None]).sum(dim=0)
             for m in keep:
                 if s0 < m <= s0 + s:
                     predictions[m][i : i + len(mu)] = predicted[:, m - s0 - 1]
-            running = cumulative[:, -1, :]                          # (B, C)
+            running = cumulative[:, -1, :]  # (B, C)
         probas.append((running / samples).cpu())
     return MultipleImputation((correct.double() / len(x)).numpy(), torch.cat(probas), predictions)
 
@@ -154,7 +154,9 @@ def _in_batches(step, model, inputs, samples, seed=0, *args):
     model.eval()
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     size = max(1, 8192 // samples)
-    return torch.cat([step(model, inputs[i : i + size], samples, generator, *args) for i in range(0, len(inputs), size)])
+    return torch.cat(
+        [step(model, inputs[i : i + size], samples, generator, *args) for i in range(0, len(inputs), size)]
+    )
 
 
 def _negative_bound(model, inputs, samples, generator):

@@ -13,12 +13,20 @@ import torch
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision, steady_heap
 from mivae.health import classifier_health, vae_health
-from mivae.images.imputation import (classify_incomplete, impute, impute_incomplete, multiple_imputation, negative_bound_per_image,
-                              negative_elbo_per_image, predict_proba, rmse_on_missing)
-from mivae.models import INCOMPLETE, build_model, imputer_kind
-from mivae.models.miwae import miwae_loss
+from mivae.images.imputation import (
+    classify_incomplete,
+    impute,
+    impute_incomplete,
+    multiple_imputation,
+    negative_bound_per_image,
+    negative_elbo_per_image,
+    predict_proba,
+    rmse_on_missing,
+)
 from mivae.images.problem import make_problem
 from mivae.images.runs import Run
+from mivae.models import INCOMPLETE, build_model, imputer_kind
+from mivae.models.miwae import miwae_loss
 from mivae.stats import accuracy, class_distribution, paired_test, uncertainty
 from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
 
@@ -101,15 +109,19 @@ def _incomplete_metrics(model, parts, samples):
     for name, part in parts:
         inputs = part.inputs(with_mask=True)
         metrics[f"{name}_negative_bound"] = negative_bound_per_image(model, inputs, samples).mean().item()
-        metrics[f"{name}_rmse_missing"] = rmse_on_missing(impute_incomplete(model, inputs, samples), part.clean, part.mask)
+        metrics[f"{name}_rmse_missing"] = rmse_on_missing(
+            impute_incomplete(model, inputs, samples), part.clean, part.mask
+        )
     return metrics
 
 
 def _importance_weighted_probas(run, part, samples, seed, batch, dtype):
     x = part.inputs(with_mask=True)
-    return {"single": predict_proba(run.model, x, batch, dtype),
-            "importance_weighted": classify_incomplete(run.model, x, samples, seed, weighted=True),
-            "uniform": classify_incomplete(run.model, x, samples, seed, weighted=False)}
+    return {
+        "single": predict_proba(run.model, x, batch, dtype),
+        "importance_weighted": classify_incomplete(run.model, x, samples, seed, weighted=True),
+        "uniform": classify_incomplete(run.model, x, samples, seed, weighted=False),
+    }
 
 
 def _importance_weighted_evaluation(run, val, test, samples, seed, batch, dtype):
@@ -122,17 +134,30 @@ def _importance_weighted_evaluation(run, val, test, samples, seed, batch, dtype)
     predicted = {name: p.argmax(1).cpu().numpy() for name, p in probas.items()}
     result = {"samples": samples, "true_class_distribution": class_distribution(y, run.n_classes).tolist()}
     for name, p in probas.items():
-        result[name] = {"accuracy": accuracy(predicted[name], y), "uncertainty": uncertainty(p.cpu().numpy(), y),
-                        "val_accuracy": accuracy(val_probas[name].argmax(1).cpu(), val.y.cpu()),
-                        "class_distribution": class_distribution(predicted[name], run.n_classes).tolist(),
-                        "predicted": predicted[name].tolist()}
+        result[name] = {
+            "accuracy": accuracy(predicted[name], y),
+            "uncertainty": uncertainty(p.cpu().numpy(), y),
+            "val_accuracy": accuracy(val_probas[name].argmax(1).cpu(), val.y.cpu()),
+            "class_distribution": class_distribution(predicted[name], run.n_classes).tolist(),
+            "predicted": predicted[name].tolist(),
+        }
     result["z_weighted_vs_single"] = paired_test(predicted["importance_weighted"], predicted["single"], y).z
     result["z_weighted_vs_uniform"] = paired_test(predicted["importance_weighted"], predicted["uniform"], y).z
     return result
 
 
-def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, problem=None, on_epoch=None, validate=True,
-                checkpoint=None):
+def train_model(
+    kind,
+    data,
+    model_config,
+    train,
+    data_dir=None,
+    vae_run=None,
+    problem=None,
+    on_epoch=None,
+    validate=True,
+    checkpoint=None,
+):
     """Returns a trained `Run` of `kind` on the problem `data` describes, with validation and test metrics.
 
     Type 2 kinds need `vae_run`, a trained VAE `Run` on the same corruption; its weights stay fixed.
@@ -151,13 +176,26 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
         score = (lambda m: _vae_score(m, val, data, model_config, batch, dtype)) if validate else None
-        history = fit(model, adam(model, model_config.lr, model_config.l2), vae_loss,
-                      _inputs(tr, data, model_config.mask_input), target, train,
-                      score=score, higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint)
-        parts = (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
+        history = fit(
+            model,
+            adam(model, model_config.lr, model_config.l2),
+            vae_loss,
+            _inputs(tr, data, model_config.mask_input),
+            target,
+            train,
+            score=score,
+            higher_is_better=False,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+        )
+        parts = (
+            (("val_negative_elbo", val), ("test_negative_elbo", test)) if validate else (("test_negative_elbo", test),)
+        )
         metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
         metrics["health"] = _health(vae_run_health(model, val, data, model_config, batch), held_out=validate)
-        return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
+        return Run(
+            kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
+        )
 
     if kind in INCOMPLETE:
         if data.clean_train:
@@ -165,38 +203,78 @@ def train_model(kind, data, model_config, train, data_dir=None, vae_run=None, pr
         model = build_model(kind, model_config, problem.image_shape).to(device)
         k, val_inputs = model_config.eval_samples, val.inputs(with_mask=True)
         score = (lambda m: negative_bound_per_image(m, val_inputs, k).mean().item()) if validate else None
-        history = fit(model, adam(model, model_config.lr, model_config.l2), partial(miwae_loss, samples=model_config.samples),
-                      tr.inputs(with_mask=True), tr.y, train, score=score, higher_is_better=False, on_epoch=on_epoch,
-                      checkpoint=checkpoint)
+        history = fit(
+            model,
+            adam(model, model_config.lr, model_config.l2),
+            partial(miwae_loss, samples=model_config.samples),
+            tr.inputs(with_mask=True),
+            tr.y,
+            train,
+            score=score,
+            higher_is_better=False,
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+        )
         metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
-        return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics)
+        return Run(
+            kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
+        )
 
     vae, imputer = None, imputer_kind(kind)
     if imputer:
         if vae_run is None:
-            raise MivaeError(f"a {kind} model is trained on a {imputer}'s imputations; pass --vae with a trained {imputer} run.")
+            raise MivaeError(
+                f"a {kind} model is trained on a {imputer}'s imputations; pass --vae with a trained {imputer} run."
+            )
         check_vae_matches(vae_run, data, kind=imputer)
         vae = vae_run.model.to(device)
-    model = build_model(kind, model_config, problem.image_shape, problem.n_classes, vae=vae,
-                        imputer_config=vae_run.model_config if vae_run else None).to(device)
+    model = build_model(
+        kind,
+        model_config,
+        problem.image_shape,
+        problem.n_classes,
+        vae=vae,
+        imputer_config=vae_run.model_config if vae_run else None,
+    ).to(device)
     with_mask = sees_mask(kind, model_config, vae_run.model_config if vae_run else None)
 
     def val_accuracy(m):
         return accuracy(predict_proba(m, _inputs(val, data, with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu())
 
-    history = fit(model, adadelta(model, model_config.lr, model_config.l2), classifier_loss, _inputs(tr, data, with_mask), tr.y,
-                  train, score=val_accuracy if validate else None, on_epoch=on_epoch, checkpoint=checkpoint)
+    history = fit(
+        model,
+        adadelta(model, model_config.lr, model_config.l2),
+        classifier_loss,
+        _inputs(tr, data, with_mask),
+        tr.y,
+        train,
+        score=val_accuracy if validate else None,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+    )
     metrics = {"val_accuracy": val_accuracy(model)} if validate else {}
     test_inputs = _inputs(test, data, with_mask)
     metrics["test_accuracy"] = accuracy(predict_proba(model, test_inputs, batch, dtype).argmax(1).cpu(), test.y.cpu())
-    metrics["health"] = _health(classifier_run_health(model, val, data, with_mask, problem.n_classes, batch, dtype),
-                                held_out=validate)
-    return Run(kind, data, model_config, train, model, problem.image_shape, problem.n_classes,
-               vae_run.model_config if vae_run else None, history, metrics)
+    metrics["health"] = _health(
+        classifier_run_health(model, val, data, with_mask, problem.n_classes, batch, dtype), held_out=validate
+    )
+    return Run(
+        kind,
+        data,
+        model_config,
+        train,
+        model,
+        problem.image_shape,
+        problem.n_classes,
+        vae_run.model_config if vae_run else None,
+        history,
+        metrics,
+    )
 
 
-def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto",
-                 data=None):
+def evaluate_run(
+    run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto", data=None
+):
     """Returns the test metrics of `run` on its own corrupted test set, as a JSON-ready dict.
 
     `data` tests a run trained on clean images on another corruption than its own.
@@ -216,8 +294,12 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
     val, test = problem.val.to(device), problem.test.to(device)
     batch = run.train.eval_batch_size
     y = test.y.cpu().numpy()
-    result = {"kind": run.kind, "data": {k: getattr(data, k) for k in ("dataset", "method", "level", "seed")},
-              "test_images": len(test), "precision": str(dtype).removeprefix("torch.")}
+    result = {
+        "kind": run.kind,
+        "data": {k: getattr(data, k) for k in ("dataset", "method", "level", "seed")},
+        "test_images": len(test),
+        "precision": str(dtype).removeprefix("torch."),
+    }
 
     if run.kind == "vae":
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
@@ -225,27 +307,37 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
         result["health"] = _health(vae_run_health(run.model, val, run.data, run.model_config, batch), _held_out(run))
         return result
     if run.kind in INCOMPLETE:
-        return {**result, **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples)}
+        return {
+            **result,
+            **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples),
+        }
 
     with_mask = sees_mask(run.kind, run.model_config, run.vae_config)
     x = test.inputs(with_mask=with_mask)
     # The model's own health on validation images as it was trained (clean ones for a classifier of Tables 6/7).
-    result["health"] = _health(classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype),
-                               _held_out(run))
+    result["health"] = _health(
+        classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype), _held_out(run)
+    )
     if imputer_kind(run.kind) in INCOMPLETE:
         return {**result, **_importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)}
     if not imputer_kind(run.kind):
         proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
         direct = proba.argmax(1)
         result["accuracy"] = accuracy(direct, y)
-        result["val_accuracy"] = accuracy(predict_proba(run.model, val.inputs(with_mask=with_mask), batch, dtype).argmax(1).cpu(),
-                                          val.y.cpu())
+        result["val_accuracy"] = accuracy(
+            predict_proba(run.model, val.inputs(with_mask=with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu()
+        )
         result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
         result["uncertainty"] = uncertainty(proba, y)
         result["predicted"] = direct.tolist()  # for paired tests between any two evaluations of this test set
         if vae_run is not None:
-            on_imputation, on_val = (predict_proba(run.model, one_imputation(vae_run, data, part, batch), batch, dtype)
-                                     .argmax(1).cpu().numpy() for part in (test, val))
+            on_imputation, on_val = (
+                predict_proba(run.model, one_imputation(vae_run, data, part, batch), batch, dtype)
+                .argmax(1)
+                .cpu()
+                .numpy()
+                for part in (test, val)
+            )
             result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
             result["val_accuracy_on_one_vae_imputation"] = accuracy(on_val, val.y.cpu().numpy())
             result["predicted_on_one_vae_imputation"] = on_imputation.tolist()
@@ -272,6 +364,8 @@ def evaluate_run(run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, p
             "class_distribution": class_distribution(predicted, run.n_classes).tolist(),
         }
     if 10 in multi.predictions and max(samples) > 10:  # does more than 10 samples help (§5, observation 6)?
-        result["z_multi_max_vs_10"] = paired_test(multi.predictions[max(samples)].numpy(), multi.predictions[10].numpy(), y).z
+        result["z_multi_max_vs_10"] = paired_test(
+            multi.predictions[max(samples)].numpy(), multi.predictions[10].numpy(), y
+        ).z
     result["accuracy_curve"] = np.round(multi.accuracy, 6).tolist()
     return result

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mivae.errors import MivaeError
 from mivae.images.corruption import FILL_POLICIES, corrupt, fill, pixel_means
 from mivae.images.data import load_splits
-from mivae.errors import MivaeError
 
 IMPUTER_FILLS = ("iterative", "knn")
 FILLS = FILL_POLICIES + IMPUTER_FILLS
@@ -27,10 +27,10 @@ IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 53 s on these; see
 class Part:
     """One split, ready for models: what they see, what it should be, and where it was missing."""
 
-    x: torch.Tensor       # (N, H, W) float32: the filled, corrupted images a model sees
-    clean: torch.Tensor   # (N, H, W) float32: the uncorrupted images (the denoising target)
-    mask: torch.Tensor    # (N, H, W) bool: True where a pixel is missing
-    y: torch.Tensor       # (N,) int64 labels
+    x: torch.Tensor  # (N, H, W) float32: the filled, corrupted images a model sees
+    clean: torch.Tensor  # (N, H, W) float32: the uncorrupted images (the denoising target)
+    mask: torch.Tensor  # (N, H, W) bool: True where a pixel is missing
+    y: torch.Tensor  # (N,) int64 labels
 
     def __len__(self):
         return len(self.y)
@@ -75,7 +75,9 @@ def make_problem(config, data_dir=None):
         raise MivaeError(f"unknown fill policy {config.fill!r}; expected one of {', '.join(FILLS)}.")
     splits = load_splits(config.dataset, data_dir, seed=config.seed)
     corrupted = {
-        s.name: corrupt(s.images[: config.limit], config.method, config.level, seed=config.seed, split=s.name, exact=config.exact)
+        s.name: corrupt(
+            s.images[: config.limit], config.method, config.level, seed=config.seed, split=s.name, exact=config.exact
+        )
         for s in splits
     }
     means = pixel_means(corrupted["train"]) if config.fill == "mean" else None

@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from mivae.training import History
 class Run:
     """A trained model and everything needed to rebuild and judge it."""
 
-    kind: str                         # one of mivae.models.KINDS
+    kind: str  # one of mivae.models.KINDS
     data: DataConfig
     model_config: VAEConfig | MLPConfig | CNNConfig  # the classifier's config for Type 2 kinds
     train: TrainConfig
@@ -73,7 +73,7 @@ def _config_json(run):
             "precision": str(resolve_precision(run.train.precision, run.train.device)).removeprefix("torch."),
             "threads": torch.get_num_threads(),
         },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

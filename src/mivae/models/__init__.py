@@ -9,10 +9,10 @@ from mivae.models.miwae import MIWAE, MIWAEClassifier
 from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE
 
-INCOMPLETE = ("miwae", "not-miwae")                        # learn from incomplete images alone
-IMPUTERS = ("vae", *INCOMPLETE)                            # generative models a Type 2 classifier is built on
+INCOMPLETE = ("miwae", "not-miwae")  # learn from incomplete images alone
+IMPUTERS = ("vae", *INCOMPLETE)  # generative models a Type 2 classifier is built on
 KINDS = (*IMPUTERS, "mlp", "cnn", *(f"{i}+{c}" for i in IMPUTERS for c in ("mlp", "cnn")))
-SEARCHABLE = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")   # the kinds of §3.5's model selection
+SEARCHABLE = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")  # the kinds of §3.5's model selection
 CONFIGS = {"vae": VAEConfig, "mlp": MLPConfig, "cnn": CNNConfig, "miwae": MIWAEConfig, "not-miwae": MIWAEConfig}
 
 
@@ -48,8 +48,15 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
     if kind in INCOMPLETE:
         if kind == "not-miwae" and config.refine:
             raise MivaeError("local refinement (refine) is for miwae, not for not-miwae's missingness model.")
-        return MIWAE(image_shape, config.hidden, config.latent, "self-masking" if kind == "not-miwae" else None,
-                     config.refine, config.holdout, config.holdout_shape)
+        return MIWAE(
+            image_shape,
+            config.hidden,
+            config.latent,
+            "self-masking" if kind == "not-miwae" else None,
+            config.refine,
+            config.holdout,
+            config.holdout_shape,
+        )
     channels = 2 if config.mask_input else 1
     if kind == "vae":
         return initialise(VAE(image_shape, config.hidden, config.latent, channels), config.init)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-LOGVAR_BOUND = 12.0   # |log variance| of a latent at most this: exp(logvar) never overflows, even in bf16
+LOGVAR_BOUND = 12.0  # |log variance| of a latent at most this: exp(logvar) never overflows, even in bf16
 
 
 def bounded_logvar(logvar):
@@ -45,8 +45,13 @@ def gaussian_log_prob(x, mean, scale):
 def student_t_log_prob(x, mean, scale, df):
     """Returns the log density of Student's t with `df` degrees of freedom, location `mean`, scale `scale`, elementwise."""
     t = (x - mean) / scale
-    return (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi) - scale.log()
-            - (df + 1) / 2 * torch.log1p(t.pow(2) / df))
+    return (
+        torch.lgamma((df + 1) / 2)
+        - torch.lgamma(df / 2)
+        - 0.5 * torch.log(df * math.pi)
+        - scale.log()
+        - (df + 1) / 2 * torch.log1p(t.pow(2) / df)
+    )
 
 
 def iwae_bound(log_w):

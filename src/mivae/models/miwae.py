@@ -26,7 +26,6 @@ left visible. The guess is the importance-weighted mean of the decoder (single i
 resampled proposal (multiple imputation); training shows it either, half the images each.
 """
 
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -42,22 +41,34 @@ class MIWAE(VAE):
     `missingness` is None (MIWAE: missing at random is assumed) or "self-masking" (not-MIWAE).
     """
 
-    def __init__(self, image_shape, hidden=(512, 512), latent=20, missingness=None, refine=0, holdout=0.3,
-                 holdout_shape="pixels"):
+    def __init__(
+        self, image_shape, hidden=(512, 512), latent=20, missingness=None, refine=0, holdout=0.3, holdout_shape="pixels"
+    ):
         if missingness not in (None, "self-masking"):
             raise ValueError(f"unknown missingness model {missingness!r}")
         if refine and missingness:
             raise ValueError("local refinement is for MIWAE and the masked ELBO, not for a missingness model")
         if holdout_shape not in ("pixels", "columns") or not 0 < holdout < 1:
-            raise ValueError(f"holdout must be in (0, 1) and its shape pixels or columns; got {holdout}, {holdout_shape!r}")
+            raise ValueError(
+                f"holdout must be in (0, 1) and its shape pixels or columns; got {holdout}, {holdout_shape!r}"
+            )
         super().__init__(image_shape, hidden, latent, channels=2)
         self.missingness = missingness
         if missingness == "self-masking":
-            self.mask_scale = nn.Parameter(torch.zeros(self.image_shape))   # a_j
+            self.mask_scale = nn.Parameter(torch.zeros(self.image_shape))  # a_j
             self.mask_shift = nn.Parameter(torch.full(self.image_shape, 0.5))  # b_j
         self.holdout, self.holdout_shape = holdout, holdout_shape
-        self.refine = nn.Sequential(nn.Conv2d(3, refine, 5, padding=2), nn.ReLU(), nn.Conv2d(refine, refine, 3, padding=1),
-                                    nn.ReLU(), nn.Conv2d(refine, 1, 3, padding=1)) if refine else None
+        self.refine = (
+            nn.Sequential(
+                nn.Conv2d(3, refine, 5, padding=2),
+                nn.ReLU(),
+                nn.Conv2d(refine, refine, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(refine, 1, 3, padding=1),
+            )
+            if refine
+            else None
+        )
 
     def sample_latents(self, inputs, samples, generator=None):
         """Returns z (K, B, L) drawn from q(z | x_obs, s), with mu and logvar (B, L)."""
@@ -69,12 +80,12 @@ class MIWAE(VAE):
         """Returns (log w (K, B), decoder logits (K, B, H, W)) for mask-aware inputs (B, 2, H, W)."""
         values, observed = inputs[:, 0], inputs[:, 1]
         z, mu, logvar = self.sample_latents(inputs, samples, generator)
-        logits = self.decode_logits(z)                                             # (K, B, H, W)
+        logits = self.decode_logits(z)  # (K, B, H, W)
         log_px = -(F.binary_cross_entropy_with_logits(logits, values.expand_as(logits), reduction="none") * observed)
-        log_w = log_px.flatten(2).sum(-1)                                          # log p(x_obs | z_k)
-        log_w = log_w + gaussian_log_density(z) - gaussian_log_density(z, mu, logvar)   # + log p(z) - log q(z | x)
+        log_w = log_px.flatten(2).sum(-1)  # log p(x_obs | z_k)
+        log_w = log_w + gaussian_log_density(z) - gaussian_log_density(z, mu, logvar)  # + log p(z) - log q(z | x)
         if self.missingness == "self-masking":
-            completed = complete(inputs, torch.sigmoid(logits))                  # x_obs with x_miss_k filled in
+            completed = complete(inputs, torch.sigmoid(logits))  # x_obs with x_miss_k filled in
             missing_logit = -self.mask_scale * (completed - self.mask_shift)
             missing = (1 - observed).expand_as(missing_logit)
             log_ps = -F.binary_cross_entropy_with_logits(missing_logit, missing, reduction="none")
@@ -87,19 +98,23 @@ class MIWAE(VAE):
         completed = complete(inputs, guess)
         if self.refine is None:
             return completed
-        guesses = completed.flatten(0, -3)                                 # (... * B, H, W), inputs repeated to match
+        guesses = completed.flatten(0, -3)  # (... * B, H, W), inputs repeated to match
         logits = self.refined_logits(guesses, inputs.repeat(len(guesses) // len(inputs), 1, 1, 1))
         return complete(inputs, torch.sigmoid(logits).view_as(completed))
 
     def refined_logits(self, completed, inputs):
         """Returns the logits (B, H, W) of p(x | guess, x_obs) from completed guesses (B, H, W) and mask-aware inputs."""
         guess = completed.clamp(1e-4, 1 - 1e-4)
-        features = torch.cat([guess.unsqueeze(1), inputs], 1).contiguous(memory_format=torch.channels_last)  # 2x faster here
+        features = torch.cat([guess.unsqueeze(1), inputs], 1).contiguous(
+            memory_format=torch.channels_last
+        )  # 2x faster here
         return self.refine(features).squeeze(1) + torch.logit(guess)
 
     def forward(self, inputs):
         """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised IS."""
-        return impute_importance(self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0))
+        return impute_importance(
+            self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0)
+        )
 
 
 def complete(inputs, fill):
@@ -109,7 +124,6 @@ def complete(inputs, fill):
     """
     values, observed = inputs[:, 0], inputs[:, 1]
     return values * observed + fill * (1 - observed)
-
 
 
 def miwae_loss(model, inputs, targets=None, samples=5):
@@ -123,14 +137,18 @@ def miwae_loss(model, inputs, targets=None, samples=5):
         return -iwae_bound(log_w).mean()
     visible, held = hold_out(inputs, model.holdout, model.holdout_shape)
     log_w, logits = model.log_weights(visible, samples)
-    with torch.no_grad():  # the guess: the weighted mean of the proposals for half the images, one resampled for the rest
+    with (
+        torch.no_grad()
+    ):  # the guess: the weighted mean of the proposals for half the images, one resampled for the rest
         weights, means = importance_weights(log_w.float()), torch.sigmoid(logits.float())
         mean = (weights[..., None, None] * means).sum(0)
         pick = torch.multinomial(weights.T, 1).squeeze(1)
         drawn = means[pick, torch.arange(len(pick), device=pick.device)]
         guess = complete(visible, torch.where(torch.rand(len(pick), 1, 1, device=pick.device) < 0.5, mean, drawn))
     refined = model.refined_logits(guess, visible)
-    log_p_held = -(F.binary_cross_entropy_with_logits(refined, inputs[:, 0], reduction="none") * held).flatten(1).sum(-1)
+    log_p_held = (
+        -(F.binary_cross_entropy_with_logits(refined, inputs[:, 0], reduction="none") * held).flatten(1).sum(-1)
+    )
     return -(iwae_bound(log_w) + log_p_held).mean()
 
 
@@ -144,7 +162,6 @@ def hold_out(inputs, fraction, shape="pixels"):
     held = (torch.rand(size, device=inputs.device) < fraction) & observed
     visible = (observed & ~held).to(inputs.dtype)
     return torch.stack([inputs[:, 0] * visible, visible], 1), held.to(inputs.dtype)
-
 
 
 @torch.no_grad()
@@ -162,9 +179,11 @@ def impute_multiple(model, inputs, imputations, samples=50, generator=None):
     decoder mean (refined, with local refinement); observed pixels are kept exactly.
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
-    picks = torch.multinomial(importance_weights(log_w).T.float(), imputations, replacement=True, generator=generator)  # (B, M)
+    picks = torch.multinomial(
+        importance_weights(log_w).T.float(), imputations, replacement=True, generator=generator
+    )  # (B, M)
     rows = torch.arange(len(inputs), device=picks.device)[:, None]
-    chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[rows, picks]   # (B, M, H, W)
+    chosen = torch.sigmoid(logits).permute(1, 0, 2, 3)[rows, picks]  # (B, M, H, W)
     return model.fill(inputs, chosen.transpose(0, 1))
 
 
@@ -176,7 +195,7 @@ def classify_importance(model, classifier, inputs, samples=50, generator=None, w
     `classifier` maps completed images (N, H, W) to logits.
     """
     log_w, logits = model.log_weights(inputs, samples, generator)
-    completed = model.fill(inputs, torch.sigmoid(logits))                         # (K, B, H, W)
+    completed = model.fill(inputs, torch.sigmoid(logits))  # (K, B, H, W)
     proba = torch.softmax(classifier(completed.flatten(0, 1)).float(), dim=-1).unflatten(0, log_w.shape)  # (K, B, C)
     weights = importance_weights(log_w) if weighted else torch.full_like(log_w, 1 / len(log_w))
     return (weights[..., None] * proba).sum(0)

@@ -14,7 +14,6 @@ for K = 1). Noise comes in as tensors so that a caller can share it across rows 
 numbers make an imputation a fixed function of its row) or draw it anew for every row.
 """
 
-
 import torch
 from scipy import special
 from torch.nn import functional as F
@@ -24,9 +23,7 @@ from mivae.models.vae import GaussianVAE
 
 LIKELIHOODS = ("gaussian", "student-t")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
-MIN_DF = 3.0      # the smallest degrees of freedom of a Student-t head: its variance stays finite
-
-
+MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its variance stays finite
 
 
 class TabularVAE(GaussianVAE):
@@ -42,13 +39,16 @@ class TabularVAE(GaussianVAE):
         starts = [sum(w for _, w in layout[:j]) for j in range(len(layout))]
         blocks = [(j, s, w) for j, (s, (kind, w)) in enumerate(zip(starts, layout)) if kind == "categorical"]
         heads = (3 if likelihood == "student-t" else 2) * kinds.count("continuous") + sum(w for _, _, w in blocks)
-        super().__init__(len(column_of_slot) + len(layout), hidden, latent, heads)   # values and the observed mask
+        super().__init__(len(column_of_slot) + len(layout), hidden, latent, heads)  # values and the observed mask
         self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
         self.n_continuous = kinds.count("continuous")
         self.continuous_columns = [j for j, kind in enumerate(kinds) if kind == "continuous"]
         self.register_buffer("column_of_slot", torch.tensor(column_of_slot, dtype=torch.long), persistent=False)
-        self.register_buffer("continuous_slots", torch.tensor(
-            [s for s, (kind, _) in zip(starts, layout) if kind == "continuous"], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "continuous_slots",
+            torch.tensor([s for s, (kind, _) in zip(starts, layout) if kind == "continuous"], dtype=torch.long),
+            persistent=False,
+        )
 
     def encode(self, values, observed):
         """Returns (mu, logvar), each (B, L) float32, of q(z | x_obs, s)."""
@@ -90,7 +90,7 @@ class TabularVAE(GaussianVAE):
     def log_weights(self, values, observed, eps):
         """Returns (log w (K, B), decoder params) for standard normal noise eps (K, B or 1, L)."""
         mu, logvar = self.encode(values, observed)
-        z = reparameterize(mu, logvar, eps=eps)                                   # (K, B, L)
+        z = reparameterize(mu, logvar, eps=eps)  # (K, B, L)
         params = self.decode(z)
         # log q(z | x) = log N(eps; 0, I) - sum(logvar) / 2 at z = mu + sigma * eps: the same value and gradients as
         # the density of z, in fewer passes over (K, B, L)
@@ -102,9 +102,12 @@ class TabularVAE(GaussianVAE):
         """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""
         if not self.blocks:  # every column continuous: the encoding is the means, in column order
             return params["mean"]
-        parts = [params["mean"][..., [self.continuous_columns.index(j)]] if kind == "continuous"
-                 else torch.softmax(params["logits"][[b[0] for b in self.blocks].index(j)], dim=-1)
-                 for j, (kind, _) in enumerate(self.layout)]
+        parts = [
+            params["mean"][..., [self.continuous_columns.index(j)]]
+            if kind == "continuous"
+            else torch.softmax(params["logits"][[b[0] for b in self.blocks].index(j)], dim=-1)
+            for j, (kind, _) in enumerate(self.layout)
+        ]
         return torch.cat(parts, dim=-1)
 
     def draw(self, params, noise_continuous, uniform_categorical):

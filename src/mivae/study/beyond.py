@@ -44,25 +44,49 @@ def run_setting(study, setting, data, cleans):
     (Run, search summary, key) of the classifiers trained on clean images."""
     epochs, seed = EPOCHS[study.preset.name], study.seed
     for classifier, config in (("mlp", MLPConfig(mask_input=True)), ("cnn", CNNConfig(mask_input=True))):
-        run, key = study.trained(f"beyond-mask-{classifier}-{setting}", classifier, data, config, epochs[f"mask-{classifier}"])
+        run, key = study.trained(
+            f"beyond-mask-{classifier}-{setting}", classifier, data, config, epochs[f"mask-{classifier}"]
+        )
         study.evaluated(setting, f"mask-{classifier}", key, partial(study.evaluate, run, data))
 
     kind = incomplete_kind(data.method)
     vae, vae_key = study.trained(f"beyond-{kind}-{setting}", kind, data, MIWAEConfig(), epochs["incomplete-vae"])
     study.evaluated(setting, "incomplete-vae", vae_key, partial(study.evaluate, vae, data), extra={"kind": kind})
-    run, key = study.trained(f"beyond-{kind}+mlp-{setting}", f"{kind}+mlp", data, MLPConfig(), epochs["incomplete-vae+mlp"],
-                             vae=(vae, vae_key))
+    run, key = study.trained(
+        f"beyond-{kind}+mlp-{setting}",
+        f"{kind}+mlp",
+        data,
+        MLPConfig(),
+        epochs["incomplete-vae+mlp"],
+        vae=(vae, vae_key),
+    )
     samples = MIWAEConfig().eval_samples
-    study.evaluated(setting, "incomplete-vae+mlp", key, partial(study.evaluate, run, data, samples=(samples,), seed=seed),
-                    extra={"kind": f"{kind}+mlp"}, seed=seed)
+    study.evaluated(
+        setting,
+        "incomplete-vae+mlp",
+        key,
+        partial(study.evaluate, run, data, samples=(samples,), seed=seed),
+        extra={"kind": f"{kind}+mlp"},
+        seed=seed,
+    )
     for classifier, (clean, _, clean_key) in cleans.items():
-        study.evaluated(setting, f"clean-{classifier}-on-incomplete-vae", clean_key,
-                        partial(study.evaluate, clean, data, vae_run=vae), vae=vae_key)
+        study.evaluated(
+            setting,
+            f"clean-{classifier}-on-incomplete-vae",
+            clean_key,
+            partial(study.evaluate, clean, data, vae_run=vae),
+            vae=vae_key,
+        )
 
     for baseline in BASELINES:
         filled = dataclasses.replace(data, fill=baseline)
         run, key = study.trained(f"beyond-{baseline}+mlp-{setting}", "mlp", filled, MLPConfig(), epochs["imputed-mlp"])
         study.evaluated(setting, f"{baseline}+mlp", key, partial(study.evaluate, run, filled))
         for classifier, (clean, _, clean_key) in cleans.items():
-            study.evaluated(setting, f"clean-{classifier}-on-{baseline}", clean_key,
-                            partial(study.evaluate, clean, filled), fill=baseline)
+            study.evaluated(
+                setting,
+                f"clean-{classifier}-on-{baseline}",
+                clean_key,
+                partial(study.evaluate, clean, filled),
+                fill=baseline,
+            )

@@ -20,12 +20,12 @@ import numpy as np
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
-from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
-from mivae.images.figures import image_grid, plt, save_figure
 from mivae.health import FAILED_MARK
+from mivae.images.figures import image_grid, plt, save_figure
+from mivae.images.runs import write_json
 from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.study.report_beyond import section as beyond_section
-from mivae.images.runs import write_json
+from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
 from mivae.study.search import trial_outcome
 
 # The thesis' Tables 1-7 (§4), cell by cell.
@@ -35,12 +35,24 @@ THESIS = {
     4: {0.5: (0.8748, 0.9229, 0.9232, 0.52), 0.7: (0.7682, 0.8303, 0.8298, -0.65), 0.9: (0.4706, 0.4903, 0.489, -0.63)},
     5: {0.5: (0.9755, 0.9314, 0.9337, 3.16), 0.7: (0.9382, 0.8415, 0.8437, 2.18), 0.9: (0.6638, 0.502, 0.5037, 1.13)},
     3: ((150.7, 0.7129), (174.3, 0.4629), (205.8, 0.1134)),
-    6: {0.5: (0.2919, 0.8394, 0.1695, 0.8423), 0.7: (0.1878, 0.6882, 0.1001, 0.6962), 0.9: (0.1377, 0.2853, 0.0905, 0.2775)},
-    7: {0.5: (0.2823, 0.9192, 0.2624, 0.9182), 0.7: (0.1767, 0.8159, 0.1876, 0.8209), 0.9: (0.1270, 0.4158, 0.1385, 0.4416)},
+    6: {
+        0.5: (0.2919, 0.8394, 0.1695, 0.8423),
+        0.7: (0.1878, 0.6882, 0.1001, 0.6962),
+        0.9: (0.1377, 0.2853, 0.0905, 0.2775),
+    },
+    7: {
+        0.5: (0.2823, 0.9192, 0.2624, 0.9182),
+        0.7: (0.1767, 0.8159, 0.1876, 0.8209),
+        0.9: (0.1270, 0.4158, 0.1385, 0.4416),
+    },
 }
 # (table, method, classifier) of Tables 1, 2, 4, 5, and the figures of their accuracy curves.
-TYPE2_TABLES = ((1, "random-pixels", "mlp", 10), (2, "random-pixels", "cnn", 11),
-                (4, "vertical-lines", "mlp", 14), (5, "vertical-lines", "cnn", 15))
+TYPE2_TABLES = (
+    (1, "random-pixels", "mlp", 10),
+    (2, "random-pixels", "cnn", 11),
+    (4, "vertical-lines", "mlp", 14),
+    (5, "vertical-lines", "cnn", 15),
+)
 CLEAN_TABLES = ((6, "random-pixels"), (7, "vertical-lines"))
 TITLES = {"random-pixels": "Random Pixels", "vertical-lines": "Vertical Lines"}
 
@@ -76,8 +88,10 @@ def load_results(run_dir):
                 beyond.append(setting)
     examples = results_dir / "figures" / "examples.json"
     if not present or not examples.exists():
-        raise MivaeError(f"{run_dir} is not finished: no setting has all its results yet; run 'mivae reproduce' again to "
-                         f"complete it.")
+        raise MivaeError(
+            f"{run_dir} is not finished: no setting has all its results yet; run 'mivae reproduce' again to "
+            f"complete it."
+        )
     results["figures"] = {"examples": _read(examples)}
     if (results_dir / "figures" / "figure8.json").exists():
         results["figures"]["figure8"] = _read(results_dir / "figures" / "figure8.json")
@@ -104,8 +118,11 @@ def failures(results, setting, names):
         for part in [name] + (["vae"] if name.startswith("vae+") else []):
             health = _health_of(results[setting][part])
             if health is not None and not health["ok"]:
-                who = "the classifier trained on clean images, " + part.removeprefix("clean-").upper() \
-                    if part.startswith("clean-") else f"{setting} {part.upper()}"  # one model for every setting
+                who = (
+                    "the classifier trained on clean images, " + part.removeprefix("clean-").upper()
+                    if part.startswith("clean-")
+                    else f"{setting} {part.upper()}"
+                )  # one model for every setting
                 out.append(f"{who}: {health['reason']}")
     return list(dict.fromkeys(out))
 
@@ -141,8 +158,15 @@ def type2_table(results, table, method, classifier):
         setting = results[name]
         direct, type2 = setting[classifier], setting[f"vae+{classifier}"]
         m = _largest_m(type2)
-        ours = (direct["accuracy"], type2["single_accuracy"], type2["multiple"][m]["accuracy"], type2["multiple"][m]["z_multi_single"])
-        failed = (bool(failures(results, name, [classifier])),) + (bool(failures(results, name, [f"vae+{classifier}"])),) * 3
+        ours = (
+            direct["accuracy"],
+            type2["single_accuracy"],
+            type2["multiple"][m]["accuracy"],
+            type2["multiple"][m]["z_multi_single"],
+        )
+        failed = (bool(failures(results, name, [classifier])),) + (
+            bool(failures(results, name, [f"vae+{classifier}"])),
+        ) * 3
         rows.append((level, list(zip(ours, THESIS[table][level], failed))))
     return rows
 
@@ -163,8 +187,10 @@ def clean_table(results, table, method):
         vae_failed = bool(failures(results, name, ["vae"]))
         for kind in ("clean-mlp", "clean-cnn"):
             own_failed = bool(failures(results, name, [kind]))
-            ours += [(setting[kind]["accuracy"], own_failed),
-                     (setting[kind]["accuracy_on_one_vae_imputation"], own_failed or vae_failed)]
+            ours += [
+                (setting[kind]["accuracy"], own_failed),
+                (setting[kind]["accuracy_on_one_vae_imputation"], own_failed or vae_failed),
+            ]
         rows.append((level, [(o, t, f) for (o, f), t in zip(ours, THESIS[table][level])]))
     return rows
 
@@ -174,8 +200,10 @@ def table3(results):
 
     The selected row rests on the selected VAE and its VAE+MLP, those of Table 1; a weaker VAE is weak on purpose,
     so only its VAE+MLP's collapse is marked (which the thesis' weakest row shows too: 0.1134)."""
-    selected = {"negative ELBO": bool(failures(results, "random-pixels-0.7", ["vae"])),
-                "accuracy": bool(failures(results, "random-pixels-0.7", ["vae+mlp"]))}  # the same models as Table 1's
+    selected = {
+        "negative ELBO": bool(failures(results, "random-pixels-0.7", ["vae"])),
+        "accuracy": bool(failures(results, "random-pixels-0.7", ["vae+mlp"])),
+    }  # the same models as Table 1's
     rows = []
     for row, thesis in zip(results["table3"], THESIS[3]):
         if row["vae"] == "selected":
@@ -195,7 +223,9 @@ def _cell(ours, thesis, failed, digits=4):
 def _markdown_table(header, rows, formats):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, cells in rows:
-        lines.append("| " + " | ".join([str(label)] + [_cell(o, t, f, d) for (o, t, f), d in zip(cells, formats)]) + " |")
+        lines.append(
+            "| " + " | ".join([str(label)] + [_cell(o, t, f, d) for (o, t, f), d in zip(cells, formats)]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -237,7 +267,10 @@ def _not_judged(results, level, names):
         return f"it needs {', '.join(needed)}; {', '.join(missing)} did not run."
     failed = list(dict.fromkeys(f for n in needed for f in failures(results, n, names)))
     if failed:
-        return f"it rests on {len(failed)} model{'s' if len(failed) > 1 else ''} that failed the health check: " + "; ".join(failed)
+        return (
+            f"it rests on {len(failed)} model{'s' if len(failed) > 1 else ''} that failed the health check: "
+            + "; ".join(failed)
+        )
     return None
 
 
@@ -259,10 +292,12 @@ def _multiple_vs_single(results):
     """Multiple and single imputation differ little: mostly around ±1σ, once 3.16σ."""
     zs = [e["multiple"][_largest_m(e)]["z_multi_single"] for *_, e in _type2_cells(results)]
     median = float(np.median(np.abs(zs)))
-    return {"claim": _multiple_vs_single.__doc__,
-            "statistic": f"|z_multi/single| over the 12 Type 2 cells: median {median:.2f}, largest {max(map(abs, zs)):.2f}, "
-                         f"{sum(abs(z) > 2 for z in zs)} above 2; held if the median is at most 2.",
-            "held": median <= 2.0}
+    return {
+        "claim": _multiple_vs_single.__doc__,
+        "statistic": f"|z_multi/single| over the 12 Type 2 cells: median {median:.2f}, largest {max(map(abs, zs)):.2f}, "
+        f"{sum(abs(z) > 2 for z in zs)} above 2; held if the median is at most 2.",
+        "held": median <= 2.0,
+    }
 
 
 def _type2_beats_mlp(results):
@@ -272,11 +307,16 @@ def _type2_beats_mlp(results):
         for level in LEVELS:
             s = results[setting_name(method, level)]
             m = _largest_m(s["vae+mlp"])
-            gaps += [s["vae+mlp"]["single_accuracy"] - s["mlp"]["accuracy"], s["vae+mlp"]["multiple"][m]["accuracy"] - s["mlp"]["accuracy"]]
-    return {"claim": _type2_beats_mlp.__doc__,
-            "statistic": f"VAE+MLP minus MLP accuracy over 6 settings x (single, multiple): from {min(gaps):+.4f} to {max(gaps):+.4f}; "
-                         f"{sum(g > 0 for g in gaps)} of 12 positive.",
-            "held": all(g > 0 for g in gaps)}
+            gaps += [
+                s["vae+mlp"]["single_accuracy"] - s["mlp"]["accuracy"],
+                s["vae+mlp"]["multiple"][m]["accuracy"] - s["mlp"]["accuracy"],
+            ]
+    return {
+        "claim": _type2_beats_mlp.__doc__,
+        "statistic": f"VAE+MLP minus MLP accuracy over 6 settings x (single, multiple): from {min(gaps):+.4f} to {max(gaps):+.4f}; "
+        f"{sum(g > 0 for g in gaps)} of 12 positive.",
+        "held": all(g > 0 for g in gaps),
+    }
 
 
 def _cnn_best(results):
@@ -290,9 +330,11 @@ def _cnn_best(results):
                 e = s[f"vae+{c}"]
                 others += [e["single_accuracy"], e["multiple"][_largest_m(e)]["accuracy"]]
             margins.append(s["cnn"]["accuracy"] - max(others))
-    return {"claim": _cnn_best.__doc__,
-            "statistic": f"CNN minus the best other classifier, per setting: {', '.join(f'{g:+.4f}' for g in margins)}.",
-            "held": all(g > 0 for g in margins)}
+    return {
+        "claim": _cnn_best.__doc__,
+        "statistic": f"CNN minus the best other classifier, per setting: {', '.join(f'{g:+.4f}' for g in margins)}.",
+        "held": all(g > 0 for g in margins),
+    }
 
 
 def _vertical_easier(results):
@@ -303,11 +345,13 @@ def _vertical_easier(results):
         elbo.append(rp["vae"]["test_negative_elbo"] - vl["vae"]["test_negative_elbo"])
         for c in ("mlp", "cnn"):
             diffs += [vl[f"vae+{c}"]["single_accuracy"] - rp[f"vae+{c}"]["single_accuracy"]]
-    return {"claim": _vertical_easier.__doc__,
-            "statistic": f"Vertical Lines minus Random Pixels single-imputation accuracy (VAE+MLP, VAE+CNN at 50/70/90 %): "
-                         f"{', '.join(f'{d:+.4f}' for d in diffs)}; the VAE's test negative ELBO is lower on Vertical Lines by "
-                         f"{', '.join(f'{e:+.1f}' for e in elbo)} nats.",
-            "held": all(d > 0 for d in diffs)}
+    return {
+        "claim": _vertical_easier.__doc__,
+        "statistic": f"Vertical Lines minus Random Pixels single-imputation accuracy (VAE+MLP, VAE+CNN at 50/70/90 %): "
+        f"{', '.join(f'{d:+.4f}' for d in diffs)}; the VAE's test negative ELBO is lower on Vertical Lines by "
+        f"{', '.join(f'{e:+.1f}' for e in elbo)} nats.",
+        "held": all(d > 0 for d in diffs),
+    }
 
 
 def _hard_digits(results):
@@ -317,29 +361,42 @@ def _hard_digits(results):
         for c in ("mlp", "cnn"):
             e = results[setting_name(method, 0.9)][f"vae+{c}"]
             least[(method, c)] = _least_classified(e, _largest_m(e))
-    text = "; ".join(f"{TITLES[m]} VAE+{c.upper()}: " + ", ".join(f"digit {d} at {r:.2f}x its true count" for d, r in v)
-                     for (m, c), v in least.items())
+    text = "; ".join(
+        f"{TITLES[m]} VAE+{c.upper()}: " + ", ".join(f"digit {d} at {r:.2f}x its true count" for d, r in v)
+        for (m, c), v in least.items()
+    )
     lowest = min(r for v in least.values() for _, r in v)
     differ = {d for d, _ in least[("random-pixels", "mlp")]} != {d for d, _ in least[("vertical-lines", "mlp")]}
-    return {"claim": _hard_digits.__doc__,
-            "statistic": f"the two least predicted digits at 90 %, predicted count over true count: {text}. "
-                         f"Held if some digit is predicted under 0.8x its true count and the least predicted pair of VAE+MLP "
-                         f"differs between the methods.",
-            "held": bool(lowest < 0.8 and differ)}
+    return {
+        "claim": _hard_digits.__doc__,
+        "statistic": f"the two least predicted digits at 90 %, predicted count over true count: {text}. "
+        f"Held if some digit is predicted under 0.8x its true count and the least predicted pair of VAE+MLP "
+        f"differs between the methods.",
+        "held": bool(lowest < 0.8 and differ),
+    }
 
 
 def _samples_threshold(results):
     """Beyond about 10 samples, more samples do not improve accuracy; only the fluctuations shrink."""
-    gains = [(e["multiple"][_largest_m(e)]["accuracy"] - e["accuracy_curve"][9], e.get("z_multi_max_vs_10", math.nan))
-             for *_, e in _type2_cells(results) if len(e["accuracy_curve"]) > 10]
+    gains = [
+        (e["multiple"][_largest_m(e)]["accuracy"] - e["accuracy_curve"][9], e.get("z_multi_max_vs_10", math.nan))
+        for *_, e in _type2_cells(results)
+        if len(e["accuracy_curve"]) > 10
+    ]
     if not gains:
-        return {"claim": _samples_threshold.__doc__, "statistic": "", "held": None,
-                "not_judged": "it compares M = 10 with larger M; this preset's M is at most 10."}
-    return {"claim": _samples_threshold.__doc__,
-            "statistic": f"accuracy at the largest M minus at M = 10, over the 12 Type 2 cells: from {min(g for g, _ in gains):+.4f} "
-                         f"to {max(g for g, _ in gains):+.4f}; paired z (largest M vs 10): largest |z| "
-                         f"{max(abs(z) for _, z in gains):.2f}. Held if every |z| is at most 2.",
-            "held": all(abs(z) <= 2 for _, z in gains)}
+        return {
+            "claim": _samples_threshold.__doc__,
+            "statistic": "",
+            "held": None,
+            "not_judged": "it compares M = 10 with larger M; this preset's M is at most 10.",
+        }
+    return {
+        "claim": _samples_threshold.__doc__,
+        "statistic": f"accuracy at the largest M minus at M = 10, over the 12 Type 2 cells: from {min(g for g, _ in gains):+.4f} "
+        f"to {max(g for g, _ in gains):+.4f}; paired z (largest M vs 10): largest |z| "
+        f"{max(abs(z) for _, z in gains):.2f}. Held if every |z| is at most 2.",
+        "held": all(abs(z) <= 2 for _, z in gains),
+    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -372,8 +429,14 @@ def accuracy_figure(results, method, classifier, number, path):
         curve = np.asarray(e["accuracy_curve"])
         m = np.arange(1, len(curve) + 1)
         scale = _band_scale(curve)
-        ax.fill_between(m, curve[-1] - scale / np.sqrt(m), curve[-1] + scale / np.sqrt(m), color="C0", alpha=0.15,
-                        label=f"accuracy(M) ± {scale:.3f}/√m")
+        ax.fill_between(
+            m,
+            curve[-1] - scale / np.sqrt(m),
+            curve[-1] + scale / np.sqrt(m),
+            color="C0",
+            alpha=0.15,
+            label=f"accuracy(M) ± {scale:.3f}/√m",
+        )
         ax.plot(m, curve, color="C0", lw=1.2, label=f"multisample VAE+{classifier.upper()}")
         ax.axhline(e["single_accuracy"], color="C1", ls="--", label=f"single (z = μ) VAE+{classifier.upper()}")
         direct = s[classifier]["accuracy"]
@@ -403,7 +466,13 @@ def distribution_figure(results, method, number, path):
             m = _largest_m(e)
             digits = np.arange(len(e["true_class_distribution"]))
             ax.bar(digits - 0.2, e["true_class_distribution"], width=0.4, color="C0", label="true")
-            ax.bar(digits + 0.2, e["multiple"][m]["class_distribution"], width=0.4, color="C1", label=f"VAE+{classifier.upper()}, M = {m}")
+            ax.bar(
+                digits + 0.2,
+                e["multiple"][m]["class_distribution"],
+                width=0.4,
+                color="C1",
+                label=f"VAE+{classifier.upper()}, M = {m}",
+            )
             ax.set_xticks(digits)
             ax.set_xlabel("digit")
             ax.set_ylabel("test images")
@@ -421,8 +490,10 @@ def hard_image_figure(figure8, path):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax, image, title in ((axes[0][0], figure8["clean"], f"original ({figure8['label']})"),
-                             (axes[0][1], figure8["corrupted"], "Random Pixels 50 %")):
+    for ax, image, title in (
+        (axes[0][0], figure8["clean"], f"original ({figure8['label']})"),
+        (axes[0][1], figure8["corrupted"], "Random Pixels 50 %"),
+    ):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=9)
     for ax in axes[0][2:]:
@@ -443,13 +514,18 @@ def draw_figures(results, directory):
     at_50 = [(f"{TITLES[m]} 50 %", ex[setting_name(m, 0.5)]) for m in METHODS if setting_name(m, 0.5) in ex]
     if at_50:
         files[4] = "figure4.png"
-        image_grid([[ex["clean"]] + [image for _, image in at_50]], ["original"] + [t for t, _ in at_50], directory / files[4])
+        image_grid(
+            [[ex["clean"]] + [image for _, image in at_50]], ["original"] + [t for t, _ in at_50], directory / files[4]
+        )
     for number, method in ((9, "random-pixels"), (13, "vertical-lines")):
         levels = [lv for lv in LEVELS if setting_name(method, lv) in ex]
         if levels:
             files[number] = f"figure{number}.png"
-            image_grid([[ex["clean"]] + [ex[setting_name(method, lv)] for lv in levels]],
-                       ["original"] + [f"{lv:.0%}" for lv in levels], directory / files[number])
+            image_grid(
+                [[ex["clean"]] + [ex[setting_name(method, lv)] for lv in levels]],
+                ["original"] + [f"{lv:.0%}" for lv in levels],
+                directory / files[number],
+            )
     if "figure8" in results["figures"]:
         files[8] = "figure8.png"
         hard_image_figure(results["figures"]["figure8"], directory / files[8])
@@ -467,20 +543,29 @@ def draw_figures(results, directory):
 
 
 def _selection_rows(results):
-    lines = ["| setting | model | trials: complete / pruned / failed / lost | best validation score | best epoch "
-             "| best configuration | health | seconds |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | model | trials: complete / pruned / failed / lost | best validation score | best epoch "
+        "| best configuration | health | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for setting in results["settings"]:
         for name in THESIS_RESULTS:
             if name.startswith("clean") and setting != results["settings"][0]:
                 continue
             s = results[setting][name]["search"]
-            config = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["best_config"].items())
+            config = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["best_config"].items()
+            )
             outcomes = [trial_outcome(t["state"], t.get("failure"), t.get("interrupted")) for t in s["trials"]]
             counts = " / ".join(str(outcomes.count(o)) for o in ("complete", "pruned", "failed", "lost"))
             health = s.get("health")
-            verdict = "not checked" if health is None else "passed" if health["ok"] else f"{FAILED_MARK} {health['reason']}"
-            lines.append(f"| {'clean images' if name.startswith('clean') else setting} | {name.removeprefix('clean-')} | "
-                         f"{counts} | {s['best_value']:.4f} | {s['best_epoch']} | {config} | {verdict} | {s['seconds']:.0f} |")
+            verdict = (
+                "not checked" if health is None else "passed" if health["ok"] else f"{FAILED_MARK} {health['reason']}"
+            )
+            lines.append(
+                f"| {'clean images' if name.startswith('clean') else setting} | {name.removeprefix('clean-')} | "
+                f"{counts} | {s['best_value']:.4f} | {s['best_epoch']} | {config} | {verdict} | {s['seconds']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -490,14 +575,23 @@ def _failed_models(results, setting_names, names):
     failed = list(dict.fromkeys(f for n in ran for f in failures(results, n, names)))
     if not failed:
         return []
-    return [f"{FAILED_MARK} marks a cell resting on a model that failed its health check on validation images, so the "
-            f"cell is a failed training, not a finding:\n"] + [f"- {f}" for f in failed] + [""]
+    return (
+        [
+            f"{FAILED_MARK} marks a cell resting on a model that failed its health check on validation images, so the "
+            f"cell is a failed training, not a finding:\n"
+        ]
+        + [f"- {f}" for f in failed]
+        + [""]
+    )
 
 
 def _figure_failures(results, number):
     """The failed models a figure shows (Figures 4, 9 and 13 show images only)."""
-    rests = {8: ("random-pixels", (0.5,), ["vae+mlp"]), 12: ("random-pixels", LEVELS, list(_TYPE2)),
-             16: ("vertical-lines", LEVELS, list(_TYPE2))}
+    rests = {
+        8: ("random-pixels", (0.5,), ["vae+mlp"]),
+        12: ("random-pixels", LEVELS, list(_TYPE2)),
+        16: ("vertical-lines", LEVELS, list(_TYPE2)),
+    }
     rests.update({n: (method, LEVELS, [c, f"vae+{c}"]) for _, method, c, n in TYPE2_TABLES})
     if number not in rests:
         return []
@@ -509,8 +603,10 @@ def _figure_failures(results, number):
 def _wall_time_line(wall, invocations):
     """The study's wall time: from its clock records where it has them, else from its finished invocations."""
     if wall["invocations"] == 0:
-        runs = "; ".join(f"{i['seconds'] / 60:.1f} min running {i['units_run']} units and reusing {i['units_reused']}"
-                         for i in invocations)
+        runs = "; ".join(
+            f"{i['seconds'] / 60:.1f} min running {i['units_run']} units and reusing {i['units_reused']}"
+            for i in invocations
+        )
         return f"Wall time per invocation: {runs or 'not recorded'}"
     hours, minutes = divmod(round(wall["seconds"] / 60), 60)
     n = wall["invocations"]
@@ -520,8 +616,10 @@ def _wall_time_line(wall, invocations):
     if wall["stopped"] and n == 1:
         line += "; it has not run to its end (stopped, or still running)"
     elif wall["stopped"]:
-        line += (f"; {wall['stopped']} of them did not run to their end (stopped, or still running), and what a stopped "
-                 f"one had in progress ran again (counted)")
+        line += (
+            f"; {wall['stopped']} of them did not run to their end (stopped, or still running), and what a stopped "
+            f"one had in progress ran again (counted)"
+        )
     return line
 
 
@@ -537,23 +635,34 @@ def build_report(run_dir):
 
     cells, md = [], []
     md.append(f"# mivae reproduce: preset `{preset['name']}`\n")
-    md.append(f"The study of §4 of Zethraeus (2019), re-run by `mivae reproduce --preset {preset['name']}` "
-              f"(seed {study['identity']['seed']}), started {study.get('started', '?')}, finished {study.get('finished', '?')}.")
+    md.append(
+        f"The study of §4 of Zethraeus (2019), re-run by `mivae reproduce --preset {preset['name']}` "
+        f"(seed {study['identity']['seed']}), started {study.get('started', '?')}, finished {study.get('finished', '?')}."
+    )
     machine = study.get("machine", {})
-    md.append(f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
-              f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
-              f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}.")
+    md.append(
+        f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
+        f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
+        f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}."
+    )
     wall = _wall_time_line(results["wall"], study.get("invocations", []))
     if results["wall"]["invocations"] and not study.get("clocked"):
         wall += " (the study began before mivae recorded its invocations' times: the earliest ones are not counted)"
     threads = " or ".join(map(str, results["wall"]["threads"])) or machine.get("threads", "?")
-    md.append(f"{wall}; on {threads} CPU threads per worker in {machine.get('precision', '?')} "
-              f"(torch {machine.get('torch', '?')}).")
+    md.append(
+        f"{wall}; on {threads} CPU threads per worker in {machine.get('precision', '?')} "
+        f"(torch {machine.get('torch', '?')})."
+    )
     ran = results["settings"]
-    md.append(f"Settings that ran: {', '.join(ran)}" + ("" if len(ran) == len(METHODS) * len(LEVELS) else
-              "; the others read *not run*") + ".\n")
-    md.append("Every cell reads **ours (thesis)**. Accuracies are on the whole test set, identical for every model of a "
-              "setting. z_multi/single is the paired test of §3.6 (multiple with the largest M against single imputation).\n")
+    md.append(
+        f"Settings that ran: {', '.join(ran)}"
+        + ("" if len(ran) == len(METHODS) * len(LEVELS) else "; the others read *not run*")
+        + ".\n"
+    )
+    md.append(
+        "Every cell reads **ours (thesis)**. Accuracies are on the whole test set, identical for every model of a "
+        "setting. z_multi/single is the paired test of §3.6 (multiple with the largest M against single imputation).\n"
+    )
 
     for table, method, classifier, _ in TYPE2_TABLES:
         m = m_mlp if classifier == "mlp" else m_cnn
@@ -569,15 +678,25 @@ def build_report(run_dir):
     if "table3" in results and "random-pixels-0.7" in results["settings"]:
         rows = table3(results)
         md.append(_markdown_table(["VAE", "negative ELBO (nats)", "VAE+MLP accuracy (single)"], rows, (1, 4)) + "\n")
-        md.append("The selected VAE, and two weaker ones trained for one epoch (" + "; ".join(
-            f"{r['vae']}: hidden {r['config']['hidden']}, latent {r['config']['latent']}" for r in results["table3"][1:])
-            + "), each with the selected VAE+MLP configuration trained on its imputations.\n")
-        unhealthy = [f"- the {r['vae']} VAE's VAE+MLP: {r['health']['reason']}" for r in results["table3"][1:]
-                     if r.get("health") and not r["health"]["ok"]]
+        md.append(
+            "The selected VAE, and two weaker ones trained for one epoch ("
+            + "; ".join(
+                f"{r['vae']}: hidden {r['config']['hidden']}, latent {r['config']['latent']}"
+                for r in results["table3"][1:]
+            )
+            + "), each with the selected VAE+MLP configuration trained on its imputations.\n"
+        )
+        unhealthy = [
+            f"- the {r['vae']} VAE's VAE+MLP: {r['health']['reason']}"
+            for r in results["table3"][1:]
+            if r.get("health") and not r["health"]["ok"]
+        ]
         unhealthy += [f"- selected row: {f}" for f in failures(results, "random-pixels-0.7", ["vae+mlp"])]
         if unhealthy:
             md += [f"{FAILED_MARK} Models of this table that failed their health check:\n", *unhealthy, ""]
-        cells += [(3, label, h, o, t, f) for label, row in rows for h, (o, t, f) in zip(("negative ELBO", "accuracy"), row)]
+        cells += [
+            (3, label, h, o, t, f) for label, row in rows for h, (o, t, f) in zip(("negative ELBO", "accuracy"), row)
+        ]
     else:
         md.append("Not run: Table 3 needs the setting rp70 (Random Pixels 70 %).\n")
 
@@ -587,22 +706,33 @@ def build_report(run_dir):
         md.append(f"## Table {table}: classifiers trained on clean images, {TITLES[method]}\n")
         md.append(_markdown_table(header, rows, (4, 4, 4, 4)) + "\n")
         md += _failed_models(results, [setting_name(method, lv) for lv in LEVELS], ["vae", "clean-mlp", "clean-cnn"])
-        md.append("The direct columns test classifiers trained on clean images on corrupted ones; there a collapse is "
-                  "the finding, not a failed training.\n")
+        md.append(
+            "The direct columns test classifiers trained on clean images on corrupted ones; there a collapse is "
+            "the finding, not a failed training.\n"
+        )
         cells += [(table, level, h, o, t, f) for level, row in rows for h, (o, t, f) in zip(header[1:], row)]
 
     md.append("## Figures\n")
-    captions = {4: "an image, Random Pixels 50 % and Vertical Lines 50 %", 8: "a hard image and 16 imputations",
-                9: "Random Pixels 50/70/90 %", 13: "Vertical Lines 50/70/90 %",
-                10: "Random Pixels, MLP and VAE+MLP against M", 11: "Random Pixels, VAE+CNN against M",
-                14: "Vertical Lines, MLP and VAE+MLP against M", 15: "Vertical Lines, VAE+CNN against M",
-                12: "Random Pixels, predicted digit distributions", 16: "Vertical Lines, predicted digit distributions"}
+    captions = {
+        4: "an image, Random Pixels 50 % and Vertical Lines 50 %",
+        8: "a hard image and 16 imputations",
+        9: "Random Pixels 50/70/90 %",
+        13: "Vertical Lines 50/70/90 %",
+        10: "Random Pixels, MLP and VAE+MLP against M",
+        11: "Random Pixels, VAE+CNN against M",
+        14: "Vertical Lines, MLP and VAE+MLP against M",
+        15: "Vertical Lines, VAE+CNN against M",
+        12: "Random Pixels, predicted digit distributions",
+        16: "Vertical Lines, predicted digit distributions",
+    }
     for number, file in figures.items():
         failed = _figure_failures(results, number)
         warning = f" {FAILED_MARK} It shows models that failed their health check: {'; '.join(failed)}." * bool(failed)
         md.append(f"**Figure {number}**: {captions[number]}.{warning}\n\n![Figure {number}](figures/{file})\n")
-    md.append("The shaded band of Figures 10, 11, 14 and 15 is accuracy(M) ± s/√m, with s fitted to the curve for m ≤ M/10: "
-              "where the curve stays inside it, its fluctuations shrink as 1/√m.\n")
+    md.append(
+        "The shaded band of Figures 10, 11, 14 and 15 is accuracy(M) ± s/√m, with s fitted to the curve for m ≤ M/10: "
+        "where the curve stays inside it, its fluctuations shrink as 1/√m.\n"
+    )
 
     obs = observations(results)
     md.append("## The six observations of §5, checked\n")
@@ -611,8 +741,12 @@ def build_report(run_dir):
             md.append(f"{i}. **Not judged.** {o['claim']} Not judged on this run: {o['not_judged']}")
         else:
             md.append(f"{i}. **{'Held' if o['held'] else 'Did not hold'}.** {o['claim']} {o['statistic']}")
-    thesis_cells = {(method, level, classifier): THESIS[table][level][column] for table, method in CLEAN_TABLES
-                    for level in LEVELS for classifier, column in (("mlp", 1), ("cnn", 3))}
+    thesis_cells = {
+        (method, level, classifier): THESIS[table][level][column]
+        for table, method in CLEAN_TABLES
+        for level in LEVELS
+        for classifier, column in (("mlp", 1), ("cnn", 3))
+    }
     md.append("")
     if len(results["beyond"]) == len(METHODS) * len(LEVELS):
         beyond_md, beyond = beyond_section(results, thesis_cells)
@@ -620,12 +754,16 @@ def build_report(run_dir):
     else:
         beyond = None
         md.append("## Beyond the thesis\n")
-        md.append(f"Not run for every setting (ran for: {', '.join(results['beyond']) or 'none'}); this section needs all six "
-                  f"(`mivae reproduce` without --thesis-only or --settings).")
+        md.append(
+            f"Not run for every setting (ran for: {', '.join(results['beyond']) or 'none'}); this section needs all six "
+            f"(`mivae reproduce` without --thesis-only or --settings)."
+        )
     md.append("\n## Model selection\n")
-    md.append("Validation score: accuracy for classifiers, negative ELBO for VAEs. Selection used validation data only. A "
-              "failed trial's model failed its health check; a lost trial was stopped before its end (a kill, Ctrl-C or "
-              "the end of a session), and the study ran its slot again, from its checkpoint.\n")
+    md.append(
+        "Validation score: accuracy for classifiers, negative ELBO for VAEs. Selection used validation data only. A "
+        "failed trial's model failed its health check; a lost trial was stopped before its end (a kill, Ctrl-C or "
+        "the end of a session), and the study ran its slot again, from its checkpoint.\n"
+    )
     md.append(_selection_rows(results) + "\n")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -635,10 +773,17 @@ def build_report(run_dir):
     writer.writerows(cells)
     with atomic_path(out / "results.csv") as tmp:
         tmp.write_text(text.getvalue())
-    write_json(out / "results.json", {"study": study, "figures": figures, "observations": obs, "beyond": beyond,
-                                      "settings": results["settings"],
-                                      "cells": [dict(zip(("table", "row", "column", "ours", "thesis", "failed_model"), c))
-                                                for c in cells]})
+    write_json(
+        out / "results.json",
+        {
+            "study": study,
+            "figures": figures,
+            "observations": obs,
+            "beyond": beyond,
+            "settings": results["settings"],
+            "cells": [dict(zip(("table", "row", "column", "ours", "thesis", "failed_model"), c)) for c in cells],
+        },
+    )
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
     return out / "report.md"

@@ -3,19 +3,30 @@
 Every choice between methods is made on validation accuracy; test accuracy is only reported.
 """
 
-from mivae.study.beyond import BASELINES, CLASSIFIERS
-from mivae.study.reproduce import LEVELS, METHODS, setting_name
 from mivae.health import FAILED_MARK
 from mivae.stats import paired_test
+from mivae.study.beyond import BASELINES, CLASSIFIERS
+from mivae.study.reproduce import LEVELS, METHODS, setting_name
 
 # Test-accuracy targets of each setting: (the thesis' best, which is its CNN everywhere, target).
-TARGETS = {("random-pixels", 0.5): (0.9766, 0.985), ("random-pixels", 0.7): (0.9336, 0.970),
-           ("random-pixels", 0.9): (0.7152, 0.880), ("vertical-lines", 0.5): (0.9755, 0.980),
-           ("vertical-lines", 0.7): (0.9382, 0.950), ("vertical-lines", 0.9): (0.6638, 0.700)}
+TARGETS = {
+    ("random-pixels", 0.5): (0.9766, 0.985),
+    ("random-pixels", 0.7): (0.9336, 0.970),
+    ("random-pixels", 0.9): (0.7152, 0.880),
+    ("vertical-lines", 0.5): (0.9755, 0.980),
+    ("vertical-lines", 0.7): (0.9382, 0.950),
+    ("vertical-lines", 0.9): (0.6638, 0.700),
+}
 # Tables 6/7 with new imputers: a clean-trained classifier should gain this much over the thesis' cell, or reach the bar.
 CLEAN_GAIN, CLEAN_BAR = 0.10, 0.95
-RESULTS = ("mask-mlp", "mask-cnn", "incomplete-vae", "incomplete-vae+mlp", *(f"{b}+mlp" for b in BASELINES),
-           *(f"clean-{c}-on-{i}" for c in CLASSIFIERS for i in ("incomplete-vae", *BASELINES)))
+RESULTS = (
+    "mask-mlp",
+    "mask-cnn",
+    "incomplete-vae",
+    "incomplete-vae+mlp",
+    *(f"{b}+mlp" for b in BASELINES),
+    *(f"clean-{c}-on-{i}" for c in CLASSIFIERS for i in ("incomplete-vae", *BASELINES)),
+)
 VARIANTS = ("single", "importance_weighted", "uniform")
 COVERAGE = "0.9"
 
@@ -29,11 +40,27 @@ def _settings():
 def candidates(setting):
     """[(name, validation accuracy, test accuracy, test predictions, failure)] of every beyond-the-thesis classifier;
     failure is None, or why the model failed its health check (mivae.health)."""
-    rows = [(name, setting[name]["val_accuracy"], setting[name]["accuracy"], setting[name]["predicted"],
-             failure(setting, name)) for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES))]
+    rows = [
+        (
+            name,
+            setting[name]["val_accuracy"],
+            setting[name]["accuracy"],
+            setting[name]["predicted"],
+            failure(setting, name),
+        )
+        for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES))
+    ]
     weighted = setting["incomplete-vae+mlp"]
-    rows += [(f"{weighted['kind']} {v.replace('_', '-')}", weighted[v]["val_accuracy"], weighted[v]["accuracy"],
-              weighted[v]["predicted"], failure(setting, "incomplete-vae+mlp")) for v in VARIANTS]
+    rows += [
+        (
+            f"{weighted['kind']} {v.replace('_', '-')}",
+            weighted[v]["val_accuracy"],
+            weighted[v]["accuracy"],
+            weighted[v]["predicted"],
+            failure(setting, "incomplete-vae+mlp"),
+        )
+        for v in VARIANTS
+    ]
     return rows
 
 
@@ -60,8 +87,10 @@ def _f(x, digits=4):
 
 
 def _table(header, rows):
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    )
 
 
 def _mark(failed):
@@ -77,9 +106,12 @@ def _failed_list(failures):
     failures = list(dict.fromkeys(f for f in failures if f))
     if not failures:
         return []
-    return [f"{FAILED_MARK} marks a result resting on a model that failed its health check on validation images: a "
-            f"failed training, not a finding; a target resting on one reads *not judged*.\n",
-            *(f"- {f}" for f in failures), ""]
+    return [
+        f"{FAILED_MARK} marks a result resting on a model that failed its health check on validation images: a "
+        f"failed training, not a finding; a target resting on one reads *not judged*.\n",
+        *(f"- {f}" for f in failures),
+        "",
+    ]
 
 
 def targets(results):
@@ -91,11 +123,21 @@ def targets(results):
         best, val, test, predicted, failed = best_by_validation(candidates(setting))
         thesis, target = TARGETS[(method, level)]
         ours_cnn = setting["cnn"]
-        rows.append({"setting": name, "thesis_best": thesis, "our_thesis_cnn": ours_cnn["accuracy"], "method": best,
-                     "val_accuracy": val, "test_accuracy": test, "target": target,
-                     "met": None if failed else test >= target, "failed_model": _named(name, failed),
-                     "our_thesis_cnn_failed": _named(name, failure(setting, "cnn")),
-                     "z_vs_our_thesis_cnn": paired_test(predicted, ours_cnn["predicted"], labels).z})
+        rows.append(
+            {
+                "setting": name,
+                "thesis_best": thesis,
+                "our_thesis_cnn": ours_cnn["accuracy"],
+                "method": best,
+                "val_accuracy": val,
+                "test_accuracy": test,
+                "target": target,
+                "met": None if failed else test >= target,
+                "failed_model": _named(name, failed),
+                "our_thesis_cnn_failed": _named(name, failure(setting, "cnn")),
+                "z_vs_our_thesis_cnn": paired_test(predicted, ours_cnn["predicted"], labels).z,
+            }
+        )
     return rows
 
 
@@ -108,8 +150,14 @@ def _uncertainty_rows(results):
             e, failed = setting[f"vae+{classifier}"], failure(setting, f"vae+{classifier}", "vae")
             m = str(max(int(k) for k in e["multiple"]))
             yield name, f"VAE+{classifier.upper()}", "single", e["single_accuracy"], e["single_uncertainty"], failed
-            yield (name, f"VAE+{classifier.upper()}", f"multiple, M = {m}", e["multiple"][m]["accuracy"],
-                   e["multiple_uncertainty"], failed)
+            yield (
+                name,
+                f"VAE+{classifier.upper()}",
+                f"multiple, M = {m}",
+                e["multiple"][m]["accuracy"],
+                e["multiple_uncertainty"],
+                failed,
+            )
         e, failed = setting["incomplete-vae+mlp"], failure(setting, "incomplete-vae+mlp")
         for v in VARIANTS:
             label = "single" if v == "single" else f"multiple, K = {e['samples']}, {v.replace('_', '-')}"
@@ -132,9 +180,13 @@ def uncertainty_verdict(results):
             count[0] += u[metric] < single[(setting, model)][metric]
             count[1] += 1
     better, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
-    return {"counts": {k: {"multiple_better": b, "comparisons": n} for k, (b, n) in counts.items()},
-            "held": better > total / 2 if total else None, "multiple_better": better, "comparisons": total,
-            "left_out": left_out}
+    return {
+        "counts": {k: {"multiple_better": b, "comparisons": n} for k, (b, n) in counts.items()},
+        "held": better > total / 2 if total else None,
+        "multiple_better": better,
+        "comparisons": total,
+        "left_out": left_out,
+    }
 
 
 def clean_scenario(results, thesis_cells):
@@ -146,9 +198,14 @@ def clean_scenario(results, thesis_cells):
         setting = results[name]
         for classifier in CLASSIFIERS:
             own = setting[f"clean-{classifier}"]
-            options = {"thesis' VAE": (own["val_accuracy_on_one_vae_imputation"], own["accuracy_on_one_vae_imputation"])}
+            options = {
+                "thesis' VAE": (own["val_accuracy_on_one_vae_imputation"], own["accuracy_on_one_vae_imputation"])
+            }
             miwae = setting[f"clean-{classifier}-on-incomplete-vae"]
-            options["(not-)MIWAE"] = (miwae["val_accuracy_on_one_vae_imputation"], miwae["accuracy_on_one_vae_imputation"])
+            options["(not-)MIWAE"] = (
+                miwae["val_accuracy_on_one_vae_imputation"],
+                miwae["accuracy_on_one_vae_imputation"],
+            )
             for b in BASELINES:
                 e = setting[f"clean-{classifier}-on-{b}"]
                 options[b] = (e["val_accuracy"], e["accuracy"])
@@ -158,38 +215,73 @@ def clean_scenario(results, thesis_cells):
             thesis = thesis_cells[(method, level, classifier)]
             test = options[chosen][1]
             failed = _named(name, failure(setting, f"clean-{classifier}"))  # on its own clean validation images
-            rows.append({"setting": name, "classifier": classifier, "thesis": thesis,
-                         "test": {k: v[1] for k, v in options.items()}, "chosen": chosen, "chosen_test": test,
-                         "met": None if failed else test >= thesis + CLEAN_GAIN or test >= CLEAN_BAR,
-                         "failed_model": failed, "vae_failed": vae_failed})
+            rows.append(
+                {
+                    "setting": name,
+                    "classifier": classifier,
+                    "thesis": thesis,
+                    "test": {k: v[1] for k, v in options.items()},
+                    "chosen": chosen,
+                    "chosen_test": test,
+                    "met": None if failed else test >= thesis + CLEAN_GAIN or test >= CLEAN_BAR,
+                    "failed_model": failed,
+                    "vae_failed": vae_failed,
+                }
+            )
     return rows
 
 
 def section(results, thesis_cells):
     """Returns (Markdown lines, facts for results.json) of the "Beyond the thesis" section."""
-    md = ["## Beyond the thesis\n",
-          "The same six settings and test images, with models the thesis did not have (`mivae.study.beyond`): the thesis' MLP "
-          "and CNN on **mask-aware** inputs (zero-filled values and the mask as a second channel); a VAE trained on the "
-          "**incomplete images alone** (MIWAE on Random Pixels; not-MIWAE, with a self-masking missingness model, on "
-          "Vertical Lines) with an MLP on its imputations, classified with one imputation (self-normalised importance "
-          "sampling), K imputations **weighted by importance** (supMIWAE's p(y | x_obs)) and K averaged uniformly (the "
-          "thesis' way); and scikit-learn's **SimpleImputer(mean)** and **IterativeImputer** (fitted on the first 10,000 training "
-          "images) before the thesis' MLP. KNNImputer is left out: about 900 s per 10,000 images against 10,000 here, "
-          "hours for MNIST's 70,000. Each model has its default configuration and early stopping on validation data; "
-          "each choice between methods below is made on **validation** accuracy.\n"]
+    md = [
+        "## Beyond the thesis\n",
+        "The same six settings and test images, with models the thesis did not have (`mivae.study.beyond`): the thesis' MLP "
+        "and CNN on **mask-aware** inputs (zero-filled values and the mask as a second channel); a VAE trained on the "
+        "**incomplete images alone** (MIWAE on Random Pixels; not-MIWAE, with a self-masking missingness model, on "
+        "Vertical Lines) with an MLP on its imputations, classified with one imputation (self-normalised importance "
+        "sampling), K imputations **weighted by importance** (supMIWAE's p(y | x_obs)) and K averaged uniformly (the "
+        "thesis' way); and scikit-learn's **SimpleImputer(mean)** and **IterativeImputer** (fitted on the first 10,000 training "
+        "images) before the thesis' MLP. KNNImputer is left out: about 900 s per 10,000 images against 10,000 here, "
+        "hours for MNIST's 70,000. Each model has its default configuration and early stopping on validation data; "
+        "each choice between methods below is made on **validation** accuracy.\n",
+    ]
 
     rows = targets(results)
     md.append("### Each setting's best method against the thesis' best\n")
-    md.append(_table(["setting", "thesis' best (its CNN)", "our run of the thesis' CNN", "best mivae method (validation)",
-                      "its test accuracy", "z against our CNN", "target", "met"],
-                     [[r["setting"], _f(r["thesis_best"]), _f(r["our_thesis_cnn"]) + _mark(r["our_thesis_cnn_failed"]),
-                       f"{r['method']} ({_f(r['val_accuracy'])})", _f(r["test_accuracy"]) + _mark(r["failed_model"]),
-                       f"{r['z_vs_our_thesis_cnn']:.2f}" + _mark(r["our_thesis_cnn_failed"]), f">= {r['target']:.3f}",
-                       _verdict(r["met"])] for r in rows]) + "\n")
+    md.append(
+        _table(
+            [
+                "setting",
+                "thesis' best (its CNN)",
+                "our run of the thesis' CNN",
+                "best mivae method (validation)",
+                "its test accuracy",
+                "z against our CNN",
+                "target",
+                "met",
+            ],
+            [
+                [
+                    r["setting"],
+                    _f(r["thesis_best"]),
+                    _f(r["our_thesis_cnn"]) + _mark(r["our_thesis_cnn_failed"]),
+                    f"{r['method']} ({_f(r['val_accuracy'])})",
+                    _f(r["test_accuracy"]) + _mark(r["failed_model"]),
+                    f"{r['z_vs_our_thesis_cnn']:.2f}" + _mark(r["our_thesis_cnn_failed"]),
+                    f">= {r['target']:.3f}",
+                    _verdict(r["met"]),
+                ]
+                for r in rows
+            ],
+        )
+        + "\n"
+    )
     md += _failed_list([r[k] for r in rows for k in ("failed_model", "our_thesis_cnn_failed")])
-    md.append(f"z is §3.6's paired test of the best method against our run of the thesis' CNN on the same "
-              f"{len(results['figures']['examples']['test_labels']):,} test images (the thesis' own predictions are not "
-              "available); above 1.96 the method is better at the 5 % level.\n")
+    md.append(
+        f"z is §3.6's paired test of the best method against our run of the thesis' CNN on the same "
+        f"{len(results['figures']['examples']['test_labels']):,} test images (the thesis' own predictions are not "
+        "available); above 1.96 the method is better at the 5 % level.\n"
+    )
 
     md.append("### Every method: test accuracy (validation accuracy)\n")
     names = [name for name, *_ in candidates(results[setting_name(METHODS[0], LEVELS[0])])]
@@ -205,47 +297,134 @@ def section(results, thesis_cells):
     md.append("The (not-)MIWAE+MLP columns are MIWAE on Random Pixels and not-MIWAE on Vertical Lines.\n")
 
     md.append("### VAEs trained on incomplete images alone\n")
-    md.append(_table(["setting", "model", "negative bound, test (nats, K = eval samples)", "RMSE on the missing test pixels"],
-                     [[name, results[name]["incomplete-vae"]["kind"], f"{results[name]['incomplete-vae']['test_negative_bound']:.1f}",
-                       _f(results[name]["incomplete-vae"]["test_rmse_missing"])] for _, _, name in _settings()]) + "\n")
+    md.append(
+        _table(
+            ["setting", "model", "negative bound, test (nats, K = eval samples)", "RMSE on the missing test pixels"],
+            [
+                [
+                    name,
+                    results[name]["incomplete-vae"]["kind"],
+                    f"{results[name]['incomplete-vae']['test_negative_bound']:.1f}",
+                    _f(results[name]["incomplete-vae"]["test_rmse_missing"]),
+                ]
+                for _, _, name in _settings()
+            ],
+        )
+        + "\n"
+    )
 
     md.append("### Importance-weighted against uniform averaging of imputations\n")
     body = []
     for _, _, name in _settings():
         e = results[name]["incomplete-vae+mlp"]
-        body.append([name, e["kind"], _f(e["single"]["accuracy"]), _f(e["importance_weighted"]["accuracy"]),
-                     _f(e["uniform"]["accuracy"]), f"{e['z_weighted_vs_uniform']:.2f}", f"{e['z_weighted_vs_single']:.2f}"])
-    md.append(_table(["setting", "model", "single", "importance-weighted", "uniform", "z weighted vs uniform",
-                      "z weighted vs single"], body) + "\n")
+        body.append(
+            [
+                name,
+                e["kind"],
+                _f(e["single"]["accuracy"]),
+                _f(e["importance_weighted"]["accuracy"]),
+                _f(e["uniform"]["accuracy"]),
+                f"{e['z_weighted_vs_uniform']:.2f}",
+                f"{e['z_weighted_vs_single']:.2f}",
+            ]
+        )
+    md.append(
+        _table(
+            [
+                "setting",
+                "model",
+                "single",
+                "importance-weighted",
+                "uniform",
+                "z weighted vs uniform",
+                "z weighted vs single",
+            ],
+            body,
+        )
+        + "\n"
+    )
 
     verdict = uncertainty_verdict(results)
     md.append("### Uncertainty: single against multiple imputation\n")
-    md.append(_table(["setting", "model", "imputation", "accuracy", "NLL (nats)", "Brier", "ECE (15 bins)",
-                      f"accuracy on the {float(COVERAGE):.0%} most confident"],
-                     [[s, m, i, _f(a) + _mark(why), _f(u["nll"]), _f(u["brier"]), _f(u["ece"]),
-                       _f(u["accuracy_at_coverage"][COVERAGE])]
-                      for s, m, i, a, u, why in _uncertainty_rows(results)]) + "\n")
-    counts = "; ".join(f"{k.upper() if k != 'brier' else 'Brier'}: {c['multiple_better']} of {c['comparisons']}"
-                       for k, c in verdict["counts"].items())
-    left_out = (f" The models of {', '.join(verdict['left_out'])} are left out: a model they rest on failed its health "
-                f"check ({FAILED_MARK}).") if verdict["left_out"] else ""
+    md.append(
+        _table(
+            [
+                "setting",
+                "model",
+                "imputation",
+                "accuracy",
+                "NLL (nats)",
+                "Brier",
+                "ECE (15 bins)",
+                f"accuracy on the {float(COVERAGE):.0%} most confident",
+            ],
+            [
+                [
+                    s,
+                    m,
+                    i,
+                    _f(a) + _mark(why),
+                    _f(u["nll"]),
+                    _f(u["brier"]),
+                    _f(u["ece"]),
+                    _f(u["accuracy_at_coverage"][COVERAGE]),
+                ]
+                for s, m, i, a, u, why in _uncertainty_rows(results)
+            ],
+        )
+        + "\n"
+    )
+    counts = "; ".join(
+        f"{k.upper() if k != 'brier' else 'Brier'}: {c['multiple_better']} of {c['comparisons']}"
+        for k, c in verdict["counts"].items()
+    )
+    left_out = (
+        (
+            f" The models of {', '.join(verdict['left_out'])} are left out: a model they rest on failed its health "
+            f"check ({FAILED_MARK})."
+        )
+        if verdict["left_out"]
+        else ""
+    )
     if verdict["held"] is None:
-        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates is not judged** "
-                  f"here: every model it rests on failed its health check.{left_out}\n")
+        md.append(
+            f"**The thesis' claim that multiple imputation gives better uncertainty estimates is not judged** "
+            f"here: every model it rests on failed its health check.{left_out}\n"
+        )
     else:
-        md.append(f"**The thesis' claim that multiple imputation gives better uncertainty estimates "
-                  f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower "
-                  f"(better) score in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). "
-                  f"Rule: held if lower in more than half.{left_out}\n")
+        md.append(
+            f"**The thesis' claim that multiple imputation gives better uncertainty estimates "
+            f"{'held' if verdict['held'] else 'did not hold'}** here: multiple imputation has the lower "
+            f"(better) score in {verdict['multiple_better']} of {verdict['comparisons']} comparisons ({counts}). "
+            f"Rule: held if lower in more than half.{left_out}\n"
+        )
 
     clean = clean_scenario(results, thesis_cells)
     md.append("### Tables 6 and 7 with the new imputers: classifiers trained on clean images\n")
     imputers = list(clean[0]["test"])
-    md.append(_table(["setting", "classifier", "thesis, on its VAE imputation", *(f"on {k}" for k in imputers),
-                      "chosen on validation", f"target: thesis + {CLEAN_GAIN:.2f} or >= {CLEAN_BAR:.2f}"],
-                     [[r["setting"], r["classifier"].upper(), _f(r["thesis"]),
-                       *(_f(r["test"][k]) + _mark(r["vae_failed"] if k == "thesis' VAE" else None) for k in imputers),
-                       f"{r['chosen']}: {_f(r['chosen_test'])}" + _mark(r["failed_model"]), _verdict(r["met"])]
-                      for r in clean]) + "\n")
+    md.append(
+        _table(
+            [
+                "setting",
+                "classifier",
+                "thesis, on its VAE imputation",
+                *(f"on {k}" for k in imputers),
+                "chosen on validation",
+                f"target: thesis + {CLEAN_GAIN:.2f} or >= {CLEAN_BAR:.2f}",
+            ],
+            [
+                [
+                    r["setting"],
+                    r["classifier"].upper(),
+                    _f(r["thesis"]),
+                    *(_f(r["test"][k]) + _mark(r["vae_failed"] if k == "thesis' VAE" else None) for k in imputers),
+                    f"{r['chosen']}: {_f(r['chosen_test'])}" + _mark(r["failed_model"]),
+                    _verdict(r["met"]),
+                ]
+                for r in clean
+            ],
+        )
+        + "\n"
+    )
     md += _failed_list([r[k] for r in clean for k in ("failed_model", "vae_failed")])
     return md, {"targets": rows, "uncertainty": verdict, "clean_scenario": clean}

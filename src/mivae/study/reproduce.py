@@ -41,16 +41,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mivae.study import beyond
 from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision
-from mivae.models import classifier_kind
-from mivae.models.distributions import reparameterize
 from mivae.images.pipeline import evaluate_run, train_model
 from mivae.images.problem import make_problem
 from mivae.images.runs import load_run, save_run, write_json
+from mivae.models import classifier_kind
+from mivae.models.distributions import reparameterize
+from mivae.study import beyond
 from mivae.study.search import search, space_of
 
 METHODS = ("random-pixels", "vertical-lines")
@@ -69,44 +69,67 @@ class Preset:
 
     name: str
     dataset: str
-    trials: dict            # kind -> trials per study (the MLP kinds: per layer count)
-    mlp_layers: tuple       # hidden-layer counts searched separately for MLPs (§3.5)
-    epochs: dict            # kind -> most epochs of one training
-    patience: dict          # "vae" / "mlp" / "cnn" -> early-stopping patience in epochs ("vae": every generative model)
-    min_delta: dict         # the same parts -> the least gain that resets the patience (TrainConfig.min_delta)
-    min_epochs: int         # epochs before early stopping may end a training (TrainConfig.min_epochs)
-    batch_size: int         # images per gradient step
-    samples: dict           # "mlp" / "cnn" -> M, the samples of multiple imputation
-    retrain: bool           # retrain the winner on train + validation (§3.5) or keep the winning trial
+    trials: dict  # kind -> trials per study (the MLP kinds: per layer count)
+    mlp_layers: tuple  # hidden-layer counts searched separately for MLPs (§3.5)
+    epochs: dict  # kind -> most epochs of one training
+    patience: dict  # "vae" / "mlp" / "cnn" -> early-stopping patience in epochs ("vae": every generative model)
+    min_delta: dict  # the same parts -> the least gain that resets the patience (TrainConfig.min_delta)
+    min_epochs: int  # epochs before early stopping may end a training (TrainConfig.min_epochs)
+    batch_size: int  # images per gradient step
+    samples: dict  # "mlp" / "cnn" -> M, the samples of multiple imputation
+    retrain: bool  # retrain the winner on train + validation (§3.5) or keep the winning trial
     about: str
 
 
 PRESETS = {
     "smoke": Preset(
-        "smoke", "digits", trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1}, mlp_layers=(2,),
-        epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15}, patience=dict.fromkeys(PARTS, 5),
-        min_delta=dict.fromkeys(PARTS, 0.0), min_epochs=5, batch_size=64,
-        samples={"mlp": 300, "cnn": 100}, retrain=True,
-        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in a few minutes"),
+        "smoke",
+        "digits",
+        trials={"vae": 2, "mlp": 2, "cnn": 1, "vae+mlp": 1, "vae+cnn": 1},
+        mlp_layers=(2,),
+        epochs={"vae": 30, "mlp": 30, "cnn": 15, "vae+mlp": 30, "vae+cnn": 15},
+        patience=dict.fromkeys(PARTS, 5),
+        min_delta=dict.fromkeys(PARTS, 0.0),
+        min_epochs=5,
+        batch_size=64,
+        samples={"mlp": 300, "cnn": 100},
+        retrain=True,
+        about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in a few minutes",
+    ),
     "quick": Preset(
-        "quick", "mnist", trials={"vae": 6, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1}, mlp_layers=(2,),
+        "quick",
+        "mnist",
+        trials={"vae": 6, "mlp": 3, "cnn": 1, "vae+mlp": 3, "vae+cnn": 1},
+        mlp_layers=(2,),
         epochs={"vae": 200, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
-        patience={"vae": 15, "mlp": 10, "cnn": 4}, min_delta={"vae": 0.1, "mlp": 0.0, "cnn": 0.0}, min_epochs=10,
-        batch_size=128, samples={"mlp": 3000, "cnn": 50}, retrain=False,
+        patience={"vae": 15, "mlp": 10, "cnn": 4},
+        min_delta={"vae": 0.1, "mlp": 0.0, "cnn": 0.0},
+        min_epochs=10,
+        batch_size=128,
+        samples={"mlp": 3000, "cnn": 50},
+        retrain=False,
         about="full MNIST; a scaled-down random search (6 VAE trials, 3 for each MLP, the default configuration of the "
-              "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
-              "model trained until early stopping ends it (at least 10 epochs; for VAEs patience 15, counting gains of "
-              "more than 0.1 nats only, since their validation ELBO still falls slowly at small learning rates; 10 for "
-              "MLPs, whose validation accuracy jumps by several points from epoch to epoch; 4 for CNNs); the winning "
-              "trial kept (no retraining); M = 3000 for MLPs and 50 for CNNs"),
+        "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
+        "model trained until early stopping ends it (at least 10 epochs; for VAEs patience 15, counting gains of "
+        "more than 0.1 nats only, since their validation ELBO still falls slowly at small learning rates; 10 for "
+        "MLPs, whose validation accuracy jumps by several points from epoch to epoch; 4 for CNNs); the winning "
+        "trial kept (no retraining); M = 3000 for MLPs and 50 for CNNs",
+    ),
     "thesis": Preset(
-        "thesis", "mnist", trials=dict.fromkeys(SEARCHED, 100), mlp_layers=(2, 3, 4),
+        "thesis",
+        "mnist",
+        trials=dict.fromkeys(SEARCHED, 100),
+        mlp_layers=(2, 3, 4),
         epochs={"vae": 80, "mlp": 100, "cnn": 50, "vae+mlp": 100, "vae+cnn": 50},
-        patience={"vae": 5, "mlp": 10, "cnn": 5}, min_delta=dict.fromkeys(PARTS, 0.0), min_epochs=10, batch_size=128,
+        patience={"vae": 5, "mlp": 10, "cnn": 5},
+        min_delta=dict.fromkeys(PARTS, 0.0),
+        min_epochs=10,
+        batch_size=128,
         samples={"mlp": 3000, "cnn": 3000},
         retrain=True,
         about="the thesis' protocol: 100-trial searches, retraining on train + validation, M = 3000; "
-              "days on 2 cores, meant for a fleet of workers sharing --storage"),
+        "days on 2 cores, meant for a fleet of workers sharing --storage",
+    ),
 }
 
 # Bumped when evaluations report more or otherwise (2: predictions, validation accuracy and uncertainty; 3: health
@@ -127,8 +150,19 @@ def key_of(spec):
 class Study:
     """One reproduce run directory: runs each unit once, and reuses what earlier runs finished."""
 
-    def __init__(self, preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None,
-                 beyond_stage=True, device="auto"):
+    def __init__(
+        self,
+        preset,
+        out,
+        seed=0,
+        data_dir=None,
+        storage=None,
+        limit=None,
+        progress=True,
+        settings=None,
+        beyond_stage=True,
+        device="auto",
+    ):
         if preset not in PRESETS:
             raise MivaeError(f"unknown preset {preset!r}; known presets are {', '.join(PRESETS)}.")
         if seed < 0:
@@ -138,8 +172,10 @@ class Study:
         self.settings = list(SETTINGS.values()) if settings is None else list(settings)
         unknown = [pair for pair in self.settings if pair not in SETTINGS.values()]
         if unknown or not self.settings:
-            raise MivaeError(f"the settings to run must be some of the thesis' six, {', '.join(SETTINGS)}; got "
-                             f"{unknown[0] if unknown else 'none'}.")
+            raise MivaeError(
+                f"the settings to run must be some of the thesis' six, {', '.join(SETTINGS)}; got "
+                f"{unknown[0] if unknown else 'none'}."
+            )
         self.beyond_stage = beyond_stage
         self.device = str(resolve_device(device))  # where every unit trains and is evaluated; in each unit's key
         identity = json.loads(json.dumps({"preset": dataclasses.asdict(self.preset), "seed": seed, "limit": limit}))
@@ -147,7 +183,7 @@ class Study:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MivaeError(f"cannot create the run directory {self.out}: {e.strerror or e}.") from None
-        remove_stale_temporaries(self.out)   # left by a run killed mid-write; a live fleet worker's are kept
+        remove_stale_temporaries(self.out)  # left by a run killed mid-write; a live fleet worker's are kept
         existing = self.out / "study.json"
         with _locked(self.out / ".study.lock"):  # two workers starting at once: one creates it, the other checks it
             if existing.exists():
@@ -156,13 +192,20 @@ class Study:
                 except (OSError, json.JSONDecodeError):
                     earlier = None
                 if earlier is None or _without_about(earlier.get("identity")) != _without_about(identity):
-                    raise MivaeError(f"{self.out} holds a study with another preset, seed or limit; give another --out.")
+                    raise MivaeError(
+                        f"{self.out} holds a study with another preset, seed or limit; give another --out."
+                    )
             else:
-                write_json(existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                                      "clocked": True})  # every invocation of it is in clock/
+                write_json(
+                    existing, {"identity": identity, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "clocked": True}
+                )  # every invocation of it is in clock/
         # The share of the study done, in measured seconds, and the time left as `_progress` estimates it.
-        self.bar = tqdm(total=1, desc="reproduce", disable=not progress,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} so far{postfix}")
+        self.bar = tqdm(
+            total=1,
+            desc="reproduce",
+            disable=not progress,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} so far{postfix}",
+        )
         self.done = []  # (label, seconds, reused) of every unit, in order
         self.resumed = 0  # units that went on from a stopped invocation's part of their work (its checkpoints)
         self._problems = {}
@@ -170,16 +213,27 @@ class Study:
     # -- the plan -------------------------------------------------------------------------
 
     def data(self, method, level, clean_train=False):
-        return DataConfig(dataset=self.preset.dataset, method=method, level=level, seed=self.seed,
-                          clean_train=clean_train, limit=self.limit)
+        return DataConfig(
+            dataset=self.preset.dataset,
+            method=method,
+            level=level,
+            seed=self.seed,
+            clean_train=clean_train,
+            limit=self.limit,
+        )
 
     def train_config(self, kind, epochs=None):
         part = classifier_kind(kind)
         part = part if part in PARTS else "vae"  # MIWAE and not-MIWAE: as the VAE
-        return TrainConfig(epochs=epochs or self.preset.epochs[kind], patience=self.preset.patience[part],
-                           min_delta=self.preset.min_delta[part],
-                           min_epochs=self.preset.min_epochs, batch_size=self.preset.batch_size, seed=self.seed,
-                           device=self.device)
+        return TrainConfig(
+            epochs=epochs or self.preset.epochs[kind],
+            patience=self.preset.patience[part],
+            min_delta=self.preset.min_delta[part],
+            min_epochs=self.preset.min_epochs,
+            batch_size=self.preset.batch_size,
+            seed=self.seed,
+            device=self.device,
+        )
 
     # -- units ----------------------------------------------------------------------------
 
@@ -219,22 +273,47 @@ class Study:
         vae_run, vae_key = vae or (None, None)
         train = self.train_config(kind)
         layers = self.preset.mlp_layers if classifier_kind(kind) == "mlp" else (None,)
-        spec = {"kind": kind, "data": to_dict(data), "train": to_dict(train), "trials": self.preset.trials[kind],
-                "layers": list(layers), "retrain": self.preset.retrain, "seed": self.seed, "vae": vae_key,
-                "space": space_of(kind)}
+        spec = {
+            "kind": kind,
+            "data": to_dict(data),
+            "train": to_dict(train),
+            "trials": self.preset.trials[kind],
+            "layers": list(layers),
+            "retrain": self.preset.retrain,
+            "seed": self.seed,
+            "vae": vae_key,
+            "space": space_of(kind),
+        }
         setting = "clean" if data.clean_train else setting_name(data.method, data.level)
         label = f"{kind}-{setting}"
 
         def work(directory, finished):
             if not finished:
                 resume = self.storage is not None or (directory / "study.db").exists()
-                trials = tqdm(total=self.preset.trials[kind] * len(layers), desc=f"  {label} trials", unit="trial",
-                              leave=False, disable=self.bar.disable)
+                trials = tqdm(
+                    total=self.preset.trials[kind] * len(layers),
+                    desc=f"  {label} trials",
+                    unit="trial",
+                    leave=False,
+                    disable=self.bar.disable,
+                )
                 try:
-                    search(kind, data, self.preset.trials[kind], directory, train, storage=self.storage,
-                           study_name=f"{label}-{key_of(spec)}" if self.storage else None, seed=self.seed, resume=resume,
-                           vae_run=vae_run, layers=layers, problem=self.problem(data), retrain=self.preset.retrain,
-                           on_trial=lambda study: trials.update(1))
+                    search(
+                        kind,
+                        data,
+                        self.preset.trials[kind],
+                        directory,
+                        train,
+                        storage=self.storage,
+                        study_name=f"{label}-{key_of(spec)}" if self.storage else None,
+                        seed=self.seed,
+                        resume=resume,
+                        vae_run=vae_run,
+                        layers=layers,
+                        problem=self.problem(data),
+                        retrain=self.preset.retrain,
+                        on_trial=lambda study: trials.update(1),
+                    )
                 finally:
                     trials.close()
             return load_run(directory / "final", self.device), json.loads((directory / "search.json").read_text())
@@ -314,8 +393,13 @@ class Clock:
     def __init__(self, folder, settings, beat=30.0):
         started = time.time()
         self.path = Path(folder) / f"{socket.gethostname().replace('.', '_')}-{os.getpid()}-{started:.3f}.json"
-        self.record = {"started": started, "last": started, "settings": settings,
-                       "threads": torch.get_num_threads(), "finished": False}
+        self.record = {
+            "started": started,
+            "last": started,
+            "settings": settings,
+            "threads": torch.get_num_threads(),
+            "finished": False,
+        }
         self._stop = threading.Event()
         self._write()
         self._thread = threading.Thread(target=self._beat, args=(beat,), daemon=True)
@@ -358,8 +442,13 @@ def wall_time(run_dir):
         seconds += max(0.0, last - max(start, end))
         end = max(end, last)
         workers = max(workers, sum(s <= start < e for s, e, _ in spans))
-    return {"seconds": seconds, "invocations": len(spans), "stopped": sum(not f for *_, f in spans),
-            "workers": workers, "threads": sorted(threads)}
+    return {
+        "seconds": seconds,
+        "invocations": len(spans),
+        "stopped": sum(not f for *_, f in spans),
+        "workers": workers,
+        "threads": sorted(threads),
+    }
 
 
 def _without_about(identity):
@@ -380,13 +469,25 @@ def parse_settings(text):
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
     if unknown or not names:
-        raise MivaeError(f"unknown setting {(unknown or [text])[0]!r}; known settings are {', '.join(SETTINGS)} "
-                         f"(comma-separated), or all.")
+        raise MivaeError(
+            f"unknown setting {(unknown or [text])[0]!r}; known settings are {', '.join(SETTINGS)} "
+            f"(comma-separated), or all."
+        )
     return [pair for name, pair in SETTINGS.items() if name in names]
 
 
-def reproduce(preset, out, seed=0, data_dir=None, storage=None, limit=None, progress=True, settings=None, beyond_stage=True,
-              device="auto"):
+def reproduce(
+    preset,
+    out,
+    seed=0,
+    data_dir=None,
+    storage=None,
+    limit=None,
+    progress=True,
+    settings=None,
+    beyond_stage=True,
+    device="auto",
+):
     """Runs (or resumes) the study of §4 in `out`; returns the `Study` (its `done` lists every unit).
 
     settings: the (method, level) pairs to run (`parse_settings`), by default all six; Table 3 runs with
@@ -413,8 +514,8 @@ class _Task:
 
     name: str
     needs: tuple  # the names of the tasks whose results it uses
-    run: object   # run(): does the work, or reuses what a worker before it did, and records its results
-    kind: str     # tasks of one kind cost about the same: the time left is estimated from those already timed
+    run: object  # run(): does the work, or reuses what a worker before it did, and records its results
+    kind: str  # tasks of one kind cost about the same: the time left is estimated from those already timed
 
 
 def _run_tasks(study, tasks):
@@ -443,8 +544,10 @@ def _run_tasks(study, tasks):
                     break
         else:  # every ready task is another worker's: wait for the first, then reuse its results
             task = ready[0]
-            with _locked(folder / f".{task.name}.lock",
-                         partial(study.bar.set_description, f"reproduce: waiting for another worker's {task.name}")):
+            with _locked(
+                folder / f".{task.name}.lock",
+                partial(study.bar.set_description, f"reproduce: waiting for another worker's {task.name}"),
+            ):
                 _timed(study, folder, task, tasks)
         done.add(task.name)
         pending.remove(task)
@@ -547,15 +650,23 @@ def _tasks(study):
         kind = f"vae+{classifier}"
         run, summary, key = study.searched(kind, data, vae=vaes[setting])
         m = p.samples[classifier]
-        study.evaluated(setting, kind, key, partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
-                        extra={"search": summary}, samples=m, seed=seed)
+        study.evaluated(
+            setting,
+            kind,
+            key,
+            partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
+            extra={"search": summary},
+            samples=m,
+            seed=seed,
+        )
         if classifier == "mlp":
             vae_mlps[setting] = (run, key)
 
     def figure8_task(setting, data):
         hard_run, hard_key = vae_mlps[setting]
-        study.evaluated("figures", "figure8", hard_key, partial(hard_image, hard_run, study.problem(data), seed),
-                        seed=seed)
+        study.evaluated(
+            "figures", "figure8", hard_key, partial(hard_image, hard_run, study.problem(data), seed), seed=seed
+        )
 
     # Tables 6 and 7: classifiers trained (and selected) on clean images, tested on every corruption.
     clean = study.data(METHODS[0], LEVELS[0], clean_train=True)
@@ -568,38 +679,76 @@ def _tasks(study):
         tasks.append(_Task(f"vae-{setting}", (), partial(vae_task, setting, data), "vae"))
         # Each classifier beside its Type 2 counterpart, the cheaper MLP pair first.
         for classifier in ("mlp", "cnn"):
-            tasks.append(_Task(f"{classifier}-{setting}", (), partial(classifier_task, setting, data, classifier),
-                               classifier))
-            tasks.append(_Task(f"vae+{classifier}-{setting}", (f"vae-{setting}",),
-                               partial(type2_task, setting, data, classifier), f"vae+{classifier}"))
+            tasks.append(
+                _Task(f"{classifier}-{setting}", (), partial(classifier_task, setting, data, classifier), classifier)
+            )
+            tasks.append(
+                _Task(
+                    f"vae+{classifier}-{setting}",
+                    (f"vae-{setting}",),
+                    partial(type2_task, setting, data, classifier),
+                    f"vae+{classifier}",
+                )
+            )
         if setting == "random-pixels-0.5":
             tasks.append(_Task("figure8", (f"vae+mlp-{setting}",), partial(figure8_task, setting, data), "figure8"))
         if number == 0:  # needed only at the end, but listed early: a long task last would leave the other worker idle
             tasks += [_Task(f"clean-{kind}", (), partial(clean_task, kind), f"clean-{kind}") for kind in ("mlp", "cnn")]
-    tasks.append(_Task("examples", (), lambda: study.evaluated("figures", "examples", None, partial(examples, study),
-                                                                dataset=p.dataset, seed=seed), "examples"))
+    tasks.append(
+        _Task(
+            "examples",
+            (),
+            lambda: study.evaluated(
+                "figures", "examples", None, partial(examples, study), dataset=p.dataset, seed=seed
+            ),
+            "examples",
+        )
+    )
     if "random-pixels-0.7" in chosen:
-        tasks.append(_Task("table3", ("vae-random-pixels-0.7", "vae+mlp-random-pixels-0.7"),
-                           partial(_table3, study, vaes, vae_mlps), "table3"))
+        tasks.append(
+            _Task(
+                "table3",
+                ("vae-random-pixels-0.7", "vae+mlp-random-pixels-0.7"),
+                partial(_table3, study, vaes, vae_mlps),
+                "table3",
+            )
+        )
 
     def clean_evaluations(setting, data):
         vae, vae_key = vaes[setting]
         for kind, (run, summary, key) in cleans.items():
-            study.evaluated(setting, f"clean-{kind}", key, partial(study.evaluate, run, data, vae_run=vae),
-                            extra={"search": summary}, vae=vae_key)
+            study.evaluated(
+                setting,
+                f"clean-{kind}",
+                key,
+                partial(study.evaluate, run, data, vae_run=vae),
+                extra={"search": summary},
+                vae=vae_key,
+            )
 
     for method, level in study.settings:
         setting = setting_name(method, level)
-        tasks.append(_Task(f"clean-on-{setting}", (f"vae-{setting}", "clean-mlp", "clean-cnn"),
-                           partial(clean_evaluations, setting, study.data(method, level)), "clean-on"))
+        tasks.append(
+            _Task(
+                f"clean-on-{setting}",
+                (f"vae-{setting}", "clean-mlp", "clean-cnn"),
+                partial(clean_evaluations, setting, study.data(method, level)),
+                "clean-on",
+            )
+        )
 
     # Beyond the thesis: mask-aware models, VAEs for incomplete data, importance weights, baselines.
     if study.beyond_stage:
         for method, level in study.settings:
             setting = setting_name(method, level)
-            tasks.append(_Task(f"beyond-{setting}", ("clean-mlp", "clean-cnn"),
-                               partial(beyond.run_setting, study, setting, study.data(method, level), cleans),
-                               "beyond"))
+            tasks.append(
+                _Task(
+                    f"beyond-{setting}",
+                    ("clean-mlp", "clean-cnn"),
+                    partial(beyond.run_setting, study, setting, study.data(method, level), cleans),
+                    "beyond",
+                )
+            )
     return tasks
 
 
@@ -607,15 +756,33 @@ def _table3(study, vaes, vae_mlps):
     """Table 3: the selected VAE at Random Pixels 70 % and two weaker ones, each with the selected classifier config."""
     p, data = study.preset, study.data("random-pixels", 0.7)
     type2_rp70 = vae_mlps["random-pixels-0.7"][0]
-    table3 = [{"vae": "selected", "config": to_dict(type2_rp70.vae_config),
-               "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
-               "test_accuracy": type2_rp70.metrics["test_accuracy"]}]  # its health: Table 1's (report.table3)
+    table3 = [
+        {
+            "vae": "selected",
+            "config": to_dict(type2_rp70.vae_config),
+            "test_negative_elbo": vaes["random-pixels-0.7"][0].metrics["test_negative_elbo"],
+            "test_accuracy": type2_rp70.metrics["test_accuracy"],
+        }
+    ]  # its health: Table 1's (report.table3)
     for name, config in WEAK_VAES.items():
         vae, vae_key = study.trained(f"table3-{name}-vae", "vae", data, config, epochs=1)
-        run, key = study.trained(f"table3-{name}-vae+mlp", "vae+mlp", data, type2_rp70.model_config,
-                                 epochs=p.epochs["vae+mlp"], vae=(vae, vae_key))
-        table3.append({"vae": name, "config": to_dict(config), "test_negative_elbo": vae.metrics["test_negative_elbo"],
-                       "test_accuracy": run.metrics["test_accuracy"], "health": run.metrics.get("health")})
+        run, key = study.trained(
+            f"table3-{name}-vae+mlp",
+            "vae+mlp",
+            data,
+            type2_rp70.model_config,
+            epochs=p.epochs["vae+mlp"],
+            vae=(vae, vae_key),
+        )
+        table3.append(
+            {
+                "vae": name,
+                "config": to_dict(config),
+                "test_negative_elbo": vae.metrics["test_negative_elbo"],
+                "test_accuracy": run.metrics["test_accuracy"],
+                "health": run.metrics.get("health"),
+            }
+        )
     write_json(study.out / "results" / "table3.json", {"rows": table3})
 
 
@@ -623,15 +790,30 @@ def _record_invocation(study, started):
     """Adds this invocation, with its units, to study.json."""
     chosen, beyond_stage = study.settings, study.beyond_stage
     finished = json.loads((study.out / "study.json").read_text())
-    machine = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": study.device,
-               "precision": str(resolve_precision("auto", study.device)).removeprefix("torch.")}
-    invocation = {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": round(time.monotonic() - started, 1),
-                  "settings": [setting_name(m, lv) for m, lv in chosen], "beyond": beyond_stage,
-                  "units_run": sum(not r for *_, r in study.done), "units_reused": sum(r for *_, r in study.done)}
-    write_json(study.out / "study.json", {**finished, "finished": invocation["finished"], "machine": machine,
-                                          "invocations": finished.get("invocations", []) + [invocation],
-                                          "units": [{"label": label, "seconds": round(s, 2), "reused": r}
-                                                    for label, s, r in study.done]})
+    machine = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": study.device,
+        "precision": str(resolve_precision("auto", study.device)).removeprefix("torch."),
+    }
+    invocation = {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.monotonic() - started, 1),
+        "settings": [setting_name(m, lv) for m, lv in chosen],
+        "beyond": beyond_stage,
+        "units_run": sum(not r for *_, r in study.done),
+        "units_reused": sum(r for *_, r in study.done),
+    }
+    write_json(
+        study.out / "study.json",
+        {
+            **finished,
+            "finished": invocation["finished"],
+            "machine": machine,
+            "invocations": finished.get("invocations", []) + [invocation],
+            "units": [{"label": label, "seconds": round(s, 2), "reused": r} for label, s, r in study.done],
+        },
+    )
 
 
 def examples(study):
@@ -654,13 +836,18 @@ def hard_image(run, problem, seed, candidates=500, n=16):
     x = problem.test.x[:candidates].to(device)
     mu, logvar = model.vae.encode(x)
     eps = torch.randn((len(x), n, mu.shape[1]), generator=generator).to(device)  # the same draws on every device
-    z = reparameterize(mu[:, None], logvar[:, None], eps=eps)                    # (N, n, L)
+    z = reparameterize(mu[:, None], logvar[:, None], eps=eps)  # (N, n, L)
     images = model.vae.decode(z.flatten(0, 1))
     predicted = model.classifier(images).argmax(1).view(len(x), n)
     counts = torch.stack([torch.bincount(row, minlength=run.n_classes) for row in predicted]).double()
     p = counts / n
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
     i = int(entropy.argmax())
-    return {"index": i, "label": int(problem.test.y[i]), "predicted": predicted[i].tolist(),
-            "clean": problem.test.clean[i].tolist(), "corrupted": problem.test.x[i].tolist(),
-            "imputations": images.view(len(x), n, *x.shape[1:])[i].tolist()}
+    return {
+        "index": i,
+        "label": int(problem.test.y[i]),
+        "predicted": predicted[i].tolist(),
+        "clean": problem.test.clean[i].tolist(),
+        "corrupted": problem.test.x[i].tolist(),
+        "imputations": images.view(len(x), n, *x.shape[1:])[i].tolist(),
+    }

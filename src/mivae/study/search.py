@@ -33,10 +33,10 @@ import torch
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt
 from mivae.hardware import resolve_device, resolve_precision
-from mivae.models import CONFIGS, classifier_kind
 from mivae.images.pipeline import train_model
 from mivae.images.problem import Part, Problem, make_problem
 from mivae.images.runs import load_run, save_run, write_json
+from mivae.models import CONFIGS, classifier_kind
 from mivae.training import TrainingDiverged
 
 
@@ -73,8 +73,11 @@ SPACES = {
     "mlp": {
         "nodes": ((64, 1024, True), "nodes of each hidden layer, drawn per layer"),
         "l2": ((1e-8, 1e-3, True), "L2 coefficient; the MLP's only regulariser"),
-        "lr": ((0.01, 1.0, True), "AdaDelta learning rate; at 90 % white pixels Keras' 1.0 never leaves a constant "
-                                  "answer, 0.1 and 0.01 learn (docs/reproduction.md)"),
+        "lr": (
+            (0.01, 1.0, True),
+            "AdaDelta learning rate; at 90 % white pixels Keras' 1.0 never leaves a constant "
+            "answer, 0.1 and 0.01 learn (docs/reproduction.md)",
+        ),
     },
     "cnn": {
         "dropout_conv": ((0.0, 0.6, False), "dropout before the dense layer"),
@@ -99,8 +102,12 @@ def suggest_config(kind, trial, layers=2):
         space = {k: bounds for k, (bounds, _) in SPACES["vae"].items()}
         n = _suggest(trial, "layers", space["layers"])
         nodes = _suggest(trial, "nodes", space["nodes"])
-        return VAEConfig(hidden=(nodes,) * n, latent=_suggest(trial, "latent", space["latent"]),
-                         lr=_suggest(trial, "lr", space["lr"]), l2=_suggest(trial, "l2", space["l2"]))
+        return VAEConfig(
+            hidden=(nodes,) * n,
+            latent=_suggest(trial, "latent", space["latent"]),
+            lr=_suggest(trial, "lr", space["lr"]),
+            l2=_suggest(trial, "l2", space["l2"]),
+        )
     if classifier == "mlp":
         (nodes, _), (l2, _), (lr, _) = SPACES["mlp"]["nodes"], SPACES["mlp"]["l2"], SPACES["mlp"]["lr"]
         hidden = tuple(_suggest(trial, f"nodes_{i + 1}", nodes) for i in range(layers))
@@ -117,7 +124,13 @@ def default_params(kind, layers=2):
     classifier = classifier_kind(kind)
     if kind == "vae":
         d = VAEConfig()
-        return {"layers": len(d.hidden), "nodes": d.hidden[0], "latent": d.latent, "lr": d.lr, "l2": SPACES["vae"]["l2"][0][0]}
+        return {
+            "layers": len(d.hidden),
+            "nodes": d.hidden[0],
+            "latent": d.latent,
+            "lr": d.lr,
+            "l2": SPACES["vae"]["l2"][0][0],
+        }
     if classifier == "mlp":
         d = MLPConfig()
         return {**{f"nodes_{i + 1}": d.hidden[0] for i in range(layers)}, "l2": d.l2, "lr": d.lr}
@@ -224,8 +237,9 @@ PRUNE_AFTER_TRIALS = 2
 
 def median_pruner(train):
     """Returns the Optuna pruner of a search with training settings `train`: the median rule above."""
-    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1),
-                                       n_min_trials=PRUNE_AFTER_TRIALS)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=max(train.min_epochs, 1), n_min_trials=PRUNE_AFTER_TRIALS
+    )
 
 
 def open_study(storage, study_name, seed, resume, direction, first=None, pruner=None):
@@ -249,8 +263,14 @@ def open_study(storage, study_name, seed, resume, direction, first=None, pruner=
     if study_name in existing and not resume:
         raise MivaeError(f"a study named {study_name!r} already exists in {url}; pass --resume to continue it.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=rdb, study_name=study_name, direction=direction, load_if_exists=True,
-                                sampler=TrialSeededSampler(seed, first), pruner=pruner or optuna.pruners.NopPruner())
+    study = optuna.create_study(
+        storage=rdb,
+        study_name=study_name,
+        direction=direction,
+        load_if_exists=True,
+        sampler=TrialSeededSampler(seed, first),
+        pruner=pruner or optuna.pruners.NopPruner(),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # workers whose heartbeat stopped more than 90 s ago
@@ -308,8 +328,13 @@ def draw_slot(study, trial):
 
 def _settings(kind, layers, data, train):
     """What a study's trials depend on; a resumed or joined study must have been run with the same."""
-    return {"kind": kind, "layers": layers, "data": to_dict(data), "space": space_of(kind),
-            "train": {k: v for k, v in to_dict(train).items() if k not in ("device", "precision")}}
+    return {
+        "kind": kind,
+        "layers": layers,
+        "data": to_dict(data),
+        "space": space_of(kind),
+        "train": {k: v for k, v in to_dict(train).items() if k not in ("device", "precision")},
+    }
 
 
 def _recorded_settings(study, settings):
@@ -342,11 +367,25 @@ def _checkpoint_namer(folder, kind, layers, data, train, vae_run):
     def name(config):
         key = json.dumps(fixed | {"config": to_dict(config)}, sort_keys=True, default=str)
         return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
     return name
 
 
-def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadline=None, on_trial=None, poll=2.0,
-              keep_runs=None, checkpoints=None):
+def run_study(
+    study,
+    kind,
+    layers,
+    data,
+    train,
+    trials,
+    problem,
+    vae_run,
+    deadline=None,
+    on_trial=None,
+    poll=2.0,
+    keep_runs=None,
+    checkpoints=None,
+):
     """Runs trials of `study` until `trials` of them have run their course, counting every worker's.
 
     A worker that finds the budget taken waits for the other workers' running trials, so
@@ -375,13 +414,16 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
             trial.report(history.val_score[-1], epoch)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at", epoch)
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}: its validation score {history.val_score[-1]:.4f} "
-                                         f"is worse than the median of the earlier trials at that epoch")
+                raise optuna.TrialPruned(
+                    f"pruned after epoch {epoch}: its validation score {history.val_score[-1]:.4f} "
+                    f"is worse than the median of the earlier trials at that epoch"
+                )
 
         checkpoint = checkpoint_of(config)
         try:
-            run = train_model(kind, data, config, train, problem=problem, vae_run=vae_run, on_epoch=report,
-                              checkpoint=checkpoint)
+            run = train_model(
+                kind, data, config, train, problem=problem, vae_run=vae_run, on_epoch=report, checkpoint=checkpoint
+            )
         except TrainingDiverged as e:
             _discard(checkpoint)
             trial.set_user_attr("failure", str(e))
@@ -419,7 +461,9 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             break
-        running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if spends_budget(t)]
+        running = [
+            t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if spends_budget(t)
+        ]
         if running and budget_used() + len(running) >= trials:
             time.sleep(poll)  # the rest of the budget is running on other workers
             with warnings.catch_warnings():
@@ -428,8 +472,9 @@ def run_study(study, kind, layers, data, train, trials, problem, vae_run, deadli
             continue
         try:
             optuna_log.addFilter(quiet)
-            study.optimize(objective, timeout=remaining, callbacks=[after_trial], catch=(UnhealthyModel,),
-                           gc_after_trial=True)
+            study.optimize(
+                objective, timeout=remaining, callbacks=[after_trial], catch=(UnhealthyModel,), gc_after_trial=True
+            )
         finally:
             optuna_log.removeFilter(quiet)
 
@@ -439,8 +484,25 @@ def _discard(checkpoint):
         checkpoint.unlink(missing_ok=True)
 
 
-def search(kind, data, trials, directory, train, storage=None, study_name=None, seed=0, resume=False,
-           timeout=None, vae_run=None, layers=(2,), data_dir=None, problem=None, on_trial=None, retrain=True, prune=True):
+def search(
+    kind,
+    data,
+    trials,
+    directory,
+    train,
+    storage=None,
+    study_name=None,
+    seed=0,
+    resume=False,
+    timeout=None,
+    vae_run=None,
+    layers=(2,),
+    data_dir=None,
+    problem=None,
+    on_trial=None,
+    retrain=True,
+    prune=True,
+):
     """Runs the §3.5 protocol for `kind` and returns its `SearchResult`; writes `search.json` and `final/`.
 
     directory: the search directory (studies, result, final run). storage: an Optuna
@@ -463,8 +525,10 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
     except OSError as e:
         raise MivaeError(f"cannot create the search directory {directory}: {e.strerror or e}.") from None
     if retrain and kind.startswith("vae+") and vae_run is not None and vae_run.history and vae_run.history.val_score:
-        raise MivaeError("the VAE run was trained with early stopping on the validation set; a Type 2 search needs the "
-                         "selected VAE retrained on train + validation (§3.5): the final/ run of 'mivae search vae'.")
+        raise MivaeError(
+            "the VAE run was trained with early stopping on the validation set; a Type 2 search needs the "
+            "selected VAE retrained on train + validation (§3.5): the final/ run of 'mivae search vae'."
+        )
     problem = problem or make_problem(data, data_dir)
     direction = "minimize" if kind == "vae" else "maximize"
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -474,20 +538,40 @@ def search(kind, data, trials, directory, train, storage=None, study_name=None, 
         label = f"{kind}{n}" if n else kind
         name = f"{study_name}-{n}" if study_name and len(counts) > 1 else study_name
         name = name or f"{label}-{data.dataset}-{data.method}-{data.level:g}-seed{data.seed}"
-        study = open_study(storage or default_storage(directory), name, seed, resume, direction, default_params(kind, n or 2),
-                           median_pruner(train) if prune else None)
+        study = open_study(
+            storage or default_storage(directory),
+            name,
+            seed,
+            resume,
+            direction,
+            default_params(kind, n or 2),
+            median_pruner(train) if prune else None,
+        )
         settings = _settings(kind, n, data, train)
         recorded = _recorded_settings(study, settings)
         if recorded is None:
             study.set_user_attr("settings", settings)  # one write, so a worker joining at once sees all or nothing
         elif recorded != settings:
-            raise MivaeError(f"the study {name!r} was run with other settings (kind, layers, data or training) than "
-                             f"this search; give this search another --study name or --out.")
+            raise MivaeError(
+                f"the study {name!r} was run with other settings (kind, layers, data or training) than "
+                f"this search; give this search another --study name or --out."
+            )
         if resume and storage is None:
             interrupted_running_trials(study)
-        run_study(study, kind, n, data, train, trials, problem, vae_run, deadline, on_trial,
-                  keep_runs=None if retrain else directory / "trials" / study.study_name,
-                  checkpoints=directory / "checkpoints" / study.study_name)
+        run_study(
+            study,
+            kind,
+            n,
+            data,
+            train,
+            trials,
+            problem,
+            vae_run,
+            deadline,
+            on_trial,
+            keep_runs=None if retrain else directory / "trials" / study.study_name,
+            checkpoints=directory / "checkpoints" / study.study_name,
+        )
         studies.append(study)
     return finish(kind, data, studies, directory, train, problem, vae_run, retrain)
 
@@ -497,29 +581,46 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
 
     Without `retrain`, the best trial's kept run is the final run.
     """
-    healthy = [(s, t, t.value) for s in studies for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    unhealthy = [(s, t, t.user_attrs["unhealthy_value"]) for s in studies for t in s.get_trials(deepcopy=False)
-                 if "unhealthy_value" in t.user_attrs]
+    healthy = [
+        (s, t, t.value)
+        for s in studies
+        for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ]
+    unhealthy = [
+        (s, t, t.user_attrs["unhealthy_value"])
+        for s in studies
+        for t in s.get_trials(deepcopy=False)
+        if "unhealthy_value" in t.user_attrs
+    ]
     if not healthy and not unhealthy:
         reasons = {t.user_attrs.get("failure") for s in studies for t in s.get_trials(deepcopy=False)} - {None}
-        raise MivaeError(f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
-                         f"no configuration can be selected.")
+        raise MivaeError(
+            f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
+            f"no configuration can be selected."
+        )
     pick = min if kind == "vae" else max  # lowest validation negative ELBO, highest validation accuracy
     study, best, best_value = pick(healthy or unhealthy, key=lambda c: c[2])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
     config = CONFIGS[classifier_kind(kind)](**fields)
     epochs = best.user_attrs["best_epoch"]
     if retrain:
-        both = Problem(_merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes)
-        final = train_model(kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False)
+        both = Problem(
+            _merge(problem.train, problem.val), problem.val, problem.test, problem.image_shape, problem.n_classes
+        )
+        final = train_model(
+            kind, data, config, replace(train, epochs=epochs), problem=both, vae_run=vae_run, validate=False
+        )
     else:
         final = load_run(directory / "trials" / study.study_name / str(best.number), resolve_device(train.device))
     run_dir = save_run(final, directory / "final")
     health = final.metrics.get("health")
     if not healthy:  # the kept model comes from a trial that failed on held-out validation images
         why = best.user_attrs["failure"].removeprefix("the model failed its health check: ")
-        health = {"ok": False, "reason": f"no trial passed its health check; the best failed one was kept: {why}",
-                  "measured": (health or {}).get("measured")}
+        health = {
+            "ok": False,
+            "reason": f"no trial passed its health check; the best failed one was kept: {why}",
+            "measured": (health or {}).get("measured"),
+        }
     result = {
         "kind": kind,
         "study": study.study_name,
@@ -531,14 +632,22 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
         "retrained": retrain,
         "best_config": best.user_attrs["config"],
         "test_metrics": {k: v for k, v in final.metrics.items() if k.startswith("test")},
-        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                    "best_epoch": t.user_attrs.get("best_epoch"), "failure": t.user_attrs.get("failure"),
-                    "pruned_at": t.user_attrs.get("pruned_at"), "interrupted": bool(t.user_attrs.get("interrupted"))}
-                   for t in study.get_trials(deepcopy=False)],
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "failure": t.user_attrs.get("failure"),
+                "pruned_at": t.user_attrs.get("pruned_at"),
+                "interrupted": bool(t.user_attrs.get("interrupted")),
+            }
+            for t in study.get_trials(deepcopy=False)
+        ],
     }
     try:
         write_json(directory / "search.json", result)
     except OSError as e:
         raise MivaeError(f"cannot write {directory / 'search.json'}: {e.strerror or e}.") from None
     return SearchResult(best.params, best_value, epochs, result["test_metrics"], run_dir, health)
-

@@ -79,7 +79,8 @@ def _mar_probabilities(Z, rate, observed_fraction, rng):
     if n_amputed == 0 or rate * d / n_amputed > MAX_COLUMN_PROBABILITY + 1e-12:  # so the largest rate itself passes
         raise InputError(
             f"rate {rate} is infeasible for mechanism 'mar' with {n_observed} of {d} columns always observed: "
-            f"the largest feasible rate is {largest:.4g} (at most {MAX_COLUMN_PROBABILITY} per amputed column).")
+            f"the largest feasible rate is {largest:.4g} (at most {MAX_COLUMN_PROBABILITY} per amputed column)."
+        )
     observed = rng.choice(d, size=n_observed, replace=False)
     amputed = np.setdiff1d(np.arange(d), observed)
     logits = Z[:, observed] @ rng.standard_normal((n_observed, n_amputed))  # (n, n_amputed)
@@ -125,10 +126,13 @@ def rmse_missing(X_true, X_imputed, mask, scale=None):
     X_true, X_imputed, mask = np.asarray(X_true, dtype=float), np.asarray(X_imputed, dtype=float), np.asarray(mask)
     if X_true.ndim != 2 or X_imputed.shape != X_true.shape or mask.shape != X_true.shape:
         raise InputError(
-            f"X_true, X_imputed and mask must share one 2-D shape; got {X_true.shape}, {X_imputed.shape} and {mask.shape}.")
+            f"X_true, X_imputed and mask must share one 2-D shape; got {X_true.shape}, {X_imputed.shape} and {mask.shape}."
+        )
     if mask.dtype != bool or not mask.any():
-        raise InputError(f"mask must be a boolean array with at least one True (missing) entry; got dtype {mask.dtype} "
-                              f"with {int(np.count_nonzero(mask))} nonzero entries.")
+        raise InputError(
+            f"mask must be a boolean array with at least one True (missing) entry; got dtype {mask.dtype} "
+            f"with {int(np.count_nonzero(mask))} nonzero entries."
+        )
     if scale is None:
         std = X_true.std(axis=0)
         scale = np.where(std > 0, std, 1.0)

@@ -91,8 +91,9 @@ def _validate_table(estimator, X, reset, categorical):
         if len(X) == 0 or X.shape[1] == 0:
             raise InputError(f"X needs at least one row and one column; got a table of shape {X.shape}.")
         return X
-    return validate_data(estimator, X, reset=reset, dtype=None if categorical else "numeric",
-                         ensure_all_finite="allow-nan")
+    return validate_data(
+        estimator, X, reset=reset, dtype=None if categorical else "numeric", ensure_all_finite="allow-nan"
+    )
 
 
 def _threaded(method):
@@ -141,9 +142,23 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
     training_samples = 1  # K of the training bound; MIWAEImputer sets its own
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
-                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
-                 threads="auto", random_state=None, device="cpu", max_steps="auto"):
+    def __init__(
+        self,
+        categorical=None,
+        likelihood="gaussian",
+        hidden=(128, 128),
+        latent=None,
+        lr="auto",
+        max_epochs=500,
+        patience=50,
+        batch_size="auto",
+        validation_fraction=0.1,
+        precision="auto",
+        threads="auto",
+        random_state=None,
+        device="cpu",
+        max_steps="auto",
+    ):
         self.categorical = categorical
         self.likelihood = likelihood
         self.hidden = hidden
@@ -168,8 +183,11 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if self.likelihood not in LIKELIHOODS:
             raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}.")
         hidden = self.hidden
-        if not isinstance(hidden, (tuple, list)) or not hidden or not all(
-                isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        if (
+            not isinstance(hidden, (tuple, list))
+            or not hidden
+            or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)
+        ):
             raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
         if self.latent is not None:
             _check_positive_int("latent", self.latent)
@@ -179,12 +197,16 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
             raise InputError(f"batch_size must be a whole number of at least 1 or 'auto'; got {batch!r}.")
         steps = self.max_steps
-        if steps is not None and steps != "auto" and (
-                isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1):
+        if (
+            steps is not None
+            and steps != "auto"
+            and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1)
+        ):
             raise InputError(f"max_steps must be a whole number of at least 1, 'auto' or None; got {steps!r}.")
         lr = self.lr
         if not (isinstance(lr, str) and lr == "auto") and not (
-                isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):  # NaN fails too
+            isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf
+        ):  # NaN fails too
             raise InputError(f"lr must be a number in (0, inf) or 'auto'; got {lr!r}.")
         _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -208,8 +230,12 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if len(empty) == len(self.schema_.columns):
             raise InputError("every column is missing in every row, so there is nothing to learn from.")
         if empty:
-            warnings.warn(f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
-                          "in the model and come back missing.", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
+                "in the model and come back missing.",
+                UserWarning,
+                stacklevel=2,
+            )
         values, observed = (torch.from_numpy(a).to(device) for a in self.schema_.encode(X))
         big = len(X) >= BIG_TABLE and bf16_supported(device)
         self.precision_ = ("bf16" if big else "fp32") if self.precision == "auto" else self.precision
@@ -228,7 +254,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         n_val = min(int(n * self.validation_fraction), VALIDATION_ROWS)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(values.device)
         val, train = order[:n_val], order[n_val:]
-        rows = torch.cat([values, observed], dim=1)      # (n, W + C): one tensor, sliced into batches by fit
+        rows = torch.cat([values, observed], dim=1)  # (n, W + C): one tensor, sliced into batches by fit
         width = values.shape[1]
         samples = self.training_samples
         latent = self.latent_
@@ -240,7 +266,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
         score = None
         if n_val >= 1:
-            val_eps = torch.randn((samples, n_val, latent), generator=torch.Generator().manual_seed(seed + 1)).to(values.device)
+            val_eps = torch.randn((samples, n_val, latent), generator=torch.Generator().manual_seed(seed + 1)).to(
+                values.device
+            )
 
             @torch.no_grad()
             def score(model):  # the same noise every epoch: the bound moves only with the weights
@@ -257,14 +285,29 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             # The budget ends training at a step known in advance (mid-epoch if need be): the rate falls linearly
             # towards zero at it.
             epochs = math.ceil(budget / steps_per_epoch)
-            schedule = lambda step: 1 - step / budget   # noqa: E731
+            schedule = lambda step: 1 - step / budget  # noqa: E731
         else:
             budget = None
-        config = TrainConfig(epochs=epochs, patience=self.patience, batch_size=self.batch_size_, seed=seed,
-                             precision=self.precision_, device=str(values.device))
+        config = TrainConfig(
+            epochs=epochs,
+            patience=self.patience,
+            batch_size=self.batch_size_,
+            seed=seed,
+            precision=self.precision_,
+            device=str(values.device),
+        )
         rows = rows[train]
-        history = fit(self.model_, adam(self.model_, self.lr_), loss, rows, rows, config, score=score,
-                      lr_schedule=schedule, max_steps=budget)
+        history = fit(
+            self.model_,
+            adam(self.model_, self.lr_),
+            loss,
+            rows,
+            rows,
+            config,
+            score=score,
+            lr_schedule=schedule,
+            max_steps=budget,
+        )
         self.steps_ = min(len(history.train_loss) * steps_per_epoch, budget or math.inf)
         return history
 
@@ -308,8 +351,10 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
     def _observation_noise(self, imputations, rows, generator, shared):
         model = self.model_
-        return (self._noise((imputations, model.n_continuous), rows, generator, shared),
-                self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True))
+        return (
+            self._noise((imputations, model.n_continuous), rows, generator, shared),
+            self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True),
+        )
 
     def _in_batches(self, fn, values, observed, dim=0):
         """`fn` over the rows in batches of BATCH_ROWS, its matmuls in the fit's precision (the model's outputs,
@@ -319,8 +364,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         precision = getattr(self, "precision_", self.precision)  # an imputer fitted before precision_ existed: its own
         low = resolve_precision(precision, device) == torch.bfloat16
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
-            parts = [fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS])
-                     for i in range(0, len(values), BATCH_ROWS)]
+            parts = [
+                fn(values[i : i + BATCH_ROWS], observed[i : i + BATCH_ROWS]) for i in range(0, len(values), BATCH_ROWS)
+            ]
         return torch.cat(parts, dim=dim).float() if parts else torch.zeros((0, values.shape[1]), device=device)
 
     @_threaded
@@ -419,7 +465,7 @@ class VAEImputer(_TabularImputer):
 
     @torch.no_grad()
     def _single(self, values, observed):
-        mu, _ = self.model_.encode(values, observed)                  # z = mu, as the thesis' single imputation
+        mu, _ = self.model_.encode(values, observed)  # z = mu, as the thesis' single imputation
         keep = self._observed_slots(observed)
         return values * keep + self.model_.means(self.model_.decode(mu)) * (1 - keep)
 
@@ -430,7 +476,7 @@ class VAEImputer(_TabularImputer):
         z = reparameterize(mu, logvar, eps=self._noise((imputations, self.latent_), len(values), generator, shared))
         draws = model.draw(model.decode(z), *self._observation_noise(imputations, len(values), generator, shared))
         keep = self._observed_slots(observed)
-        return values * keep + draws * (1 - keep)                     # (M, B, W)
+        return values * keep + draws * (1 - keep)  # (M, B, W)
 
 
 class MIWAEImputer(_TabularImputer):
@@ -445,12 +491,41 @@ class MIWAEImputer(_TabularImputer):
         and the pool that sampling-importance-resampling draws from (sample).
     """
 
-    def __init__(self, categorical=None, likelihood="gaussian", hidden=(128, 128), latent=None, lr="auto",
-                 max_epochs=500, patience=50, batch_size="auto", validation_fraction=0.1, precision="auto",
-                 importance_samples=20, imputation_samples=100, threads="auto", random_state=None, device="cpu",
-                 max_steps="auto"):
-        super().__init__(categorical, likelihood, hidden, latent, lr, max_epochs, patience, batch_size,
-                         validation_fraction, precision, threads, random_state, device, max_steps)
+    def __init__(
+        self,
+        categorical=None,
+        likelihood="gaussian",
+        hidden=(128, 128),
+        latent=None,
+        lr="auto",
+        max_epochs=500,
+        patience=50,
+        batch_size="auto",
+        validation_fraction=0.1,
+        precision="auto",
+        importance_samples=20,
+        imputation_samples=100,
+        threads="auto",
+        random_state=None,
+        device="cpu",
+        max_steps="auto",
+    ):
+        super().__init__(
+            categorical,
+            likelihood,
+            hidden,
+            latent,
+            lr,
+            max_epochs,
+            patience,
+            batch_size,
+            validation_fraction,
+            precision,
+            threads,
+            random_state,
+            device,
+            max_steps,
+        )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
 
@@ -470,7 +545,7 @@ class MIWAEImputer(_TabularImputer):
         generator = torch.Generator().manual_seed(self.seed_)
         eps = torch.randn((self.imputation_samples, 1, self.latent_), generator=generator).to(values.device)
         log_w, params = self.model_.log_weights(values, observed, eps)
-        expected = (importance_weights(log_w)[..., None] * self.model_.means(params)).sum(0)   # (B, W)
+        expected = (importance_weights(log_w)[..., None] * self.model_.means(params)).sum(0)  # (B, W)
         keep = self._observed_slots(observed)
         return values * keep + expected * (1 - keep)
 
@@ -478,13 +553,15 @@ class MIWAEImputer(_TabularImputer):
     def _draw(self, values, observed, imputations, generator, shared):
         model, rows = self.model_, len(values)
         eps = self._noise((self.imputation_samples, self.latent_), rows, generator, shared)
-        log_w, params = model.log_weights(values, observed, eps)                  # (K, B)
-        cdf = importance_weights(log_w).cumsum(0).T                               # (B, K)
+        log_w, params = model.log_weights(values, observed, eps)  # (K, B)
+        cdf = importance_weights(log_w).cumsum(0).T  # (B, K)
         u = self._noise((imputations,), rows, generator, shared, uniform=True).expand(imputations, rows)
-        picks = torch.searchsorted(cdf.contiguous(), u.T.contiguous()).clamp(max=len(log_w) - 1).T   # (M, B)
+        picks = torch.searchsorted(cdf.contiguous(), u.T.contiguous()).clamp(max=len(log_w) - 1).T  # (M, B)
         columns = torch.arange(rows, device=values.device)[None, :]
-        chosen = {key: (value[picks, columns] if key != "logits" else [v[picks, columns] for v in value])
-                  for key, value in params.items()}
+        chosen = {
+            key: (value[picks, columns] if key != "logits" else [v[picks, columns] for v in value])
+            for key, value in params.items()
+        }
         draws = model.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
         keep = self._observed_slots(observed)
         return values * keep + draws * (1 - keep)
@@ -536,14 +613,16 @@ class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
         draws, observed = self.imputer_.encoded_imputations(X, self.n_imputations, seed=seed, shared=shared)
         if self.add_indicator:
             draws = np.concatenate([draws, np.broadcast_to(observed, (len(draws), *observed.shape))], axis=2)
-        return draws                                                    # (M, n, features)
+        return draws  # (M, n, features)
 
     def fit(self, X, y):
         """Fits the imputer on X and the classifier on M imputations of X with labels y. Returns self."""
         imputer = MIWAEImputer() if self.imputer is None else self.imputer
         if not isinstance(imputer, _TabularImputer):
-            raise InputError(f"imputer must be a VAEImputer or MIWAEImputer, which draw multiple imputations; "
-                             f"got {type(imputer).__name__}.")
+            raise InputError(
+                f"imputer must be a VAEImputer or MIWAEImputer, which draw multiple imputations; "
+                f"got {type(imputer).__name__}."
+            )
         _check_positive_int("n_imputations", self.n_imputations)
         categorical = imputer.categorical
         X = _validate_table(self, X, reset=True, categorical=categorical)

@@ -77,16 +77,18 @@ def _numbers_or_labels(column, path, declared_numeric):
     """Returns a text column as floats when it is numbers, else as it is; refuses numbers with a stray entry."""
     present = column.notna()
     if column[present].map(lambda v: isinstance(v, (bool, np.bool_))).all():
-        return column                                   # true/false with gaps: labels, not 1.0 and 0.0
+        return column  # true/false with gaps: labels, not 1.0 and 0.0
     numbers = pd.to_numeric(column.where(present), errors="coerce")
     bad = present & numbers.isna()
     if not bad.any():
         return numbers.astype(np.float64)
     if declared_numeric or bad.sum() < present.sum() / 2:
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise MivaeError(f"column {column.name!r} of {path} holds numbers but row {row + 1} holds "
-                         f"{column.iloc[row]!r}; fix that entry, leave it empty for missing, or declare the column "
-                         "categorical.")
+        raise MivaeError(
+            f"column {column.name!r} of {path} holds numbers but row {row + 1} holds "
+            f"{column.iloc[row]!r}; fix that entry, leave it empty for missing, or declare the column "
+            "categorical."
+        )
     return column
 
 

@@ -24,12 +24,12 @@ class Column:
     """One column of a fitted schema."""
 
     name: str
-    kind: str                    # CONTINUOUS or CATEGORICAL
-    mean: float = 0.0            # continuous: mean of the observed entries, in the column's units
-    std: float = 1.0             # continuous: their standard deviation (1 where the column is constant)
-    categories: tuple = ()       # categorical: the labels seen at fit, in a fixed order
-    empty: bool = False          # no observed entry at fit: left out of the model, returned missing
-    dtype: object = None         # a DataFrame column's dtype, restored on output where it can hold the result
+    kind: str  # CONTINUOUS or CATEGORICAL
+    mean: float = 0.0  # continuous: mean of the observed entries, in the column's units
+    std: float = 1.0  # continuous: their standard deviation (1 where the column is constant)
+    categories: tuple = ()  # categorical: the labels seen at fit, in a fixed order
+    empty: bool = False  # no observed entry at fit: left out of the model, returned missing
+    dtype: object = None  # a DataFrame column's dtype, restored on output where it can hold the result
 
     @property
     def width(self):
@@ -99,8 +99,10 @@ def as_float(column, name):
         out = np.asarray(np.where(missing, np.nan, column), dtype=np.float64)
     except (TypeError, ValueError):
         bad = next(v for v, m in zip(column, missing) if not m and not _is_number(v))
-        raise ValueError(f"column {name!r} is continuous but holds the value {bad!r}, which is not a number; "
-                         "declare it categorical or fix the value.") from None
+        raise ValueError(
+            f"column {name!r} is continuous but holds the value {bad!r}, which is not a number; "
+            "declare it categorical or fix the value."
+        ) from None
     if np.isinf(out).any():
         raise ValueError(f"column {name!r} holds an infinite value; mivae accepts finite numbers and NaN for missing.")
     return out
@@ -132,8 +134,16 @@ class Schema:
             if kind == CONTINUOUS:
                 values = as_float(column, name)[observed]
                 std = float(values.std()) if len(values) else 1.0
-                columns.append(Column(name, kind, float(values.mean()) if len(values) else 0.0,
-                                      std if std > 1e-12 else 1.0, empty=not len(values), dtype=dtype))
+                columns.append(
+                    Column(
+                        name,
+                        kind,
+                        float(values.mean()) if len(values) else 0.0,
+                        std if std > 1e-12 else 1.0,
+                        empty=not len(values),
+                        dtype=dtype,
+                    )
+                )
             else:
                 labels = tuple(sorted(set(column[observed].tolist()), key=_label_order))
                 columns.append(Column(name, kind, categories=labels, empty=not labels, dtype=dtype))
@@ -164,8 +174,10 @@ class Schema:
                 index = {label: k for k, label in enumerate(c.categories)}
                 unknown = [v for v in column[seen].tolist() if v not in index]
                 if unknown:
-                    raise ValueError(f"column {c.name!r} holds the label {unknown[0]!r}, which was not seen at fit; "
-                                     f"known labels are {_listing(list(c.categories))}.")
+                    raise ValueError(
+                        f"column {c.name!r} holds the label {unknown[0]!r}, which was not seen at fit; "
+                        f"known labels are {_listing(list(c.categories))}."
+                    )
                 rows = np.flatnonzero(seen)
                 values[rows, slot + np.array([index[v] for v in column[seen].tolist()], dtype=np.int64)] = 1.0
             slot += c.width
@@ -208,6 +220,8 @@ class Schema:
                         pass  # a bool column with missing entries was object in the input; it stays object
             return frame
         try:
-            return np.column_stack([np.asarray(col, dtype=np.float64) for col in columns]) if columns else np.empty((0, 0))
+            return (
+                np.column_stack([np.asarray(col, dtype=np.float64) for col in columns]) if columns else np.empty((0, 0))
+            )
         except (TypeError, ValueError):
             return np.column_stack([np.asarray(col, dtype=object) for col in columns])
