@@ -14,7 +14,7 @@ export MIVAE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mivae needs Python 3.11 or newer; set PYTHON=python3.11 or newer.")'
@@ -30,6 +30,14 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# ruff's lint and format check over all the code; mypy over the public API (the estimators, configs, models, training)
+TYPED := src/mivae/__init__.py src/mivae/estimators.py src/mivae/errors.py src/mivae/config.py src/mivae/hardware.py \
+         src/mivae/training.py src/mivae/models src/mivae/tables
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy $(TYPED)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py

@@ -337,11 +337,11 @@ Protocol in
 `benchmarks/impute.py`: imputers fitted on the first {rows[0]["fit_images"]:,} corrupted training images, applied to
 the corrupted test images; the downstream classifier is one 784-512-512-10 MLP trained on clean images
 (test accuracy on clean images {classifier.metrics["test_accuracy"]:.4f}). mivae's imputers train for
-{f"{args.epochs} epochs" if args.epochs else "20 epochs, refined-miwae for 10"}, with batch 128, Adam 1e-3, a 512-512 encoder and
-decoder and latent 20 (refined-miwae adds a three-layer convolutional refinement of 16 channels), and impute
-from 20 importance-sampled proposals in bf16; each variant's transform is timed on its own. Times are wall seconds on the torch
-and BLAS threads given (this machine has 2 cores); a row on 1 thread ran beside other work on the
-second core. A row with fewer test images scored that imputer on the first ones only.
+{f"{args.epochs} epochs" if args.epochs else "20 epochs, refined-miwae for 10"}, with batch 128, Adam 1e-3,
+a 512-512 encoder and decoder and latent 20 (refined-miwae adds a three-layer convolutional refinement of 16
+channels), and impute from 20 importance-sampled proposals in bf16; each variant's transform is timed on its own.
+Times are wall seconds on the torch and BLAS threads given (this machine has 2 cores); a row on 1 thread ran
+beside other work on the second core. A row with fewer test images scored that imputer on the first ones only.
 
 ## Targets
 

@@ -88,7 +88,8 @@ def measure(rows, settings, seed=0):
 
 
 def _machine():
-    """The machine class as benchmarks/run.py names its section, and the cores: "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
+    """The machine class as benchmarks/run.py names its section, and the cores, as in
+    "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
     cpu = torch.device("cpu")
     machine = {"processor": BENCH["_processor"](cpu), "bf16_native": bf16_supported(cpu), **BENCH["_cpu_features"]()}
     return f"{BENCH['machine_title'](machine).removeprefix('## Machine: ')}, {cores()} cores"

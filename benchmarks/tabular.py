@@ -163,7 +163,8 @@ def summarise(rows):
 
 
 def wins(rows):
-    """Returns, per method, in how many settings its mean RMSE and its mean accuracy are the best (ties count for each)."""
+    """Returns, per method, in how many settings its mean RMSE and its mean accuracy are the best (a tie counts for
+    each)."""
     keys = {(r["dataset"], r["mechanism"], r["rate"]) for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     count = {m: [0, 0] for m in methods}

@@ -30,20 +30,41 @@ def test_a_written_file_gets_the_usual_permissions_not_the_temporary_files(tmp_p
 
 def test_every_file_mivae_writes_goes_through_an_atomic_temporary():
     """A write call anywhere in the package writes the temporary of `atomic_path`, never the final path."""
-    import re
+    import ast
     from pathlib import Path
 
+    # the written path of each write call: the object of path.write_text(...), or the argument at this position
+    target = {
+        "write_text": "self",
+        "write_bytes": "self",
+        "savefig": 0,
+        "to_csv": 0,
+        "to_parquet": 0,
+        "save_file": 1,
+        "save": 0,
+        "savez": 0,
+        "open": 0,
+    }
     source = Path(__file__).resolve().parents[1] / "src" / "mivae"
-    writes = re.compile(
-        r"\.write_text\(|\.write_bytes\(|\.savefig\(|\.to_csv\(|\.to_parquet\(|save_file\(|"
-        r"open\([^)]*[\"'][wa]b?[\"']|json\.dump\(|np\.save"
-    )
     found = 0
     for path in source.rglob("*.py"):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if writes.search(line) and not line.lstrip().startswith(("#", "def ")):
-                found += 1
-                assert "tmp" in line, f"{path.name}:{number} writes without atomic_path: {line.strip()}"
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name not in target or name == "save" and ast.get_source_segment(text, node.func) != "np.save":
+                continue
+            if name == "open":  # only opened for writing: a mode of w or a
+                modes = [a for a in node.args[1:2] if isinstance(a, ast.Constant)] + [
+                    k.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)
+                ]
+                if not any(m.value[0] in "wa" for m in modes):
+                    continue
+            written = node.func.value if target[name] == "self" else node.args[target[name]]
+            found += 1
+            where = f"{path.relative_to(source)}:{node.lineno}"
+            assert "tmp" in ast.get_source_segment(text, written), f"{where} writes without atomic_path"
     assert found >= 8  # models, JSON, reports, figures, tables, downloads
 
 

@@ -352,7 +352,8 @@ class Mixed(NamedTuple):
 
 
 def mixed_frame(n=300, seed=0):
-    """Returns a Mixed table: two floats, a nullable integer, a colour and a bool-like flag that depend on the floats."""
+    """Returns a Mixed table: two floats, a nullable integer, a colour and a bool-like flag that depend on the
+    floats."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(n)
     b = a + 0.3 * rng.standard_normal(n)

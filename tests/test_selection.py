@@ -312,7 +312,8 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A real PostgreSQL server on loopback in a temporary data directory; skipped, with the reason, if it cannot start."""
+    """A real PostgreSQL server on loopback in a temporary data directory; skipped, with the reason, if it cannot
+    start."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:
         pytest.skip("PostgreSQL is not installed (the CI script installs Debian's postgresql package)")
@@ -406,7 +407,8 @@ def test_only_trials_that_ran_their_course_spend_the_budget():
         study.tell(trial, 1.0 if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
         states.append(state)
     spent = [search.spends_budget(t) for t in study.trials]
-    # A worker that died (FAIL without a recorded failure), an interrupted trial and an over-budget one give their slot back.
+    # A worker that died (FAIL without a recorded failure), an interrupted trial and an over-budget one give their
+    # slot back.
     assert spent == [True, False, True, False, False]
     last = study.ask()
     assert search._budget_slot(study, last) == 2

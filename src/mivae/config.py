@@ -86,7 +86,8 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class MIWAEConfig:
-    """An importance-weighted VAE that learns from incomplete images alone (MIWAE; not-MIWAE adds a missingness model)."""
+    """An importance-weighted VAE that learns from incomplete images alone (MIWAE; not-MIWAE adds a missingness
+    model)."""
 
     hidden: tuple[int, ...] = (512, 512)  # nodes per hidden ReLU layer of the encoder; the decoder mirrors them
     latent: int = 20  # L, the dimension of the Gaussian latent space

@@ -15,6 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -72,7 +73,7 @@ def _adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_de
 
 
 # The compiled update, built at the first step of a process: None until then, False where it cannot be built.
-_FUSED = {"update": None}
+_FUSED: dict[str, Any] = {"update": None}
 
 
 def _fused_update():
@@ -342,11 +343,12 @@ def _history_until(history, epoch):
 
 
 def _save_checkpoint(path, model, optimizer, generator, state):
-    """Writes the training's whole state to `path` atomically: tensors in safetensors, the rest as JSON in its metadata."""
+    """Writes the training's whole state to `path` atomically: tensors in safetensors, the rest as JSON in its
+    metadata."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v for k, v in (state.best_state or {}).items()}
     optimizer_state = optimizer.state_dict()
-    plain = {}  # optimiser values that are not tensors, by parameter index
+    plain: dict[str, dict[str, Any]] = {}  # optimiser values that are not tensors, by parameter index
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
             if torch.is_tensor(value):
@@ -388,7 +390,7 @@ def _load_checkpoint(path, model, optimizer, generator):
             return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
         model.load_state_dict(part("model."))
-        optimizer_state = {}
+        optimizer_state: dict[int, dict[str, Any]] = {}
         for key, value in part("optimizer.").items():
             index, name = key.split(".", 1)
             optimizer_state.setdefault(int(index), {})[name] = value

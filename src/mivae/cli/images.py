@@ -143,10 +143,11 @@ def add_commands(commands):
     search = commands.add_parser(
         "search",
         help="select a model by random search (thesis §3.5), retrain the best on train + validation, test it once",
-        description="Random search with Optuna: every trial trains with early stopping on the validation set; the best "
-        "configuration (lowest validation negative ELBO for vae, highest validation accuracy otherwise) is retrained on "
-        "train + validation for its best epoch count and tested once. The study is kept in OUT/study.db (or --storage), "
-        "so an interrupted search continues with --resume, and any number of workers can share a --storage database.",
+        description="Random search with Optuna: every trial trains with early stopping on the validation set; the "
+        "best configuration (lowest validation negative ELBO for vae, highest validation accuracy otherwise) is "
+        "retrained on train + validation for its best epoch count and tested once. The study is kept in OUT/study.db "
+        "(or --storage), so an interrupted search continues with --resume, and any number of workers can share a "
+        "--storage database.",
     )
     search.add_argument("kind", nargs="?", choices=SEARCHABLE, help="what to select")
     search.add_argument(
@@ -160,7 +161,8 @@ def add_commands(commands):
         "--layers",
         type=int_list,
         default=[2, 3, 4],
-        help="hidden-layer counts of an MLP, comma-separated; one study each, the best of all retrained (default: 2,3,4, as §3.5)",
+        help="hidden-layer counts of an MLP, comma-separated; one study each, the best of all retrained "
+        "(default: 2,3,4, as §3.5)",
     )
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     search.add_argument(
@@ -182,8 +184,10 @@ def _data_info(args):
     from mivae.images.data import load_splits
 
     splits = load_splits(args.dataset, args.data_dir, seed=args.seed)
+    height, width = splits.train.images.shape[1:]
     print(
-        f"dataset {splits.dataset}: {sum(len(s) for s in splits)} images of {splits.train.images.shape[1]}x{splits.train.images.shape[2]} pixels, {splits.n_classes} classes, split seed {args.seed}"
+        f"dataset {splits.dataset}: {sum(len(s) for s in splits)} images of {height}x{width} pixels, "
+        f"{splits.n_classes} classes, split seed {args.seed}"
     )
     print(f"{'split':<6} {'images':>7}  " + " ".join(f"{c:>5}" for c in range(splits.n_classes)))
     for split in splits:
@@ -198,7 +202,8 @@ def _data_fetch(args):
         return
     train, test = load_idx_dataset(args.dataset, args.data_dir)
     print(
-        f"{args.dataset}: {len(train)} training and {len(test)} test images verified in {resolve_data_dir(args.dataset, args.data_dir)}"
+        f"{args.dataset}: {len(train)} training and {len(test)} test images verified in "
+        f"{resolve_data_dir(args.dataset, args.data_dir)}"
     )
 
 
@@ -283,7 +288,8 @@ def _train(args):
     def progress(epoch, history):
         score = f"  val {history.val_score[-1]:.4f}" if history.val_score else ""
         print(
-            f"epoch {epoch:>3}/{train.epochs}  train loss {history.train_loss[-1]:.4f}{score}  {history.seconds[-1]:.1f}s",
+            f"epoch {epoch:>3}/{train.epochs}  train loss {history.train_loss[-1]:.4f}{score}  "
+            f"{history.seconds[-1]:.1f}s",
             flush=True,
         )
 
@@ -382,7 +388,8 @@ def _search(args):
     finally:
         bar.close()
     print(
-        f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): {result.best_params}"
+        f"best configuration (trial value {result.best_value:.4f}, best epoch {result.best_epoch}): "
+        f"{result.best_params}"
     )
     print("retrained on train + validation; test: " + ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items()))
     if result.health is not None:
@@ -394,28 +401,33 @@ def format_evaluation(result):
     """Returns the printable summary of an `evaluate_run` result."""
     d = result["data"]
     lines = [
-        f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, {result['precision']}"
+        f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, "
+        f"{result['precision']}"
     ]
     if "test_negative_elbo" in result:
         lines.append(
-            f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, test {result['test_negative_elbo']:.1f} nats"
+            f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, "
+            f"test {result['test_negative_elbo']:.1f} nats"
         )
     if "test_negative_bound" in result:
         lines.append(
             f"negative importance-weighted bound per image: validation {result['val_negative_bound']:.1f} nats, "
-            f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels {result['test_rmse_missing']:.4f}"
+            f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels "
+            f"{result['test_rmse_missing']:.4f}"
         )
     if "accuracy" in result:
         lines.append(f"accuracy {result['accuracy']:.4f}")
     if "accuracy_on_one_vae_imputation" in result:
         lines.append(
-            f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  (z vs direct {result['z_imputation_vs_direct']:+.2f})"
+            f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  "
+            f"(z vs direct {result['z_imputation_vs_direct']:+.2f})"
         )
     if "single_accuracy" in result:
         lines.append(f"single imputation (z = mu)  accuracy {result['single_accuracy']:.4f}")
         for m, row in result["multiple"].items():
             lines.append(
-                f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}"
+                f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  "
+                f"z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}"
             )
     if "health" in result:
         lines.append(health_line(result["health"]))

@@ -99,7 +99,8 @@ def resolve_configs(args, tables, model_cls=None):
     unknown = sorted(set(tables) - allowed)
     if unknown:
         raise MivaeError(
-            f"unknown table [{unknown[0]}] in {args.config}; expected {' and '.join(f'[{t}]' for t in sorted(allowed))}."
+            f"unknown table [{unknown[0]}] in {args.config}; "
+            f"expected {' and '.join(f'[{t}]' for t in sorted(allowed))}."
         )
     data = cfg.from_dict(cfg.DataConfig, tables.get("data", {}), "data")
     data = cfg.replace(

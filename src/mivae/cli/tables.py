@@ -12,8 +12,9 @@ def add_commands(commands):
         "impute",
         help="fill the missing entries of a CSV or Parquet table: M completed tables",
         description="Fits a VAE on the observed entries of a table (CSV or Parquet, empty cells missing) and writes "
-        "--samples completed tables to --out, each with the input's columns in the input's order: OUT/STEM.imputed-K.EXT. "
-        "Numeric columns are continuous, text and true/false columns categorical, unless declared otherwise.",
+        "--samples completed tables to --out, each with the input's columns in the input's order: "
+        "OUT/STEM.imputed-K.EXT. Numeric columns are continuous, text and true/false columns categorical, unless "
+        "declared otherwise.",
     )
     impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
     impute.add_argument("--out", required=True, help="folder for the completed tables")

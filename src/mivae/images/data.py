@@ -203,7 +203,8 @@ def parse_idx(content, path, ndim):
         magic = int.from_bytes(content[:4], "big")
         expected = 0x0800 + ndim
         raise MivaeError(
-            f"{path} is not an IDX {kind} file: magic number {magic} (0x{magic:08x}), expected {expected} (0x{expected:08x})."
+            f"{path} is not an IDX {kind} file: magic number {magic} (0x{magic:08x}), "
+            f"expected {expected} (0x{expected:08x})."
         )
     if len(content) < header:
         raise MivaeError(f"{path} is too short to be an IDX {kind} file ({len(content)} bytes).")
@@ -216,7 +217,8 @@ def parse_idx(content, path, ndim):
         )
     if got_bytes > expected_bytes:
         raise MivaeError(
-            f"{path} has {got_bytes - expected_bytes} bytes beyond the {'x'.join(map(str, dims))} values its header declares."
+            f"{path} has {got_bytes - expected_bytes} bytes beyond the {'x'.join(map(str, dims))} values its "
+            "header declares."
         )
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -225,7 +227,8 @@ def _check_digest(path, entry, raw, content):
     if entry.sha256 is not None:
         if hashlib.sha256(content).hexdigest() != entry.sha256:
             raise MivaeError(
-                f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another dataset's file."
+                f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another "
+                "dataset's file."
             )
     elif entry.md5 is not None and raw is not content:  # an archive digest says nothing of a plain file
         if hashlib.md5(raw, usedforsecurity=False).hexdigest() != entry.md5:

@@ -147,7 +147,8 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
 
 
 def _in_batches(step, model, inputs, samples, seed=0, *args):
-    """Runs step(model, batch, samples, generator, *args) over batches of about 8,192 (image, sample) pairs, concatenated.
+    """Runs step(model, batch, samples, generator, *args) over batches of about 8,192 (image, sample) pairs, and
+    concatenates the results.
 
     One generator seeded with `seed` draws the samples of every batch, so a call is reproducible.
     """

@@ -47,7 +47,8 @@ def _inputs(part, data, with_mask=False):
 
 
 def check_vae_matches(vae_run, data, where="the VAE run", kind="vae"):
-    """Raises MivaeError unless `vae_run` is a model of `kind` (the imputer) trained on the corruption `data` describes."""
+    """Raises MivaeError unless `vae_run` is a model of `kind` (the imputer) trained on the corruption `data`
+    describes."""
     if vae_run.kind != kind:
         raise MivaeError(f"{where} holds a {vae_run.kind} model; a {kind} run is needed.")
     if vae_run.data.clean_train:

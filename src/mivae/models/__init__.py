@@ -36,7 +36,8 @@ def initialise(module, init):
         for layer in module.modules():
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
     return module
 
 
@@ -63,6 +64,7 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
     imputer = imputer_kind(kind)
     if imputer and config.mask_input:
         raise MivaeError(f"a {kind} classifier sees the imputer's complete images; mask_input applies to the imputer.")
+    classifier: nn.Module
     if classifier_kind(kind) == "mlp":
         classifier = MLP(image_shape, n_classes, config.hidden, channels)
     elif classifier_kind(kind) == "cnn":

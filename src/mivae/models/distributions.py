@@ -43,7 +43,8 @@ def gaussian_log_prob(x, mean, scale):
 
 
 def student_t_log_prob(x, mean, scale, df):
-    """Returns the log density of Student's t with `df` degrees of freedom, location `mean`, scale `scale`, elementwise."""
+    """Returns the log density of Student's t with `df` degrees of freedom, location `mean` and scale `scale`,
+    elementwise."""
     t = (x - mean) / scale
     return (
         torch.lgamma((df + 1) / 2)

@@ -103,7 +103,9 @@ class MIWAE(VAE):
         return complete(inputs, torch.sigmoid(logits).view_as(completed))
 
     def refined_logits(self, completed, inputs):
-        """Returns the logits (B, H, W) of p(x | guess, x_obs) from completed guesses (B, H, W) and mask-aware inputs."""
+        """Returns the logits (B, H, W) of p(x | guess, x_obs) from completed guesses (B, H, W) and mask-aware
+        inputs."""
+        assert self.refine is not None, "refined_logits needs a model built with refine > 0"
         guess = completed.clamp(1e-4, 1 - 1e-4)
         features = torch.cat([guess.unsqueeze(1), inputs], 1).contiguous(
             memory_format=torch.channels_last
@@ -111,7 +113,8 @@ class MIWAE(VAE):
         return self.refine(features).squeeze(1) + torch.logit(guess)
 
     def forward(self, inputs):
-        """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised IS."""
+        """Returns the single imputation of mask-aware inputs: observed pixels kept, missing ones by self-normalised
+        importance sampling."""
         return impute_importance(
             self, inputs, samples=50, generator=torch.Generator(device=inputs.device).manual_seed(0)
         )

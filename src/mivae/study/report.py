@@ -294,7 +294,8 @@ def _multiple_vs_single(results):
     median = float(np.median(np.abs(zs)))
     return {
         "claim": _multiple_vs_single.__doc__,
-        "statistic": f"|z_multi/single| over the 12 Type 2 cells: median {median:.2f}, largest {max(map(abs, zs)):.2f}, "
+        "statistic": f"|z_multi/single| over the 12 Type 2 cells: median {median:.2f}, "
+        f"largest {max(map(abs, zs)):.2f}, "
         f"{sum(abs(z) > 2 for z in zs)} above 2; held if the median is at most 2.",
         "held": median <= 2.0,
     }
@@ -313,7 +314,8 @@ def _type2_beats_mlp(results):
             ]
     return {
         "claim": _type2_beats_mlp.__doc__,
-        "statistic": f"VAE+MLP minus MLP accuracy over 6 settings x (single, multiple): from {min(gaps):+.4f} to {max(gaps):+.4f}; "
+        "statistic": f"VAE+MLP minus MLP accuracy over 6 settings x (single, multiple): from {min(gaps):+.4f} "
+        f"to {max(gaps):+.4f}; "
         f"{sum(g > 0 for g in gaps)} of 12 positive.",
         "held": all(g > 0 for g in gaps),
     }
@@ -392,7 +394,8 @@ def _samples_threshold(results):
         }
     return {
         "claim": _samples_threshold.__doc__,
-        "statistic": f"accuracy at the largest M minus at M = 10, over the 12 Type 2 cells: from {min(g for g, _ in gains):+.4f} "
+        "statistic": "accuracy at the largest M minus at M = 10, over the 12 Type 2 cells: "
+        f"from {min(g for g, _ in gains):+.4f} "
         f"to {max(g for g, _ in gains):+.4f}; paired z (largest M vs 10): largest |z| "
         f"{max(abs(z) for _, z in gains):.2f}. Held if every |z| is at most 2.",
         "held": all(abs(z) <= 2 for _, z in gains),
@@ -484,7 +487,8 @@ def distribution_figure(results, method, number, path):
 
 
 def hard_image_figure(figure8, path):
-    """Figure 8: a hard image, its Random Pixels 50 % corruption and 16 imputations with the digit each is classified as."""
+    """Figure 8: a hard image, its Random Pixels 50 % corruption and 16 imputations with the digit each is
+    classified as."""
     images = figure8["imputations"]
     fig, axes = plt.subplots(5, 4, figsize=(6.4, 8.4))
     for ax in axes.flat:
@@ -637,13 +641,17 @@ def build_report(run_dir):
     md.append(f"# mivae reproduce: preset `{preset['name']}`\n")
     md.append(
         f"The study of §4 of Zethraeus (2019), re-run by `mivae reproduce --preset {preset['name']}` "
-        f"(seed {study['identity']['seed']}), started {study.get('started', '?')}, finished {study.get('finished', '?')}."
+        f"(seed {study['identity']['seed']}), started {study.get('started', '?')}, "
+        f"finished {study.get('finished', '?')}."
     )
     machine = study.get("machine", {})
+    retrained = (
+        "the winner retrained on train + validation" if preset["retrain"] else "the winning trial kept, not retrained"
+    )
     md.append(
-        f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; MLP layer counts "
-        f"{preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; batch size "
-        f"{preset['batch_size']}; {'the winner retrained on train + validation' if preset['retrain'] else 'the winning trial kept, not retrained'}."
+        f"Preset: {preset['about']}. Dataset `{preset['dataset']}`; trials per search {preset['trials']}; "
+        f"MLP layer counts {preset['mlp_layers']}; most epochs {preset['epochs']}; patience {preset['patience']}; "
+        f"batch size {preset['batch_size']}; {retrained}."
     )
     wall = _wall_time_line(results["wall"], study.get("invocations", []))
     if results["wall"]["invocations"] and not study.get("clocked"):
@@ -755,7 +763,8 @@ def build_report(run_dir):
         beyond = None
         md.append("## Beyond the thesis\n")
         md.append(
-            f"Not run for every setting (ran for: {', '.join(results['beyond']) or 'none'}); this section needs all six "
+            f"Not run for every setting (ran for: {', '.join(results['beyond']) or 'none'}); this section needs "
+            "all six "
             f"(`mivae reproduce` without --thesis-only or --settings)."
         )
     md.append("\n## Model selection\n")

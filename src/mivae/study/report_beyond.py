@@ -17,7 +17,8 @@ TARGETS = {
     ("vertical-lines", 0.7): (0.9382, 0.950),
     ("vertical-lines", 0.9): (0.6638, 0.700),
 }
-# Tables 6/7 with new imputers: a clean-trained classifier should gain this much over the thesis' cell, or reach the bar.
+# Tables 6/7 with new imputers: a clean-trained classifier should gain this much over the thesis' cell, or reach
+# the bar.
 CLEAN_GAIN, CLEAN_BAR = 0.10, 0.95
 RESULTS = (
     "mask-mlp",
@@ -235,15 +236,15 @@ def section(results, thesis_cells):
     """Returns (Markdown lines, facts for results.json) of the "Beyond the thesis" section."""
     md = [
         "## Beyond the thesis\n",
-        "The same six settings and test images, with models the thesis did not have (`mivae.study.beyond`): the thesis' MLP "
-        "and CNN on **mask-aware** inputs (zero-filled values and the mask as a second channel); a VAE trained on the "
-        "**incomplete images alone** (MIWAE on Random Pixels; not-MIWAE, with a self-masking missingness model, on "
-        "Vertical Lines) with an MLP on its imputations, classified with one imputation (self-normalised importance "
-        "sampling), K imputations **weighted by importance** (supMIWAE's p(y | x_obs)) and K averaged uniformly (the "
-        "thesis' way); and scikit-learn's **SimpleImputer(mean)** and **IterativeImputer** (fitted on the first 10,000 training "
-        "images) before the thesis' MLP. KNNImputer is left out: about 900 s per 10,000 images against 10,000 here, "
-        "hours for MNIST's 70,000. Each model has its default configuration and early stopping on validation data; "
-        "each choice between methods below is made on **validation** accuracy.\n",
+        "The same six settings and test images, with models the thesis did not have (`mivae.study.beyond`): the "
+        "thesis' MLP and CNN on **mask-aware** inputs (zero-filled values and the mask as a second channel); a VAE "
+        "trained on the **incomplete images alone** (MIWAE on Random Pixels; not-MIWAE, with a self-masking "
+        "missingness model, on Vertical Lines) with an MLP on its imputations, classified with one imputation "
+        "(self-normalised importance sampling), K imputations **weighted by importance** (supMIWAE's p(y | x_obs)) and "
+        "K averaged uniformly (the thesis' way); and scikit-learn's **SimpleImputer(mean)** and **IterativeImputer** "
+        "(fitted on the first 10,000 training images) before the thesis' MLP. KNNImputer is left out: about 900 s per "
+        "10,000 images against 10,000 here, hours for MNIST's 70,000. Each model has its default configuration and "
+        "early stopping on validation data; each choice between methods below is made on **validation** accuracy.\n",
     ]
 
     rows = targets(results)

@@ -258,7 +258,8 @@ class Study:
 
     @contextlib.contextmanager
     def _claimed(self, lock, label):
-        """Holds `lock` while the unit `label` runs, waiting first for another worker of this directory that holds it."""
+        """Holds `lock` while the unit `label` runs, waiting first for another worker of this directory that holds
+        it."""
         self.bar.set_description(f"reproduce: {label}")
         if self.storage is not None:  # a fleet shares the unit's trials through the storage
             yield
@@ -340,7 +341,8 @@ class Study:
         return evaluate_run(run, problem=self.problem(data), data=data, **options)
 
     def evaluated(self, group, name, run_key, compute, extra=None, **spec):
-        """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key matches."""
+        """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key
+        matches."""
         path = self.out / "results" / group / f"{name}.json"
         key = key_of({"run": run_key, "version": EVALUATION_VERSION, **spec})
         path.parent.mkdir(parents=True, exist_ok=True)

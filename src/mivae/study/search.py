@@ -41,7 +41,8 @@ from mivae.training import TrainingDiverged
 
 
 class UnhealthyModel(Exception):
-    """A trial's model trained but failed its health check (mivae.health): recorded as a failed trial, with the reason."""
+    """A trial's model trained but failed its health check (mivae.health): recorded as a failed trial, with the
+    reason."""
 
 
 class _QuietFailures(logging.Filter):
@@ -139,7 +140,8 @@ def default_params(kind, layers=2):
 
 
 def space_of(kind):
-    """The search space `kind` draws from (a Type 2 kind: its classifier's), as plain values: part of a study's identity."""
+    """The search space `kind` draws from (a Type 2 kind: its classifier's), as plain values: part of a study's
+    identity."""
     name = "vae" if kind == "vae" else classifier_kind(kind)
     return {k: list(bounds) for k, (bounds, _) in SPACES[name].items()}
 

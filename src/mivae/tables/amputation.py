@@ -59,8 +59,9 @@ def sigmoid(t):
 def fit_intercepts(logits, target):
     """Returns b (k,) such that mean_i sigmoid(logits[i, j] + b_j) = target for every column j.
 
-    As `fit_intercepts` in Muzellec et al.'s code, but by bisection instead of a root finder: the mean is increasing in b_j, so bisection on a bracket that puts every probability
-    near 0 at one end and near 1 at the other converges; all columns are solved at once.
+    As `fit_intercepts` in Muzellec et al.'s code, but by bisection instead of a root finder: the mean is increasing
+    in b_j, so bisection on a bracket that puts every probability near 0 at one end and near 1 at the other
+    converges; all columns are solved at once.
     """
     low, high = -60.0 - logits.max(axis=0), 60.0 - logits.min(axis=0)  # (k,) each
     for _ in range(_BISECTION_STEPS):
@@ -126,7 +127,8 @@ def rmse_missing(X_true, X_imputed, mask, scale=None):
     X_true, X_imputed, mask = np.asarray(X_true, dtype=float), np.asarray(X_imputed, dtype=float), np.asarray(mask)
     if X_true.ndim != 2 or X_imputed.shape != X_true.shape or mask.shape != X_true.shape:
         raise InputError(
-            f"X_true, X_imputed and mask must share one 2-D shape; got {X_true.shape}, {X_imputed.shape} and {mask.shape}."
+            "X_true, X_imputed and mask must share one 2-D shape; "
+            f"got {X_true.shape}, {X_imputed.shape} and {mask.shape}."
         )
     if mask.dtype != bool or not mask.any():
         raise InputError(

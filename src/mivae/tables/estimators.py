@@ -97,7 +97,8 @@ def _validate_table(estimator, X, reset, categorical):
 
 
 def _threaded(method):
-    """Runs an imputer's method with torch on the imputer's `threads` CPU threads ("auto": `_TabularImputer.threads`)."""
+    """Runs an imputer's method with torch on the imputer's `threads` CPU threads ("auto":
+    `_TabularImputer.threads`)."""
 
     @functools.wraps(method)
     def run(self, X, *args, **kwargs):
@@ -140,7 +141,10 @@ def _check_number(name, value, low, high, low_open=True, high_open=False):
 class _TabularImputer(TransformerMixin, BaseEstimator):
     """What the two imputers share: validation, the schema, training, and turning encoded imputations into tables."""
 
-    training_samples = 1  # K of the training bound; MIWAEImputer sets its own
+    @property
+    def training_samples(self):
+        """K of the training bound: 1, the masked ELBO; MIWAEImputer sets its own."""
+        return 1
 
     def __init__(
         self,
@@ -186,7 +190,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if (
             not isinstance(hidden, (tuple, list))
             or not hidden
-            or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)
+            or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and int(h) >= 1 for h in hidden)
         ):
             raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
         if self.latent is not None:
@@ -205,7 +209,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             raise InputError(f"max_steps must be a whole number of at least 1, 'auto' or None; got {steps!r}.")
         lr = self.lr
         if not (isinstance(lr, str) and lr == "auto") and not (
-            isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf
+            isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < float(lr) < math.inf
         ):  # NaN fails too
             raise InputError(f"lr must be a number in (0, inf) or 'auto'; got {lr!r}.")
         _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)

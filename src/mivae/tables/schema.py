@@ -50,7 +50,8 @@ def _label_order(label):
 
 
 def infer_kinds(X, categorical=None):
-    """Returns each column's kind for a DataFrame or 2-D array X; `categorical` lists names or indices declared categorical.
+    """Returns each column's kind for a DataFrame or 2-D array X; `categorical` lists names or indices declared
+    categorical.
 
     Numeric columns are continuous unless declared; bool, object, string and category columns are
     categorical. Raises ValueError for a declared column that is not in X.
@@ -93,7 +94,8 @@ def columns_of(X):
 
 
 def as_float(column, name):
-    """Returns a continuous column as float64 (NaN where missing); raises ValueError naming a value that is not a number."""
+    """Returns a continuous column as float64 (NaN where missing); raises ValueError naming a value that is not a
+    number."""
     missing = is_missing(column)
     try:
         out = np.asarray(np.where(missing, np.nan, column), dtype=np.float64)
