@@ -181,22 +181,22 @@ CLI_CASES = {
     ),
     "negative imputations": (
         ["impute", "{root}/labels.csv", "--samples", "-3", "--out", "{tmp}/out"],
-        "--samples must be at least 1; got -3",
+        "--samples must be a whole number of at least 1; got -3",
         "{tmp}/out",
     ),
     "zero trials": (
         ["search", "mlp", "--dataset", "digits", "--trials", "0", "--out", "{tmp}/search"],
-        "--trials must be at least 1; got 0",
+        "--trials must be a whole number of at least 1; got 0",
         "{tmp}/search",
     ),
     "negative trials": (
         ["search", "mlp", "--dataset", "digits", "--trials", "-2", "--out", "{tmp}/search"],
-        "--trials must be at least 1; got -2",
+        "--trials must be a whole number of at least 1; got -2",
         "{tmp}/search",
     ),
     "zero threads": (
         ["train", "mlp", "--dataset", "digits", "--threads", "0", "--out", "{tmp}/run"],
-        "--threads must be at least 1; got 0",
+        "--threads must be a whole number of at least 1; got 0",
         "{tmp}/run",
     ),
     "unknown setting": (
@@ -206,7 +206,7 @@ CLI_CASES = {
     ),
     "zero limit": (
         ["reproduce", "--preset", "smoke", "--limit", "0", "--out", "{tmp}/study"],
-        "--limit must be at least 1; got 0",
+        "--limit must be a whole number of at least 1; got 0",
         "{tmp}/study",
     ),
     "training output under a file": (

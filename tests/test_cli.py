@@ -292,24 +292,27 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
         (["data", "info", "--dataset", "digits", "--seed", "-1"], "seed must be a whole number of at least 0; got -1."),
         (
             ["train", "mlp", "--dataset", "digits", "--batch-size", "0", "--out", "r"],
-            "batch_size must be at least 1; got 0.",
+            "batch_size must be a whole number of at least 1; got 0.",
         ),
         (
             ["train", "mlp", "--dataset", "digits", "--hidden", ",", "--out", "r"],
             "hidden needs at least one layer of at least one node; got [].",
         ),
-        (["train", "mlp", "--dataset", "digits", "--limit", "0", "--out", "r"], "limit must be at least 1; got 0."),
+        (
+            ["train", "mlp", "--dataset", "digits", "--limit", "0", "--out", "r"],
+            "limit must be a whole number of at least 1 or None; got 0.",
+        ),
         (
             ["train", "cnn", "--dataset", "digits", "--dropout-conv", "1.5", "--out", "r"],
             "dropout_conv must be in [0, 1); got 1.5.",
         ),
         (
             ["train", "mlp", "--dataset", "digits", "--threads", "-1", "--out", "r"],
-            "--threads must be at least 1; got -1.",
+            "--threads must be a whole number of at least 1; got -1.",
         ),
         (["evaluate", ".", "--samples", ","], "--samples must be whole numbers of at least 1"),
         (["search", "--out", "s"], "mivae search needs a KIND and --out, or --show-space."),
-        (["search", "mlp", "--out", "s", "--trials", "0"], "--trials must be at least 1; got 0."),
+        (["search", "mlp", "--out", "s", "--trials", "0"], "--trials must be a whole number of at least 1; got 0."),
         (["search", "vae+mlp", "--dataset", "digits", "--out", "s"], "pass --vae with the selected VAE's final run."),
         (["evaluate", "."], "is not a mivae run directory: config.json is missing."),
         (

@@ -637,7 +637,7 @@ def test_the_workers_running_are_the_unfinished_invocations_whose_clock_still_be
     "argv, message",
     [
         (["reproduce", "--preset", "huge"], "unknown preset 'huge'; known presets are smoke, quick, thesis."),
-        (["reproduce", "--limit", "0"], "--limit must be at least 1; got 0."),
+        (["reproduce", "--limit", "0"], "--limit must be a whole number of at least 1; got 0."),
         (["report", "/nonexistent/run"], "/nonexistent/run is not a reproduce run directory: study.json is missing."),
     ],
 )

@@ -152,8 +152,8 @@ def test_bad_files_are_one_sentence_and_write_nothing(case, tmp_path, capsys):
     [
         (["--target", "nope"], "target column 'nope' is not in"),
         (["--target", "c"], "target column 'c' is missing in 1 of 4 rows"),
-        (["--target", "a", "--folds", "1"], "--folds must be at least 2"),
-        (["--target", "a", "--samples", "0"], "--samples must be at least 1"),
+        (["--target", "a", "--folds", "1"], "--folds must be a whole number of at least 2"),
+        (["--target", "a", "--samples", "0"], "--samples must be a whole number of at least 1"),
     ],
 )
 def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, capsys):
@@ -165,9 +165,9 @@ def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, caps
 def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
     path = _write(tmp_path / "t.csv", "a,b\n1,2\n3,\n")
     for argv, expected in [
-        (["--samples", "0"], "--samples must be at least 1"),
-        (["--samples", "-3"], "--samples must be at least 1"),
-        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--samples", "0"], "--samples must be a whole number of at least 1"),
+        (["--samples", "-3"], "--samples must be a whole number of at least 1"),
+        (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
         (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
         (["--categorical", "zzz"], "column 'zzz' is not in"),
     ]:

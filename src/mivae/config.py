@@ -13,8 +13,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from mivae.errors import MivaeError
-from mivae.hardware import check_device, resolve_device
+from mivae.errors import MivaeError, check_choice, check_whole
+from mivae.hardware import PRECISIONS, check_device, resolve_device
 
 
 def _require(condition, message):
@@ -40,7 +40,7 @@ INITS = ("glorot", "torch")
 
 
 def _check_init(value):
-    _require(value in INITS, f"init must be {' or '.join(INITS)}; got {value!r}.")
+    check_choice("init", value, INITS)
 
 
 def _check_rate(name, value):
@@ -61,8 +61,8 @@ class DataConfig:
     limit: int | None = None  # use only the first `limit` images of each split (quick runs)
 
     def __post_init__(self):
-        _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
-        _require(self.limit is None or self.limit >= 1, f"limit must be at least 1; got {self.limit}.")
+        check_whole("seed", self.seed)
+        check_whole("limit", self.limit, 1, also=(None,))
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class VAEConfig:
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
-        _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
+        check_whole("latent", self.latent, 1)
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
         _check_init(self.init)
 
@@ -101,18 +101,13 @@ class MIWAEConfig:
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
-        _require(self.latent >= 1, f"latent must be at least 1; got {self.latent}.")
+        check_whole("latent", self.latent, 1)
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
-        _require(
-            self.samples >= 1 and self.eval_samples >= 1,
-            f"samples and eval_samples must be at least 1; got {self.samples} and {self.eval_samples}.",
-        )
-        _require(self.refine >= 0, f"refine must be at least 0 channels; got {self.refine}.")
+        check_whole("samples", self.samples, 1)
+        check_whole("eval_samples", self.eval_samples, 1)
+        check_whole("refine", self.refine)
         _require(0 < self.holdout < 1, f"holdout must be in (0, 1); got {self.holdout}.")
-        _require(
-            self.holdout_shape in ("pixels", "columns"),
-            f"holdout_shape must be pixels or columns; got {self.holdout_shape!r}.",
-        )
+        check_choice("holdout_shape", self.holdout_shape, ("pixels", "columns"))
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,7 @@ class CNNConfig:
         _check_init(self.init)
         _check_rate("dropout_conv", self.dropout_conv)
         _check_rate("dropout_dense", self.dropout_dense)
-        _require(self.dense >= 1, f"dense must be at least 1; got {self.dense}.")
+        check_whole("dense", self.dense, 1)
         _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
 
 
@@ -168,17 +163,15 @@ class TrainConfig:
     eval_batch_size: int = 4096  # images per forward pass when evaluating
 
     def __post_init__(self):
-        _require(self.min_epochs >= 0, f"min_epochs must be at least 0; got {self.min_epochs}.")
+        check_whole("min_epochs", self.min_epochs)
         _require(
             math.isfinite(self.min_delta) and self.min_delta >= 0,
             f"min_delta must be a number of at least 0; got {self.min_delta}.",
         )
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
-            _require(getattr(self, name) >= 1, f"{name} must be at least 1; got {getattr(self, name)}.")
-        _require(self.seed >= 0, f"seed must be a whole number of at least 0; got {self.seed}.")
-        _require(
-            self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32; got {self.precision!r}."
-        )
+            check_whole(name, getattr(self, name), 1)
+        check_whole("seed", self.seed)
+        check_choice("precision", self.precision, PRECISIONS)
         # "auto" is settled here, so a saved run names the device it ran on; a named GPU is checked where it is used
         # (hardware.resolve_device), so a run trained on one can be read on a machine without.
         device = check_device(self.device)

@@ -15,7 +15,7 @@ from mivae.cli.options import (
     resolve_configs,
     set_threads,
 )
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 
 def add_commands(commands):
@@ -340,8 +340,7 @@ def _search(args):
         return
     if args.kind is None or args.out is None:
         raise MivaeError("mivae search needs a KIND and --out, or --show-space.")
-    if args.trials < 1:
-        raise MivaeError(f"--trials must be at least 1; got {args.trials}.")
+    check_whole("--trials", args.trials, 1)
     if not args.layers or not set(args.layers) <= {2, 3, 4}:
         raise MivaeError(f"--layers takes 2, 3 or 4, comma-separated; got {args.layers or 'none'}.")
     check_writable_folder(args.out)

@@ -4,7 +4,7 @@ data, problem and training configs, and the mapping of the Python API's errors t
 import argparse
 import sys
 
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 DEVICE_HELP = "cpu, cuda, cuda:N, or auto: the GPU where torch sees one, else the CPU (default: auto)"
 
@@ -123,8 +123,8 @@ def set_threads(threads):
 
     from mivae.hardware import measure_threads, steady_heap
 
-    if threads is not None and threads < 1:
-        raise MivaeError(f"--threads must be at least 1; got {threads}.")
+    if threads is not None:
+        check_whole("--threads", threads, 1)
     torch.set_num_threads(threads or measure_threads())
     steady_heap()
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from mivae.cli.options import DEVICE_HELP, set_threads
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 
 def add_commands(commands):
@@ -58,8 +58,8 @@ def _reproduce(args):
     if args.preset not in PRESETS:
         raise MivaeError(f"unknown preset {args.preset!r}; known presets are {', '.join(PRESETS)}.")
     settings = parse_settings(args.settings)
-    if args.limit is not None and args.limit < 1:
-        raise MivaeError(f"--limit must be at least 1; got {args.limit}.")
+    if args.limit is not None:
+        check_whole("--limit", args.limit, 1)
     set_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out or f"out/reproduce-{args.preset}")

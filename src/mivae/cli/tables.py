@@ -4,7 +4,7 @@ from pathlib import Path
 
 from mivae.artifacts import check_writable_folder
 from mivae.cli.options import api_errors, name_list, print_notes
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 
 def add_commands(commands):
@@ -77,8 +77,7 @@ def _add_table_model_flags(parser):
 def _table_imputer(args, categorical):
     from mivae.tables.estimators import MIWAEImputer, VAEImputer
 
-    if args.epochs < 1:
-        raise MivaeError(f"--epochs must be at least 1; got {args.epochs}.")
+    check_whole("--epochs", args.epochs, 1)
     overlap = set(args.categorical) & set(args.continuous)
     if overlap:
         raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
@@ -98,8 +97,7 @@ def _impute(args):
 
     from mivae.tables.io import read_table, table_format, write_table
 
-    if args.samples < 1:
-        raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
+    check_whole("--samples", args.samples, 1)
     data = Path(args.data)
     ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
     frame = read_table(data, args.categorical, args.continuous)
@@ -139,10 +137,8 @@ def _classify(args):
     from mivae.tables.estimators import MultipleImputationClassifier
     from mivae.tables.io import read_table
 
-    if args.samples < 1:
-        raise MivaeError(f"--samples must be at least 1; got {args.samples}.")
-    if args.folds < 2:
-        raise MivaeError(f"--folds must be at least 2; got {args.folds}.")
+    check_whole("--samples", args.samples, 1)
+    check_whole("--folds", args.folds, 2)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
     if args.target not in frame.columns:
         raise MivaeError(

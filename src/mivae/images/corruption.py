@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 METHODS = ("random-pixels", "vertical-lines")
 FILL_POLICIES = ("white", "zero", "mean")
@@ -102,8 +102,7 @@ def corruption_mask(n, shape, method, level, *, seed, split, exact=False):
     method, level, chunk), so image i's mask is the same whatever n is.
     """
     method, level = check_method(method), check_level(level)
-    if int(seed) < 0:
-        raise MivaeError(f"seed must be a whole number of at least 0; got {seed}.")
+    check_whole("seed", seed)
     key = _stream_key(seed, split, method, level)
     chunks = []
     for chunk, start in enumerate(range(0, n, _CHUNK)):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mivae.artifacts import atomic_path
-from mivae.errors import MivaeError
+from mivae.errors import MivaeError, check_whole
 
 # ----------------------------------------------------------------------------------------
 # The datasets mivae knows
@@ -390,8 +390,7 @@ def load_splits(dataset="mnist", data_dir=None, seed=0, val_size=None, download=
     stratified for the test set and `val_size` (default 20 % of all) for validation.
     The split depends only on `seed`.
     """
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MivaeError(f"seed must be a whole number of at least 0; got {seed!r}.")
+    check_whole("seed", seed)
     if dataset == "digits":
         return _digits_splits(seed, val_size)
     full_train, test = load_idx_dataset(dataset, data_dir, download=download, verify=verify)

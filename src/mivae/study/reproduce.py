@@ -45,6 +45,7 @@ from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_device, resolve_precision
+from mivae.images.corruption import METHODS
 from mivae.images.pipeline import evaluate_run, train_model
 from mivae.images.problem import make_problem
 from mivae.images.runs import load_run, save_run, write_json
@@ -53,7 +54,6 @@ from mivae.models.distributions import reparameterize
 from mivae.study import beyond
 from mivae.study.search import search, space_of
 
-METHODS = ("random-pixels", "vertical-lines")
 LEVELS = (0.5, 0.7, 0.9)
 # The six settings of §4 by short name, in the order the study runs them: rp70 = Random Pixels 70 %.
 SETTINGS = {f"{''.join(w[0] for w in m.split('-'))}{round(lv * 100)}": (m, lv) for m in METHODS for lv in LEVELS}

@@ -31,7 +31,7 @@ import optuna
 import torch
 
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
-from mivae.errors import MivaeError, check_interrupt
+from mivae.errors import MivaeError, check_interrupt, check_whole
 from mivae.hardware import resolve_device, resolve_precision
 from mivae.images.pipeline import train_model
 from mivae.images.problem import Part, Problem, make_problem
@@ -175,8 +175,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, seed=0, first=None):
-        if seed < 0:
-            raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
+        check_whole("the search seed", seed)
         self.seed, self.first = seed, first or {}
 
     def infer_relative_search_space(self, study, trial):

@@ -35,8 +35,15 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from mivae.config import TrainConfig
-from mivae.errors import InputError, MivaeError
-from mivae.hardware import bf16_supported, cores, resolve_device, resolve_precision, torch_threads
+from mivae.errors import InputError, MivaeError, check_choice, check_number, check_whole
+from mivae.hardware import (
+    PRECISIONS,
+    bf16_supported,
+    cores,
+    resolve_device,
+    resolve_precision,
+    torch_threads,
+)
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
 from mivae.models.tabular import LIKELIHOODS, TabularVAE
 from mivae.tables.schema import Schema, infer_kinds
@@ -105,8 +112,8 @@ def _threaded(method):
         threads = self.threads
         if threads == "auto":
             threads = cores() if _rows(X) >= BIG_TABLE else 1
-        elif isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-            raise InputError(f"threads must be a whole number of at least 1 or 'auto'; got {threads!r}.")
+        else:
+            check_whole("threads", threads, 1, also=("auto",), error=InputError)
         with torch_threads(threads):
             result = method(self, X, *args, **kwargs)
         if method.__name__ == "fit":
@@ -123,19 +130,6 @@ def _rows(X):
         return X.shape[0] if hasattr(X, "shape") else len(X) if hasattr(X, "__len__") else np.asarray(X).shape[0]
     except (IndexError, TypeError, ValueError):
         return 0
-
-
-def _check_positive_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise InputError(f"{name} must be a whole number of at least {low}; got {value!r}.")
-
-
-def _check_number(name, value, low, high, low_open=True, high_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise InputError(f"{name} must be a number in {interval}; got {value!r}.")
 
 
 class _TabularImputer(TransformerMixin, BaseEstimator):
@@ -184,8 +178,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         return tags
 
     def _check_params(self):
-        if self.likelihood not in LIKELIHOODS:
-            raise InputError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {self.likelihood!r}.")
+        check_choice("likelihood", self.likelihood, LIKELIHOODS, error=InputError)
         hidden = self.hidden
         if (
             not isinstance(hidden, (tuple, list))
@@ -193,28 +186,15 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             or not all(isinstance(h, numbers.Integral) and not isinstance(h, bool) and int(h) >= 1 for h in hidden)
         ):
             raise InputError(f"hidden must be a non-empty sequence of layer widths of at least 1; got {hidden!r}.")
-        if self.latent is not None:
-            _check_positive_int("latent", self.latent)
-        for name in ("max_epochs", "patience"):
-            _check_positive_int(name, getattr(self, name))
-        batch = self.batch_size
-        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
-            raise InputError(f"batch_size must be a whole number of at least 1 or 'auto'; got {batch!r}.")
-        steps = self.max_steps
-        if (
-            steps is not None
-            and steps != "auto"
-            and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1)
-        ):
-            raise InputError(f"max_steps must be a whole number of at least 1, 'auto' or None; got {steps!r}.")
-        lr = self.lr
-        if not (isinstance(lr, str) and lr == "auto") and not (
-            isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < float(lr) < math.inf
-        ):  # NaN fails too
-            raise InputError(f"lr must be a number in (0, inf) or 'auto'; got {lr!r}.")
-        _check_number("validation_fraction", self.validation_fraction, 0, 1, low_open=False, high_open=True)
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32; got {self.precision!r}.")
+        check_whole("latent", self.latent, 1, also=(None,), error=InputError)
+        check_whole("max_epochs", self.max_epochs, 1, error=InputError)
+        check_whole("patience", self.patience, 1, error=InputError)
+        check_whole("batch_size", self.batch_size, 1, also=("auto",), error=InputError)
+        check_whole("max_steps", self.max_steps, 1, also=("auto", None), error=InputError)
+        check_number("lr", self.lr, 0, math.inf, high_open=True, also=("auto",), error=InputError)
+        fraction = self.validation_fraction
+        check_number("validation_fraction", fraction, 0, 1, low_open=False, high_open=True, error=InputError)
+        check_choice("precision", self.precision, PRECISIONS, error=InputError)
         try:
             return resolve_device(self.device)
         except MivaeError as e:
@@ -387,7 +367,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         Each copy has X's form, columns and order; observed entries are kept exactly. The draws come
         from random_state, so an int random_state gives the same copies on every call.
         """
-        _check_positive_int("n_imputations", n_imputations)
+        check_whole("n_imputations", n_imputations, 1, error=InputError)
         X, values, observed = self._encode(X)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         draws = self._drawn(values, observed, n_imputations, seed, shared=False)
@@ -535,8 +515,8 @@ class MIWAEImputer(_TabularImputer):
 
     def _check_params(self):
         device = super()._check_params()
-        _check_positive_int("importance_samples", self.importance_samples)
-        _check_positive_int("imputation_samples", self.imputation_samples)
+        check_whole("importance_samples", self.importance_samples, 1, error=InputError)
+        check_whole("imputation_samples", self.imputation_samples, 1, error=InputError)
         return device
 
     @property
@@ -627,7 +607,7 @@ class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
                 f"imputer must be a VAEImputer or MIWAEImputer, which draw multiple imputations; "
                 f"got {type(imputer).__name__}."
             )
-        _check_positive_int("n_imputations", self.n_imputations)
+        check_whole("n_imputations", self.n_imputations, 1, error=InputError)
         categorical = imputer.categorical
         X = _validate_table(self, X, reset=True, categorical=categorical)
         y = column_or_1d(y, warn=True)
