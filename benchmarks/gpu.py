@@ -82,12 +82,14 @@ def train_every_kind(out, settings):
     """Step 2: every model kind, one epoch each; the saved config names the device and the precision it ran in."""
     from mivae.cli import main as mivae
     from mivae.hardware import bf16_supported, resolve_device
-    from mivae.models import KINDS, imputer_kind
+    from mivae.models import KINDS
 
     device = settings["device"]
     trained = []
-    for kind in sorted(KINDS, key=lambda k: "+" in k):  # the imputers first: the Type 2 kinds are built on them
-        imputer = imputer_kind(kind)
+    for kind in sorted(
+        KINDS, key=lambda k: KINDS[k].imputer is not None
+    ):  # the imputers first: the Type 2 kinds are built on them
+        imputer = KINDS[kind].imputer
         argv = ["train", kind, "--epochs", "1", "--device", device, "--out", str(out / kind), *settings["data"]]
         if imputer:
             argv += ["--vae", str(out / imputer)]

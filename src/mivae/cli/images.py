@@ -252,12 +252,12 @@ def _train(args):
     from mivae import config as cfg
     from mivae.images.pipeline import train_model
     from mivae.images.runs import load_run, save_run
-    from mivae.models import CONFIGS, classifier_kind
+    from mivae.models import KINDS
 
     check_writable_folder(args.out)
     set_threads(args.threads)
     tables = cfg.read_config_file(args.config) if args.config else {}
-    model_cls = CONFIGS[classifier_kind(args.kind)]
+    model_cls = KINDS[args.kind].config
     data, model, train = resolve_configs(args, tables, model_cls)
     flags = {
         k: getattr(args, k)
@@ -333,6 +333,7 @@ def _search(args):
 
     from mivae import config as cfg
     from mivae.images.runs import load_run
+    from mivae.models import KINDS
     from mivae.study.search import describe_spaces, search, spends_budget
 
     if args.show_space:
@@ -350,11 +351,12 @@ def _search(args):
     tables = cfg.read_config_file(args.config) if args.config else {}
     data, _, train = resolve_configs(args, tables)
     vae_run = load_run(args.vae) if args.vae else None
-    if args.kind.startswith("vae+") and vae_run is None:
+    kind = KINDS[args.kind]
+    if kind.imputer and vae_run is None:
         raise MivaeError(
             f"a {args.kind} search trains on a VAE's imputations; pass --vae with the selected VAE's final run."
         )
-    studies = len(args.layers) if args.kind.removeprefix("vae+") == "mlp" else 1
+    studies = len(args.layers) if kind.part == "mlp" else 1
     bar = tqdm(total=args.trials * studies, desc=f"search {args.kind}", unit="trial", disable=None)
     done_before = {}
 

@@ -25,7 +25,7 @@ from mivae.images.imputation import (
 )
 from mivae.images.problem import make_problem
 from mivae.images.runs import Run
-from mivae.models import INCOMPLETE, build_model, imputer_kind
+from mivae.models import build_model, kind_of
 from mivae.models.miwae import miwae_loss
 from mivae.stats import accuracy, class_distribution, paired_test, uncertainty
 from mivae.training import adadelta, adam, classifier_loss, fit, vae_loss
@@ -36,10 +36,10 @@ _SAME_CORRUPTION = ("dataset", "method", "level", "fill", "exact", "seed")
 
 def sees_mask(kind, model_config, vae_config=None):
     """Whether a model of `kind` takes mask-aware inputs: always for MIWAEs; else its own choice, or its VAE's."""
-    imputer = imputer_kind(kind)
-    if kind in INCOMPLETE or imputer in INCOMPLETE:
+    k = kind_of(kind)
+    if k.incomplete or k.on_incomplete_imputer:
         return True
-    return bool((vae_config if imputer else model_config).mask_input)
+    return bool((vae_config if k.imputer else model_config).mask_input)
 
 
 def _inputs(part, data, with_mask=False):
@@ -62,9 +62,10 @@ def check_vae_matches(vae_run, data, where="the VAE run", kind="vae"):
 def one_imputation(vae_run, data, part, batch=4096):
     """The single imputation (N, H, W) of `part` by a trained imputer run on the corruption `data`: the
     thesis' VAE decodes z = mu; a MIWAE or not-MIWAE uses self-normalised importance sampling."""
-    check_vae_matches(vae_run, data, kind=vae_run.kind if vae_run.kind in INCOMPLETE else "vae")
+    incomplete = kind_of(vae_run.kind).incomplete
+    check_vae_matches(vae_run, data, kind=vae_run.kind if incomplete else "vae")
     model = vae_run.model.to(part.y.device)
-    if vae_run.kind in INCOMPLETE:
+    if incomplete:
         return impute_incomplete(model, part.inputs(with_mask=True), vae_run.model_config.eval_samples)
     return impute(model, part.inputs(with_mask=vae_run.model_config.mask_input), batch)
 
@@ -173,7 +174,8 @@ def train_model(
     torch.manual_seed(train.seed)
     batch = train.eval_batch_size
 
-    if kind == "vae":
+    k = kind_of(kind)
+    if k.vae:
         model = build_model("vae", model_config, problem.image_shape).to(device)
         target = tr.clean if model_config.denoising else _inputs(tr, data)
         score = (lambda m: _vae_score(m, val, data, model_config, batch, dtype)) if validate else None
@@ -198,7 +200,7 @@ def train_model(
             kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
         )
 
-    if kind in INCOMPLETE:
+    if k.incomplete:
         if data.clean_train:
             raise MivaeError(f"a {kind} model learns from incomplete images; it cannot be trained on clean ones.")
         model = build_model(kind, model_config, problem.image_shape).to(device)
@@ -221,7 +223,7 @@ def train_model(
             kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
         )
 
-    vae, imputer = None, imputer_kind(kind)
+    vae, imputer = None, k.imputer
     if imputer:
         if vae_run is None:
             raise MivaeError(
@@ -302,12 +304,13 @@ def evaluate_run(
         "precision": str(dtype).removeprefix("torch."),
     }
 
-    if run.kind == "vae":
+    k = kind_of(run.kind)
+    if k.vae:
         for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
             result[split] = _vae_score(run.model, part, run.data, run.model_config, batch)
         result["health"] = _health(vae_run_health(run.model, val, run.data, run.model_config, batch), _held_out(run))
         return result
-    if run.kind in INCOMPLETE:
+    if k.incomplete:
         return {
             **result,
             **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples),
@@ -319,9 +322,9 @@ def evaluate_run(
     result["health"] = _health(
         classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype), _held_out(run)
     )
-    if imputer_kind(run.kind) in INCOMPLETE:
+    if k.on_incomplete_imputer:
         return {**result, **_importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)}
-    if not imputer_kind(run.kind):
+    if not k.imputer:
         proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
         direct = proba.argmax(1)
         result["accuracy"] = accuracy(direct, y)

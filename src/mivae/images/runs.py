@@ -26,7 +26,7 @@ from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, DataConfig, MIWAEConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
-from mivae.models import CONFIGS, KINDS, build_model, classifier_kind, imputer_kind
+from mivae.models import KINDS, build_model
 from mivae.training import History
 
 
@@ -123,11 +123,11 @@ def load_run(path, device="cpu"):
         raise MivaeError(f"run directory {path} does not exist.")
     config = _read_json(path / "config.json")
     kind = config.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
-    model_config = _config(CONFIGS[classifier_kind(kind)], config.get("model"), "model")
-    imputer = imputer_kind(kind)
-    vae_config = _config(CONFIGS[imputer], config.get("vae"), "vae") if imputer else None
+    model_config = _config(KINDS[kind].config, config.get("model"), "model")
+    imputer = KINDS[kind].imputer
+    vae_config = _config(KINDS[imputer].config, config.get("vae"), "vae") if imputer else None
     image_shape, n_classes = tuple(config.get("image_shape") or ()), config.get("n_classes")
     if len(image_shape) != 2 or not isinstance(n_classes, int):
         raise MivaeError(f"{path / 'config.json'} is damaged: it lacks a valid image_shape or n_classes.")

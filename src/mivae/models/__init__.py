@@ -1,29 +1,13 @@
-"""Model architectures, built from their configs; no training code lives here."""
+"""Model architectures, built from their configs by kind (models.kinds); no training code lives here."""
 
 from torch import nn
 
-from mivae.config import CNNConfig, MIWAEConfig, MLPConfig, VAEConfig
 from mivae.errors import MivaeError
 from mivae.models.classifiers import CNN, MLP
+from mivae.models.kinds import KINDS, SEARCHABLE, Kind, kind_of
 from mivae.models.miwae import MIWAE, MIWAEClassifier
 from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE
-
-INCOMPLETE = ("miwae", "not-miwae")  # learn from incomplete images alone
-IMPUTERS = ("vae", *INCOMPLETE)  # generative models a Type 2 classifier is built on
-KINDS = (*IMPUTERS, "mlp", "cnn", *(f"{i}+{c}" for i in IMPUTERS for c in ("mlp", "cnn")))
-SEARCHABLE = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")  # the kinds of §3.5's model selection
-CONFIGS = {"vae": VAEConfig, "mlp": MLPConfig, "cnn": CNNConfig, "miwae": MIWAEConfig, "not-miwae": MIWAEConfig}
-
-
-def classifier_kind(kind):
-    """Returns the classifier part of a model kind: 'vae+mlp' -> 'mlp', 'miwae' -> 'miwae'."""
-    return kind.rsplit("+", 1)[-1]
-
-
-def imputer_kind(kind):
-    """Returns the generative model a Type 2 kind is built on ('not-miwae+cnn' -> 'not-miwae'), else None."""
-    return kind.split("+")[0] if "+" in kind else None
 
 
 def initialise(module, init):
@@ -46,34 +30,35 @@ def build_model(kind, config, image_shape, n_classes=10, vae=None, imputer_confi
 
     MIWAE-based Type 2 kinds take the imputer's config too, for its numbers of importance samples.
     """
-    if kind in INCOMPLETE:
-        if kind == "not-miwae" and config.refine:
+    k = kind_of(kind)
+    if k.incomplete:
+        if k.part == "not-miwae" and config.refine:
             raise MivaeError("local refinement (refine) is for miwae, not for not-miwae's missingness model.")
         return MIWAE(
             image_shape,
             config.hidden,
             config.latent,
-            "self-masking" if kind == "not-miwae" else None,
+            "self-masking" if k.part == "not-miwae" else None,
             config.refine,
             config.holdout,
             config.holdout_shape,
         )
     channels = 2 if config.mask_input else 1
-    if kind == "vae":
+    if k.generative:
         return initialise(VAE(image_shape, config.hidden, config.latent, channels), config.init)
-    imputer = imputer_kind(kind)
-    if imputer and config.mask_input:
+    if k.imputer and config.mask_input:
         raise MivaeError(f"a {kind} classifier sees the imputer's complete images; mask_input applies to the imputer.")
     classifier: nn.Module
-    if classifier_kind(kind) == "mlp":
+    if k.part == "mlp":
         classifier = MLP(image_shape, n_classes, config.hidden, channels)
-    elif classifier_kind(kind) == "cnn":
-        classifier = CNN(image_shape, n_classes, config.dense, config.dropout_conv, config.dropout_dense, channels)
     else:
-        raise ValueError(f"unknown model kind {kind!r}")
+        classifier = CNN(image_shape, n_classes, config.dense, config.dropout_conv, config.dropout_dense, channels)
     initialise(classifier, config.init)
-    if imputer == "vae":
+    if k.imputer == "vae":
         return VAEClassifier(vae, classifier)
-    if imputer in INCOMPLETE:
+    if k.on_incomplete_imputer:
         return MIWAEClassifier(vae, classifier, imputer_config.samples, imputer_config.eval_samples)
     return classifier
+
+
+__all__ = ["KINDS", "SEARCHABLE", "Kind", "build_model", "initialise", "kind_of"]

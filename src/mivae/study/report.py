@@ -23,6 +23,7 @@ from mivae.errors import MivaeError
 from mivae.health import FAILED_MARK
 from mivae.images.figures import image_grid, plt, save_figure
 from mivae.images.runs import write_json
+from mivae.models import KINDS
 from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.study.report_beyond import section as beyond_section
 from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
@@ -115,7 +116,7 @@ def failures(results, setting, names):
     rests on its VAE too."""
     out = []
     for name in names:
-        for part in [name] + (["vae"] if name.startswith("vae+") else []):
+        for part in [name] + (["vae"] if name in KINDS and KINDS[name].imputer == "vae" else []):
             health = _health_of(results[setting][part])
             if health is not None and not health["ok"]:
                 who = (

@@ -49,7 +49,7 @@ from mivae.images.corruption import METHODS
 from mivae.images.pipeline import evaluate_run, train_model
 from mivae.images.problem import make_problem
 from mivae.images.runs import load_run, save_run, write_json
-from mivae.models import classifier_kind
+from mivae.models import KINDS
 from mivae.models.distributions import reparameterize
 from mivae.study import beyond
 from mivae.study.search import search, space_of
@@ -223,7 +223,7 @@ class Study:
         )
 
     def train_config(self, kind, epochs=None):
-        part = classifier_kind(kind)
+        part = KINDS[kind].part
         part = part if part in PARTS else "vae"  # MIWAE and not-MIWAE: as the VAE
         return TrainConfig(
             epochs=epochs or self.preset.epochs[kind],
@@ -273,7 +273,7 @@ class Study:
         """Returns (final Run, search.json content, key) of the §3.5 search for `kind` on `data`."""
         vae_run, vae_key = vae or (None, None)
         train = self.train_config(kind)
-        layers = self.preset.mlp_layers if classifier_kind(kind) == "mlp" else (None,)
+        layers = self.preset.mlp_layers if KINDS[kind].part == "mlp" else (None,)
         spec = {
             "kind": kind,
             "data": to_dict(data),

@@ -36,7 +36,7 @@ from mivae.hardware import resolve_device, resolve_precision
 from mivae.images.pipeline import train_model
 from mivae.images.problem import Part, Problem, make_problem
 from mivae.images.runs import load_run, save_run, write_json
-from mivae.models import CONFIGS, classifier_kind
+from mivae.models import KINDS
 from mivae.training import TrainingDiverged
 
 
@@ -98,8 +98,8 @@ def _suggest(trial, name, bounds):
 
 def suggest_config(kind, trial, layers=2):
     """Returns the model config a `trial` draws for `kind` (Type 2 kinds draw their classifier)."""
-    classifier = classifier_kind(kind)
-    if kind == "vae":
+    part = KINDS[kind].part
+    if part == "vae":
         space = {k: bounds for k, (bounds, _) in SPACES["vae"].items()}
         n = _suggest(trial, "layers", space["layers"])
         nodes = _suggest(trial, "nodes", space["nodes"])
@@ -109,7 +109,7 @@ def suggest_config(kind, trial, layers=2):
             lr=_suggest(trial, "lr", space["lr"]),
             l2=_suggest(trial, "l2", space["l2"]),
         )
-    if classifier == "mlp":
+    if part == "mlp":
         (nodes, _), (l2, _), (lr, _) = SPACES["mlp"]["nodes"], SPACES["mlp"]["l2"], SPACES["mlp"]["lr"]
         hidden = tuple(_suggest(trial, f"nodes_{i + 1}", nodes) for i in range(layers))
         return MLPConfig(hidden=hidden, l2=_suggest(trial, "l2", l2), lr=_suggest(trial, "lr", lr))
@@ -122,8 +122,8 @@ def default_params(kind, layers=2):
     Every study's first trial runs them, so even a budget of one trial selects a sensible model.
     The VAE's default L2 of 0 lies below the space; its floor, 1e-8, stands in for it.
     """
-    classifier = classifier_kind(kind)
-    if kind == "vae":
+    part = KINDS[kind].part
+    if part == "vae":
         d = VAEConfig()
         return {
             "layers": len(d.hidden),
@@ -132,7 +132,7 @@ def default_params(kind, layers=2):
             "lr": d.lr,
             "l2": SPACES["vae"]["l2"][0][0],
         }
-    if classifier == "mlp":
+    if part == "mlp":
         d = MLPConfig()
         return {**{f"nodes_{i + 1}": d.hidden[0] for i in range(layers)}, "l2": d.l2, "lr": d.lr}
     d = CNNConfig()
@@ -142,8 +142,7 @@ def default_params(kind, layers=2):
 def space_of(kind):
     """The search space `kind` draws from (a Type 2 kind: its classifier's), as plain values: part of a study's
     identity."""
-    name = "vae" if kind == "vae" else classifier_kind(kind)
-    return {k: list(bounds) for k, (bounds, _) in SPACES[name].items()}
+    return {k: list(bounds) for k, (bounds, _) in SPACES[KINDS[kind].part].items()}
 
 
 def describe_spaces():
@@ -397,7 +396,7 @@ def run_study(
     to a kill goes on from its last checkpoint when it is run again.
     """
     checkpoint_of = _checkpoint_namer(checkpoints, kind, layers, data, train, vae_run)
-    higher_is_better = kind != "vae"
+    higher_is_better = KINDS[kind].higher_is_better
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     quiet = _QuietFailures()
     optuna_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
@@ -518,22 +517,21 @@ def search(
     reason; the winner is the best healthy trial, and only if none is healthy the best of
     the others, marked as failed in search.json.
     """
-    if seed < 0:
-        raise MivaeError(f"the search seed must be a whole number of at least 0; got {seed}.")
+    check_whole("the search seed", seed)
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MivaeError(f"cannot create the search directory {directory}: {e.strerror or e}.") from None
-    if retrain and kind.startswith("vae+") and vae_run is not None and vae_run.history and vae_run.history.val_score:
+    if retrain and KINDS[kind].imputer and vae_run is not None and vae_run.history and vae_run.history.val_score:
         raise MivaeError(
             "the VAE run was trained with early stopping on the validation set; a Type 2 search needs the "
             "selected VAE retrained on train + validation (§3.5): the final/ run of 'mivae search vae'."
         )
     problem = problem or make_problem(data, data_dir)
-    direction = "minimize" if kind == "vae" else "maximize"
+    direction = "maximize" if KINDS[kind].higher_is_better else "minimize"
     deadline = None if timeout is None else time.monotonic() + timeout
-    counts = layers if classifier_kind(kind) == "mlp" else (None,)
+    counts = layers if KINDS[kind].part == "mlp" else (None,)
     studies = []
     for n in counts:
         label = f"{kind}{n}" if n else kind
@@ -599,10 +597,10 @@ def finish(kind, data, studies, directory, train, problem, vae_run, retrain=True
             f"every trial of the search failed ({'; '.join(sorted(reasons)) or 'no trial finished'}); "
             f"no configuration can be selected."
         )
-    pick = min if kind == "vae" else max  # lowest validation negative ELBO, highest validation accuracy
+    pick = max if KINDS[kind].higher_is_better else min  # lowest validation negative ELBO, highest accuracy
     study, best, best_value = pick(healthy or unhealthy, key=lambda c: c[2])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in best.user_attrs["config"].items()}
-    config = CONFIGS[classifier_kind(kind)](**fields)
+    config = KINDS[kind].config(**fields)
     epochs = best.user_attrs["best_epoch"]
     if retrain:
         both = Problem(
