@@ -151,11 +151,7 @@ def type2_table(results, table, method, classifier):
     Each cell is (ours, thesis, failed): failed is True where the cell rests on a model that failed its health
     check; ours is None for a level that did not run."""
     rows = []
-    for level in LEVELS:
-        name = setting_name(method, level)
-        if name not in results["settings"]:
-            rows.append((level, [(None, t, False) for t in THESIS[table][level]]))
-            continue
+    for level, name in _levels_that_ran(results, table, method, rows):
         setting = results[name]
         direct, type2 = setting[classifier], setting[f"vae+{classifier}"]
         m = _largest_m(type2)
@@ -172,6 +168,17 @@ def type2_table(results, table, method, classifier):
     return rows
 
 
+def _levels_that_ran(results, table, method, rows):
+    """Yields (level, setting name) for each level of `method` that ran, and appends to `rows` the row of each
+    level that did not: the thesis' cells beside none of ours."""
+    for level in LEVELS:
+        name = setting_name(method, level)
+        if name in results["settings"]:
+            yield level, name
+        else:
+            rows.append((level, [(None, t, False) for t in THESIS[table][level]]))
+
+
 def clean_table(results, table, method):
     """Table 6 or 7: classifiers trained on clean images, directly and on one VAE imputation, per level that ran.
 
@@ -179,11 +186,7 @@ def clean_table(results, table, method):
     are marked only if the classifier failed on its own clean validation images; the imputation columns also by
     the health of the setting's VAE."""
     rows = []
-    for level in LEVELS:
-        name = setting_name(method, level)
-        if name not in results["settings"]:
-            rows.append((level, [(None, t, False) for t in THESIS[table][level]]))
-            continue
+    for level, name in _levels_that_ran(results, table, method, rows):
         setting, ours = results[name], []
         vae_failed = bool(failures(results, name, ["vae"]))
         for kind in ("clean-mlp", "clean-cnn"):
