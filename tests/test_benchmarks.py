@@ -21,18 +21,30 @@ def test_the_benchmark_smoke_run_measures_every_figure(tmp_path, monkeypatch):
     except SystemExit as e:
         assert e.code == 0
     results = json.loads(out.read_text())
-    assert results["peak_gflops"]["float32"] > 0 and results["peak_gflops"]["bfloat16"] > 0
+    peak = results["peak_gflops"]
+    assert peak["float32"] > 0 and peak["bfloat16"] > 0 and peak["used"] in (peak["float32"], peak["bfloat16"])
+    # every derived figure is what its parts give: a fraction of the peak measured in the same run, ratios of times
     for name in ("vae", "mlp3", "cnn"):
         row = results["training_epoch"][name]
-        assert row["seconds"] > 0 and 0 < row["fraction_of_peak"]
-    assert results["training_epoch"]["mlp3"]["matmul_only_seconds"] > 0
+        assert row["seconds"] > 0 and row["fraction_of_peak"] == pytest.approx(row["gflops"] / peak["used"])
+        if "matmul_only_seconds" in row:
+            assert row["ratio_to_matmuls"] == pytest.approx(row["seconds"] / row["matmul_only_seconds"])
+    mlp = results["training_epoch"]["mlp3"]
+    assert mlp["matmul_only_seconds"] > 0
+    assert mlp["speedup_over_dataloader"] == pytest.approx(mlp["dataloader_seconds"] / mlp["seconds"])
     for name in ("vae", "mlp3"):  # the profile of a step: shares of matmuls, optimiser, casts and the rest
         shares = results["training_epoch"][name]["profile"]
         assert set(shares) == {"matmuls", "optimiser", "casts", "rest"} and sum(shares.values()) == pytest.approx(1)
         assert shares["matmuls"] > 0 and shares["optimiser"] > 0 and min(shares.values()) >= 0
     for name in ("vae+mlp", "vae+cnn"):
         row = results["multiple_imputation"][name]
-        assert row["image_samples_per_second"] > 0 and row["speedup_over_per_sample_loop"] > 0
+        rate = row["image_samples_per_second"]
+        assert rate > 0 and row["gflops"] == pytest.approx(rate * row["flops_per_sample"] / 1e9)
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / peak["used"])
+        assert row["seconds_for_10000_images_x_3000"] == pytest.approx(10_000 * 3_000 / rate)
+        assert row["speedup_over_per_sample_loop"] == pytest.approx(
+            rate / row["per_sample_loop_image_samples_per_second"]
+        )
     report = md.read_text()
     assert (
         report.startswith("# Benchmarks") and "| vae+mlp |" in report and "Where a training step's time goes" in report

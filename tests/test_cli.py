@@ -263,9 +263,13 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
     )
     status, out, _ = run(capsys, "evaluate", str(tmp_path / "mlp"), "--vae", str(tmp_path / "vae"))
     assert status == 0
-    assert out.splitlines()[1].startswith("accuracy ") and out.splitlines()[2].startswith(
-        "accuracy on one VAE imputation "
-    )
+    saved = json.loads((tmp_path / "mlp" / "evaluation.json").read_text())
+    direct, imputed, z = saved["accuracy"], saved["accuracy_on_one_vae_imputation"], saved["z_imputation_vs_direct"]
+    lines = out.splitlines()
+    assert lines[1] == f"accuracy {direct:.4f}"
+    assert lines[2] == f"accuracy on one VAE imputation {imputed:.4f}  (z vs direct {z:+.2f})"
+    # two different tests of the same 359 images: z has the sign of the gain and is 0 only where they agree
+    assert 0 <= direct <= 1 and 0 <= imputed <= 1 and (z > 0) == (imputed > direct) and (z == 0) == (imputed == direct)
 
 
 @pytest.mark.parametrize(

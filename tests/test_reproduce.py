@@ -94,6 +94,28 @@ def test_tables_1_2_4_5_hold_every_cell_in_range_beside_the_thesis(smoke):
         assert all(v > 0.15 for k, v in row.items() if k.startswith("VAE")), row
 
 
+def test_every_cell_of_tables_1_2_4_5_6_7_is_the_evaluation_it_stands_for(smoke):
+    def result(method, level, name):
+        return json.loads((smoke["out"] / "results" / f"{method}-{level}" / f"{name}.json").read_text())
+
+    tables = {1: ("random-pixels", "mlp"), 2: ("random-pixels", "cnn"), 4: ("vertical-lines", "mlp"),
+              5: ("vertical-lines", "cnn")}  # fmt: skip
+    for table, (method, classifier) in tables.items():
+        for level in reproduce.LEVELS:
+            cells = [c for c in _cells(smoke, table) if c["row"] == level]
+            direct, type2 = result(method, level, classifier), result(method, level, f"vae+{classifier}")
+            m = max(type2["multiple"], key=int)
+            expected = [direct["accuracy"], type2["single_accuracy"], type2["multiple"][m]["accuracy"],
+                        type2["multiple"][m]["z_multi_single"]]  # fmt: skip
+            assert [c["ours"] for c in cells] == pytest.approx(expected, abs=5e-5), (table, level)
+    for table, method in ((6, "random-pixels"), (7, "vertical-lines")):
+        for level in reproduce.LEVELS:
+            cells = [c["ours"] for c in _cells(smoke, table) if c["row"] == level]
+            clean = [result(method, level, f"clean-{c}") for c in ("mlp", "cnn")]
+            expected = [x for r in clean for x in (r["accuracy"], r["accuracy_on_one_vae_imputation"])]
+            assert cells == pytest.approx(expected, abs=5e-5), (table, level)
+
+
 def test_multiple_imputation_results_are_consistent(smoke):
     for setting in SETTINGS:
         for classifier, m in (("mlp", 300), ("cnn", 100)):
