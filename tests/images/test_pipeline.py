@@ -1,0 +1,75 @@
+"""One model on one problem: training and evaluation of each kind, and the checks that tie a Type 2 run to its VAE."""
+
+import numpy as np
+import pytest
+
+from mivae.config import DataConfig, MLPConfig, TrainConfig, VAEConfig
+from mivae.errors import MivaeError
+from mivae.images.pipeline import check_vae_matches, evaluate_run, sees_mask, train_model
+from mivae.images.problem import make_problem
+from mivae.stats import paired_test
+
+DATA = DataConfig(dataset="digits", level=0.5)
+TRAIN = TrainConfig(epochs=3, min_epochs=0, batch_size=64, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def runs():
+    problem = make_problem(DATA)
+    vae = train_model("vae", DATA, VAEConfig(hidden=(32,), latent=4), TRAIN, problem=problem)
+    type2 = train_model("vae+mlp", DATA, MLPConfig(hidden=(32,)), TRAIN, vae_run=vae, problem=problem)
+    return problem, vae, type2
+
+
+def test_sees_mask_follows_the_kind_and_its_imputer():
+    assert sees_mask("miwae", None) and sees_mask("not-miwae+cnn", MLPConfig())
+    assert not sees_mask("mlp", MLPConfig()) and sees_mask("mlp", MLPConfig(mask_input=True))
+    assert sees_mask("vae+mlp", MLPConfig(), VAEConfig(mask_input=True))  # a Type 2 classifier: its VAE's choice
+    assert not sees_mask("vae+mlp", MLPConfig(mask_input=True), VAEConfig())
+
+
+def test_a_type_2_run_is_refused_a_vae_of_another_corruption_or_of_clean_images(runs):
+    _, vae, _ = runs
+    check_vae_matches(vae, DATA)  # its own corruption
+    with pytest.raises(MivaeError, match="was trained with level = 0.5; this run uses level = 0.7"):
+        check_vae_matches(vae, DataConfig(dataset="digits", level=0.7))
+    with pytest.raises(MivaeError, match="holds a vae model; a miwae run is needed"):
+        check_vae_matches(vae, DATA, kind="miwae")
+    with pytest.raises(MivaeError, match="pass --vae with a trained vae run"):
+        train_model("vae+mlp", DATA, MLPConfig(hidden=(8,)), TRAIN, problem=runs[0])
+
+
+def test_evaluating_a_vae_gives_its_negative_elbo_and_health(runs):
+    problem, vae, _ = runs
+    result = evaluate_run(vae, problem=problem)
+    assert result["kind"] == "vae" and result["test_images"] == len(problem.test) == 359
+    assert result["test_negative_elbo"] == pytest.approx(vae.metrics["test_negative_elbo"], rel=1e-4)
+    assert 0 < result["val_negative_elbo"] and {"ok", "reason"} <= set(result["health"])
+    assert "accuracy" not in result and "multiple" not in result
+
+
+def test_a_type_2_evaluation_is_consistent_with_itself(runs):
+    problem, _, type2 = runs
+    result = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
+    assert result["single_accuracy"] == pytest.approx(type2.metrics["test_accuracy"])  # the same single imputation
+    curve = result["accuracy_curve"]
+    assert len(curve) == 20 and set(result["multiple"]) == {"1", "10", "20"}
+    for m, row in result["multiple"].items():
+        assert row["accuracy"] == pytest.approx(curve[int(m) - 1], abs=1e-6)
+        assert sum(row["class_distribution"]) == 359
+    assert sum(result["true_class_distribution"]) == 359
+    assert result["true_class_distribution"] == np.bincount(problem.test.y.numpy(), minlength=10).tolist()
+    again = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
+    assert again["accuracy_curve"] == curve  # seeded: the same samples
+
+
+def test_a_clean_trained_classifier_is_tested_directly_and_on_one_imputation_with_their_paired_test(runs):
+    problem, vae, _ = runs
+    clean = DataConfig(dataset="digits", level=0.5, clean_train=True)
+    mlp = train_model("mlp", clean, MLPConfig(hidden=(32,)), TRAIN)
+    result = evaluate_run(mlp, vae_run=vae, data=DATA, problem=problem)
+    y = problem.test.y.numpy()
+    direct, imputed = np.array(result["predicted"]), np.array(result["predicted_on_one_vae_imputation"])
+    assert result["accuracy"] == pytest.approx((direct == y).mean())
+    assert result["accuracy_on_one_vae_imputation"] == pytest.approx((imputed == y).mean())
+    assert result["z_imputation_vs_direct"] == pytest.approx(paired_test(imputed, direct, y).z)
