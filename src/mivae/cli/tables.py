@@ -131,97 +131,40 @@ def _impute(args):
 def _classify(args):
     import warnings
 
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold, cross_validate
-
+    from mivae.tables.baseline import compare_with_baseline, split_target
     from mivae.tables.estimators import MultipleImputationClassifier
     from mivae.tables.io import read_table
 
     check_whole("--samples", args.samples, 1)
     check_whole("--folds", args.folds, 2)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
-    if args.target not in frame.columns:
-        raise MivaeError(
-            f"target column {args.target!r} is not in {args.data}, whose columns are {', '.join(frame.columns)}."
-        )
-    y = frame.pop(args.target)
-    if y.isna().any():
-        raise MivaeError(
-            f"target column {args.target!r} is missing in {int(y.isna().sum())} of {len(y)} rows; "
-            "a target must be complete."
-        )
-    if frame.shape[1] == 0:
-        raise MivaeError(f"{args.data} has no column besides the target {args.target!r} to predict it from.")
-    counts = y.value_counts()
-    if len(counts) < 2:
-        raise MivaeError(
-            f"target column {args.target!r} holds only the class {counts.index[0]!r}; it needs two or more."
-        )
-    if counts.min() < args.folds:
-        raise MivaeError(
-            f"--folds {args.folds} needs at least {args.folds} rows of every class, but class "
-            f"{counts.idxmin()!r} has {counts.min()}."
-        )
-    labels = y.astype(str) if y.dtype == object else y
+    X, y = split_target(frame, args.target, args.folds, source=str(args.data))
+    categorical = [c for c in args.categorical if c in X.columns]
     model = MultipleImputationClassifier(
-        _table_imputer(args, [c for c in args.categorical if c in frame.columns]),
+        _table_imputer(args, categorical),
         n_imputations=args.samples,
         add_indicator=args.indicator,
         random_state=args.seed,
     )
-    folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        scores = api_errors(lambda: cross_validate(model, frame, labels, cv=folds, error_score="raise")["test_score"])
-    print_notes({str(w.message): w for w in caught}.values())
-    baseline = _baseline_classifier(frame, [c for c in args.categorical if c in frame.columns], args.indicator)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an all-missing column is noted above already
-        try:
-            base_scores = cross_validate(baseline, frame, labels, cv=folds, error_score="raise")["test_score"]
-        except ValueError as e:  # the comparison is a courtesy: its failure is reported, not fatal
-            base_scores, why = [np.nan] * args.folds, str(e).split("\n")[0]
-    print(
-        f"{Path(args.data).name}: predicting {args.target!r} ({len(counts)} classes) from {frame.shape[1]} columns, "
-        f"{len(frame)} rows, {frame.isna().to_numpy().mean():.1%} of entries missing"
-    )
-    for k, (score, base) in enumerate(zip(scores, base_scores), 1):
-        print(f"fold {k}: accuracy {score:.4f} (baseline {base:.4f})")
-    print(
-        f"accuracy {np.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f} over {args.folds} folds "
-        f"(M = {args.samples}, {args.model})"
-    )
-    if np.isnan(base_scores).any():
-        print(f"baseline: none, since the same classifier on the column means and modes failed: {why}")
-    else:
-        print(
-            f"baseline {np.mean(base_scores):.4f} +- {np.std(base_scores, ddof=1):.4f}: the same classifier on the "
-            "column means and modes, on the same folds"
+        result = api_errors(
+            lambda: compare_with_baseline(model, X, y, args.folds, args.seed, categorical, args.indicator)
         )
-
-
-def _baseline_classifier(frame, categorical, indicator):
-    """Returns the classifier `mivae classify` compares with: a logistic regression on each continuous column's
-    mean and standardised, each categorical column's mode and one-hot, fitted within each fold."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    from mivae.tables.schema import CATEGORICAL, infer_kinds
-
-    kinds = dict(zip(frame.columns, infer_kinds(frame, categorical)))
-    continuous = [c for c, kind in kinds.items() if kind != CATEGORICAL]
-    labels = [c for c, kind in kinds.items() if kind == CATEGORICAL]
-    parts = [
-        ("continuous", make_pipeline(SimpleImputer(add_indicator=indicator), StandardScaler()), continuous),
-        (
-            "categorical",
-            make_pipeline(
-                SimpleImputer(strategy="most_frequent", add_indicator=indicator), OneHotEncoder(handle_unknown="ignore")
-            ),
-            labels,
-        ),
-    ]
-    return make_pipeline(ColumnTransformer([part for part in parts if part[2]]), LogisticRegression(max_iter=1000))
+    print_notes({str(w.message): w for w in caught}.values())
+    print(
+        f"{Path(args.data).name}: predicting {args.target!r} ({y.nunique()} classes) from {X.shape[1]} columns, "
+        f"{len(X)} rows, {X.isna().to_numpy().mean():.1%} of entries missing"
+    )
+    base = result.baseline_scores or [float("nan")] * args.folds
+    for k, (score, baseline) in enumerate(zip(result.scores, base), 1):
+        print(f"fold {k}: accuracy {score:.4f} (baseline {baseline:.4f})")
+    mean, std = result.summary()
+    print(f"accuracy {mean:.4f} +- {std:.4f} over {args.folds} folds (M = {args.samples}, {args.model})")
+    if result.baseline_scores is None:
+        print(
+            f"baseline: none, since the same classifier on the column means and modes failed: {result.baseline_failure}"
+        )
+    else:
+        mean, std = result.summary(baseline=True)
+        print(f"baseline {mean:.4f} +- {std:.4f}: the same classifier on the column means and modes, on the same folds")
