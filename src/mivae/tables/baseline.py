@@ -74,6 +74,8 @@ class Comparison:
     def summary(self, baseline=False):
         """Returns (mean, standard deviation over folds with ddof = 1) of the model's scores, or the baseline's."""
         scores = self.baseline_scores if baseline else self.scores
+        if scores is None:
+            raise ValueError(f"the baseline has no scores: {self.baseline_failure}")
         return float(np.mean(scores)), float(np.std(scores, ddof=1))
 
 
