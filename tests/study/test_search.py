@@ -25,6 +25,12 @@ from mivae.training import History, TrainingDiverged
 DATA = DataConfig(dataset="digits", level=0.3)
 
 
+def _seeded_study(seed, first=None):
+    """An in-memory study drawn by TrialSeededSampler, which records slots in the study's storage."""
+    storage = optuna.storages.InMemoryStorage()
+    return optuna.create_study(storage=storage, sampler=search.TrialSeededSampler(seed, first, storage=storage))
+
+
 @pytest.fixture(scope="module")
 def problem():
     return make_problem(DATA)
@@ -32,7 +38,7 @@ def problem():
 
 def test_draws_depend_only_on_seed_and_budget_slot():
     def draws(seed, numbers):
-        study = optuna.create_study(sampler=search.TrialSeededSampler(seed))
+        study = _seeded_study(seed)
         out = {}
         for _ in range(max(numbers) + 1):
             trial = study.ask()
@@ -51,7 +57,7 @@ def test_draws_depend_only_on_seed_and_budget_slot():
 
 def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
     def fourth_vae_draw(earlier_kind):
-        study = optuna.create_study(sampler=search.TrialSeededSampler(5))
+        study = _seeded_study(5)
         for _ in range(3):
             trial = study.ask()
             search.suggest_config(earlier_kind, trial)
@@ -64,7 +70,7 @@ def test_a_trials_draw_does_not_depend_on_what_earlier_trials_drew():
 
 def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one_drew():
     def uninterrupted():
-        study = optuna.create_study(sampler=search.TrialSeededSampler(7))
+        study = _seeded_study(7)
         configs = []
         for _ in range(3):
             trial = study.ask()
@@ -74,7 +80,7 @@ def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one
 
     expected = uninterrupted()
     # A kill during the second trial: it is marked interrupted when the study resumes, and the next trial replaces it.
-    study = optuna.create_study(sampler=search.TrialSeededSampler(7))
+    study = _seeded_study(7)
     first = study.ask()
     assert search.suggest_config("vae", first) == expected[0]
     study.tell(first, 0.0)
@@ -87,11 +93,12 @@ def test_a_trial_run_again_after_a_kill_or_a_dead_worker_draws_what_the_lost_one
     last = study.ask()
     assert search.suggest_config("vae", last) == expected[2]
     # In a fleet: trials 0 and 1 run at once and the worker of trial 0 dies; its replacement takes slot 0, not 1.
-    fleet = optuna.create_study(sampler=search.TrialSeededSampler(7))
+    fleet = _seeded_study(7)
     dying, running = fleet.ask(), fleet.ask()
     search.suggest_config("vae", dying)
     assert search.suggest_config("vae", running) == expected[1]
-    fleet._storage.set_trial_state_values(dying._trial_id, optuna.trial.TrialState.FAIL)  # as fail_stale_trials does
+    storage, trial_id = search._storage_and_id(fleet, dying)
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # as fail_stale_trials does
     replacement = fleet.ask()
     assert search.suggest_config("vae", replacement) == expected[0]
 
@@ -476,10 +483,11 @@ def test_the_first_trial_of_every_study_runs_the_default_configuration(tmp_path,
 
 def test_a_first_trial_lost_to_a_crash_is_run_again_with_the_defaults():
     first = search.default_params("cnn")
-    study = optuna.create_study(sampler=search.TrialSeededSampler(0, first))
+    study = _seeded_study(0, first)
     lost = study.ask()
     assert search.suggest_config("cnn", lost) == search.CNNConfig()
-    study._storage.set_trial_user_attr(lost._trial_id, "interrupted", True)  # as resuming a local study marks it
+    storage, trial_id = search._storage_and_id(study, lost)
+    storage.set_trial_user_attr(trial_id, "interrupted", True)  # as resuming a local study marks it
     study.tell(lost, state=optuna.trial.TrialState.FAIL)
     again = study.ask()
     assert again.number == 1 and search.suggest_config("cnn", again) == search.CNNConfig()

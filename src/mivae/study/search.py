@@ -23,6 +23,7 @@ import socket
 import time
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -173,9 +174,10 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     values), slot 0 runs them instead: the default configuration.
     """
 
-    def __init__(self, seed=0, first=None):
+    def __init__(self, seed=0, first=None, storage=None):
         check_whole("the search seed", seed)
-        self.seed, self.first = seed, first or {}
+        # the storage the study keeps its trials in: where a trial's slot is recorded, by Optuna's public storage API
+        self.seed, self.first, self.storage = seed, first or {}, storage
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -242,6 +244,15 @@ def median_pruner(train):
     )
 
 
+@contextmanager
+def _experimental():
+    """A context in which Optuna's heartbeats and stale-trial sweep do not warn that they are experimental (they have
+    been stable since Optuna 2.9)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def open_study(storage, study_name, seed, resume, direction, first=None, pruner=None):
     """Returns the Optuna study, created or (with `resume`) loaded; stale trials of dead workers marked failed.
 
@@ -251,8 +262,7 @@ def open_study(storage, study_name, seed, resume, direction, first=None, pruner=
     url = storage
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+            with _experimental():
                 rdb = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
             break
         except Exception as e:  # SQLAlchemy and driver errors have no common base worth naming
@@ -262,27 +272,35 @@ def open_study(storage, study_name, seed, resume, direction, first=None, pruner=
     existing = {s.study_name for s in optuna.study.get_all_study_summaries(rdb)}
     if study_name in existing and not resume:
         raise MivaeError(f"a study named {study_name!r} already exists in {url}; pass --resume to continue it.")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=rdb,
         study_name=study_name,
         direction=direction,
         load_if_exists=True,
-        sampler=TrialSeededSampler(seed, first),
+        sampler=TrialSeededSampler(seed, first, storage=rdb),
         pruner=pruner or optuna.pruners.NopPruner(),
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with _experimental():
         optuna.storages.fail_stale_trials(study)  # workers whose heartbeat stopped more than 90 s ago
     return study
 
 
+def _storage_and_id(study, trial):
+    """(the storage, the storage's id of `trial`) of a study sampled by TrialSeededSampler, by Optuna's public storage
+    API: a study has no public call to change another trial's state or attributes; its storage does."""
+    storage = getattr(study.sampler, "storage", None)
+    if storage is None:
+        raise ValueError("the study's sampler must be a TrialSeededSampler given the study's storage.")
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+
 def interrupted_running_trials(study):
     """Marks the study's RUNNING trials failed (interrupted): for resuming a local study no worker runs."""
-    # Optuna has no public call to change another trial's state; its storage API does it.
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        storage, trial_id = _storage_and_id(study, t)
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
 
 
 def trial_outcome(state, failure=None, interrupted=False):
@@ -314,7 +332,8 @@ def draw_slot(study, trial):
     later trials run; then that place may already be held by a running trial, and the trial takes
     the lowest slot no budget-spending trial holds, which is the lost trial's.
     """
-    recorded = study._storage.get_trial(trial._trial_id).user_attrs.get("slot")
+    storage, trial_id = _storage_and_id(study, trial)
+    recorded = storage.get_trial(trial_id).user_attrs.get("slot")
     if recorded is not None:
         return recorded
     others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number and spends_budget(t)]
@@ -322,7 +341,7 @@ def draw_slot(study, trial):
     slot = _budget_slot(study, trial)
     if slot in held:
         slot = min(set(range(len(held) + 1)) - held)
-    study._storage.set_trial_user_attr(trial._trial_id, "slot", slot)  # Optuna's sampler API has no public setter
+    storage.set_trial_user_attr(trial_id, "slot", slot)  # a sampler is given frozen trials: no setter of their own
     return slot
 
 
@@ -466,8 +485,7 @@ def run_study(
         ]
         if running and budget_used() + len(running) >= trials:
             time.sleep(poll)  # the rest of the budget is running on other workers
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with _experimental():
                 optuna.storages.fail_stale_trials(study)
             continue
         try:
