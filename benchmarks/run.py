@@ -543,8 +543,11 @@ def markdown(results, command):
 
 
 def tail():
-    """The sections after the machines': bf16 against float32 on trained models, and the big tables."""
-    return "\n".join(part for part in (precision_section(), scale_section()) if part)
+    """The sections after the machines': bf16 against float32 on trained models, the big tables, and the
+    measurements behind the code's defaults (benchmarks/choices.md, kept by hand)."""
+    choices = ROOT / "benchmarks" / "choices.md"
+    parts = (precision_section(), scale_section(), choices.read_text() if choices.exists() else "")
+    return "\n".join(part for part in parts if part)
 
 
 def scale_section(path=ROOT / "benchmarks" / "scale.json"):

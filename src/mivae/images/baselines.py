@@ -4,12 +4,11 @@ An imputer is fitted on (the first `fit_images` of) the corrupted training image
 missing, and fills the missing pixels of any split; observed pixels are kept exactly. The
 completed images then go to the same classifiers as everywhere else.
 
-Measured costs on 2 cores (MNIST, 784 pixels, Random Pixels 50 %): SimpleImputer is instant;
-IterativeImputer with 3 rounds, each pixel regressed on its 50 nearest pixels, fits on 10,000
-images in 53 s and fills 10,000 more in 3 s (RMSE 0.125 on the missing test pixels; with all 783
-other pixels as regressors the fit had not finished after 12 minutes); KNNImputer's transform
-compares every image with every fitted one, about 900 s for 10,000 test images against 10,000
-fitted ones, so imputing the 50,000 training images with it is not feasible here.
+SimpleImputer is instant. IterativeImputer regresses each pixel on its 50 nearest pixels, in 3 rounds:
+all 783 other pixels as regressors would not finish in useful time. KNNImputer's transform compares
+every image with every fitted one, a cost that grows with their product, so imputing the 50,000
+training images with it is left out. What each costs is in BENCHMARKS.md ("Measurements behind the
+defaults").
 """
 
 import warnings

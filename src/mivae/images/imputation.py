@@ -29,8 +29,7 @@ def in_precision(model, dtype):
 
 
 # Images per forward pass of a model with convolutions, whatever larger batch is asked for: their activations stay in
-# cache. A CNN's 10,000 validation images took 2.4 s in batches of 256 against 5.1 s in batches of 4,096 (bf16, one
-# thread, 2-core AMD EPYC, 2026-12-06).
+# cache, about twice as fast as batches of 4,096 (BENCHMARKS.md, "Measurements behind the defaults").
 CONV_BATCH = 256
 
 

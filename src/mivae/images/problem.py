@@ -20,7 +20,7 @@ from mivae.images.data import load_splits
 
 IMPUTER_FILLS = ("iterative", "knn")
 FILLS = FILL_POLICIES + IMPUTER_FILLS
-IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer fits in about 53 s on these; see mivae.images.baselines for KNN's cost
+IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer's fit on these stays under a minute (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,8 @@ def mask_aware(values, mask):
 
     No value stands in for a missing pixel: whatever `values` holds there (a fill, NaN) is replaced by 0,
     and the second channel tells the model it is missing. The channel marks the observed pixels, not the
-    missing ones: inputs that are mostly ones stall training at high missingness (measured: a 512-512 MLP
-    at Random Pixels 90 % stays at 0.11 accuracy with the channel 1 = missing, and reaches 0.66 in 15
-    epochs with 1 = observed).
+    missing ones: inputs that are mostly ones stall training at high missingness (BENCHMARKS.md,
+    "Measurements behind the defaults").
     """
     observed = 1 - mask.to(values.dtype)
     return torch.stack([torch.nan_to_num(values) * observed, observed], dim=1)

@@ -12,8 +12,8 @@ For every setting (Random Pixels or Vertical Lines at 50, 70 and 90 %) it trains
 
 and Tables 6 and 7's scenario again: the MLP and CNN trained on clean images, tested on one imputation
 by the incomplete-data VAE, the mean and the IterativeImputer (`clean-<classifier>-on-<imputer>`).
-KNNImputer is left out: it compares every image with every fitted one, about 900 s per 10,000 images
-against 10,000 here, so imputing 70,000 MNIST images would take hours on 2 cores.
+KNNImputer is left out: it compares every image with every fitted one, so imputing 70,000 MNIST images
+would take hours (BENCHMARKS.md, "Measurements behind the defaults").
 
 Every model has its default configuration (no search: the budget goes to more models instead) and stops
 early on validation accuracy or bound; the report picks each setting's best method by validation accuracy.

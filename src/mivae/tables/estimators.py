@@ -427,7 +427,7 @@ class VAEImputer(_TabularImputer):
     threads : int or "auto"
         CPU threads torch uses in fit, transform and sample. "auto": every core for a table of at least
         50,000 rows, one below: a small table's matrices gain nothing from more, and a busy second core
-        makes synchronising threads slower than one (measured 350 ms against 1.5 ms per step on 2 cores);
+        makes synchronising threads far slower than one (BENCHMARKS.md);
         cross-validation can run folds in parallel instead.
     random_state : int, RandomState or None
         Seeds the weights, the held-out rows, the training noise and the imputations.
