@@ -45,13 +45,15 @@ def test_type_2_classifiers_see_complete_imputations_so_a_mask_input_is_refused(
 def test_mask_aware_models_train_and_evaluate_through_the_pipeline(problem):
     train = TrainConfig(epochs=3, batch_size=64)
     mlp = train_model("mlp", DATA, MLPConfig(hidden=(64,), mask_input=True), train, problem=problem)
-    assert evaluate_run(mlp, problem=problem)["accuracy"] == mlp.metrics["test_accuracy"] > 0.3
+    assert evaluate_run(mlp, problem=problem).accuracy == mlp.metrics["test_accuracy"] > 0.3
     vae = train_model("vae", DATA, VAEConfig(hidden=(64,), latent=4, mask_input=True), train, problem=problem)
     type2 = train_model("vae+mlp", DATA, MLPConfig(hidden=(64,)), train, problem=problem, vae_run=vae)
     result = evaluate_run(type2, samples=(1, 5), problem=problem)
-    assert result["single_accuracy"] == type2.metrics["test_accuracy"] and 0 <= result["multiple"]["5"]["accuracy"] <= 1
-    for which, acc in (("single", result["single_accuracy"]), ("multiple", result["multiple"]["5"]["accuracy"])):
-        u = result[f"{which}_uncertainty"]
+    assert result.single_accuracy == type2.metrics["test_accuracy"] and 0 <= result.multiple[5].accuracy <= 1
+    for u, acc in (
+        (result.single_uncertainty, result.single_accuracy),
+        (result.multiple_uncertainty, result.multiple[5].accuracy),
+    ):
         assert u["nll"] > 0 and 0 <= u["brier"] <= 2 and 0 <= u["ece"] <= 1
         assert u["accuracy_at_coverage"]["1.0"] == pytest.approx(acc)  # nothing rejected: the plain accuracy
 

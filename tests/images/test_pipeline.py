@@ -7,6 +7,7 @@ from mivae.config import DataConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.errors import MivaeError
 from mivae.images.pipeline import check_vae_matches, evaluate_run, sees_mask, train_model
 from mivae.images.problem import make_problem
+from mivae.images.results import Type2Evaluation, VAEEvaluation
 from mivae.stats import paired_test
 
 DATA = DataConfig(dataset="digits", level=0.5)
@@ -42,25 +43,33 @@ def test_a_type_2_run_is_refused_a_vae_of_another_corruption_or_of_clean_images(
 def test_evaluating_a_vae_gives_its_negative_elbo_and_health(runs):
     problem, vae, _ = runs
     result = evaluate_run(vae, problem=problem)
-    assert result["kind"] == "vae" and result["test_images"] == len(problem.test) == 359
-    assert result["test_negative_elbo"] == pytest.approx(vae.metrics["test_negative_elbo"], rel=1e-4)
-    assert 0 < result["val_negative_elbo"] and {"ok", "reason"} <= set(result["health"])
-    assert "accuracy" not in result and "multiple" not in result
+    assert isinstance(result, VAEEvaluation) and result.kind == "vae" and result.test_images == len(problem.test) == 359
+    assert result.test_negative_elbo == pytest.approx(vae.metrics["test_negative_elbo"], rel=1e-4)
+    assert 0 < result.val_negative_elbo and {"ok", "reason"} <= set(result.health)
+    # as JSON: the keys evaluation.json files have always had, in their order
+    assert list(result.to_json()) == ["kind", "data", "test_images", "precision", "val_negative_elbo",
+                                      "test_negative_elbo", "health"]  # fmt: skip
+    assert VAEEvaluation.from_json(result.to_json()) == result
 
 
 def test_a_type_2_evaluation_is_consistent_with_itself(runs):
     problem, _, type2 = runs
     result = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
-    assert result["single_accuracy"] == pytest.approx(type2.metrics["test_accuracy"])  # the same single imputation
-    curve = result["accuracy_curve"]
-    assert len(curve) == 20 and set(result["multiple"]) == {"1", "10", "20"}
-    for m, row in result["multiple"].items():
-        assert row["accuracy"] == pytest.approx(curve[int(m) - 1], abs=1e-6)
-        assert sum(row["class_distribution"]) == 359
-    assert sum(result["true_class_distribution"]) == 359
-    assert result["true_class_distribution"] == np.bincount(problem.test.y.numpy(), minlength=10).tolist()
+    assert result.single_accuracy == pytest.approx(type2.metrics["test_accuracy"])  # the same single imputation
+    curve = result.accuracy_curve
+    assert len(curve) == 20 and set(result.multiple) == {1, 10, 20} and result.largest_m == 20
+    for m, row in result.multiple.items():
+        assert row.accuracy == pytest.approx(curve[m - 1], abs=1e-6)
+        assert sum(row.class_distribution) == 359
+    assert result.true_class_distribution == np.bincount(problem.test.y.numpy(), minlength=10).tolist()
+    assert result.z_multi_max_vs_10 is not None  # 20 samples against 10
+    saved = result.to_json()
+    assert list(saved["multiple"]) == ["1", "10", "20"] and list(saved["multiple"]["10"]) == [
+        "accuracy", "z_multi_single", "mcnemar_p", "class_distribution"]  # fmt: skip
+    assert list(saved)[-2:] == ["z_multi_max_vs_10", "accuracy_curve"]
+    assert Type2Evaluation.from_json(saved) == result
     again = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
-    assert again["accuracy_curve"] == curve  # seeded: the same samples
+    assert again.accuracy_curve == curve  # seeded: the same samples
 
 
 def test_a_clean_trained_classifier_is_tested_directly_and_on_one_imputation_with_their_paired_test(runs):
@@ -69,7 +78,9 @@ def test_a_clean_trained_classifier_is_tested_directly_and_on_one_imputation_wit
     mlp = train_model("mlp", clean, MLPConfig(hidden=(32,)), TRAIN)
     result = evaluate_run(mlp, vae_run=vae, data=DATA, problem=problem)
     y = problem.test.y.numpy()
-    direct, imputed = np.array(result["predicted"]), np.array(result["predicted_on_one_vae_imputation"])
-    assert result["accuracy"] == pytest.approx((direct == y).mean())
-    assert result["accuracy_on_one_vae_imputation"] == pytest.approx((imputed == y).mean())
-    assert result["z_imputation_vs_direct"] == pytest.approx(paired_test(imputed, direct, y).z)
+    direct, imputed = np.array(result.predicted), np.array(result.predicted_on_one_vae_imputation)
+    assert result.accuracy == pytest.approx((direct == y).mean())
+    assert result.accuracy_on_one_vae_imputation == pytest.approx((imputed == y).mean())
+    assert result.z_imputation_vs_direct == pytest.approx(paired_test(imputed, direct, y).z)
+    plain = evaluate_run(mlp, problem=make_problem(clean))  # without a VAE the imputation fields are left out
+    assert plain.accuracy_on_one_vae_imputation is None and "z_imputation_vs_direct" not in plain.to_json()

@@ -141,7 +141,7 @@ def test_trained_on_incomplete_digits_alone_it_imputes_better_than_any_constant(
     assert run.metrics["test_rmse_missing"] < 0.9 * best_constant, (run.metrics, best_constant)
     assert 0 < run.metrics["test_negative_bound"] < 64 * math.log(2) * 2  # nats for 8x8 images, half of them observed
     again = evaluate_run(load_run(save_run(run, tmp_path / kind)), problem=problem)
-    assert again["test_rmse_missing"] == pytest.approx(run.metrics["test_rmse_missing"])
+    assert again.test_rmse_missing == pytest.approx(run.metrics["test_rmse_missing"])
 
 
 def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp_path):
@@ -157,11 +157,11 @@ def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp
     )
     run = train_model("miwae+mlp", data, MLPConfig(hidden=(128,)), train, problem=problem, vae_run=imputer)
     result = evaluate_run(load_run(save_run(run, tmp_path / "run")), samples=(30,), problem=problem)
-    assert result["single"]["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
-    for name in ("single", "importance_weighted", "uniform"):
-        assert 0.3 < result[name]["accuracy"] <= 1, result  # well above chance (0.1)
-        assert sum(result[name]["class_distribution"]) == len(problem.test)
-    assert math.isfinite(result["z_weighted_vs_single"]) and math.isfinite(result["z_weighted_vs_uniform"])
+    assert result.single["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+    for way in (result.single, result.importance_weighted, result.uniform):
+        assert 0.3 < way["accuracy"] <= 1, result  # well above chance (0.1)
+        assert sum(way["class_distribution"]) == len(problem.test)
+    assert math.isfinite(result.z_weighted_vs_single) and math.isfinite(result.z_weighted_vs_uniform)
     with pytest.raises(MivaeError, match="holds a miwae model; a vae run is needed"):
         train_model("vae+mlp", data, MLPConfig(hidden=(8,)), train, problem=problem, vae_run=imputer)
 

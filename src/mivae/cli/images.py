@@ -322,7 +322,7 @@ def _evaluate(args):
     result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed, precision=args.precision)
     print(format_evaluation(result))
     try:
-        write_json(Path(args.run_dir) / "evaluation.json", result)
+        write_json(Path(args.run_dir) / "evaluation.json", result.to_json())
     except OSError as e:
         raise MivaeError(f"cannot write {Path(args.run_dir) / 'evaluation.json'}: {e.strerror or e}.") from None
 
@@ -399,37 +399,46 @@ def _search(args):
 
 
 def format_evaluation(result):
-    """Returns the printable summary of an `evaluate_run` result."""
-    d = result["data"]
+    """Returns the printable summary of an `evaluate_run` result (an Evaluation of mivae.images.results)."""
+    from mivae.images import results as r
+
+    d = result.data
     lines = [
-        f"{result['kind']} on {d['dataset']} {d['method']} {d['level']:.0%}, {result['test_images']} test images, "
-        f"{result['precision']}"
+        f"{result.kind} on {d['dataset']} {d['method']} {d['level']:.0%}, {result.test_images} test images, "
+        f"{result.precision}"
     ]
-    if "test_negative_elbo" in result:
+    if isinstance(result, r.VAEEvaluation):
         lines.append(
-            f"negative ELBO per image: validation {result['val_negative_elbo']:.1f} nats, "
-            f"test {result['test_negative_elbo']:.1f} nats"
+            f"negative ELBO per image: validation {result.val_negative_elbo:.1f} nats, "
+            f"test {result.test_negative_elbo:.1f} nats"
         )
-    if "test_negative_bound" in result:
+    elif isinstance(result, r.BoundEvaluation):
         lines.append(
-            f"negative importance-weighted bound per image: validation {result['val_negative_bound']:.1f} nats, "
-            f"test {result['test_negative_bound']:.1f} nats; RMSE on the missing test pixels "
-            f"{result['test_rmse_missing']:.4f}"
+            f"negative importance-weighted bound per image: validation {result.val_negative_bound:.1f} nats, "
+            f"test {result.test_negative_bound:.1f} nats; RMSE on the missing test pixels "
+            f"{result.test_rmse_missing:.4f}"
         )
-    if "accuracy" in result:
-        lines.append(f"accuracy {result['accuracy']:.4f}")
-    if "accuracy_on_one_vae_imputation" in result:
-        lines.append(
-            f"accuracy on one VAE imputation {result['accuracy_on_one_vae_imputation']:.4f}  "
-            f"(z vs direct {result['z_imputation_vs_direct']:+.2f})"
-        )
-    if "single_accuracy" in result:
-        lines.append(f"single imputation (z = mu)  accuracy {result['single_accuracy']:.4f}")
-        for m, row in result["multiple"].items():
+    elif isinstance(result, r.ClassifierEvaluation):
+        lines.append(f"accuracy {result.accuracy:.4f}")
+        if result.accuracy_on_one_vae_imputation is not None:
             lines.append(
-                f"multiple imputation M={m:<5} accuracy {row['accuracy']:.4f}  "
-                f"z_multi/single {row['z_multi_single']:+.2f}  McNemar p {row['mcnemar_p']:.3f}"
+                f"accuracy on one VAE imputation {result.accuracy_on_one_vae_imputation:.4f}  "
+                f"(z vs direct {result.z_imputation_vs_direct:+.2f})"
             )
-    if "health" in result:
-        lines.append(health_line(result["health"]))
+    elif isinstance(result, r.Type2Evaluation):
+        lines.append(f"single imputation (z = mu)  accuracy {result.single_accuracy:.4f}")
+        for m, row in result.multiple.items():
+            lines.append(
+                f"multiple imputation M={m:<5} accuracy {row.accuracy:.4f}  "
+                f"z_multi/single {row.z_multi_single:+.2f}  McNemar p {row.mcnemar_p:.3f}"
+            )
+    elif isinstance(result, r.ImportanceWeightedEvaluation):
+        lines.append(
+            f"single imputation accuracy {result.single['accuracy']:.4f}; K = {result.samples} imputations: "
+            f"importance-weighted {result.importance_weighted['accuracy']:.4f} "
+            f"(z vs single {result.z_weighted_vs_single:+.2f}), uniform {result.uniform['accuracy']:.4f} "
+            f"(z weighted vs uniform {result.z_weighted_vs_uniform:+.2f})"
+        )
+    if result.health is not None:
+        lines.append(health_line(result.health))
     return "\n".join(lines)

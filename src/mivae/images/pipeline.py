@@ -24,6 +24,14 @@ from mivae.images.imputation import (
     rmse_on_missing,
 )
 from mivae.images.problem import make_problem
+from mivae.images.results import (
+    BoundEvaluation,
+    ClassifierEvaluation,
+    ImportanceWeightedEvaluation,
+    MultipleRow,
+    Type2Evaluation,
+    VAEEvaluation,
+)
 from mivae.images.runs import Run
 from mivae.models import build_model, kind_of
 from mivae.models.miwae import miwae_loss
@@ -278,7 +286,7 @@ def train_model(
 def evaluate_run(
     run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto", data=None
 ):
-    """Returns the test metrics of `run` on its own corrupted test set, as a JSON-ready dict.
+    """Returns the test metrics of `run` on its own corrupted test set: an Evaluation of its kind (images.results).
 
     `data` tests a run trained on clean images on another corruption than its own.
     vae: negative ELBO per image on validation and test. Type 1: accuracy on the corrupted
@@ -297,7 +305,7 @@ def evaluate_run(
     val, test = problem.val.to(device), problem.test.to(device)
     batch = run.train.eval_batch_size
     y = test.y.cpu().numpy()
-    result = {
+    common = {
         "kind": run.kind,
         "data": {k: getattr(data, k) for k in ("dataset", "method", "level", "seed")},
         "test_images": len(test),
@@ -306,70 +314,82 @@ def evaluate_run(
 
     k = kind_of(run.kind)
     if k.vae:
-        for split, part in (("val_negative_elbo", val), ("test_negative_elbo", test)):
-            result[split] = _vae_score(run.model, part, run.data, run.model_config, batch)
-        result["health"] = _health(vae_run_health(run.model, val, run.data, run.model_config, batch), _held_out(run))
-        return result
-    if k.incomplete:
-        return {
-            **result,
-            **_incomplete_metrics(run.model, (("val", val), ("test", test)), run.model_config.eval_samples),
+        elbo = {
+            name: _vae_score(run.model, part, run.data, run.model_config, batch)
+            for name, part in (("val", val), ("test", test))
         }
+        health = _health(vae_run_health(run.model, val, run.data, run.model_config, batch), _held_out(run))
+        return VAEEvaluation(**common, val_negative_elbo=elbo["val"], test_negative_elbo=elbo["test"], health=health)
+    if k.incomplete:
+        samples_k = run.model_config.eval_samples
+        return BoundEvaluation(**common, **_incomplete_metrics(run.model, (("val", val), ("test", test)), samples_k))
 
     with_mask = sees_mask(run.kind, run.model_config, run.vae_config)
     x = test.inputs(with_mask=with_mask)
     # The model's own health on validation images as it was trained (clean ones for a classifier of Tables 6/7).
-    result["health"] = _health(
+    health = _health(
         classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype), _held_out(run)
     )
     if k.on_incomplete_imputer:
-        return {**result, **_importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)}
+        weighted = _importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)
+        return ImportanceWeightedEvaluation(**common, health=health, **weighted)
     if not k.imputer:
         proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
         direct = proba.argmax(1)
-        result["accuracy"] = accuracy(direct, y)
-        result["val_accuracy"] = accuracy(
-            predict_proba(run.model, val.inputs(with_mask=with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu()
-        )
-        result["class_distribution"] = class_distribution(direct, run.n_classes).tolist()
-        result["uncertainty"] = uncertainty(proba, y)
-        result["predicted"] = direct.tolist()  # for paired tests between any two evaluations of this test set
+        on_imputation = {}
         if vae_run is not None:
-            on_imputation, on_val = (
+            on_test, on_val = (
                 predict_proba(run.model, one_imputation(vae_run, data, part, batch), batch, dtype)
                 .argmax(1)
                 .cpu()
                 .numpy()
                 for part in (test, val)
             )
-            result["accuracy_on_one_vae_imputation"] = accuracy(on_imputation, y)
-            result["val_accuracy_on_one_vae_imputation"] = accuracy(on_val, val.y.cpu().numpy())
-            result["predicted_on_one_vae_imputation"] = on_imputation.tolist()
-            result["z_imputation_vs_direct"] = paired_test(on_imputation, direct, y).z
-        return result
+            on_imputation = {
+                "accuracy_on_one_vae_imputation": accuracy(on_test, y),
+                "val_accuracy_on_one_vae_imputation": accuracy(on_val, val.y.cpu().numpy()),
+                "predicted_on_one_vae_imputation": on_test.tolist(),
+                "z_imputation_vs_direct": paired_test(on_test, direct, y).z,
+            }
+        return ClassifierEvaluation(
+            **common,
+            health=health,
+            accuracy=accuracy(direct, y),
+            val_accuracy=accuracy(
+                predict_proba(run.model, val.inputs(with_mask=with_mask), batch, dtype).argmax(1).cpu(), val.y.cpu()
+            ),
+            class_distribution=class_distribution(direct, run.n_classes).tolist(),
+            uncertainty=uncertainty(proba, y),
+            predicted=direct.tolist(),  # for paired tests between any two evaluations of this test set
+            **on_imputation,
+        )
 
     single_proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
     single = single_proba.argmax(1)
     multi = multiple_imputation(run.model, x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
-    result["single_accuracy"] = accuracy(single, y)
-    # Does multiple imputation give better uncertainty than single (the thesis' §5 advice)? Measured:
-    result["single_uncertainty"] = uncertainty(single_proba, y)
-    result["multiple_uncertainty"] = uncertainty(multi.proba.numpy(), y)  # with all max(samples) samples
-    result["single_class_distribution"] = class_distribution(single, run.n_classes).tolist()
-    result["true_class_distribution"] = class_distribution(y, run.n_classes).tolist()
-    result["multiple"] = {}
+    rows = {}
     for m in sorted(set(samples)):
         predicted = multi.predictions[m].numpy()
         test_vs_single = paired_test(predicted, single, y)
-        result["multiple"][str(m)] = {
-            "accuracy": float(multi.accuracy[m - 1]),
-            "z_multi_single": test_vs_single.z,
-            "mcnemar_p": test_vs_single.mcnemar_p,
-            "class_distribution": class_distribution(predicted, run.n_classes).tolist(),
-        }
+        rows[m] = MultipleRow(
+            accuracy=float(multi.accuracy[m - 1]),
+            z_multi_single=test_vs_single.z,
+            mcnemar_p=test_vs_single.mcnemar_p,
+            class_distribution=class_distribution(predicted, run.n_classes).tolist(),
+        )
+    z_max_vs_10 = None
     if 10 in multi.predictions and max(samples) > 10:  # does more than 10 samples help (§5, observation 6)?
-        result["z_multi_max_vs_10"] = paired_test(
-            multi.predictions[max(samples)].numpy(), multi.predictions[10].numpy(), y
-        ).z
-    result["accuracy_curve"] = np.round(multi.accuracy, 6).tolist()
-    return result
+        z_max_vs_10 = paired_test(multi.predictions[max(samples)].numpy(), multi.predictions[10].numpy(), y).z
+    return Type2Evaluation(
+        **common,
+        health=health,
+        single_accuracy=accuracy(single, y),
+        # Does multiple imputation give better uncertainty than single (the thesis' §5 advice)? Measured:
+        single_uncertainty=uncertainty(single_proba, y),
+        multiple_uncertainty=uncertainty(multi.proba.numpy(), y),  # with all max(samples) samples
+        single_class_distribution=class_distribution(single, run.n_classes).tolist(),
+        true_class_distribution=class_distribution(y, run.n_classes).tolist(),
+        multiple=rows,
+        z_multi_max_vs_10=z_max_vs_10,
+        accuracy_curve=np.round(multi.accuracy, 6).tolist(),
+    )

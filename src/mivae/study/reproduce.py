@@ -337,8 +337,8 @@ class Study:
         return run, key
 
     def evaluate(self, run, data, **options):
-        """`evaluate_run` of `run` on the test set of `data`, with the setting's cached Problem."""
-        return evaluate_run(run, problem=self.problem(data), data=data, **options)
+        """`evaluate_run` of `run` on the test set of `data`, with the setting's cached Problem, as JSON values."""
+        return evaluate_run(run, problem=self.problem(data), data=data, **options).to_json()
 
     def evaluated(self, group, name, run_key, compute, extra=None, **spec):
         """Returns the evaluation results/<group>/<name>.json: compute() and `extra`, computed unless its key
