@@ -33,6 +33,7 @@ test: $(BIN)/.installed
 
 # ruff's lint and format check over all the code; mypy over the public API (the estimators, configs, models, training)
 TYPED := src/mivae/__init__.py src/mivae/estimators.py src/mivae/errors.py src/mivae/config.py src/mivae/hardware.py \
+         src/mivae/images/results.py \
          src/mivae/training.py src/mivae/models src/mivae/tables
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks

@@ -156,6 +156,22 @@ def _importance_weighted_evaluation(run, val, test, samples, seed, batch, dtype)
     return result
 
 
+def _run(kind, data, model_config, train, model, problem, history, metrics, vae_run=None):
+    """The Run of a model trained on `problem` (a Type 2 one on `vae_run`'s imputations)."""
+    return Run(
+        kind=kind,
+        data=data,
+        model_config=model_config,
+        train=train,
+        model=model,
+        image_shape=problem.image_shape,
+        n_classes=problem.n_classes,
+        vae_config=vae_run.model_config if vae_run else None,
+        history=history,
+        metrics=metrics,
+    )
+
+
 def train_model(
     kind,
     data,
@@ -204,9 +220,7 @@ def train_model(
         )
         metrics = {name: _vae_score(model, part, data, model_config, batch) for name, part in parts}
         metrics["health"] = _health(vae_run_health(model, val, data, model_config, batch), held_out=validate)
-        return Run(
-            kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
-        )
+        return _run(kind, data, model_config, train, model, problem, history, metrics)
 
     if k.incomplete:
         if data.clean_train:
@@ -227,9 +241,7 @@ def train_model(
             checkpoint=checkpoint,
         )
         metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
-        return Run(
-            kind, data, model_config, train, model, problem.image_shape, problem.n_classes, None, history, metrics
-        )
+        return _run(kind, data, model_config, train, model, problem, history, metrics)
 
     vae, imputer = None, k.imputer
     if imputer:
@@ -269,18 +281,7 @@ def train_model(
     metrics["health"] = _health(
         classifier_run_health(model, val, data, with_mask, problem.n_classes, batch, dtype), held_out=validate
     )
-    return Run(
-        kind,
-        data,
-        model_config,
-        train,
-        model,
-        problem.image_shape,
-        problem.n_classes,
-        vae_run.model_config if vae_run else None,
-        history,
-        metrics,
-    )
+    return _run(kind, data, model_config, train, model, problem, history, metrics, vae_run)
 
 
 def evaluate_run(
