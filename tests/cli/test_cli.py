@@ -388,3 +388,12 @@ def test_unknown_config_key_is_refused(capsys, tmp_path):
         capsys, "train", "mlp", "--dataset", "digits", "--config", str(config), "--out", str(tmp_path / "r")
     )
     assert status == 2 and "unknown setting 'hiden' in [model]; known settings are hidden, l2, lr" in err
+
+
+def test_the_imputer_run_is_named_by_imputer_or_by_its_earlier_name_vae():
+    from mivae.cli import build_parser
+
+    for flag in ("--imputer", "--vae"):
+        args = build_parser().parse_args(["train", "miwae+mlp", "--out", "r", flag, "runs/miwae"])
+        assert args.vae == "runs/miwae"
+        assert build_parser().parse_args(["evaluate", "runs/mlp", flag, "runs/vae"]).vae == "runs/vae"

@@ -75,7 +75,11 @@ def add_commands(commands):
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--config", help="TOML or JSON file with [data], [model] and [train] tables")
     train.add_argument(
-        "--vae", help="run directory of the trained imputer: a vae (vae+mlp, vae+cnn), miwae or not-miwae run"
+        "--imputer",
+        "--vae",
+        dest="vae",
+        metavar="RUN",
+        help="run directory of the trained imputer: a vae (vae+mlp, vae+cnn), miwae or not-miwae run (--vae: the same)",
     )
     add_problem_flags(train)
     model_flags = train.add_argument_group("model (each applies to the kinds named)")
@@ -130,7 +134,13 @@ def add_commands(commands):
         default=[1, 10, 100, 1000],
         help="numbers of samples M for multiple imputation (default: 1,10,100,1000)",
     )
-    evaluate.add_argument("--vae", help="VAE run: classify one imputation too (classifiers trained with --clean-train)")
+    evaluate.add_argument(
+        "--imputer",
+        "--vae",
+        dest="vae",
+        metavar="RUN",
+        help="a vae, miwae or not-miwae run: classify one imputation too (classifiers trained with --clean-train)",
+    )
     evaluate.add_argument("--data-dir", help="folder holding the dataset's files")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default: 0)")
     evaluate.add_argument(
