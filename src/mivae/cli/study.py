@@ -75,7 +75,7 @@ def _reproduce(args):
         beyond_stage=not args.thesis_only,
         device=str(resolve_device(args.device)),
     )
-    reused = sum(1 for _, _, r in study.done if r)
+    reused = sum(unit.reused for unit in study.done)
     print(f"{len(study.done)} trained units, {reused} reused from earlier runs.")
     print(f"report: {build_report(out)}")
 

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -147,6 +148,14 @@ def key_of(spec):
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+class UnitRecord(NamedTuple):
+    """A unit of the study as one invocation met it."""
+
+    label: str
+    seconds: float  # this invocation's time on it: a reused unit's is the time to find it
+    reused: bool  # finished by an earlier run, read from the cache
+
+
 class Study:
     """One reproduce run directory: runs each unit once, and reuses what earlier runs finished."""
 
@@ -206,7 +215,7 @@ class Study:
             disable=not progress,
             bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} so far{postfix}",
         )
-        self.done = []  # (label, seconds, reused) of every unit, in order
+        self.done = []  # a UnitRecord of every unit, in order
         self.resumed = 0  # units that went on from a stopped invocation's part of their work (its checkpoints)
         self._problems = {}
 
@@ -253,7 +262,7 @@ class Study:
             else:
                 trained_in = round(seconds, 2)
                 write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
-        self.done.append((label, seconds, finished))
+        self.done.append(UnitRecord(label, seconds, finished))
         return result, key_of(spec), trained_in
 
     @contextlib.contextmanager
@@ -563,7 +572,7 @@ def _timed(study, folder, task, tasks):
     timed_before = _task_record(record) is not None
     start, units_before, resumed_before = time.monotonic(), len(study.done), study.resumed
     task.run()
-    reused = any(r for *_, r in study.done[units_before:]) or study.resumed > resumed_before
+    reused = any(u.reused for u in study.done[units_before:]) or study.resumed > resumed_before
     if not timed_before and not reused:
         write_json(record, {"kind": task.kind, "seconds": round(time.monotonic() - start, 2)})
     _progress(study, folder, tasks)
@@ -803,8 +812,8 @@ def _record_invocation(study, started):
         "seconds": round(time.monotonic() - started, 1),
         "settings": [setting_name(m, lv) for m, lv in chosen],
         "beyond": beyond_stage,
-        "units_run": sum(not r for *_, r in study.done),
-        "units_reused": sum(r for *_, r in study.done),
+        "units_run": sum(not u.reused for u in study.done),
+        "units_reused": sum(u.reused for u in study.done),
     }
     write_json(
         study.out / "study.json",
@@ -813,7 +822,7 @@ def _record_invocation(study, started):
             "finished": invocation["finished"],
             "machine": machine,
             "invocations": finished.get("invocations", []) + [invocation],
-            "units": [{"label": label, "seconds": round(s, 2), "reused": r} for label, s, r in study.done],
+            "units": [{"label": u.label, "seconds": round(u.seconds, 2), "reused": u.reused} for u in study.done],
         },
     )
 
