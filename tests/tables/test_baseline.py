@@ -33,7 +33,7 @@ def _frame(n=120, seed=0):
             lambda f: pd.concat([f[f.label == "no"].head(2), f[f.label == "yes"]]),
             "label",
             3,
-            "3 folds need at least 3 rows of every class",
+            "folds 3 needs at least 3 rows of every class",
         ),
         (lambda f: f, "label", 1, "folds must be a whole number of at least 2; got 1."),
     ],

@@ -138,7 +138,7 @@ def _classify(args):
     check_whole("--samples", args.samples, 1)
     check_whole("--folds", args.folds, 2)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
-    X, y = split_target(frame, args.target, args.folds, source=str(args.data))
+    X, y = split_target(frame, args.target, args.folds, source=str(args.data), folds_name="--folds")
     categorical = [c for c in args.categorical if c in X.columns]
     model = MultipleImputationClassifier(
         _table_imputer(args, categorical),

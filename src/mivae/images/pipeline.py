@@ -226,8 +226,8 @@ def train_model(
         if data.clean_train:
             raise MivaeError(f"a {kind} model learns from incomplete images; it cannot be trained on clean ones.")
         model = build_model(kind, model_config, problem.image_shape).to(device)
-        k, val_inputs = model_config.eval_samples, val.inputs(with_mask=True)
-        score = (lambda m: negative_bound_per_image(m, val_inputs, k).mean().item()) if validate else None
+        proposals, val_inputs = model_config.eval_samples, val.inputs(with_mask=True)
+        score = (lambda m: negative_bound_per_image(m, val_inputs, proposals).mean().item()) if validate else None
         history = fit(
             model,
             adam(model, model_config.lr, model_config.l2),
@@ -240,7 +240,8 @@ def train_model(
             on_epoch=on_epoch,
             checkpoint=checkpoint,
         )
-        metrics = _incomplete_metrics(model, (("val", val), ("test", test)) if validate else (("test", test),), k)
+        parts = (("val", val), ("test", test)) if validate else (("test", test),)
+        metrics = _incomplete_metrics(model, parts, proposals)
         return _run(kind, data, model_config, train, model, problem, history, metrics)
 
     vae, imputer = None, k.imputer
@@ -322,8 +323,8 @@ def evaluate_run(
         health = _health(vae_run_health(run.model, val, run.data, run.model_config, batch), _held_out(run))
         return VAEEvaluation(**common, val_negative_elbo=elbo["val"], test_negative_elbo=elbo["test"], health=health)
     if k.incomplete:
-        samples_k = run.model_config.eval_samples
-        return BoundEvaluation(**common, **_incomplete_metrics(run.model, (("val", val), ("test", test)), samples_k))
+        proposals = run.model_config.eval_samples
+        return BoundEvaluation(**common, **_incomplete_metrics(run.model, (("val", val), ("test", test)), proposals))
 
     with_mask = sees_mask(run.kind, run.model_config, run.vae_config)
     x = test.inputs(with_mask=with_mask)

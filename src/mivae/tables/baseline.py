@@ -16,12 +16,13 @@ from mivae.errors import InputError, check_whole
 from mivae.tables.schema import CATEGORICAL, infer_kinds
 
 
-def split_target(frame, target, folds, source="the table"):
+def split_target(frame, target, folds, source="the table", folds_name="folds"):
     """Returns (X, y): `frame` without its column `target`, and that column as labels (text as str).
 
     Raises InputError where the target cannot be learned in `folds` stratified folds: absent, incomplete, a
-    single class, a class with fewer rows than folds, or no other column to predict it from."""
-    check_whole("folds", folds, 2, error=InputError)
+    single class, a class with fewer rows than folds, or no other column to predict it from. `source` and
+    `folds_name` are how the messages name the table and the number of folds ("--folds" for the CLI)."""
+    check_whole(folds_name, folds, 2, error=InputError)
     if target not in frame.columns:
         raise InputError(f"target column {target!r} is not in {source}, whose columns are {', '.join(frame.columns)}.")
     X = frame.drop(columns=[target])
@@ -37,7 +38,7 @@ def split_target(frame, target, folds, source="the table"):
         raise InputError(f"target column {target!r} holds only the class {counts.index[0]!r}; it needs two or more.")
     if counts.min() < folds:
         raise InputError(
-            f"{folds} folds need at least {folds} rows of every class, but class {counts.idxmin()!r} has "
+            f"{folds_name} {folds} needs at least {folds} rows of every class, but class {counts.idxmin()!r} has "
             f"{counts.min()}."
         )
     return X, (y.astype(str) if y.dtype == object else y)
