@@ -24,6 +24,7 @@ from mivae.health import FAILED_MARK
 from mivae.images.figures import image_grid, plt, save_figure
 from mivae.images.runs import write_json
 from mivae.models import KINDS
+from mivae.study import markdown
 from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.study.report_beyond import section as beyond_section
 from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
@@ -225,12 +226,8 @@ def _cell(ours, thesis, failed, digits=4):
 
 
 def _markdown_table(header, rows, formats):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cells in rows:
-        lines.append(
-            "| " + " | ".join([str(label)] + [_cell(o, t, f, d) for (o, t, f), d in zip(cells, formats)]) + " |"
-        )
-    return "\n".join(lines)
+    """A table of (label, cells) rows, each cell (ours, thesis, failed) written with its number of digits."""
+    return markdown.table(header, [[label, *(_cell(*c, d) for c, d in zip(cells, formats))] for label, cells in rows])
 
 
 # ----------------------------------------------------------------------------------------
@@ -551,11 +548,9 @@ def draw_figures(results, directory):
 
 
 def _selection_rows(results):
-    lines = [
-        "| setting | model | trials: complete / pruned / failed / lost | best validation score | best epoch "
-        "| best configuration | health | seconds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["setting", "model", "trials: complete / pruned / failed / lost", "best validation score", "best epoch",
+              "best configuration", "health", "seconds"]  # fmt: skip
+    rows = []
     for setting in results["settings"]:
         for name in THESIS_RESULTS:
             if name.startswith("clean") and setting != results["settings"][0]:
@@ -570,11 +565,10 @@ def _selection_rows(results):
             verdict = (
                 "not checked" if health is None else "passed" if health["ok"] else f"{FAILED_MARK} {health['reason']}"
             )
-            lines.append(
-                f"| {'clean images' if name.startswith('clean') else setting} | {name.removeprefix('clean-')} | "
-                f"{counts} | {s['best_value']:.4f} | {s['best_epoch']} | {config} | {verdict} | {s['seconds']:.0f} |"
-            )
-    return "\n".join(lines)
+            where = "clean images" if name.startswith("clean") else setting
+            rows.append([where, name.removeprefix("clean-"), counts, f"{s['best_value']:.4f}", s["best_epoch"], config,
+                         verdict, f"{s['seconds']:.0f}"])  # fmt: skip
+    return markdown.table(header, rows)
 
 
 def _failed_models(results, setting_names, names):

@@ -5,6 +5,7 @@ Every choice between methods is made on validation accuracy; test accuracy is on
 
 from mivae.health import FAILED_MARK
 from mivae.stats import paired_test
+from mivae.study import markdown
 from mivae.study.beyond import BASELINES, CLASSIFIERS
 from mivae.study.reproduce import LEVELS, METHODS, setting_name
 
@@ -85,13 +86,6 @@ def best_by_validation(rows):
 
 def _f(x, digits=4):
     return f"{x:.{digits}f}"
-
-
-def _table(header, rows):
-    return "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    )
 
 
 def _mark(failed):
@@ -250,7 +244,7 @@ def section(results, thesis_cells):
     rows = targets(results)
     md.append("### Each setting's best method against the thesis' best\n")
     md.append(
-        _table(
+        markdown.table(
             [
                 "setting",
                 "thesis' best (its CNN)",
@@ -293,13 +287,13 @@ def section(results, thesis_cells):
         methods = candidates(results[name])
         body.append([name] + [f"{_f(test)} ({_f(val)}){_mark(why)}" for _, val, test, _, why in methods])
         failed += [f"{name} {why}" for *_, why in methods if why]
-    md.append(_table(header, body) + "\n")
+    md.append(markdown.table(header, body) + "\n")
     md += _failed_list(failed)
     md.append("The (not-)MIWAE+MLP columns are MIWAE on Random Pixels and not-MIWAE on Vertical Lines.\n")
 
     md.append("### VAEs trained on incomplete images alone\n")
     md.append(
-        _table(
+        markdown.table(
             ["setting", "model", "negative bound, test (nats, K = eval samples)", "RMSE on the missing test pixels"],
             [
                 [
@@ -330,7 +324,7 @@ def section(results, thesis_cells):
             ]
         )
     md.append(
-        _table(
+        markdown.table(
             [
                 "setting",
                 "model",
@@ -348,7 +342,7 @@ def section(results, thesis_cells):
     verdict = uncertainty_verdict(results)
     md.append("### Uncertainty: single against multiple imputation\n")
     md.append(
-        _table(
+        markdown.table(
             [
                 "setting",
                 "model",
@@ -404,7 +398,7 @@ def section(results, thesis_cells):
     md.append("### Tables 6 and 7 with the new imputers: classifiers trained on clean images\n")
     imputers = list(clean[0]["test"])
     md.append(
-        _table(
+        markdown.table(
             [
                 "setting",
                 "classifier",
