@@ -3,14 +3,25 @@ known)."""
 
 import pytest
 
+from mivae.images.results import MultipleRow, Type2Evaluation
 from mivae.study.report import THESIS, _markdown_table, failures, observations, type2_table
 
 OK, FAILED = {"ok": True, "reason": "fine"}, {"ok": False, "reason": "its predictions collapsed to one class"}
 
 
 def _type2(single, multiple, z, health=OK):
-    return {"single_accuracy": single, "multiple": {"10": {"accuracy": 0.0, "z_multi_single": 0.0},
-            "300": {"accuracy": multiple, "z_multi_single": z}}, "health": health}  # fmt: skip
+    """A Type 2 evaluation as results/<setting>/vae+mlp.json holds it, with M = 10 and 300."""
+
+    def row(accuracy, z):
+        return {"accuracy": accuracy, "z_multi_single": z, "mcnemar_p": 1.0, "class_distribution": [1] * 10}
+
+    evaluation = Type2Evaluation(
+        kind="vae+mlp", data={}, test_images=10, precision="float32", health=health, single_accuracy=single,
+        single_uncertainty={}, multiple_uncertainty={}, single_class_distribution=[1] * 10,
+        true_class_distribution=[1] * 10, accuracy_curve=[0.5] * 300,
+        multiple={10: MultipleRow(**row(0.0, 0.0)), 300: MultipleRow(**row(multiple, z))},
+    )  # fmt: skip
+    return evaluation.to_json()
 
 
 def _results(vae_health=OK, search_health=None):

@@ -22,6 +22,7 @@ from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
 from mivae.health import FAILED_MARK
 from mivae.images.figures import image_grid, plt, save_figure
+from mivae.images.results import Type2Evaluation
 from mivae.images.runs import write_json
 from mivae.models import KINDS
 from mivae.study import markdown
@@ -142,8 +143,9 @@ def _health_of(result):
 # Tables: rows of (label, [(ours, thesis, failed), ...])
 
 
-def _largest_m(evaluation):
-    return str(max(int(m) for m in evaluation["multiple"]))
+def _type2(results, setting, classifier):
+    """The Type 2 evaluation of `classifier` on the VAE in `setting`, as its dataclass."""
+    return Type2Evaluation.from_json(results[setting][f"vae+{classifier}"])
 
 
 def type2_table(results, table, method, classifier):
@@ -154,13 +156,13 @@ def type2_table(results, table, method, classifier):
     rows = []
     for level, name in _levels_that_ran(results, table, method, rows):
         setting = results[name]
-        direct, type2 = setting[classifier], setting[f"vae+{classifier}"]
-        m = _largest_m(type2)
+        direct, type2 = setting[classifier], _type2(results, name, classifier)
+        largest = type2.multiple[type2.largest_m]
         ours = (
             direct["accuracy"],
-            type2["single_accuracy"],
-            type2["multiple"][m]["accuracy"],
-            type2["multiple"][m]["z_multi_single"],
+            type2.single_accuracy,
+            largest.accuracy,
+            largest.z_multi_single,
         )
         failed = (bool(failures(results, name, [classifier])),) + (
             bool(failures(results, name, [f"vae+{classifier}"])),
@@ -238,12 +240,12 @@ def _type2_cells(results):
     for method in METHODS:
         for level in LEVELS:
             for classifier in ("mlp", "cnn"):
-                yield method, level, classifier, results[setting_name(method, level)][f"vae+{classifier}"]
+                yield method, level, classifier, _type2(results, setting_name(method, level), classifier)
 
 
-def _least_classified(evaluation, m):
-    true = np.array(evaluation["true_class_distribution"], dtype=float)
-    ratio = np.array(evaluation["multiple"][m]["class_distribution"]) / np.maximum(true, 1)
+def _least_classified(evaluation):
+    true = np.array(evaluation.true_class_distribution, dtype=float)
+    ratio = np.array(evaluation.multiple[evaluation.largest_m].class_distribution) / np.maximum(true, 1)
     order = np.argsort(ratio)
     return [(int(d), float(ratio[d])) for d in order[:2]]
 
@@ -291,7 +293,7 @@ def observations(results):
 
 def _multiple_vs_single(results):
     """Multiple and single imputation differ little: mostly around ±1σ, once 3.16σ."""
-    zs = [e["multiple"][_largest_m(e)]["z_multi_single"] for *_, e in _type2_cells(results)]
+    zs = [e.multiple[e.largest_m].z_multi_single for *_, e in _type2_cells(results)]
     median = float(np.median(np.abs(zs)))
     return {
         "claim": _multiple_vs_single.__doc__,
@@ -307,11 +309,10 @@ def _type2_beats_mlp(results):
     gaps = []
     for method in METHODS:
         for level in LEVELS:
-            s = results[setting_name(method, level)]
-            m = _largest_m(s["vae+mlp"])
+            s, type2 = results[setting_name(method, level)], _type2(results, setting_name(method, level), "mlp")
             gaps += [
-                s["vae+mlp"]["single_accuracy"] - s["mlp"]["accuracy"],
-                s["vae+mlp"]["multiple"][m]["accuracy"] - s["mlp"]["accuracy"],
+                type2.single_accuracy - s["mlp"]["accuracy"],
+                type2.multiple[type2.largest_m].accuracy - s["mlp"]["accuracy"],
             ]
     return {
         "claim": _type2_beats_mlp.__doc__,
@@ -330,8 +331,8 @@ def _cnn_best(results):
             s = results[setting_name(method, level)]
             others = [s["mlp"]["accuracy"]]
             for c in ("mlp", "cnn"):
-                e = s[f"vae+{c}"]
-                others += [e["single_accuracy"], e["multiple"][_largest_m(e)]["accuracy"]]
+                e = _type2(results, setting_name(method, level), c)
+                others += [e.single_accuracy, e.multiple[e.largest_m].accuracy]
             margins.append(s["cnn"]["accuracy"] - max(others))
     return {
         "claim": _cnn_best.__doc__,
@@ -362,8 +363,7 @@ def _hard_digits(results):
     least = {}
     for method in METHODS:
         for c in ("mlp", "cnn"):
-            e = results[setting_name(method, 0.9)][f"vae+{c}"]
-            least[(method, c)] = _least_classified(e, _largest_m(e))
+            least[(method, c)] = _least_classified(_type2(results, setting_name(method, 0.9), c))
     text = "; ".join(
         f"{TITLES[m]} VAE+{c.upper()}: " + ", ".join(f"digit {d} at {r:.2f}x its true count" for d, r in v)
         for (m, c), v in least.items()
@@ -382,9 +382,12 @@ def _hard_digits(results):
 def _samples_threshold(results):
     """Beyond about 10 samples, more samples do not improve accuracy; only the fluctuations shrink."""
     gains = [
-        (e["multiple"][_largest_m(e)]["accuracy"] - e["accuracy_curve"][9], e.get("z_multi_max_vs_10", math.nan))
+        (
+            e.multiple[e.largest_m].accuracy - e.accuracy_curve[9],
+            math.nan if e.z_multi_max_vs_10 is None else e.z_multi_max_vs_10,
+        )
         for *_, e in _type2_cells(results)
-        if len(e["accuracy_curve"]) > 10
+        if len(e.accuracy_curve) > 10
     ]
     if not gains:
         return {
@@ -429,8 +432,8 @@ def accuracy_figure(results, method, classifier, number, path):
             _not_run(ax, f"{TITLES[method]} {level:.0%}")
             continue
         s = results[setting_name(method, level)]
-        e = s[f"vae+{classifier}"]
-        curve = np.asarray(e["accuracy_curve"])
+        e = _type2(results, setting_name(method, level), classifier)
+        curve = np.asarray(e.accuracy_curve)
         m = np.arange(1, len(curve) + 1)
         scale = _band_scale(curve)
         ax.fill_between(
@@ -442,7 +445,7 @@ def accuracy_figure(results, method, classifier, number, path):
             label=f"accuracy(M) ± {scale:.3f}/√m",
         )
         ax.plot(m, curve, color="C0", lw=1.2, label=f"multisample VAE+{classifier.upper()}")
-        ax.axhline(e["single_accuracy"], color="C1", ls="--", label=f"single (z = μ) VAE+{classifier.upper()}")
+        ax.axhline(e.single_accuracy, color="C1", ls="--", label=f"single (z = μ) VAE+{classifier.upper()}")
         direct = s[classifier]["accuracy"]
         if classifier == "mlp":
             ax.axhline(direct, color="C2", ls=":", label="MLP, no VAE")
@@ -466,13 +469,13 @@ def distribution_figure(results, method, number, path):
             if setting_name(method, level) not in results["settings"]:
                 _not_run(ax, f"{TITLES[method]} {level:.0%}, VAE+{classifier.upper()}")
                 continue
-            e = results[setting_name(method, level)][f"vae+{classifier}"]
-            m = _largest_m(e)
-            digits = np.arange(len(e["true_class_distribution"]))
-            ax.bar(digits - 0.2, e["true_class_distribution"], width=0.4, color="C0", label="true")
+            e = _type2(results, setting_name(method, level), classifier)
+            m = e.largest_m
+            digits = np.arange(len(e.true_class_distribution))
+            ax.bar(digits - 0.2, e.true_class_distribution, width=0.4, color="C0", label="true")
             ax.bar(
                 digits + 0.2,
-                e["multiple"][m]["class_distribution"],
+                e.multiple[m].class_distribution,
                 width=0.4,
                 color="C1",
                 label=f"VAE+{classifier.upper()}, M = {m}",

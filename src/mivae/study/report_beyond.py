@@ -4,6 +4,7 @@ Every choice between methods is made on validation accuracy; test accuracy is on
 """
 
 from mivae.health import FAILED_MARK
+from mivae.images.results import Type2Evaluation
 from mivae.stats import paired_test
 from mivae.study import markdown
 from mivae.study.beyond import BASELINES, CLASSIFIERS
@@ -142,15 +143,15 @@ def _uncertainty_rows(results):
     for _, _, name in _settings():
         setting = results[name]
         for classifier in CLASSIFIERS:
-            e, failed = setting[f"vae+{classifier}"], failure(setting, f"vae+{classifier}", "vae")
-            m = str(max(int(k) for k in e["multiple"]))
-            yield name, f"VAE+{classifier.upper()}", "single", e["single_accuracy"], e["single_uncertainty"], failed
+            e = Type2Evaluation.from_json(setting[f"vae+{classifier}"])
+            failed = failure(setting, f"vae+{classifier}", "vae")
+            yield name, f"VAE+{classifier.upper()}", "single", e.single_accuracy, e.single_uncertainty, failed
             yield (
                 name,
                 f"VAE+{classifier.upper()}",
-                f"multiple, M = {m}",
-                e["multiple"][m]["accuracy"],
-                e["multiple_uncertainty"],
+                f"multiple, M = {e.largest_m}",
+                e.multiple[e.largest_m].accuracy,
+                e.multiple_uncertainty,
                 failed,
             )
         e, failed = setting["incomplete-vae+mlp"], failure(setting, "incomplete-vae+mlp")
