@@ -348,7 +348,8 @@ def _vertical_easier(results):
         rp, vl = results[setting_name("random-pixels", level)], results[setting_name("vertical-lines", level)]
         elbo.append(rp["vae"]["test_negative_elbo"] - vl["vae"]["test_negative_elbo"])
         for c in ("mlp", "cnn"):
-            diffs += [vl[f"vae+{c}"]["single_accuracy"] - rp[f"vae+{c}"]["single_accuracy"]]
+            on = {m: _type2(results, setting_name(m, level), c) for m in METHODS}
+            diffs += [on["vertical-lines"].single_accuracy - on["random-pixels"].single_accuracy]
     return {
         "claim": _vertical_easier.__doc__,
         "statistic": f"Vertical Lines minus Random Pixels single-imputation accuracy (VAE+MLP, VAE+CNN at 50/70/90 %): "
