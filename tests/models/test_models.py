@@ -5,7 +5,7 @@ import torch
 
 from mivae.config import CNNConfig, MLPConfig, VAEConfig
 from mivae.models import build_model
-from mivae.models.classifiers import CNN, MLP, l2_penalty
+from mivae.models.classifiers import CNN, MLP
 from mivae.models.distributions import kl_divergence, reparameterize
 from mivae.models.type2 import VAEClassifier
 from mivae.models.vae import VAE, negative_elbo, reconstruction_loss
@@ -121,14 +121,6 @@ def test_cnn_dropout_acts_in_training_only():
     cnn, x = CNN((8, 8), dense=32, dropout_conv=0.5, dropout_dense=0.5), torch.rand(4, 8, 8)
     assert not torch.equal(cnn.train()(x), cnn(x))
     assert torch.equal(cnn.eval()(x), cnn(x))
-
-
-def test_l2_penalty_sums_squared_weights_not_biases():
-    mlp = MLP((2, 2), 3, (2,))
-    for p in mlp.parameters():
-        torch.nn.init.constant_(p, 2.0)
-    # weights: 4x2 and 2x3 entries of 2.0 -> (8 + 6) * 4; biases excluded
-    assert l2_penalty(mlp).item() == 56.0
 
 
 def test_type2_keeps_the_vae_frozen_and_samples_only_in_training():

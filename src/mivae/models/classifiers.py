@@ -83,15 +83,6 @@ class CNN(nn.Module):
         return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
-def l2_penalty(module):
-    """Returns the sum of squared weights of every Linear and Conv2d layer (biases excluded).
-
-    The thesis' L2 term is l2 times this; training applies it as the optimiser's weight decay
-    of 2 * l2, which gives the same gradient (see `mivae.training`).
-    """
-    return sum(m.weight.pow(2).sum() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-
-
 @torch.no_grad()
 def softmax(logits):
     """Returns class probabilities (B, C) in float32 from logits (B, C)."""
