@@ -84,3 +84,15 @@ def test_a_clean_trained_classifier_is_tested_directly_and_on_one_imputation_wit
     assert result.z_imputation_vs_direct == pytest.approx(paired_test(imputed, direct, y).z)
     plain = evaluate_run(mlp, problem=make_problem(clean))  # without a VAE the imputation fields are left out
     assert plain.accuracy_on_one_vae_imputation is None and "z_imputation_vs_direct" not in plain.to_json()
+
+
+def test_an_evaluation_read_back_without_its_fields_is_one_sentence_naming_them():
+    with pytest.raises(MivaeError, match=r"an evaluation of vae lacks test_negative_elbo, health: it was written by "):
+        VAEEvaluation.from_json(
+            {"kind": "vae", "data": {}, "test_images": 1, "precision": "float32", "val_negative_elbo": 1.0}
+        )
+    type2 = {"kind": "vae+mlp", "data": {}, "test_images": 1, "precision": "float32", "health": {},
+             "single_accuracy": 1.0, "single_uncertainty": {}, "multiple_uncertainty": {},
+             "single_class_distribution": [], "true_class_distribution": [], "accuracy_curve": []}  # fmt: skip
+    with pytest.raises(MivaeError, match="the multiple imputations of an evaluation of vae\\+mlp are damaged"):
+        Type2Evaluation.from_json({**type2, "multiple": {"10": {"accuracy": 0.5}}})

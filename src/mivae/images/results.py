@@ -9,6 +9,8 @@ the classification ran in; a model's health (mivae.health) comes as the dict `He
 import dataclasses
 from dataclasses import dataclass
 
+from mivae.errors import MivaeError
+
 
 @dataclass(frozen=True, kw_only=True)
 class Evaluation:
@@ -31,8 +33,18 @@ class Evaluation:
 
     @classmethod
     def from_json(cls, values):
-        """Returns the evaluation of this class from `to_json`'s values (keys it does not know are left out)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        """Returns the evaluation of this class from `to_json`'s values (keys it does not know are left out); raises
+        MivaeError naming the fields it lacks."""
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in values] if isinstance(values, dict) else required
+        if missing:
+            what = values.get("kind", "a model") if isinstance(values, dict) else "a model"
+            raise MivaeError(
+                f"an evaluation of {what} lacks {', '.join(missing)}: it was written by another version of mivae "
+                "or damaged."
+            )
+        names = {f.name for f in fields}
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
@@ -114,7 +126,13 @@ class Type2Evaluation(Evaluation):
     @classmethod
     def from_json(cls, values):
         evaluation = super().from_json(values)
-        rows = {int(m): MultipleRow(**row) for m, row in values["multiple"].items()}
+        try:
+            rows = {int(m): MultipleRow(**row) for m, row in values["multiple"].items()}
+        except (TypeError, ValueError, AttributeError):
+            raise MivaeError(
+                f"the multiple imputations of an evaluation of {evaluation.kind} are damaged: "
+                f"{values['multiple']!r:.80}."
+            ) from None
         return dataclasses.replace(evaluation, multiple=rows)
 
 
