@@ -3,7 +3,7 @@ known)."""
 
 import pytest
 
-from mivae.images.results import MultipleRow, Type2Evaluation
+from mivae.images.results import ClassifierEvaluation, MultipleRow, Type2Evaluation, VAEEvaluation
 from mivae.study.report import THESIS, _markdown_table, failures, observations, type2_table
 
 OK, FAILED = {"ok": True, "reason": "fine"}, {"ok": False, "reason": "its predictions collapsed to one class"}
@@ -25,9 +25,13 @@ def _type2(single, multiple, z, health=OK):
 
 
 def _results(vae_health=OK, search_health=None):
+    common = {"data": {}, "test_images": 10, "precision": "float32"}
+    vae = VAEEvaluation(kind="vae", val_negative_elbo=30.0, test_negative_elbo=31.0, health=vae_health, **common)
+    mlp = ClassifierEvaluation(kind="mlp", health=OK, accuracy=0.81, val_accuracy=0.8, class_distribution=[1] * 10,
+                               uncertainty={}, predicted=list(range(10)), **common)  # fmt: skip
     setting = {
-        "vae": {"health": vae_health},
-        "mlp": {"accuracy": 0.81, "health": OK, "search": {"health": search_health}},
+        "vae": vae.to_json(),
+        "mlp": {**mlp.to_json(), "search": {"health": search_health}},
         "vae+mlp": _type2(0.84, 0.85, 1.5),
     }
     return {"settings": ["random-pixels-0.5"], "random-pixels-0.5": setting}

@@ -22,7 +22,7 @@ from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
 from mivae.health import FAILED_MARK
 from mivae.images.figures import image_grid, plt, save_figure
-from mivae.images.results import Type2Evaluation
+from mivae.images.results import ClassifierEvaluation, Type2Evaluation, VAEEvaluation
 from mivae.images.runs import write_json
 from mivae.models import KINDS
 from mivae.study import markdown
@@ -148,6 +148,16 @@ def _type2(results, setting, classifier):
     return Type2Evaluation.from_json(results[setting][f"vae+{classifier}"])
 
 
+def _classifier(results, setting, name):
+    """The evaluation of a Type 1 classifier `name` ("mlp", "clean-cnn", ...) in `setting`, as its dataclass."""
+    return ClassifierEvaluation.from_json(results[setting][name])
+
+
+def _vae(results, setting):
+    """The evaluation of the VAE of `setting`, as its dataclass."""
+    return VAEEvaluation.from_json(results[setting]["vae"])
+
+
 def type2_table(results, table, method, classifier):
     """Table 1, 2, 4 or 5: Type 1 accuracy, Type 2 single and multiple, z_multi/single, per level that ran.
 
@@ -155,11 +165,10 @@ def type2_table(results, table, method, classifier):
     check; ours is None for a level that did not run."""
     rows = []
     for level, name in _levels_that_ran(results, table, method, rows):
-        setting = results[name]
-        direct, type2 = setting[classifier], _type2(results, name, classifier)
+        direct, type2 = _classifier(results, name, classifier), _type2(results, name, classifier)
         largest = type2.multiple[type2.largest_m]
         ours = (
-            direct["accuracy"],
+            direct.accuracy,
             type2.single_accuracy,
             largest.accuracy,
             largest.z_multi_single,
@@ -190,13 +199,13 @@ def clean_table(results, table, method):
     the health of the setting's VAE."""
     rows = []
     for level, name in _levels_that_ran(results, table, method, rows):
-        setting, ours = results[name], []
+        ours = []
         vae_failed = bool(failures(results, name, ["vae"]))
         for kind in ("clean-mlp", "clean-cnn"):
-            own_failed = bool(failures(results, name, [kind]))
+            own_failed, clean = bool(failures(results, name, [kind])), _classifier(results, name, kind)
             ours += [
-                (setting[kind]["accuracy"], own_failed),
-                (setting[kind]["accuracy_on_one_vae_imputation"], own_failed or vae_failed),
+                (clean.accuracy, own_failed),
+                (clean.accuracy_on_one_vae_imputation, own_failed or vae_failed),
             ]
         rows.append((level, [(o, t, f) for (o, f), t in zip(ours, THESIS[table][level])]))
     return rows
@@ -309,11 +318,9 @@ def _type2_beats_mlp(results):
     gaps = []
     for method in METHODS:
         for level in LEVELS:
-            s, type2 = results[setting_name(method, level)], _type2(results, setting_name(method, level), "mlp")
-            gaps += [
-                type2.single_accuracy - s["mlp"]["accuracy"],
-                type2.multiple[type2.largest_m].accuracy - s["mlp"]["accuracy"],
-            ]
+            name = setting_name(method, level)
+            mlp, type2 = _classifier(results, name, "mlp").accuracy, _type2(results, name, "mlp")
+            gaps += [type2.single_accuracy - mlp, type2.multiple[type2.largest_m].accuracy - mlp]
     return {
         "claim": _type2_beats_mlp.__doc__,
         "statistic": f"VAE+MLP minus MLP accuracy over 6 settings x (single, multiple): from {min(gaps):+.4f} "
@@ -328,12 +335,12 @@ def _cnn_best(results):
     margins = []
     for method in METHODS:
         for level in LEVELS:
-            s = results[setting_name(method, level)]
-            others = [s["mlp"]["accuracy"]]
+            name = setting_name(method, level)
+            others = [_classifier(results, name, "mlp").accuracy]
             for c in ("mlp", "cnn"):
-                e = _type2(results, setting_name(method, level), c)
+                e = _type2(results, name, c)
                 others += [e.single_accuracy, e.multiple[e.largest_m].accuracy]
-            margins.append(s["cnn"]["accuracy"] - max(others))
+            margins.append(_classifier(results, name, "cnn").accuracy - max(others))
     return {
         "claim": _cnn_best.__doc__,
         "statistic": f"CNN minus the best other classifier, per setting: {', '.join(f'{g:+.4f}' for g in margins)}.",
@@ -345,8 +352,8 @@ def _vertical_easier(results):
     """VAE imputation works better on Vertical Lines (not at random) than on Random Pixels (at random)."""
     diffs, elbo = [], []
     for level in LEVELS:
-        rp, vl = results[setting_name("random-pixels", level)], results[setting_name("vertical-lines", level)]
-        elbo.append(rp["vae"]["test_negative_elbo"] - vl["vae"]["test_negative_elbo"])
+        rp, vl = (_vae(results, setting_name(m, level)) for m in ("random-pixels", "vertical-lines"))
+        elbo.append(rp.test_negative_elbo - vl.test_negative_elbo)
         for c in ("mlp", "cnn"):
             on = {m: _type2(results, setting_name(m, level), c) for m in METHODS}
             diffs += [on["vertical-lines"].single_accuracy - on["random-pixels"].single_accuracy]
@@ -432,7 +439,6 @@ def accuracy_figure(results, method, classifier, number, path):
         if setting_name(method, level) not in results["settings"]:
             _not_run(ax, f"{TITLES[method]} {level:.0%}")
             continue
-        s = results[setting_name(method, level)]
         e = _type2(results, setting_name(method, level), classifier)
         curve = np.asarray(e.accuracy_curve)
         m = np.arange(1, len(curve) + 1)
@@ -447,7 +453,7 @@ def accuracy_figure(results, method, classifier, number, path):
         )
         ax.plot(m, curve, color="C0", lw=1.2, label=f"multisample VAE+{classifier.upper()}")
         ax.axhline(e.single_accuracy, color="C1", ls="--", label=f"single (z = μ) VAE+{classifier.upper()}")
-        direct = s[classifier]["accuracy"]
+        direct = _classifier(results, setting_name(method, level), classifier).accuracy
         if classifier == "mlp":
             ax.axhline(direct, color="C2", ls=":", label="MLP, no VAE")
         ax.set_xscale("log")
