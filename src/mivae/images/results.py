@@ -150,3 +150,8 @@ class ImportanceWeightedEvaluation(Evaluation):
     uniform: dict
     z_weighted_vs_single: float
     z_weighted_vs_uniform: float
+
+    def ways(self):
+        """{"single", "importance_weighted", "uniform"}: each way of classifying, a dict of its accuracy, uncertainty,
+        val_accuracy, class_distribution and predicted."""
+        return {"single": self.single, "importance_weighted": self.importance_weighted, "uniform": self.uniform}

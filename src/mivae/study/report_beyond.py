@@ -4,7 +4,12 @@ Every choice between methods is made on validation accuracy; test accuracy is on
 """
 
 from mivae.health import FAILED_MARK
-from mivae.images.results import Type2Evaluation
+from mivae.images.results import (
+    BoundEvaluation,
+    ClassifierEvaluation,
+    ImportanceWeightedEvaluation,
+    Type2Evaluation,
+)
 from mivae.stats import paired_test
 from mivae.study import markdown
 from mivae.study.beyond import BASELINES, CLASSIFIERS
@@ -40,26 +45,31 @@ def _settings():
             yield method, level, setting_name(method, level)
 
 
+def _classifier(setting, name):
+    """The evaluation `name` of a classifier in `setting` (a mask-aware one, one on a baseline's imputations, a
+    clean-trained one on an imputer's), as its dataclass."""
+    return ClassifierEvaluation.from_json(setting[name])
+
+
+def _weighted(setting):
+    """The evaluation of the classifier on the incomplete-data VAE's imputations in `setting`, as its dataclass."""
+    return ImportanceWeightedEvaluation.from_json(setting["incomplete-vae+mlp"])
+
+
 def candidates(setting):
     """[(name, validation accuracy, test accuracy, test predictions, failure)] of every beyond-the-thesis classifier;
     failure is None, or why the model failed its health check (mivae.health)."""
-    rows = [
-        (
-            name,
-            setting[name]["val_accuracy"],
-            setting[name]["accuracy"],
-            setting[name]["predicted"],
-            failure(setting, name),
-        )
-        for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES))
-    ]
-    weighted = setting["incomplete-vae+mlp"]
+    rows = []
+    for name in ("mask-mlp", "mask-cnn", *(f"{b}+mlp" for b in BASELINES)):
+        e = _classifier(setting, name)
+        rows.append((name, e.val_accuracy, e.accuracy, e.predicted, failure(setting, name)))
+    weighted = _weighted(setting)
     rows += [
         (
-            f"{weighted['kind']} {v.replace('_', '-')}",
-            weighted[v]["val_accuracy"],
-            weighted[v]["accuracy"],
-            weighted[v]["predicted"],
+            f"{weighted.kind} {v.replace('_', '-')}",
+            weighted.ways()[v]["val_accuracy"],
+            weighted.ways()[v]["accuracy"],
+            weighted.ways()[v]["predicted"],
             failure(setting, "incomplete-vae+mlp"),
         )
         for v in VARIANTS
@@ -118,12 +128,12 @@ def targets(results):
         setting = results[name]
         best, val, test, predicted, failed = best_by_validation(candidates(setting))
         thesis, target = TARGETS[(method, level)]
-        ours_cnn = setting["cnn"]
+        ours_cnn = _classifier(setting, "cnn")
         rows.append(
             {
                 "setting": name,
                 "thesis_best": thesis,
-                "our_thesis_cnn": ours_cnn["accuracy"],
+                "our_thesis_cnn": ours_cnn.accuracy,
                 "method": best,
                 "val_accuracy": val,
                 "test_accuracy": test,
@@ -131,7 +141,7 @@ def targets(results):
                 "met": None if failed else test >= target,
                 "failed_model": _named(name, failed),
                 "our_thesis_cnn_failed": _named(name, failure(setting, "cnn")),
-                "z_vs_our_thesis_cnn": paired_test(predicted, ours_cnn["predicted"], labels).z,
+                "z_vs_our_thesis_cnn": paired_test(predicted, ours_cnn.predicted, labels).z,
             }
         )
     return rows
@@ -154,10 +164,10 @@ def _uncertainty_rows(results):
                 e.multiple_uncertainty,
                 failed,
             )
-        e, failed = setting["incomplete-vae+mlp"], failure(setting, "incomplete-vae+mlp")
-        for v in VARIANTS:
-            label = "single" if v == "single" else f"multiple, K = {e['samples']}, {v.replace('_', '-')}"
-            yield name, e["kind"], label, e[v]["accuracy"], e[v]["uncertainty"], failed
+        e, failed = _weighted(setting), failure(setting, "incomplete-vae+mlp")
+        for v, way in e.ways().items():
+            label = "single" if v == "single" else f"multiple, K = {e.samples}, {v.replace('_', '-')}"
+            yield name, e.kind, label, way["accuracy"], way["uncertainty"], failed
 
 
 def uncertainty_verdict(results):
@@ -193,18 +203,16 @@ def clean_scenario(results, thesis_cells):
     for method, level, name in _settings():
         setting = results[name]
         for classifier in CLASSIFIERS:
-            own = setting[f"clean-{classifier}"]
-            options = {
-                "thesis' VAE": (own["val_accuracy_on_one_vae_imputation"], own["accuracy_on_one_vae_imputation"])
-            }
-            miwae = setting[f"clean-{classifier}-on-incomplete-vae"]
-            options["(not-)MIWAE"] = (
-                miwae["val_accuracy_on_one_vae_imputation"],
-                miwae["accuracy_on_one_vae_imputation"],
-            )
+            options = {}
+            for imputer, name_of in (
+                ("thesis' VAE", f"clean-{classifier}"),
+                ("(not-)MIWAE", f"clean-{classifier}-on-incomplete-vae"),
+            ):
+                e = _classifier(setting, name_of)
+                options[imputer] = (e.val_accuracy_on_one_vae_imputation, e.accuracy_on_one_vae_imputation)
             for b in BASELINES:
-                e = setting[f"clean-{classifier}-on-{b}"]
-                options[b] = (e["val_accuracy"], e["accuracy"])
+                e = _classifier(setting, f"clean-{classifier}-on-{b}")
+                options[b] = (e.val_accuracy, e.accuracy)
             vae_failed = _named(name, failure(setting, "vae"))
             choices = [k for k in options if not (vae_failed and k == "thesis' VAE")]  # not an imputer that failed
             chosen = max(choices, key=lambda k: options[k][0])
@@ -297,13 +305,9 @@ def section(results, thesis_cells):
         markdown.table(
             ["setting", "model", "negative bound, test (nats, K = eval samples)", "RMSE on the missing test pixels"],
             [
-                [
-                    name,
-                    results[name]["incomplete-vae"]["kind"],
-                    f"{results[name]['incomplete-vae']['test_negative_bound']:.1f}",
-                    _f(results[name]["incomplete-vae"]["test_rmse_missing"]),
-                ]
+                [name, e.kind, f"{e.test_negative_bound:.1f}", _f(e.test_rmse_missing)]
                 for _, _, name in _settings()
+                for e in [BoundEvaluation.from_json(results[name]["incomplete-vae"])]
             ],
         )
         + "\n"
@@ -312,16 +316,16 @@ def section(results, thesis_cells):
     md.append("### Importance-weighted against uniform averaging of imputations\n")
     body = []
     for _, _, name in _settings():
-        e = results[name]["incomplete-vae+mlp"]
+        e = _weighted(results[name])
         body.append(
             [
                 name,
-                e["kind"],
-                _f(e["single"]["accuracy"]),
-                _f(e["importance_weighted"]["accuracy"]),
-                _f(e["uniform"]["accuracy"]),
-                f"{e['z_weighted_vs_uniform']:.2f}",
-                f"{e['z_weighted_vs_single']:.2f}",
+                e.kind,
+                _f(e.single["accuracy"]),
+                _f(e.importance_weighted["accuracy"]),
+                _f(e.uniform["accuracy"]),
+                f"{e.z_weighted_vs_uniform:.2f}",
+                f"{e.z_weighted_vs_single:.2f}",
             ]
         )
     md.append(
