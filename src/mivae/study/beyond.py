@@ -21,8 +21,12 @@ early on validation accuracy or bound; the report picks each setting's best meth
 
 import dataclasses
 from functools import partial
+from typing import TYPE_CHECKING
 
 from mivae.config import CNNConfig, MIWAEConfig, MLPConfig
+
+if TYPE_CHECKING:  # the study runs this stage; importing it at run time would be circular
+    from mivae.study.reproduce import Study
 
 # Most epochs per model, by preset; patience and batch size are the preset's.
 EPOCHS = {
@@ -39,9 +43,10 @@ def incomplete_kind(method):
     return "not-miwae" if method == "vertical-lines" else "miwae"
 
 
-def run_setting(study, setting, data, cleans):
-    """Trains and evaluates the beyond-the-thesis models of one setting; `cleans` maps "mlp" / "cnn" to the
-    (Run, search summary, key) of the classifiers trained on clean images."""
+def run_setting(study: "Study", setting, data, cleans):
+    """Trains and evaluates the beyond-the-thesis models of one setting in `study` (its cached units: `trained`,
+    `evaluated`, `evaluate`); `cleans` maps "mlp" / "cnn" to the (Run, search summary, key) of the classifiers
+    trained on clean images."""
     epochs, seed = EPOCHS[study.preset.name], study.seed
     for classifier, config in (("mlp", MLPConfig(mask_input=True)), ("cnn", CNNConfig(mask_input=True))):
         run, key = study.trained(
