@@ -176,12 +176,12 @@ CLI_CASES = {
     ),
     "zero samples to evaluate": (
         ["evaluate", "{run}", "--samples", "0"],
-        "--samples must be whole numbers of at least 1",
+        "--imputations must be whole numbers of at least 1",
         None,
     ),
     "negative imputations": (
         ["impute", "{root}/labels.csv", "--samples", "-3", "--out", "{tmp}/out"],
-        "--samples must be a whole number of at least 1; got -3",
+        "--imputations must be a whole number of at least 1; got -3",
         "{tmp}/out",
     ),
     "zero trials": (

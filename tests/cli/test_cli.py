@@ -314,7 +314,7 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
             ["train", "mlp", "--dataset", "digits", "--threads", "-1", "--out", "r"],
             "--threads must be a whole number of at least 1; got -1.",
         ),
-        (["evaluate", ".", "--samples", ","], "--samples must be whole numbers of at least 1"),
+        (["evaluate", ".", "--samples", ","], "--imputations must be whole numbers of at least 1"),
         (["search", "--out", "s"], "mivae search needs a KIND and --out, or --show-space."),
         (["search", "mlp", "--out", "s", "--trials", "0"], "--trials must be a whole number of at least 1; got 0."),
         (["search", "vae+mlp", "--dataset", "digits", "--out", "s"], "pass --vae with the selected VAE's final run."),

@@ -42,7 +42,7 @@ def test_impute_round_trips_a_mixed_csv(tmp_path, capsys):
     frame, holes = mixed_frame()
     frame.to_csv(tmp_path / "people.csv", index=False)
     status, out, err = run(
-        capsys, "impute", tmp_path / "people.csv", "--samples", 3, "--single", "--out", tmp_path / "out", *FAST
+        capsys, "impute", tmp_path / "people.csv", "--imputations", 3, "--single", "--out", tmp_path / "out", *FAST
     )
     assert status == 0, err
     assert "3 continuous and 2 categorical columns" in out
@@ -96,7 +96,7 @@ def test_classify_cross_validates_over_imputations(tmp_path, capsys):
     table["kind"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
     table.to_csv(tmp_path / "wine.csv", index=False)
     status, out, err = run(
-        capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--samples", 3, "--epochs", 30
+        capsys, "classify", tmp_path / "wine.csv", "--target", "kind", "--folds", 3, "--imputations", 3, "--epochs", 30
     )
     assert status == 0, err
     assert out.count("fold ") == 3 and out.count("(baseline ") == 3
@@ -153,7 +153,7 @@ def test_bad_files_are_one_sentence_and_write_nothing(case, tmp_path, capsys):
         (["--target", "nope"], "target column 'nope' is not in"),
         (["--target", "c"], "target column 'c' is missing in 1 of 4 rows"),
         (["--target", "a", "--folds", "1"], "--folds must be a whole number of at least 2"),
-        (["--target", "a", "--samples", "0"], "--samples must be a whole number of at least 1"),
+        (["--target", "a", "--samples", "0"], "--imputations must be a whole number of at least 1"),
     ],
 )
 def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, capsys):
@@ -165,8 +165,8 @@ def test_classify_refuses_a_bad_target_or_setting(argv, expected, tmp_path, caps
 def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
     path = _write(tmp_path / "t.csv", "a,b\n1,2\n3,\n")
     for argv, expected in [
-        (["--samples", "0"], "--samples must be a whole number of at least 1"),
-        (["--samples", "-3"], "--samples must be a whole number of at least 1"),
+        (["--samples", "0"], "--imputations must be a whole number of at least 1"),
+        (["--samples", "-3"], "--imputations must be a whole number of at least 1"),
         (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
         (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
         (["--categorical", "zzz"], "column 'zzz' is not in"),

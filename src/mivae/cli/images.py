@@ -129,10 +129,14 @@ def add_commands(commands):
     evaluate = commands.add_parser("evaluate", help="test a trained run on its corrupted test set")
     evaluate.add_argument("run_dir", help="run directory written by 'mivae train'")
     evaluate.add_argument(
+        "--imputations",
         "--samples",
+        dest="samples",
+        metavar="M",
         type=int_list,
         default=[1, 10, 100, 1000],
-        help="numbers of samples M for multiple imputation (default: 1,10,100,1000)",
+        help="numbers of imputations M for multiple imputation, comma-separated (default: 1,10,100,1000; "
+        "--samples: the same)",
     )
     evaluate.add_argument(
         "--imputer",
@@ -325,7 +329,9 @@ def _evaluate(args):
 
     set_threads(args.threads)
     if not args.samples or min(args.samples) < 1:
-        raise MivaeError(f"--samples must be whole numbers of at least 1, like 1,10,100; got {args.samples or 'none'}.")
+        raise MivaeError(
+            f"--imputations must be whole numbers of at least 1, like 1,10,100; got {args.samples or 'none'}."
+        )
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
     vae_run = load_run(args.vae, device) if args.vae else None

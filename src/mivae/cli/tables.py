@@ -12,13 +12,16 @@ def add_commands(commands):
         "impute",
         help="fill the missing entries of a CSV or Parquet table: M completed tables",
         description="Fits a VAE on the observed entries of a table (CSV or Parquet, empty cells missing) and writes "
-        "--samples completed tables to --out, each with the input's columns in the input's order: "
+        "--imputations completed tables to --out, each with the input's columns in the input's order: "
         "OUT/STEM.imputed-K.EXT. Numeric columns are continuous, text and true/false columns categorical, unless "
         "declared otherwise.",
     )
     impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
     impute.add_argument("--out", required=True, help="folder for the completed tables")
-    impute.add_argument("--samples", type=int, default=10, help="M, the number of completed tables (default: 10)")
+    impute.add_argument(
+        "--imputations", "--samples", dest="samples", metavar="M", type=int, default=10,
+        help="M, the number of completed tables (default: 10; --samples: the same)",
+    )  # fmt: skip
     impute.add_argument(
         "--single", action="store_true", help="also write the single best imputation, OUT/STEM.single.EXT"
     )
@@ -30,14 +33,17 @@ def add_commands(commands):
         "classify",
         help="cross-validate a classifier over multiple imputations of a table with missing values",
         description="Predicts --target from the other columns of a table with missing entries: in each fold a VAE is "
-        "fitted on the training rows, a logistic regression on --samples imputations of them, and test rows are "
-        "classified by the mean of its probabilities over --samples imputations. Prints the accuracy per fold beside a "
-        "baseline's: the same logistic regression on the column means and modes, on the same folds.",
+        "fitted on the training rows, a logistic regression on --imputations imputations of them, and test rows are "
+        "classified by the mean of its probabilities over --imputations imputations. Prints the accuracy per fold "
+        "beside a baseline's: the same logistic regression on the column means and modes, on the same folds.",
     )
     classify.add_argument("data", help="the table: .csv, .tsv or .parquet")
     classify.add_argument("--target", required=True, help="the column to predict; it must have no missing entry")
     classify.add_argument("--folds", type=int, default=5, help="cross-validation folds, stratified (default: 5)")
-    classify.add_argument("--samples", type=int, default=10, help="M, imputations per row (default: 10)")
+    classify.add_argument(
+        "--imputations", "--samples", dest="samples", metavar="M", type=int, default=10,
+        help="M, imputations per row (default: 10; --samples: the same)",
+    )  # fmt: skip
     classify.add_argument("--indicator", action="store_true", help="also give the classifier the missingness mask")
     _add_table_model_flags(classify)
     classify.set_defaults(run=_classify)
@@ -97,7 +103,7 @@ def _impute(args):
 
     from mivae.tables.io import read_table, table_format, write_table
 
-    check_whole("--samples", args.samples, 1)
+    check_whole("--imputations", args.samples, 1)
     data = Path(args.data)
     ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
     frame = read_table(data, args.categorical, args.continuous)
@@ -135,7 +141,7 @@ def _classify(args):
     from mivae.tables.estimators import MultipleImputationClassifier
     from mivae.tables.io import read_table
 
-    check_whole("--samples", args.samples, 1)
+    check_whole("--imputations", args.samples, 1)
     check_whole("--folds", args.folds, 2)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
     X, y = split_target(frame, args.target, args.folds, source=str(args.data), folds_name="--folds")
