@@ -121,33 +121,18 @@ def _fake_train(values, diverge=()):
 
     def train_model(kind, data, config, train, problem=None, vae_run=None, validate=True, **kw):
         calls.append((config, train.epochs, validate, len(problem.train)))
+
+        def run(history, metrics):
+            return Run(kind=kind, data=data, model_config=config, train=train, model=torch.nn.Linear(1, 1),
+                       image_shape=(8, 8), n_classes=10, history=history, metrics=metrics)  # fmt: skip
+
         if not validate:
-            return Run(
-                kind,
-                data,
-                config,
-                train,
-                torch.nn.Linear(1, 1),
-                (8, 8),
-                10,
-                None,
-                History(best_epoch=train.epochs),
-                {"test_accuracy": 0.5},
-            )
+            return run(History(best_epoch=train.epochs), {"test_accuracy": 0.5})
         i = len([c for c in calls if c[2]]) - 1
         if i in diverge:
             raise TrainingDiverged("training diverged: the loss went from 2.3 to nan at step 1 of epoch 2")
-        return Run(
-            kind,
-            data,
-            config,
-            train,
-            torch.nn.Linear(1, 1),
-            (8, 8),
-            10,
-            None,
-            History(best_epoch=i + 1),
-            {"val_accuracy": values[i], "val_negative_elbo": values[i], "health": HEALTHY},
+        return run(
+            History(best_epoch=i + 1), {"val_accuracy": values[i], "val_negative_elbo": values[i], "health": HEALTHY}
         )
 
     return train_model, calls

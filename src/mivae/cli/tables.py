@@ -142,7 +142,6 @@ def _classify(args):
     from mivae.tables.io import read_table
 
     check_whole("--imputations", args.samples, 1)
-    check_whole("--folds", args.folds, 2)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
     X, y = split_target(frame, args.target, args.folds, source=str(args.data), folds_name="--folds")
     categorical = [c for c in args.categorical if c in X.columns]

@@ -35,7 +35,6 @@ RESULTS = (
     *(f"{b}+mlp" for b in BASELINES),
     *(f"clean-{c}-on-{i}" for c in CLASSIFIERS for i in ("incomplete-vae", *BASELINES)),
 )
-VARIANTS = ("single", "importance_weighted", "uniform")
 COVERAGE = "0.9"
 
 
@@ -49,6 +48,11 @@ def _classifier(setting, name):
     """The evaluation `name` of a classifier in `setting` (a mask-aware one, one on a baseline's imputations, a
     clean-trained one on an imputer's), as its dataclass."""
     return ClassifierEvaluation.from_json(setting[name])
+
+
+def _bound_row(name, e):
+    """A row of the table of VAEs trained on incomplete images: setting, model, test bound, RMSE on missing pixels."""
+    return [name, e.kind, f"{e.test_negative_bound:.1f}", _f(e.test_rmse_missing)]
 
 
 def _weighted(setting):
@@ -67,12 +71,12 @@ def candidates(setting):
     rows += [
         (
             f"{weighted.kind} {v.replace('_', '-')}",
-            weighted.ways()[v]["val_accuracy"],
-            weighted.ways()[v]["accuracy"],
-            weighted.ways()[v]["predicted"],
+            way["val_accuracy"],
+            way["accuracy"],
+            way["predicted"],
             failure(setting, "incomplete-vae+mlp"),
         )
-        for v in VARIANTS
+        for v, way in weighted.ways().items()
     ]
     return rows
 
@@ -305,9 +309,8 @@ def section(results, thesis_cells):
         markdown.table(
             ["setting", "model", "negative bound, test (nats, K = eval samples)", "RMSE on the missing test pixels"],
             [
-                [name, e.kind, f"{e.test_negative_bound:.1f}", _f(e.test_rmse_missing)]
+                _bound_row(name, BoundEvaluation.from_json(results[name]["incomplete-vae"]))
                 for _, _, name in _settings()
-                for e in [BoundEvaluation.from_json(results[name]["incomplete-vae"])]
             ],
         )
         + "\n"
