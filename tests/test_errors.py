@@ -24,6 +24,7 @@ def test_check_whole_returns_whole_numbers_from_its_lower_bound_and_the_exceptio
         (True, 0, (), "seed must be a whole number of at least 0; got True."),
         ("big", 1, ("auto", None), "seed must be a whole number of at least 1, 'auto' or None; got 'big'."),
         (None, 1, ("auto",), "seed must be a whole number of at least 1 or 'auto'; got None."),
+        (np.array([3, 4]), 1, ("auto",), "seed must be a whole number of at least 1 or 'auto'; got array([3, 4])."),
     ],
 )
 def test_check_whole_refuses_in_one_sentence(value, low, also, message):

@@ -31,7 +31,7 @@ def _alternatives(first, also):
 
 def _allowed(value, also):
     """Whether `value` is one of the exceptions `also` allows: None by identity, a string by equality."""
-    return any(value is a or isinstance(a, str) and value == a for a in also)
+    return any(value is a or isinstance(value, str) and value == a for a in also)  # never compares an array
 
 
 def check_whole(name, value, low=0, also=(), error=MivaeError):
