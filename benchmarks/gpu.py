@@ -7,7 +7,7 @@ The steps, in order:
   1. the device: torch sees the GPU, and mivae resolves "auto" to it;
   2. every model kind trained for one epoch (`mivae train KIND --epochs 1 --device cuda`), each saved run
      recording the device it trained on and, where the GPU has it, bf16;
-  3. multiple imputation (`mivae evaluate --samples 1,10,100`) of a VAE+MLP and a VAE+CNN;
+  3. multiple imputation (`mivae evaluate --imputations 1,10,100`) of a VAE+MLP and a VAE+CNN;
   4. the tabular estimators (MIWAEImputer, VAEImputer) fitted and sampled on the GPU;
   5. the benchmark suite on the GPU (`benchmarks/run.py --device cuda`), its fractions of the GPU's own
      measured matmul peak; its section goes into BENCHMARKS.md;
@@ -37,7 +37,7 @@ def _settings(dry_run):
         return {
             "device": "cpu",
             "data": ["--dataset", "digits", "--limit", "96"],
-            "samples": "1,5",
+            "imputations": "1,5",
             "bench": ["--smoke", "--threads", "1"],
             "study": ["--limit", "48", "--thesis-only"],
             "rows": 300,
@@ -45,7 +45,7 @@ def _settings(dry_run):
     return {
         "device": "cuda",
         "data": ["--dataset", "mnist"],
-        "samples": "1,10,100",
+        "imputations": "1,10,100",
         "bench": [],
         "study": [],
         "rows": 20_000,
@@ -110,7 +110,10 @@ def multiple_imputation(out, settings):
 
     rows = []
     for kind in ("vae+mlp", "vae+cnn"):
-        _call(mivae, ["evaluate", str(out / kind), "--samples", settings["samples"], "--device", settings["device"]])
+        _call(
+            mivae,
+            ["evaluate", str(out / kind), "--imputations", settings["imputations"], "--device", settings["device"]],
+        )
         result = json.loads((out / kind / "evaluation.json").read_text())
         largest = max(result["multiple"], key=int)
         rows.append(f"{kind} M={largest} accuracy {result['multiple'][largest]['accuracy']:.4f}")

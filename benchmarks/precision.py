@@ -1,10 +1,10 @@
 """Does bf16 change the science? The same trained models and corrupted test set, float32 against bf16.
 
-    python benchmarks/precision.py RUN_DIR [RUN_DIR ...] [--samples 10] [--data-dir DIR]
+    python benchmarks/precision.py RUN_DIR [RUN_DIR ...] [--imputations 10] [--data-dir DIR]
 
 For each run (Type 1 or Type 2), predicts the test set in float32 and in bf16 and reports
 both accuracies and the paired z of §3.6 between them (bf16 vs float32); for Type 2 runs,
-single imputation, and for VAE-based ones multiple imputation with --samples samples too. Writes
+single imputation, and for VAE-based ones multiple imputation with --imputations imputations too. Writes
 benchmarks/precision.json, which benchmarks/run.py puts into BENCHMARKS.md.
 """
 
@@ -48,7 +48,9 @@ def compare(name, predict, y):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories written by 'mivae train'")
-    parser.add_argument("--samples", type=int, default=10, help="samples for multiple imputation (default: 10)")
+    parser.add_argument(
+        "--imputations", "--samples", type=int, default=10, help="imputations M of multiple imputation (default: 10)"
+    )
     parser.add_argument("--data-dir", help="folder holding the dataset's files")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "precision.json"))
     args = parser.parse_args(argv)
@@ -71,10 +73,10 @@ def main(argv=None):
         if run.kind.startswith("vae+"):
             rows.append(
                 compare(
-                    f"{label}, M={args.samples}",
+                    f"{label}, M={args.imputations}",
                     lambda dtype: (
-                        multiple_imputation(run.model, x, test.y, args.samples, seed=0, dtype=dtype)
-                        .predictions[args.samples]
+                        multiple_imputation(run.model, x, test.y, args.imputations, seed=0, dtype=dtype)
+                        .predictions[args.imputations]
                         .numpy()
                     ),
                     y,

@@ -88,3 +88,19 @@ def test_rejecting_the_least_confident_raises_accuracy():
 def test_probabilities_of_the_wrong_shape_are_refused():
     with pytest.raises(ValueError, match=r"shape \(N, C\) for N = 3 labels; got shape \(2, 10\)"):
         brier_score(np.full((2, 10), 0.1), np.array([0, 1, 2]))
+
+
+def test_the_metrics_agree_with_scikit_learn_and_scipy_where_their_definitions_meet():
+    # NLL is kept by hand because it clips at 1e-12 as documented, where log_loss clips at the float's epsilon
+    # and renormalises rows; on rows that sum to 1 with no probability under 1e-12 the two are one number.
+    from scipy.stats import binomtest
+    from sklearn.metrics import accuracy_score, log_loss
+
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(10), size=500)
+    labels = rng.integers(0, 10, size=500)
+    assert negative_log_likelihood(proba, labels) == pytest.approx(log_loss(labels, proba, labels=range(10)), rel=1e-12)
+    predicted = proba.argmax(axis=1)
+    assert accuracy(predicted, labels) == accuracy_score(labels, predicted)
+    for b, c in ((7, 2), (0, 5), (30, 41), (12, 12)):
+        assert mcnemar_exact(b, c) == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue, rel=1e-12)

@@ -48,7 +48,7 @@ def test_mask_aware_models_train_and_evaluate_through_the_pipeline(problem):
     assert evaluate_run(mlp, problem=problem).accuracy == mlp.metrics["test_accuracy"] > 0.3
     vae = train_model("vae", DATA, VAEConfig(hidden=(64,), latent=4, mask_input=True), train, problem=problem)
     type2 = train_model("vae+mlp", DATA, MLPConfig(hidden=(64,)), train, problem=problem, vae_run=vae)
-    result = evaluate_run(type2, samples=(1, 5), problem=problem)
+    result = evaluate_run(type2, imputations=(1, 5), problem=problem)
     assert result.single_accuracy == type2.metrics["test_accuracy"] and 0 <= result.multiple[5].accuracy <= 1
     for u, acc in (
         (result.single_uncertainty, result.single_accuracy),

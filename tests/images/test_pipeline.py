@@ -54,7 +54,7 @@ def test_evaluating_a_vae_gives_its_negative_elbo_and_health(runs):
 
 def test_a_type_2_evaluation_is_consistent_with_itself(runs):
     problem, _, type2 = runs
-    result = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
+    result = evaluate_run(type2, imputations=(1, 10, 20), problem=problem, seed=3)
     assert result.single_accuracy == pytest.approx(type2.metrics["test_accuracy"])  # the same single imputation
     curve = result.accuracy_curve
     assert len(curve) == 20 and set(result.multiple) == {1, 10, 20} and result.largest_m == 20
@@ -68,7 +68,7 @@ def test_a_type_2_evaluation_is_consistent_with_itself(runs):
         "accuracy", "z_multi_single", "mcnemar_p", "class_distribution"]  # fmt: skip
     assert list(saved)[-2:] == ["z_multi_max_vs_10", "accuracy_curve"]
     assert Type2Evaluation.from_json(saved) == result
-    again = evaluate_run(type2, samples=(1, 10, 20), problem=problem, seed=3)
+    again = evaluate_run(type2, imputations=(1, 10, 20), problem=problem, seed=3)
     assert again.accuracy_curve == curve  # seeded: the same samples
 
 

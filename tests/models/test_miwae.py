@@ -156,7 +156,7 @@ def test_a_classifier_on_miwae_imputations_weighs_them_by_importance(digits, tmp
         "miwae", data, MIWAEConfig(hidden=(128,), latent=8, samples=5, eval_samples=20), train, problem=problem
     )
     run = train_model("miwae+mlp", data, MLPConfig(hidden=(128,)), train, problem=problem, vae_run=imputer)
-    result = evaluate_run(load_run(save_run(run, tmp_path / "run")), samples=(30,), problem=problem)
+    result = evaluate_run(load_run(save_run(run, tmp_path / "run")), imputations=(30,), problem=problem)
     assert result.single["accuracy"] == pytest.approx(run.metrics["test_accuracy"])
     for way in (result.single, result.importance_weighted, result.uniform):
         assert 0.3 < way["accuracy"] <= 1, result  # well above chance (0.1)

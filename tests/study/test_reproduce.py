@@ -336,6 +336,36 @@ def test_a_run_directory_keeps_its_preset_and_seed_but_not_the_wording_of_its_de
         reproduce.Study("smoke", smoke["out"], progress=False)
 
 
+def test_a_study_begun_when_m_was_named_samples_resumes_and_its_report_reads_the_same(smoke, tmp_path):
+    # Such a study.json names M `samples` and holds no beyond_epochs (they were the named preset's).
+    copy = tmp_path / "earlier"
+    shutil.copytree(smoke["out"], copy, ignore=shutil.ignore_patterns("units", "report"))
+    study = json.loads((copy / "study.json").read_text())
+    preset = study["identity"]["preset"]
+    preset["samples"] = preset.pop("imputations")
+    del preset["beyond_epochs"]
+    (copy / "study.json").write_text(json.dumps(study))
+    reproduce.Study("smoke", copy, progress=False)  # accepted as the same study
+    assert main(["report", str(copy)]) == 0
+    rebuilt = json.loads((copy / "report" / "results.json").read_text())
+    assert rebuilt["cells"] == smoke["results"]["cells"]
+    assert (copy / "report" / "report.md").read_text() == (smoke["out"] / "report" / "report.md").read_text()
+    preset["samples"] = {"mlp": 301, "cnn": 100}  # another M is another study, under either name
+    (copy / "study.json").write_text(json.dumps(study))
+    with pytest.raises(MivaeError, match="another preset, seed or limit"):
+        reproduce.Study("smoke", copy, progress=False)
+
+
+def test_the_beyond_stage_trains_each_model_for_the_presets_epochs(smoke):
+    epochs = reproduce.PRESETS["smoke"].beyond_epochs
+    assert set(epochs) == set(reproduce.BEYOND)
+    labels = {"mask-mlp": "beyond-mask-mlp-", "mask-cnn": "beyond-mask-cnn-", "imputed-mlp": "beyond-mean+mlp-"}
+    for name, prefix in labels.items():
+        units = sorted((smoke["out"] / "units").glob(f"{prefix}*/unit.json"))
+        assert units, name
+        assert {json.loads(u.read_text())["spec"]["train"]["epochs"] for u in units} == {epochs[name]}
+
+
 # ----------------------------------------------------------------------------------------
 # Beyond the thesis
 

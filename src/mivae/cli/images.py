@@ -131,7 +131,7 @@ def add_commands(commands):
     evaluate.add_argument(
         "--imputations",
         "--samples",
-        dest="samples",
+        dest="imputations",
         metavar="M",
         type=int_list,
         default=[1, 10, 100, 1000],
@@ -328,14 +328,16 @@ def _evaluate(args):
     from mivae.images.runs import load_run, write_json
 
     set_threads(args.threads)
-    if not args.samples or min(args.samples) < 1:
+    if not args.imputations or min(args.imputations) < 1:
         raise MivaeError(
-            f"--imputations must be whole numbers of at least 1, like 1,10,100; got {args.samples or 'none'}."
+            f"--imputations must be whole numbers of at least 1, like 1,10,100; got {args.imputations or 'none'}."
         )
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
     vae_run = load_run(args.vae, device) if args.vae else None
-    result = evaluate_run(run, args.samples, args.data_dir, vae_run=vae_run, seed=args.seed, precision=args.precision)
+    result = evaluate_run(
+        run, args.imputations, args.data_dir, vae_run=vae_run, seed=args.seed, precision=args.precision
+    )
     print(format_evaluation(result))
     try:
         write_json(Path(args.run_dir) / "evaluation.json", result.to_json())

@@ -19,7 +19,7 @@ def add_commands(commands):
     impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
     impute.add_argument("--out", required=True, help="folder for the completed tables")
     impute.add_argument(
-        "--imputations", "--samples", dest="samples", metavar="M", type=int, default=10,
+        "--imputations", "--samples", dest="imputations", metavar="M", type=int, default=10,
         help="M, the number of completed tables (default: 10; --samples: the same)",
     )  # fmt: skip
     impute.add_argument(
@@ -41,7 +41,7 @@ def add_commands(commands):
     classify.add_argument("--target", required=True, help="the column to predict; it must have no missing entry")
     classify.add_argument("--folds", type=int, default=5, help="cross-validation folds, stratified (default: 5)")
     classify.add_argument(
-        "--imputations", "--samples", dest="samples", metavar="M", type=int, default=10,
+        "--imputations", "--samples", dest="imputations", metavar="M", type=int, default=10,
         help="M, imputations per row (default: 10; --samples: the same)",
     )  # fmt: skip
     classify.add_argument("--indicator", action="store_true", help="also give the classifier the missingness mask")
@@ -103,7 +103,7 @@ def _impute(args):
 
     from mivae.tables.io import read_table, table_format, write_table
 
-    check_whole("--imputations", args.samples, 1)
+    check_whole("--imputations", args.imputations, 1)
     data = Path(args.data)
     ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
     frame = read_table(data, args.categorical, args.continuous)
@@ -116,7 +116,7 @@ def _impute(args):
         api_errors(lambda: imputer.fit(frame))
     trained = time.perf_counter() - start
     print_notes(caught)
-    tables = api_errors(lambda: imputer.sample(frame, args.samples))
+    tables = api_errors(lambda: imputer.sample(frame, args.imputations))
     kinds = [c.kind for c in imputer.schema_.columns]
     print(
         f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
@@ -126,12 +126,12 @@ def _impute(args):
         f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
         f"in {trained:.1f}s"
     )
-    digits = len(str(args.samples))
+    digits = len(str(args.imputations))
     for k, table in enumerate(tables, 1):
         write_table(table, out / f"{data.stem}.imputed-{k:0{digits}d}{ext}")
     if args.single:
         write_table(api_errors(lambda: imputer.transform(frame)), out / f"{data.stem}.single{ext}")
-    print(f"wrote {args.samples} completed tables{' and the single imputation' if args.single else ''} to {out}")
+    print(f"wrote {args.imputations} completed tables{' and the single imputation' if args.single else ''} to {out}")
 
 
 def _classify(args):
@@ -141,13 +141,13 @@ def _classify(args):
     from mivae.tables.estimators import MultipleImputationClassifier
     from mivae.tables.io import read_table
 
-    check_whole("--imputations", args.samples, 1)
+    check_whole("--imputations", args.imputations, 1)
     frame = read_table(args.data, [c for c in args.categorical if c != args.target], args.continuous)
     X, y = split_target(frame, args.target, args.folds, source=str(args.data), folds_name="--folds")
     categorical = [c for c in args.categorical if c in X.columns]
     model = MultipleImputationClassifier(
         _table_imputer(args, categorical),
-        n_imputations=args.samples,
+        n_imputations=args.imputations,
         add_indicator=args.indicator,
         random_state=args.seed,
     )
@@ -165,7 +165,7 @@ def _classify(args):
     for k, (score, baseline) in enumerate(zip(result.scores, base), 1):
         print(f"fold {k}: accuracy {score:.4f} (baseline {baseline:.4f})")
     mean, std = result.summary()
-    print(f"accuracy {mean:.4f} +- {std:.4f} over {args.folds} folds (M = {args.samples}, {args.model})")
+    print(f"accuracy {mean:.4f} +- {std:.4f} over {args.folds} folds (M = {args.imputations}, {args.model})")
     if result.baseline_scores is None:
         print(
             f"baseline: none, since the same classifier on the column means and modes failed: {result.baseline_failure}"

@@ -89,11 +89,11 @@ def _batch_rows(model):
 
 
 @torch.inference_mode()
-def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, dtype=torch.float32):
-    """Returns the `MultipleImputation` of a Type 2 `model` (VAEClassifier) with `samples` samples per image.
+def multiple_imputation(model, x, y, imputations, keep=(), batch_rows=None, seed=0, dtype=torch.float32):
+    """Returns the `MultipleImputation` of a Type 2 `model` (VAEClassifier) with `imputations` imputations per image.
 
     x: (N, H, W) images as the model sees them; y: (N,) labels. `keep` lists the m whose
-    predictions are returned. Images are processed in batches of B, samples in chunks of S,
+    predictions are returned. Images are processed in batches of B, imputations in chunks of S,
     with B * S about `batch_rows` (image, sample) pairs per forward pass (by default as
     `_batch_rows` measured best for the classifier). The noise of a
     batch is drawn as one (B, S, L) tensor from a generator seeded with `seed`.
@@ -104,11 +104,11 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
     model.eval()
     low = in_precision(model, dtype)
     batch_rows = batch_rows or _batch_rows(model)
-    chunk = min(samples, batch_rows)  # S: samples per forward pass
+    chunk = min(imputations, batch_rows)  # S: imputations per forward pass
     images_per_batch = max(1, batch_rows // chunk)  # B
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    keep = sorted({m for m in keep if 1 <= m <= samples} | {samples})
-    correct = torch.zeros(samples, dtype=torch.int64)
+    keep = sorted({m for m in keep if 1 <= m <= imputations} | {imputations})
+    correct = torch.zeros(imputations, dtype=torch.int64)
     predictions = {m: torch.empty(len(x), dtype=torch.int64) for m in keep}
     probas = []
     # Encode every image once, in large batches, as predict_proba does: (N, L) each.
@@ -120,15 +120,15 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
             release_free_memory()  # the passes' large blocks fragment glibc's heap (hardware.release_free_memory)
         yb = y[i : i + images_per_batch].cpu()
         mu, sigma = mu_all[i : i + images_per_batch], sigma_all[i : i + images_per_batch]  # (B, L)
-        running = None  # (B, C) sums of the samples so far
-        for s0 in range(0, samples, chunk):
-            s = min(chunk, samples - s0)
+        running = None  # (B, C) sums of the imputations so far
+        for s0 in range(0, imputations, chunk):
+            s = min(chunk, imputations - s0)
             eps = torch.randn((len(mu), s, mu.shape[1]), generator=generator, device=x.device)
             z = mu[:, None, :] + sigma[:, None, :] * eps  # (B, S, L)
             images = low.vae.decode(z.flatten(0, 1).to(dtype))  # (B*S, H, W)
             p = softmax(low.classifier(images))  # (B*S, C) float32
             p = p.unflatten(0, (len(mu), s))  # (B, S, C)
-            cumulative = p.cumsum(dim=1)  # (B, S, C) sums of the first m samples
+            cumulative = p.cumsum(dim=1)  # (B, S, C) sums of the first m imputations
             if running is not None:
                 cumulative += running[:, None, :]
             predicted = cumulative.argmax(dim=-1).cpu()  # (B, S)
@@ -137,7 +137,7 @@ def multiple_imputation(model, x, y, samples, keep=(), batch_rows=None, seed=0, 
                 if s0 < m <= s0 + s:
                     predictions[m][i : i + len(mu)] = predicted[:, m - s0 - 1]
             running = cumulative[:, -1, :]  # (B, C)
-        probas.append((running / samples).cpu())
+        probas.append((running / imputations).cpu())
     return MultipleImputation((correct.double() / len(x)).numpy(), torch.cat(probas), predictions)
 
 

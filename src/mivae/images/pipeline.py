@@ -286,7 +286,7 @@ def train_model(
 
 
 def evaluate_run(
-    run, samples=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto", data=None
+    run, imputations=(1, 10, 100, 1000), data_dir=None, vae_run=None, problem=None, seed=0, precision="auto", data=None
 ):
     """Returns the test metrics of `run` on its own corrupted test set: an Evaluation of its kind (images.results).
 
@@ -294,7 +294,7 @@ def evaluate_run(
     vae: negative ELBO per image on validation and test. Type 1: accuracy on the corrupted
     test images; trained on clean data (`clean_train`) also on one imputation by `vae_run`, a VAE,
     MIWAE or not-MIWAE (Tables 6 and 7), with the paired test between the two. Type 2: single imputation and
-    multiple imputation for every m up to max(samples), with z_multi/single at each
+    multiple imputation for every m up to max(imputations), with z_multi/single at each
     requested m (Tables 1, 2, 4, 5 and Figures 10-16). Classification runs in `precision`.
     """
     if data is not None and data != run.data and not run.data.clean_train:
@@ -333,7 +333,7 @@ def evaluate_run(
         classifier_run_health(run.model, val, run.data, with_mask, run.n_classes, batch, dtype), _held_out(run)
     )
     if k.on_incomplete_imputer:
-        weighted = _importance_weighted_evaluation(run, val, test, max(samples), seed, batch, dtype)
+        weighted = _importance_weighted_evaluation(run, val, test, max(imputations), seed, batch, dtype)
         return ImportanceWeightedEvaluation(**common, health=health, **weighted)
     if not k.imputer:
         proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
@@ -368,9 +368,9 @@ def evaluate_run(
 
     single_proba = predict_proba(run.model, x, batch, dtype).cpu().numpy()
     single = single_proba.argmax(1)
-    multi = multiple_imputation(run.model, x, test.y, max(samples), keep=samples, seed=seed, dtype=dtype)
+    multi = multiple_imputation(run.model, x, test.y, max(imputations), keep=imputations, seed=seed, dtype=dtype)
     rows = {}
-    for m in sorted(set(samples)):
+    for m in sorted(set(imputations)):
         predicted = multi.predictions[m].numpy()
         test_vs_single = paired_test(predicted, single, y)
         rows[m] = MultipleRow(
@@ -380,15 +380,15 @@ def evaluate_run(
             class_distribution=class_distribution(predicted, run.n_classes).tolist(),
         )
     z_max_vs_10 = None
-    if 10 in multi.predictions and max(samples) > 10:  # does more than 10 samples help (§5, observation 6)?
-        z_max_vs_10 = paired_test(multi.predictions[max(samples)].numpy(), multi.predictions[10].numpy(), y).z
+    if 10 in multi.predictions and max(imputations) > 10:  # does more than 10 imputations help (§5, observation 6)?
+        z_max_vs_10 = paired_test(multi.predictions[max(imputations)].numpy(), multi.predictions[10].numpy(), y).z
     return Type2Evaluation(
         **common,
         health=health,
         single_accuracy=accuracy(single, y),
         # Does multiple imputation give better uncertainty than single (the thesis' §5 advice)? Measured:
         single_uncertainty=uncertainty(single_proba, y),
-        multiple_uncertainty=uncertainty(multi.proba.numpy(), y),  # with all max(samples) samples
+        multiple_uncertainty=uncertainty(multi.proba.numpy(), y),  # with all max(imputations) imputations
         single_class_distribution=class_distribution(single, run.n_classes).tolist(),
         true_class_distribution=class_distribution(y, run.n_classes).tolist(),
         multiple=rows,

@@ -24,8 +24,9 @@ IMPUTER_FIT_IMAGES = 10_000  # IterativeImputer's fit on these stays under a min
 
 
 @dataclass(frozen=True)
-class Part:
-    """One split, ready for models: what they see, what it should be, and where it was missing."""
+class CorruptedSplit:
+    """A `Split` of `mivae.images.data` corrupted and filled, as tensors ready for models: what they see, what it
+    should be, and where it was missing."""
 
     x: torch.Tensor  # (N, H, W) float32: the filled, corrupted images a model sees
     clean: torch.Tensor  # (N, H, W) float32: the uncorrupted images (the denoising target)
@@ -36,7 +37,7 @@ class Part:
         return len(self.y)
 
     def to(self, device):
-        return Part(self.x.to(device), self.clean.to(device), self.mask.to(device), self.y.to(device))
+        return CorruptedSplit(self.x.to(device), self.clean.to(device), self.mask.to(device), self.y.to(device))
 
     def inputs(self, clean=False, with_mask=False):
         """What a model sees: the filled images, or the clean ones; `with_mask`: (N, 2, H, W) by `mask_aware`."""
@@ -61,9 +62,9 @@ def mask_aware(values, mask):
 class Problem:
     """Train, validation and test parts of one corrupted dataset."""
 
-    train: Part
-    val: Part
-    test: Part
+    train: CorruptedSplit
+    val: CorruptedSplit
+    test: CorruptedSplit
     image_shape: tuple[int, int]
     n_classes: int
 
@@ -84,7 +85,7 @@ def make_problem(config, data_dir=None):
     parts = {}
     for s in splits:
         c = corrupted[s.name]
-        parts[s.name] = Part(
+        parts[s.name] = CorruptedSplit(
             x=torch.from_numpy(fill(c, policy, means)),
             clean=torch.from_numpy(s.images[: config.limit]),
             mask=torch.from_numpy(c.mask),

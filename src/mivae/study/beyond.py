@@ -28,12 +28,6 @@ from mivae.config import CNNConfig, MIWAEConfig, MLPConfig
 if TYPE_CHECKING:  # the study runs this stage; importing it at run time would be circular
     from mivae.study.reproduce import Study
 
-# Most epochs per model, by preset; patience and batch size are the preset's.
-EPOCHS = {
-    "smoke": {"mask-mlp": 30, "mask-cnn": 15, "incomplete-vae": 30, "incomplete-vae+mlp": 30, "imputed-mlp": 30},
-    "quick": {"mask-mlp": 15, "mask-cnn": 3, "incomplete-vae": 15, "incomplete-vae+mlp": 10, "imputed-mlp": 12},
-    "thesis": {"mask-mlp": 50, "mask-cnn": 50, "incomplete-vae": 50, "incomplete-vae+mlp": 50, "imputed-mlp": 50},
-}
 BASELINES = ("mean", "iterative")  # fills of mivae.images.problem that are scikit-learn imputers
 CLASSIFIERS = ("mlp", "cnn")
 
@@ -47,7 +41,7 @@ def run_setting(study: "Study", setting, data, cleans):
     """Trains and evaluates the beyond-the-thesis models of one setting in `study` (its cached units: `trained`,
     `evaluated`, `evaluate`); `cleans` maps "mlp" / "cnn" to the (Run, search summary, key) of the classifiers
     trained on clean images."""
-    epochs, seed = EPOCHS[study.preset.name], study.seed
+    epochs, seed = study.preset.beyond_epochs, study.seed
     for classifier, config in (("mlp", MLPConfig(mask_input=True)), ("cnn", CNNConfig(mask_input=True))):
         run, key = study.trained(
             f"beyond-mask-{classifier}-{setting}", classifier, data, config, epochs[f"mask-{classifier}"]
@@ -65,12 +59,12 @@ def run_setting(study: "Study", setting, data, cleans):
         epochs["incomplete-vae+mlp"],
         vae=(vae, vae_key),
     )
-    samples = MIWAEConfig().eval_samples
+    samples = MIWAEConfig().eval_samples  # K, the imputations the importance weights average
     study.evaluated(
         setting,
         "incomplete-vae+mlp",
         key,
-        partial(study.evaluate, run, data, samples=(samples,), seed=seed),
+        partial(study.evaluate, run, data, imputations=(samples,), seed=seed),
         extra={"kind": f"{kind}+mlp"},
         seed=seed,
     )

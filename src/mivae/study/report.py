@@ -28,7 +28,7 @@ from mivae.models import KINDS
 from mivae.study import markdown
 from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.study.report_beyond import section as beyond_section
-from mivae.study.reproduce import LEVELS, METHODS, setting_name, wall_time
+from mivae.study.reproduce import LEVELS, METHODS, current_identity, setting_name, wall_time
 from mivae.study.search import trial_outcome
 
 # The thesis' Tables 1-7 (§4), cell by cell.
@@ -641,9 +641,9 @@ def build_report(run_dir):
     results = load_results(run_dir)
     out = run_dir / "report"
     study = results["study"]
-    preset = study["identity"]["preset"]
+    preset = current_identity(study["identity"])["preset"]
     figures = draw_figures(results, out / "figures")
-    m_mlp, m_cnn = preset["samples"]["mlp"], preset["samples"]["cnn"]
+    m_mlp, m_cnn = preset["imputations"]["mlp"], preset["imputations"]["cnn"]
 
     cells, md = [], []
     md.append(f"# mivae reproduce: preset `{preset['name']}`\n")

@@ -59,6 +59,7 @@ LEVELS = (0.5, 0.7, 0.9)
 # The six settings of §4 by short name, in the order the study runs them: rp70 = Random Pixels 70 %.
 SETTINGS = {f"{''.join(w[0] for w in m.split('-'))}{round(lv * 100)}": (m, lv) for m in METHODS for lv in LEVELS}
 SEARCHED = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn")
+BEYOND = ("mask-mlp", "mask-cnn", "incomplete-vae", "incomplete-vae+mlp", "imputed-mlp")  # the beyond stage's models
 PARTS = ("vae", "mlp", "cnn")  # what a preset's patience is given for: the trained part of a kind
 # Table 3: two VAEs deliberately weaker than the selected one at Random Pixels 70 % (one epoch each).
 WEAK_VAES = {"weaker": VAEConfig(hidden=(128,), latent=2), "weakest": VAEConfig(hidden=(16,), latent=1)}
@@ -66,7 +67,7 @@ WEAK_VAES = {"weaker": VAEConfig(hidden=(128,), latent=2), "weakest": VAEConfig(
 
 @dataclass(frozen=True)
 class Preset:
-    """How big the study is: data, search budgets, training lengths and samples M."""
+    """How big the study is: data, search budgets, training lengths and the number of imputations M."""
 
     name: str
     dataset: str
@@ -77,8 +78,9 @@ class Preset:
     min_delta: dict  # the same parts -> the least gain that resets the patience (TrainConfig.min_delta)
     min_epochs: int  # epochs before early stopping may end a training (TrainConfig.min_epochs)
     batch_size: int  # images per gradient step
-    samples: dict  # "mlp" / "cnn" -> M, the samples of multiple imputation
+    imputations: dict  # "mlp" / "cnn" -> M, the imputations averaged by multiple imputation
     retrain: bool  # retrain the winner on train + validation (§3.5) or keep the winning trial
+    beyond_epochs: dict  # model of the beyond stage (mivae.study.beyond) -> most epochs of its one training
     about: str
 
 
@@ -93,8 +95,15 @@ PRESETS = {
         min_delta=dict.fromkeys(PARTS, 0.0),
         min_epochs=5,
         batch_size=64,
-        samples={"mlp": 300, "cnn": 100},
+        imputations={"mlp": 300, "cnn": 100},
         retrain=True,
+        beyond_epochs={
+            "mask-mlp": 30,
+            "mask-cnn": 15,
+            "incomplete-vae": 30,
+            "incomplete-vae+mlp": 30,
+            "imputed-mlp": 30,
+        },
         about="scikit-learn's 8x8 digits, tiny searches: checks the whole pipeline in a few minutes",
     ),
     "quick": Preset(
@@ -107,8 +116,15 @@ PRESETS = {
         min_delta={"vae": 0.1, "mlp": 0.0, "cnn": 0.0},
         min_epochs=10,
         batch_size=128,
-        samples={"mlp": 3000, "cnn": 50},
+        imputations={"mlp": 3000, "cnn": 50},
         retrain=False,
+        beyond_epochs={
+            "mask-mlp": 15,
+            "mask-cnn": 3,
+            "incomplete-vae": 15,
+            "incomplete-vae+mlp": 10,
+            "imputed-mlp": 12,
+        },
         about="full MNIST; a scaled-down random search (6 VAE trials, 3 for each MLP, the default configuration of the "
         "CNN, which is the Keras example §3.3 describes), hopeless trials pruned on their validation curve, every "
         "model trained until early stopping ends it (at least 10 epochs; for VAEs patience 15, counting gains of "
@@ -126,8 +142,9 @@ PRESETS = {
         min_delta=dict.fromkeys(PARTS, 0.0),
         min_epochs=10,
         batch_size=128,
-        samples={"mlp": 3000, "cnn": 3000},
+        imputations={"mlp": 3000, "cnn": 3000},
         retrain=True,
+        beyond_epochs=dict.fromkeys(BEYOND, 50),
         about="the thesis' protocol: 100-trial searches, retraining on train + validation, M = 3000; "
         "days on 2 cores, meant for a fleet of workers sharing --storage",
     ),
@@ -462,14 +479,28 @@ def wall_time(run_dir):
     }
 
 
+def current_identity(identity):
+    """A study's identity (study.json's "identity") in today's terms. Studies begun before the preset named M
+    `imputations` wrote it as `samples`, and held no `beyond_epochs` (they came from the named preset)."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("preset"), dict):
+        return identity
+    preset = dict(identity["preset"])
+    if "samples" in preset and "imputations" not in preset:
+        preset["imputations"] = preset.pop("samples")
+    if "beyond_epochs" not in preset and preset.get("name") in PRESETS:
+        preset["beyond_epochs"] = dict(PRESETS[preset["name"]].beyond_epochs)
+    return {**identity, "preset": preset}
+
+
 def _without_about(identity):
     """A study's identity without the preset's description, which may be reworded without changing any result."""
+    identity = current_identity(identity)
     if not isinstance(identity, dict) or not isinstance(identity.get("preset"), dict):
         return identity
     return {**identity, "preset": {k: v for k, v in identity["preset"].items() if k != "about"}}
 
 
-def _samples_kept(m):
+def _imputations_kept(m):
     return tuple(sorted({k for k in (1, 10, 100, 1000) if k <= m} | {m}))
 
 
@@ -660,14 +691,14 @@ def _tasks(study):
     def type2_task(setting, data, classifier):
         kind = f"vae+{classifier}"
         run, summary, key = study.searched(kind, data, vae=vaes[setting])
-        m = p.samples[classifier]
+        m = p.imputations[classifier]
         study.evaluated(
             setting,
             kind,
             key,
-            partial(study.evaluate, run, data, samples=_samples_kept(m), seed=seed),
+            partial(study.evaluate, run, data, imputations=_imputations_kept(m), seed=seed),
             extra={"search": summary},
-            samples=m,
+            samples=m,  # the key's name for M since before `imputations`: kept, so cached evaluations stay valid
             seed=seed,
         )
         if classifier == "mlp":

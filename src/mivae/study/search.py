@@ -35,7 +35,7 @@ from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt, check_whole
 from mivae.hardware import resolve_device, resolve_precision
 from mivae.images.pipeline import train_model
-from mivae.images.problem import Part, Problem, make_problem
+from mivae.images.problem import CorruptedSplit, Problem, make_problem
 from mivae.images.runs import load_run, save_run, write_json
 from mivae.models import KINDS
 from mivae.training import TrainingDiverged
@@ -220,8 +220,8 @@ class SearchResult:
 
 
 def _merge(a, b):
-    """Returns the concatenation of two `Part`s: train + validation for the final retraining."""
-    return Part(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in ("x", "clean", "mask", "y")))
+    """Returns the concatenation of two `CorruptedSplit`s: train + validation for the final retraining."""
+    return CorruptedSplit(*(torch.cat([getattr(a, f), getattr(b, f)]) for f in ("x", "clean", "mask", "y")))
 
 
 def default_storage(directory):
