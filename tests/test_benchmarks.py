@@ -155,7 +155,9 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
     rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
     methods = {"mean", "knn", "iterative", "mivae vae", "mivae miwae"}
-    assert {r["method"] for r in rows} == methods and len(rows) == 5 * len(methods)  # five missingness settings
+    assert {r["method"] for r in rows} == methods | {"mivae not-miwae"}
+    assert len(rows) == 5 * len(methods) + 1  # five missingness settings; not-MIWAE in the MNAR one only
+    assert {r["mechanism"] for r in rows if r["method"] == "mivae not-miwae"} == {"mnar"}
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
         assert ("accuracy_multiple" in r) == r["method"].startswith("mivae")
@@ -165,7 +167,24 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     assert all(0.8 < v < 1.3 for v in mean_rmse.values())  # the column mean misses by about one standard deviation
     assert json.loads(raw.read_text())["rows"] == rows
     assert out.read_text().count("| wine |") == len(rows)
+    # a rerun with one method's rows dropped runs that method alone and puts its rows back
+    kept = [r for r in rows if r["method"] != "mivae not-miwae"]
+    raw.write_text(json.dumps({"rows": kept}))
+    again = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
+    assert again[: len(kept)] == kept and [r["method"] for r in again[len(kept) :]] == ["mivae not-miwae"]
 
+
+def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_imputer(capsys):
+    mnar = runpy.run_path(str(BENCHMARK.parent / "mnar.py"))
+    X, mask = mnar["protocol"](np.arange(24.0).reshape(6, 4) ** 1.5)
+    assert np.allclose(X.mean(axis=0), 0) and np.allclose(X.std(axis=0), 1)
+    assert not mask[:, 1::2].any()  # every other column stays complete
+    assert (mask[:, ::2] == (X[:, ::2] > 0)).all() and mask.any()  # the rest lose every value above their mean
+    rows, missing, shape = mnar["run"]("iris", 1, True)
+    assert shape == (150, 4) and 0 < missing < 0.5
+    assert {r["method"] for r in rows} == set(mnar["imputers"](0, True))
+    rmse = {r["method"]: r["rmse"] for r in rows}
+    assert rmse["mean"] > 1 and all(0 < v < 3 for v in rmse.values()), rmse
 
 def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_targets(tmp_path):
     bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))

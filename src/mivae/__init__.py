@@ -6,9 +6,9 @@ torch on first use, so `import mivae` itself stays light.
 
 __version__ = "0.1.0"
 
-__all__ = ["MIWAEImputer", "MultipleImputationClassifier", "VAEImputer", "__version__"]
+__all__ = ["MIWAEImputer", "MultipleImputationClassifier", "NotMIWAEImputer", "VAEImputer", "__version__"]
 
-_ESTIMATORS = {"MIWAEImputer", "MultipleImputationClassifier", "VAEImputer"}
+_ESTIMATORS = {"MIWAEImputer", "MultipleImputationClassifier", "NotMIWAEImputer", "VAEImputer"}
 
 
 def __getattr__(name):

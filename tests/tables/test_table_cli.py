@@ -62,6 +62,21 @@ def test_impute_round_trips_a_mixed_csv(tmp_path, capsys):
     assert not np.allclose(tables[0].loc[missing_weight, "weight"], tables[1].loc[missing_weight, "weight"])
 
 
+def test_impute_with_not_miwae_keeps_observed_entries_and_fills_every_type(tmp_path, capsys):
+    frame, holes = mixed_frame()
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    argv = ["--model", "not-miwae", "--missingness", "self-masking-high", "--imputations", 2, "--single"]
+    status, out, err = run(capsys, "impute", tmp_path / "people.csv", *argv, "--out", tmp_path / "out", *FAST)
+    assert status == 0, err
+    original = pd.read_csv(tmp_path / "people.csv")
+    for name in ("people.imputed-1.csv", "people.imputed-2.csv", "people.single.csv"):
+        table = pd.read_csv(tmp_path / "out" / name)
+        assert not table.isna().any().any() and set(table["colour"]) <= {"red", "green", "blue"}
+        for column in original.columns:
+            seen = original[column].notna()
+            assert (table.loc[seen, column] == original.loc[seen, column]).all(), column
+
+
 def test_impute_parquet_in_and_out(tmp_path, capsys):
     frame, _ = mixed_frame()
     frame["colour"] = frame["colour"].astype("category")
@@ -170,6 +185,7 @@ def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
         (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
         (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
         (["--categorical", "zzz"], "column 'zzz' is not in"),
+        (["--missingness", "self-masking"], "--missingness is a setting of --model not-miwae, not of --model miwae"),
     ]:
         status, _, err = run(capsys, "impute", path, "--out", tmp_path / "out", *argv)
         assert status == 2 and expected in err, (argv, err)

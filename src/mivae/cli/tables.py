@@ -50,13 +50,21 @@ def add_commands(commands):
 
 
 def _add_table_model_flags(parser):
-    from mivae.models.tabular import LIKELIHOODS
+    from mivae.models.tabular import LIKELIHOODS, MISSINGNESS
 
     parser.add_argument(
         "--model",
         default="miwae",
-        choices=("miwae", "vae"),
-        help="the imputer: MIWAE (importance-weighted, the default) or the VAE of the thesis on the masked ELBO",
+        choices=("miwae", "not-miwae", "vae"),
+        help="the imputer: MIWAE (importance-weighted, the default), not-MIWAE (MIWAE that also models why values "
+        "go missing, for gaps that depend on the missing values themselves) or the VAE of the thesis on the "
+        "masked ELBO",
+    )
+    parser.add_argument(
+        "--missingness",
+        choices=MISSINGNESS,
+        help="not-MIWAE's model of the gaps (default: self-masking, each column's own value makes it go missing, "
+        "in a direction learned; -high / -low: its high / low values go missing more often)",
     )
     parser.add_argument(
         "--categorical", type=name_list, default=[], help="comma-separated columns to treat as categorical"
@@ -81,19 +89,23 @@ def _add_table_model_flags(parser):
 
 
 def _table_imputer(args, categorical):
-    from mivae.tables.estimators import MIWAEImputer, VAEImputer
+    from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
 
     check_whole("--epochs", args.epochs, 1)
     overlap = set(args.categorical) & set(args.continuous)
     if overlap:
         raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
-    model = MIWAEImputer if args.model == "miwae" else VAEImputer
+    if args.missingness is not None and args.model != "not-miwae":
+        raise MivaeError(f"--missingness is a setting of --model not-miwae, not of --model {args.model}.")
+    model = {"miwae": MIWAEImputer, "not-miwae": NotMIWAEImputer, "vae": VAEImputer}[args.model]
+    missingness = {"missingness": args.missingness} if args.missingness is not None else {}
     return model(
         categorical=categorical or None,
         likelihood=args.likelihood,
         max_epochs=args.epochs,
         random_state=args.seed,
         device=args.device,
+        **missingness,
     )
 
 

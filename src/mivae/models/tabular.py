@@ -12,16 +12,29 @@ For K samples z_k ~ q(z | x_obs, s) the log importance weights are
 and log (1/K) sum_k w_k is the importance-weighted bound on log p(x_obs) (MIWAE; the masked ELBO
 for K = 1). Noise comes in as tensors so that a caller can share it across rows (common random
 numbers make an imputation a fixed function of its row) or draw it anew for every row.
+
+With a `missingness` model the VAE is not-MIWAE's (Ipsen, Mattei and Frellsen 2021): it models the pattern
+of gaps too, p(x, s) = p(x) p(s | x), where values go missing because of what they are. Each proposal k
+then also draws the missing continuous values x_miss_k ~ p(x_miss | z_k), and its weight gains
+
+    log p(s | x_obs, x_miss_k) = sum over columns of log p(s_j | x_j),
+
+the self-masking model (`SelfMasking`): per continuous column a logistic in the column's own value,
+per categorical column a probability of being observed for each label (a missing label is summed out
+exactly, so it needs no draw). The bound is then on log p(x_obs, s).
 """
 
 import torch
 from scipy import special
+from torch import nn
 from torch.nn import functional as F
 
 from mivae.models.distributions import gaussian_log_density, gaussian_log_prob, reparameterize, student_t_log_prob
 from mivae.models.vae import GaussianVAE
 
 LIKELIHOODS = ("gaussian", "student-t")
+# The self-masking models: a continuous column's slope free in sign, or known: its high (low) values go missing more.
+MISSINGNESS = ("self-masking", "self-masking-high", "self-masking-low")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
 MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its variance stays finite
 
@@ -29,9 +42,11 @@ MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its varianc
 class TabularVAE(GaussianVAE):
     """A mask-aware VAE over encoded rows with the given column `layout` of (kind, width) pairs."""
 
-    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian"):
+    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian", missingness=None):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}.")
+        if missingness not in (None, *MISSINGNESS):
+            raise ValueError(f"unknown missingness model {missingness!r}; expected one of {', '.join(MISSINGNESS)}.")
         layout = tuple(layout)
         kinds = [kind for kind, _ in layout]
         # Which encoded slot belongs to which column, and where the continuous slots and categorical blocks sit.
@@ -42,6 +57,9 @@ class TabularVAE(GaussianVAE):
         super().__init__(len(column_of_slot) + len(layout), hidden, latent, heads)  # values and the observed mask
         self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
         self.n_continuous = kinds.count("continuous")
+        self.missingness = missingness
+        if missingness is not None:
+            self.self_masking = SelfMasking(self.n_continuous, [w for _, _, w in blocks], missingness)
         self.continuous_columns = [j for j, kind in enumerate(kinds) if kind == "continuous"]
         self.register_buffer("column_of_slot", torch.tensor(column_of_slot, dtype=torch.long), persistent=False)
         self.register_buffer(
@@ -87,8 +105,15 @@ class TabularVAE(GaussianVAE):
             total = total + (values[:, s : s + w] * F.log_softmax(logits, dim=-1)).sum(-1) * observed[:, j]
         return total
 
-    def log_weights(self, values, observed, eps):
-        """Returns (log w (K, B), decoder params) for standard normal noise eps (K, B or 1, L)."""
+    def log_weights(self, values, observed, eps, noise=None):
+        """Returns (log w (K, B), decoder params) for standard normal noise eps (K, B or 1, L).
+
+        With a missingness model, the missing continuous values of each proposal are drawn from p(x | z_k):
+        by the inverse CDF of standard normal `noise` (K, B or 1, n_continuous) where it is given, by
+        reparameterised sampling (differentiable, for training) where it is None. The params then also hold
+        those draws, "drawn" (K, B, n_continuous), and "tilted": the labels' logits tilted by the chance of their
+        going missing, log p(label | z_k) p(missing | label), per categorical column.
+        """
         mu, logvar = self.encode(values, observed)
         z = reparameterize(mu, logvar, eps=eps)  # (K, B, L)
         params = self.decode(z)
@@ -96,7 +121,41 @@ class TabularVAE(GaussianVAE):
         # the density of z, in fewer passes over (K, B, L)
         log_q = gaussian_log_density(eps) - 0.5 * logvar.sum(-1)
         log_w = self.log_likelihood(params, values, observed) + gaussian_log_density(z) - log_q
+        if self.missingness is not None:
+            params["drawn"] = self._continuous_draws(params, noise)
+            kept = observed[:, self.continuous_columns]
+            completed = values[:, self.continuous_slots] * kept + params["drawn"] * (1 - kept)
+            labels = [values[:, s : s + w] for _, s, w in self.blocks]
+            label_observed = [observed[:, j] for j, _, _ in self.blocks]
+            log_ps, params["tilted"] = self.self_masking(completed, kept, params["logits"], labels, label_observed)
+            log_w = log_w + log_ps
         return log_w, params
+
+    def _continuous_draws(self, params, noise):
+        """Returns continuous values (..., n_continuous) drawn from p(x | z): by the inverse CDF of standard normal
+        `noise`, or by reparameterised sampling where it is None."""
+        mean, scale = params["mean"], params["scale"]
+        if noise is not None:
+            quantile = student_t_quantile(noise, params["df"]) if self.likelihood == "student-t" else noise
+            return mean + scale * quantile
+        if self.likelihood == "student-t":
+            return torch.distributions.StudentT(params["df"], mean, scale).rsample()
+        return mean + scale * torch.randn_like(mean)
+
+    def draw_missing(self, params, candidates_noise, uniform_pick, uniform_categorical):
+        """Returns encoded rows (..., B, W) drawn from p(x | z, every column missing) under the missingness model, for
+        the params of one proposal per row (with "tilted"). A continuous value is resampled from R draws of
+        p(x_j | z) (standard normal `candidates_noise` (R, ..., B, n_continuous)) in proportion to its chance of
+        going missing, by the uniform `uniform_pick` (..., B, n_continuous); a label is drawn from its tilted
+        distribution by `uniform_categorical` (..., B, n_categorical). Only the missing columns are used."""
+        candidates = self._continuous_draws(params, candidates_noise)  # (R, ..., B, n_continuous)
+        masking = self.self_masking
+        log_missing = F.logsigmoid(masking.slopes() * (candidates - masking.shift))
+        cdf = torch.softmax(log_missing, dim=0).cumsum(0)
+        pick = (cdf < uniform_pick).sum(0, keepdim=True).clamp(max=len(candidates) - 1)
+        chosen = candidates.gather(0, pick)[0]
+        resampled = {**params, "mean": chosen, "scale": torch.zeros_like(chosen), "logits": params["tilted"]}
+        return self.draw(resampled, torch.zeros_like(chosen), uniform_categorical)
 
     def means(self, params):
         """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""
@@ -130,6 +189,51 @@ class TabularVAE(GaussianVAE):
                 parts.append(F.one_hot(label, w).to(cdf.dtype))
                 b += 1
         return torch.cat(parts, dim=-1)
+
+
+class SelfMasking(nn.Module):
+    """p(s | x) for self-masking missingness: every column's chance of being observed depends on its own value.
+
+    A continuous column j is observed with probability sigmoid(-a_j (x_j - b_j)) (Ipsen, Mattei and Frellsen
+    2021): a_j > 0, its high values go missing more often; a_j < 0, its low values. `kind` "self-masking" learns
+    the sign, "self-masking-high" and "self-masking-low" fix it (a_j = +-softplus). A categorical column is observed
+    with probability sigmoid(c_jl) for label l.
+    """
+
+    def __init__(self, n_continuous, label_counts, kind="self-masking"):
+        super().__init__()
+        self.kind = kind
+        self.slope = nn.Parameter(torch.zeros(n_continuous))
+        self.shift = nn.Parameter(torch.zeros(n_continuous))
+        self.label_logits = nn.Parameter(torch.zeros(sum(label_counts)))
+        self.label_counts = list(label_counts)
+
+    def slopes(self):
+        """The slopes a (n_continuous,) in standardised units."""
+        if self.kind == "self-masking":
+            return self.slope
+        return (1 if self.kind == "self-masking-high" else -1) * F.softplus(self.slope)
+
+    def forward(self, continuous, continuous_observed, logits, labels, label_observed):
+        """Returns (log p(s | x) (..., B), the label logits tilted for missing labels).
+
+        continuous (..., B, n_continuous): each column's value, observed or drawn; continuous_observed (B,
+        n_continuous) 1 where observed. logits: the decoder's (..., B, labels) per categorical column; labels
+        the one-hot (B, labels) and label_observed (B,) of each. A missing label is summed out:
+        p(missing) = sum_l p(l | z) sigmoid(-c_l).
+        """
+        logit_observed = -self.slopes() * (continuous - self.shift)
+        log_ps = (
+            F.logsigmoid(logit_observed) * continuous_observed
+            + F.logsigmoid(-logit_observed) * (1 - continuous_observed)
+        ).sum(-1)
+        tilted = []
+        for c, decoded, onehot, seen in zip(self.label_logits.split(self.label_counts), logits, labels, label_observed):
+            log_p = F.log_softmax(decoded, dim=-1)
+            log_missing = F.logsigmoid(-c) + log_p  # log p(l | z) p(missing | l), (..., B, labels)
+            log_ps = log_ps + (onehot * F.logsigmoid(c)).sum(-1) * seen + torch.logsumexp(log_missing, -1) * (1 - seen)
+            tilted.append(log_missing)
+        return log_ps, tilted
 
 
 def student_t_quantile(normal, df):

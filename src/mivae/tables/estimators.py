@@ -45,11 +45,12 @@ from mivae.hardware import (
     torch_threads,
 )
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
-from mivae.models.tabular import LIKELIHOODS, TabularVAE
+from mivae.models.tabular import LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.tables.schema import Schema, infer_kinds
 from mivae.training import adam, fit
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
+CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
 # The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
 # - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
 #   (`auto_steps`), so that the time a fit takes stays bounded as the batch grows. Training ends there if early
@@ -140,6 +141,11 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         """K of the training bound: 1, the masked ELBO; MIWAEImputer sets its own."""
         return 1
 
+    @property
+    def _missingness(self):
+        """The model of the pattern of gaps (models.tabular.MISSINGNESS), None where it is taken as random."""
+        return None
+
     def __init__(
         self,
         categorical=None,
@@ -227,7 +233,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.latent_ = self.latent or max(1, min(columns - 1, 16))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         torch.manual_seed(seed)  # the initial weights
-        self.model_ = TabularVAE(self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood).to(device)
+        self.model_ = TabularVAE(
+            self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood, self._missingness
+        ).to(device)
         self.seed_ = seed
         self.history_ = self._train(values, observed, seed)
         return self
@@ -250,14 +258,18 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
         score = None
         if n_val >= 1:
-            val_eps = torch.randn((samples, n_val, latent), generator=torch.Generator().manual_seed(seed + 1)).to(
-                values.device
-            )
+            generator = torch.Generator().manual_seed(seed + 1)
+            val_eps = torch.randn((samples, n_val, latent), generator=generator).to(values.device)
+            # a missingness model's draws of the missing values, fixed too (None: the model has none to draw)
+            val_noise = None
+            if self._missingness is not None:
+                val_noise = torch.randn((samples, n_val, self.model_.n_continuous), generator=generator)
+                val_noise = val_noise.to(values.device)
 
             @torch.no_grad()
             def score(model):  # the same noise every epoch: the bound moves only with the weights
                 model.eval()
-                log_w, _ = model.log_weights(values[val], observed[val], val_eps)
+                log_w, _ = model.log_weights(values[val], observed[val], val_eps, val_noise)
                 return iwae_bound(log_w).mean().item()
 
         self.batch_size_ = min(auto_batch(len(train)) if self.batch_size == "auto" else self.batch_size, len(train))
@@ -523,32 +535,135 @@ class MIWAEImputer(_TabularImputer):
     def training_samples(self):
         return self.importance_samples
 
+    def _proposals(self, values, observed, generator, shared):
+        """Returns (log w (K, B), decoder params of what each of the K = imputation_samples proposals imputes)."""
+        eps = self._noise((self.imputation_samples, self.latent_), len(values), generator, shared)
+        return self.model_.log_weights(values, observed, eps)
+
+    def _expected(self, params):
+        """Returns each proposal's expected encoded row (K, B, W)."""
+        return self.model_.means(params)
+
+    def _resampled(self, chosen, imputations, rows, generator, shared):
+        """Returns encoded rows (M, B, W) drawn from the proposals `chosen` by resampling, one per imputation."""
+        return self.model_.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
+
     @torch.no_grad()
     def _single(self, values, observed):
         # The same K proposals for every row and call: the imputation is a fixed function of its row.
-        generator = torch.Generator().manual_seed(self.seed_)
-        eps = torch.randn((self.imputation_samples, 1, self.latent_), generator=generator).to(values.device)
-        log_w, params = self.model_.log_weights(values, observed, eps)
-        expected = (importance_weights(log_w)[..., None] * self.model_.means(params)).sum(0)  # (B, W)
+        log_w, params = self._proposals(values, observed, torch.Generator().manual_seed(self.seed_), shared=True)
+        expected = (importance_weights(log_w)[..., None] * self._expected(params)).sum(0)  # (B, W)
         keep = self._observed_slots(observed)
         return values * keep + expected * (1 - keep)
 
     @torch.no_grad()
     def _draw(self, values, observed, imputations, generator, shared):
-        model, rows = self.model_, len(values)
-        eps = self._noise((self.imputation_samples, self.latent_), rows, generator, shared)
-        log_w, params = model.log_weights(values, observed, eps)  # (K, B)
+        rows = len(values)
+        log_w, params = self._proposals(values, observed, generator, shared)  # (K, B)
         cdf = importance_weights(log_w).cumsum(0).T  # (B, K)
         u = self._noise((imputations,), rows, generator, shared, uniform=True).expand(imputations, rows)
         picks = torch.searchsorted(cdf.contiguous(), u.T.contiguous()).clamp(max=len(log_w) - 1).T  # (M, B)
         columns = torch.arange(rows, device=values.device)[None, :]
         chosen = {
-            key: (value[picks, columns] if key != "logits" else [v[picks, columns] for v in value])
+            key: ([v[picks, columns] for v in value] if isinstance(value, list) else value[picks, columns])
             for key, value in params.items()
         }
-        draws = model.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
+        draws = self._resampled(chosen, imputations, rows, generator, shared)
         keep = self._observed_slots(observed)
         return values * keep + draws * (1 - keep)
+
+
+class NotMIWAEImputer(MIWAEImputer):
+    """Imputes a table whose values go missing because of what they are: not-MIWAE (Ipsen, Mattei and Frellsen
+    2021), MIWAE with a model of the pattern of gaps, p(x, s) = p(x) p(s | x).
+
+    Where large incomes go unreported or low readings fall below a sensor's range, the observed values are not
+    a fair sample of the column, and an imputer that assumes they are (every other one here) fills the gaps
+    with values that are too typical. not-MIWAE learns how each column's own value makes it go missing and
+    imputes with the importance weights that include that chance.
+
+    Parameters are those of MIWAEImputer, and:
+
+    missingness : "self-masking", "self-masking-high" or "self-masking-low"
+        The model of p(s | x). "self-masking": each continuous column is observed with probability
+        sigmoid(-a (x - b)), a and b learned, the sign of a too; each categorical column with a probability
+        learned per label. "self-masking-high" ("-low"): the same, with the sign known: a column's high
+        (low) values are the ones that go missing more often, as where values above a limit are censored.
+        Knowing the sign helps where it is true and misleads where it is not.
+
+    Single imputation is the importance-weighted mean of the missing values drawn with the proposals (not of
+    the decoder's means: under self-masking a value's being missing says something about it); multiple
+    imputation resamples those draws by their weights. Being draws, they need more proposals than MIWAE's
+    means for the same Monte Carlo error: `imputation_samples` is 1,000 by default (MIWAEImputer: 100).
+    """
+
+    def __init__(
+        self,
+        categorical=None,
+        likelihood="gaussian",
+        hidden=(128, 128),
+        latent=None,
+        lr="auto",
+        max_epochs=500,
+        patience=50,
+        batch_size="auto",
+        validation_fraction=0.1,
+        precision="auto",
+        importance_samples=20,
+        imputation_samples=1000,
+        threads="auto",
+        random_state=None,
+        device="cpu",
+        max_steps="auto",
+        missingness="self-masking",
+    ):
+        super().__init__(
+            categorical,
+            likelihood,
+            hidden,
+            latent,
+            lr,
+            max_epochs,
+            patience,
+            batch_size,
+            validation_fraction,
+            precision,
+            importance_samples,
+            imputation_samples,
+            threads,
+            random_state,
+            device,
+            max_steps,
+        )
+        self.missingness = missingness
+
+    def _check_params(self):
+        device = super()._check_params()
+        check_choice("missingness", self.missingness, MISSINGNESS, error=InputError)
+        return device
+
+    @property
+    def _missingness(self):
+        return self.missingness
+
+    def _proposals(self, values, observed, generator, shared):
+        rows = len(values)
+        eps = self._noise((self.imputation_samples, self.latent_), rows, generator, shared)
+        noise = self._noise((self.imputation_samples, self.model_.n_continuous), rows, generator, shared)
+        return self.model_.log_weights(values, observed, eps, noise)
+
+    def _expected(self, params):
+        # each proposal's own draws of the missing values, and its labels' distribution given that they are missing
+        return self.model_.means({**params, "mean": params["drawn"], "logits": params["tilted"]})
+
+    def _resampled(self, chosen, imputations, rows, generator, shared):
+        # Each imputation draws its values afresh given its proposal's latent, from p(x | z, missing), so that two
+        # imputations resampling the same proposal still differ.
+        model = self.model_
+        candidates = self._noise((CANDIDATES, imputations, model.n_continuous), rows, generator, shared)
+        pick = self._noise((imputations, model.n_continuous), rows, generator, shared, uniform=True)
+        labels = self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True)
+        return model.draw_missing(chosen, candidates.movedim(2, 1), pick, labels)
 
 
 class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
