@@ -186,6 +186,7 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     rmse = {r["method"]: r["rmse"] for r in rows}
     assert rmse["mean"] > 1 and all(0 < v < 3 for v in rmse.values()), rmse
 
+
 def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_targets(tmp_path):
     bench = runpy.run_path(str(BENCHMARK.parent / "impute.py"))
     rows = bench["main"](["--quick", "--settings", "rp50,vl70", "--out", str(tmp_path)])
