@@ -6,9 +6,16 @@ torch on first use, so `import mivae` itself stays light.
 
 __version__ = "0.1.0"
 
-__all__ = ["MIWAEImputer", "MultipleImputationClassifier", "NotMIWAEImputer", "VAEImputer", "__version__"]
+__all__ = [
+    "MIWAEImputer",
+    "MultipleImputationClassifier",
+    "NotMIWAEImputer",
+    "VAEImputer",
+    "load_imputer",
+    "__version__",
+]
 
-_ESTIMATORS = {"MIWAEImputer", "MultipleImputationClassifier", "NotMIWAEImputer", "VAEImputer"}
+_ESTIMATORS = {"MIWAEImputer", "MultipleImputationClassifier", "NotMIWAEImputer", "VAEImputer", "load_imputer"}
 
 
 def __getattr__(name):

@@ -20,10 +20,12 @@ Multiple imputations draw the missing entries from p(x | z), observation noise a
 completed tables carry the uncertainty of the missing values, as proper multiple imputation needs.
 """
 
+import dataclasses
 import functools
 import math
 import numbers
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,8 +48,9 @@ from mivae.hardware import (
 )
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
 from mivae.models.tabular import LIKELIHOODS, MISSINGNESS, TabularVAE
+from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
-from mivae.training import adam, fit
+from mivae.training import History, adam, fit
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
 CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
@@ -395,6 +398,115 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
         return self._in_batches(batch, values, observed, dim=1)
 
+    def save(self, path):
+        """Writes the fitted imputer into the folder `path` (created if need be): imputer.json and model.safetensors,
+        no pickle (mivae.tables.saved). `load` reads it back; its transform and sample give what this one's do."""
+        check_is_fitted(self, "model_")
+        if not (self.random_state is None or isinstance(self.random_state, numbers.Integral)):
+            raise InputError(
+                "only an imputer whose random_state is a whole number or None can be saved: a RandomState's next "
+                "draws cannot be written down."
+            )
+        params = self.get_params()
+        params["hidden"] = list(params["hidden"])
+        if params["categorical"] is not None:
+            params["categorical"] = [saved.value_to_json(v, "the categorical column") for v in params["categorical"]]
+        names = getattr(self, "feature_names_in_", None)
+        content = {
+            "format": saved.FORMAT,
+            "class": type(self).__name__,
+            "params": params,
+            "architecture": self._architecture(),
+            "fitted": {name: getattr(self, name) for name in _FITTED},
+            "feature_names": None if names is None else [str(n) for n in names],
+            "history": dataclasses.asdict(self.history_),
+            "schema": saved.schema_to_json(self.schema_),
+        }
+        saved.write(path, content, self.model_)
+
+    def _architecture(self):
+        return {
+            "layout": [list(pair) for pair in self.schema_.layout()],
+            "hidden": list(self.hidden),
+            "latent": self.latent_,
+            "likelihood": self.likelihood,
+            "missingness": self._missingness,
+        }
+
+    @classmethod
+    def load(cls, path, device=None):
+        """Returns the imputer that `save` wrote into the folder `path`, on `device` (None: the one it was saved
+        with). Every field is checked before anything is built, and a damaged or crafted file is refused in one
+        sentence (a ValueError). `VAEImputer.load` refuses another class's file; `load_imputer` takes any."""
+        content = saved.read(path)
+        where = Path(path) / saved.JSON_NAME
+        classes = {c.__name__: c for c in IMPUTERS}
+        name = content.get("class")
+        if not isinstance(name, str) or name not in classes:
+            raise InputError(f"{where} holds {name!r}, not one of mivae's imputers ({', '.join(classes)}).")
+        if cls is not _TabularImputer and classes[name] is not cls:
+            raise InputError(f"{where} holds a {name}, not a {cls.__name__}: load it with {name}.load or load_imputer.")
+        imputer = classes[name]._from_params(content.get("params"), where, device)
+        imputer._restore(content, where)
+        probe_args = (imputer.schema_.layout(), tuple(imputer.hidden), imputer.latent_, imputer.likelihood)
+        with torch.device("meta"):  # the shapes the file must hold, computed without allocating them
+            probe = TabularVAE(*probe_args, imputer._missingness)
+        state = saved.checked_weights(path, content, probe)
+        model = TabularVAE(*probe_args, imputer._missingness)
+        model.load_state_dict(state)
+        imputer.model_ = model.to(imputer._check_params()).eval()
+        return imputer
+
+    @classmethod
+    def _from_params(cls, params, where, device):
+        """Returns an unfitted imputer of this class with the saved `params`, every one checked."""
+        names = set(cls().get_params())
+        if not isinstance(params, dict) or set(params) != names:
+            raise InputError(f"{where} is damaged: its parameters are not those of a {cls.__name__}.")
+        params = dict(params)
+        if isinstance(params["hidden"], list):
+            params["hidden"] = tuple(params["hidden"])
+        if isinstance(params["categorical"], list):
+            params["categorical"] = [saved.value_from_json(v, where) for v in params["categorical"]]
+        if device is not None:
+            params["device"] = device
+        imputer = cls(**params)
+        imputer._check_params()  # every parameter's type and range; the device must exist here
+        return imputer
+
+    def _restore(self, content, where):
+        """Sets the fitted attributes but the network from saved `content`, checking each."""
+        fitted = content.get("fitted")
+        if not isinstance(fitted, dict) or set(fitted) != set(_FITTED):
+            raise InputError(f"{where} is damaged: it does not list the fitted attributes.")
+        for name, kind in _FITTED.items():
+            value = fitted[name]
+            if kind is str:
+                valid = value in ("bf16", "fp32")
+            else:
+                number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+                valid = number and math.isfinite(value) and (value >= 0 if name == "seed_" else value > 0)
+            if not valid:
+                raise InputError(f"{where} is damaged: {name} is {value!r}.")
+            setattr(self, name, float(value) if kind is float else value)
+        self.schema_ = saved.schema_from_json(content.get("schema"), where)
+        if self.n_features_in_ != len(self.schema_.columns) or content.get("architecture") != self._architecture():
+            raise InputError(f"{where} is damaged: its network, schema and parameters disagree.")
+        names = content.get("feature_names")
+        if names is not None:
+            if (
+                not isinstance(names, list)
+                or len(names) != self.n_features_in_
+                or not all(isinstance(n, str) for n in names)
+            ):
+                raise InputError(f"{where} is damaged: its feature names are not one string per column.")
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        history = content.get("history")
+        fields = {f.name for f in dataclasses.fields(History)}
+        if not isinstance(history, dict) or set(history) != fields:
+            raise InputError(f"{where} is damaged: it does not hold a training history.")
+        self.history_ = History(**history)
+
     @_threaded
     def encoded_imputations(self, X, n_imputations, seed=0, shared=True):
         """Returns (imputations (M, n, W) float32, observed (n, columns)) in the model's encoding: standardised
@@ -664,6 +776,25 @@ class NotMIWAEImputer(MIWAEImputer):
         pick = self._noise((imputations, model.n_continuous), rows, generator, shared, uniform=True)
         labels = self._noise((imputations, len(model.blocks)), rows, generator, shared, uniform=True)
         return model.draw_missing(chosen, candidates.movedim(2, 1), pick, labels)
+
+
+IMPUTERS = (VAEImputer, MIWAEImputer, NotMIWAEImputer)
+# What fit learns besides the network and the schema, with its type: what `save` writes and `load` checks.
+_FITTED = {
+    "latent_": int,
+    "seed_": int,
+    "precision_": str,
+    "batch_size_": int,
+    "lr_": float,
+    "steps_": int,
+    "threads_": int,
+    "n_features_in_": int,
+}
+
+
+def load_imputer(path, device=None):
+    """Returns the imputer, of whichever class, that `save` wrote into the folder `path` (see `VAEImputer.load`)."""
+    return _TabularImputer.load(path, device)
 
 
 class MultipleImputationClassifier(ClassifierMixin, BaseEstimator):
