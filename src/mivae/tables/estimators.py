@@ -165,6 +165,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         random_state=None,
         device="cpu",
         max_steps="auto",
+        round_integers=True,
     ):
         self.categorical = categorical
         self.likelihood = likelihood
@@ -180,6 +181,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.max_steps = max_steps
+        self.round_integers = round_integers
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -218,7 +220,12 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             kinds = infer_kinds(X, self.categorical)
         except ValueError as e:
             raise InputError(str(e)) from None
-        self.schema_ = Schema.fit(X, kinds)
+        if not isinstance(self.round_integers, bool):
+            raise InputError(f"round_integers must be True or False; got {self.round_integers!r}.")
+        try:
+            self.schema_ = Schema.fit(X, kinds, self.round_integers)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         empty = [c.name for c in self.schema_.columns if c.empty]
         if len(empty) == len(self.schema_.columns):
             raise InputError("every column is missing in every row, so there is nothing to learn from.")
@@ -489,7 +496,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             if not valid:
                 raise InputError(f"{where} is damaged: {name} is {value!r}.")
             setattr(self, name, float(value) if kind is float else value)
-        self.schema_ = saved.schema_from_json(content.get("schema"), where)
+        self.schema_ = saved.schema_from_json(content.get("schema"), where, self.round_integers)
         if self.n_features_in_ != len(self.schema_.columns) or content.get("architecture") != self._architecture():
             raise InputError(f"{where} is damaged: its network, schema and parameters disagree.")
         names = content.get("feature_names")
@@ -558,6 +565,11 @@ class VAEImputer(_TabularImputer):
     device : "cpu", "cuda", "cuda:N" or "auto"
         Where the model trains and imputes; "auto" is the GPU where torch sees one. A GPU named but absent
         is an error, never a silent fall-back to the CPU.
+    round_integers : bool
+        Integer columns (numpy's or pandas' nullable integers) have their imputations rounded and kept within
+        the observed range, and come back in their dtype; False: imputed as any number, they come back as
+        float64. Every other column comes back in its own dtype either way: dates and durations (modelled in
+        seconds) as dates and durations, floats of every width in their width.
 
     Attributes
     ----------
@@ -617,6 +629,7 @@ class MIWAEImputer(_TabularImputer):
         random_state=None,
         device="cpu",
         max_steps="auto",
+        round_integers=True,
     ):
         super().__init__(
             categorical,
@@ -633,6 +646,7 @@ class MIWAEImputer(_TabularImputer):
             random_state,
             device,
             max_steps,
+            round_integers,
         )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
@@ -727,6 +741,7 @@ class NotMIWAEImputer(MIWAEImputer):
         random_state=None,
         device="cpu",
         max_steps="auto",
+        round_integers=True,
         missingness="self-masking",
     ):
         super().__init__(
@@ -746,6 +761,7 @@ class NotMIWAEImputer(MIWAEImputer):
             random_state,
             device,
             max_steps,
+            round_integers,
         )
         self.missingness = missingness
 

@@ -62,9 +62,16 @@ def read_table(path, categorical=(), continuous=()):
     for name in frame.columns:
         if name in categorical:
             frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
-        elif not pd.api.types.is_numeric_dtype(frame[name]) and not pd.api.types.is_bool_dtype(frame[name]):
+        elif _text(frame[name].dtype):  # dates, durations, categories and true/false keep their types
             frame[name] = _numbers_or_labels(frame[name], path, declared_numeric=name in continuous)
     return frame
+
+
+def _text(dtype):
+    """Whether a column of this dtype holds text (or objects) that may be numbers written as text."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        return False
+    return pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
 
 
 def _csv_header(path):

@@ -62,8 +62,8 @@ def value_from_json(data, where):
 
 
 def dtype_to_json(dtype, name):
-    """Returns a categorical column's dtype as JSON: None, a category dtype's labels and order, or a dtype's name
-    that reads back as the same dtype."""
+    """Returns a column's dtype as JSON: None, a category dtype's labels and order, or a dtype's name that reads
+    back as the same dtype."""
     if dtype is None:
         return None
     if isinstance(dtype, pd.CategoricalDtype):
@@ -105,25 +105,32 @@ def schema_to_json(schema):
             "std": c.std,
             "categories": [value_to_json(v, f"a label of column {c.name!r}") for v in c.categories],
             "empty": c.empty,
-            "dtype": dtype_to_json(c.dtype, c.name) if c.kind == CATEGORICAL else None,
+            "dtype": dtype_to_json(c.dtype, c.name),
+            "time": c.time,
+            "integer": c.integer,
+            "low": c.low,
+            "high": c.high,
         }
         for c in schema.columns
     ]
 
 
-def schema_from_json(data, where):
+def schema_from_json(data, where, round_integers):
     """Returns the Schema that `schema_to_json` wrote; raises InputError naming `where` for anything else."""
-    fields = {"name", "kind", "mean", "std", "categories", "empty", "dtype"}
+    fields = {"name", "kind", "mean", "std", "categories", "empty", "dtype", "time", "integer", "low", "high"}
     if not isinstance(data, list) or not data or not all(isinstance(c, dict) and set(c) == fields for c in data):
         raise InputError(f"{where} is damaged: its schema is not a list of columns.")
     columns = []
     for c in data:
-        numbers = [c["mean"], c["std"]]
+        numbers = [c["mean"], c["std"], c["low"], c["high"]]
         if (
             c["kind"] not in (CONTINUOUS, CATEGORICAL)
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)
             or not c["std"] > 0
+            or not c["low"] <= c["high"]
             or not isinstance(c["empty"], bool)
+            or not isinstance(c["integer"], bool)
+            or c["time"] not in ("", "datetime", "timedelta")
             or not isinstance(c["categories"], list)
         ):
             raise InputError(f"{where} is damaged: column {c['name']!r} of its schema is not a valid column.")
@@ -139,9 +146,13 @@ def schema_from_json(data, where):
                 categories=labels,
                 empty=c["empty"],
                 dtype=dtype_from_json(c["dtype"], where),
+                time=c["time"],
+                integer=c["integer"],
+                low=float(c["low"]),
+                high=float(c["high"]),
             )
         )
-    return Schema(columns)
+    return Schema(columns, round_integers)
 
 
 def architecture_digest(content):

@@ -3,8 +3,14 @@
 A table is a pandas DataFrame or a 2-D array with one row per example; NaN (or None) marks a
 missing entry. Each column is *continuous*, standardised by the mean and standard deviation of its
 observed entries, or *categorical*, one-hot over the labels seen when the schema was fitted.
-Types come from a DataFrame's dtypes (numbers are continuous; bool, object, string and category
-columns are categorical) or are declared.
+Types come from a DataFrame's dtypes (numbers, dates and durations are continuous; bool, object, string
+and category columns are categorical) or are declared.
+
+Every column comes back in its own dtype. Integer columns (numpy's or pandas' nullable ones) have their
+imputations rounded and kept within the observed range (unless `round_integers` is false: then the column
+comes back as floats, as asked); dates, with or without a time zone, and durations are modelled in seconds
+and come back as dates and durations. What a table can hold but a model cannot take, such as lists,
+structs, bytes, decimals or values too large to standardise, is refused in one sentence naming the column.
 
 The encoding is `values` (n, width) float32, zero where missing, beside `observed` (n, columns)
 float32, 1 where observed: missingness travels as that mask, never as a fill value. A column with no
@@ -17,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 CONTINUOUS, CATEGORICAL = "continuous", "categorical"
+MAX_MAGNITUDE = 1e150  # the largest value a continuous column may hold: its square, in the variance, stays finite
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,10 @@ class Column:
     categories: tuple = ()  # categorical: the labels seen at fit, in a fixed order
     empty: bool = False  # no observed entry at fit: left out of the model, returned missing
     dtype: object = None  # a DataFrame column's dtype, restored on output where it can hold the result
+    time: str = ""  # continuous: "datetime" or "timedelta" for dates and durations (modelled in seconds), else ""
+    integer: bool = False  # continuous: whole numbers, imputed rounded within [low, high]
+    low: float = 0.0  # continuous: the smallest observed value (in seconds for dates and durations)
+    high: float = 0.0  # continuous: the largest
 
     @property
     def width(self):
@@ -70,7 +81,60 @@ def infer_kinds(X, categorical=None):
 
 
 def _numeric(dtype):
-    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    return (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) or _time_of(dtype) != ""
+    ) and not pd.api.types.is_complex_dtype(dtype)
+
+
+def _time_of(dtype):
+    """Returns "datetime" or "timedelta" for a dtype of dates or durations, else ""."""
+    if dtype is None:
+        return ""
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return "timedelta"
+    return ""
+
+
+# What a column of a DataFrame or an object array may hold, besides missing entries.
+ACCEPTED = (
+    "numbers, true/false, text, categories, dates (with or without a time zone) and durations; convert the column "
+    "or leave it out"
+)
+
+
+def _arrow_accepted(arrow_type):
+    """Whether a pyarrow type is one of numbers, true/false, text, dates with a time or durations."""
+    import pyarrow as pa
+
+    kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string,
+             pa.types.is_large_string, pa.types.is_timestamp, pa.types.is_duration)  # fmt: skip
+    if pa.types.is_dictionary(arrow_type):
+        return _arrow_accepted(arrow_type.value_type)
+    return any(accepted(arrow_type) for accepted in kinds)
+
+
+def check_supported(name, column, dtype):
+    """Raises ValueError naming column `name` if its dtype or one of its values is of a kind no model here takes."""
+    if dtype is not None and pd.api.types.is_complex_dtype(dtype):
+        raise ValueError(f"column {name!r} holds complex numbers; mivae takes {ACCEPTED}.")
+    if isinstance(dtype, pd.ArrowDtype) and not _arrow_accepted(dtype.pyarrow_dtype):
+        raise ValueError(f"column {name!r} is of type {dtype}; mivae takes {ACCEPTED}.")
+    if dtype is None or pd.api.types.is_object_dtype(dtype):
+        for value in column:
+            if not (_is_label(value) or _is_missing_value(value)):
+                raise ValueError(f"column {name!r} holds {value!r}, a {type(value).__name__}; mivae takes {ACCEPTED}.")
+
+
+def _is_label(value):
+    return isinstance(value, (str, bool, np.bool_)) or (
+        isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, np.timedelta64)
+    )
+
+
+def _is_missing_value(value):
+    return value is None or value is pd.NA or value is pd.NaT or isinstance(value, float) and np.isnan(value)
 
 
 def column_names(X):
@@ -110,6 +174,30 @@ def as_float(column, name):
     return out
 
 
+def numbers_of(column, name, time=""):
+    """Returns a continuous column as float64 numbers, NaN where missing: dates as seconds since 1970-01-01 UTC,
+    durations as seconds, anything else by `as_float`."""
+    if not time:
+        return as_float(column, name)
+    if time == "datetime":
+        index = pd.DatetimeIndex(column)
+        delta = index - (pd.Timestamp(0, tz="UTC") if index.tz is not None else pd.Timestamp(0))
+    else:
+        delta = pd.TimedeltaIndex(column)
+    return np.asarray(delta / pd.Timedelta(1, "s"), dtype=np.float64)
+
+
+def _times(seconds, c):
+    """Returns float seconds as the dates or durations of column `c`, in its dtype (time zone and unit)."""
+    delta = pd.to_timedelta(np.round(seconds * 1e9).astype(np.int64), unit="ns")
+    if c.time == "timedelta":
+        return pd.Series(delta).astype(c.dtype).to_numpy() if c.dtype is not None else delta.to_numpy()
+    tz = getattr(c.dtype, "tz", None)
+    stamps = pd.Timestamp(0, tz="UTC" if tz is not None else None) + delta
+    stamps = stamps.tz_convert(tz) if tz is not None else stamps
+    return pd.Series(stamps).astype(c.dtype).to_numpy() if c.dtype is not None else stamps.to_numpy()
+
+
 def _is_number(value):
     try:
         float(value)
@@ -121,20 +209,32 @@ def _is_number(value):
 class Schema:
     """The fitted column types and scalings of a table; encodes tables for a model and decodes its output."""
 
-    def __init__(self, columns):
+    def __init__(self, columns, round_integers=True):
         self.columns = tuple(columns)
         self.modelled = [c for c in self.columns if not c.empty]
         self.width = sum(c.width for c in self.modelled)
+        self.round_integers = round_integers  # integer columns' imputations rounded within the observed range
 
     @classmethod
-    def fit(cls, X, kinds):
-        """Returns the schema of table X with the given column kinds, scaled on its observed entries."""
+    def fit(cls, X, kinds, round_integers=True):
+        """Returns the schema of table X with the given column kinds, scaled on its observed entries.
+
+        Raises ValueError naming a column that holds what no model takes (ACCEPTED) or values too large to
+        standardise."""
         dtypes = list(X.dtypes) if hasattr(X, "dtypes") else [None] * len(kinds)
         columns = []
         for name, kind, column, dtype in zip(column_names(X), kinds, columns_of(X), dtypes):
+            check_supported(name, column, dtype)
             observed = ~is_missing(column)
             if kind == CONTINUOUS:
-                values = as_float(column, name)[observed]
+                time = _time_of(dtype)
+                values = numbers_of(column, name, time)[observed]
+                largest = float(np.abs(values).max()) if len(values) else 0.0
+                if largest > MAX_MAGNITUDE:
+                    raise ValueError(
+                        f"column {name!r} holds values as large as {largest:.3g}, too large to standardise (their "
+                        f"squares pass the largest float); rescale it, say to other units, to below {MAX_MAGNITUDE:g}."
+                    )
                 std = float(values.std()) if len(values) else 1.0
                 columns.append(
                     Column(
@@ -144,12 +244,16 @@ class Schema:
                         std if std > 1e-12 else 1.0,
                         empty=not len(values),
                         dtype=dtype,
+                        time=time,
+                        integer=dtype is not None and pd.api.types.is_integer_dtype(dtype),
+                        low=float(values.min()) if len(values) else 0.0,
+                        high=float(values.max()) if len(values) else 0.0,
                     )
                 )
             else:
                 labels = tuple(sorted(set(column[observed].tolist()), key=_label_order))
                 columns.append(Column(name, kind, categories=labels, empty=not labels, dtype=dtype))
-        return cls(columns)
+        return cls(columns, round_integers)
 
     def layout(self):
         """Returns the modelled columns' (kind, width) pairs, in encoding order."""
@@ -171,7 +275,8 @@ class Schema:
             seen = ~is_missing(column)
             observed[:, j] = seen
             if c.kind == CONTINUOUS:
-                values[:, slot] = np.where(seen, (np.nan_to_num(as_float(column, c.name)) - c.mean) / c.std, 0.0)
+                numbers = numbers_of(column, c.name, c.time)
+                values[:, slot] = np.where(seen, (np.nan_to_num(numbers) - c.mean) / c.std, 0.0)
             else:
                 index = {label: k for k, label in enumerate(c.categories)}
                 unknown = [v for v in column[seen].tolist() if v not in index]
@@ -199,7 +304,14 @@ class Schema:
                 continue
             if c.kind == CONTINUOUS:
                 filled = values[:, slot].astype(np.float64) * c.std + c.mean
-                out.append(np.where(missing, filled, as_float(column, c.name)))
+                if c.integer and self.round_integers:
+                    filled = np.clip(np.round(filled), c.low, c.high)
+                if c.time:
+                    kept = pd.Series(column).to_numpy(copy=True)
+                    kept[missing] = _times(filled, c)[missing]
+                    out.append(kept)
+                else:
+                    out.append(np.where(missing, filled, as_float(column, c.name)))
             else:
                 labels = np.array(c.categories, dtype=object)[values[:, slot : slot + c.width].argmax(1)]
                 filled = column.astype(object).copy()
@@ -215,11 +327,15 @@ class Schema:
             frame = pd.DataFrame({j: col for j, col in enumerate(columns)}, index=like.index)
             frame.columns = like.columns
             for j, c in enumerate(self.columns):
-                if c.kind == CATEGORICAL and c.dtype is not None:
-                    try:
-                        frame.isetitem(j, frame.iloc[:, j].astype(c.dtype))
-                    except (TypeError, ValueError):
-                        pass  # a bool column with missing entries was object in the input; it stays object
+                if c.dtype is None or c.kind == CONTINUOUS and c.integer and not self.round_integers:
+                    continue  # integers imputed as floats, as asked, come back as float64
+                if c.kind == CONTINUOUS:
+                    frame.isetitem(j, frame.iloc[:, j].astype(c.dtype))
+                    continue
+                try:
+                    frame.isetitem(j, frame.iloc[:, j].astype(c.dtype))
+                except (TypeError, ValueError):
+                    pass  # a bool column with missing entries was object in the input; it stays object
             return frame
         try:
             return (
