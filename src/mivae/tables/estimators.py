@@ -127,6 +127,11 @@ def _threaded(method):
     return run
 
 
+def _is_dask(X):
+    """Whether X is a Dask DataFrame (told without importing dask, which mivae does not need otherwise)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "map_partitions")
+
+
 def _rows(X):
     """The row count of a table given as an array, a DataFrame, a list of rows or anything with __array__; 0 for
     what is none of them (the validation that follows names what is wrong)."""
@@ -166,6 +171,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         device="cpu",
         max_steps="auto",
         round_integers=True,
+        fit_rows=None,
     ):
         self.categorical = categorical
         self.likelihood = likelihood
@@ -182,6 +188,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.device = device
         self.max_steps = max_steps
         self.round_integers = round_integers
+        self.fit_rows = fit_rows
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -202,6 +209,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         check_whole("patience", self.patience, 1, error=InputError)
         check_whole("batch_size", self.batch_size, 1, also=("auto",), error=InputError)
         check_whole("max_steps", self.max_steps, 1, also=("auto", None), error=InputError)
+        check_whole("fit_rows", self.fit_rows, 1, also=(None,), error=InputError)
         check_number("lr", self.lr, 0, math.inf, high_open=True, also=("auto",), error=InputError)
         fraction = self.validation_fraction
         check_number("validation_fraction", fraction, 0, 1, low_open=False, high_open=True, error=InputError)
@@ -216,6 +224,11 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         """Fits the imputer on table X (n, d) with NaN where missing; y is ignored. Returns self."""
         device = self._check_params()
         X = _validate_table(self, X, reset=True, categorical=self.categorical)
+        if self.fit_rows is not None and len(X) > self.fit_rows:
+            # a sample of the rows, drawn from random_state; the whole table's feature names and count are kept
+            rows = np.sort(check_random_state(self.random_state).choice(len(X), self.fit_rows, replace=False))
+            X = X.iloc[rows] if hasattr(X, "iloc") else X[rows]
+        self.fit_rows_ = len(X)
         try:
             kinds = infer_kinds(X, self.categorical)
         except ValueError as e:
@@ -375,9 +388,27 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             ]
         return torch.cat(parts, dim=dim).float() if parts else torch.zeros((0, values.shape[1]), device=device)
 
-    @_threaded
     def transform(self, X):
-        """Returns the single imputation of table X: the same form, columns and order, observed entries kept exactly."""
+        """Returns the single imputation of table X: the same form, columns and order, observed entries kept exactly.
+
+        X may be a Dask DataFrame: the result is then a Dask DataFrame too, imputed partition by partition
+        (`map_partitions`) where it is computed, on whichever workers hold the partitions. Each row's imputation
+        depends on that row alone, so the result is the same as the whole table's in memory, row for row.
+        """
+        if _is_dask(X):
+            return self._transform_dask(X)
+        return self._transform(X)
+
+    def _transform_dask(self, X):
+        check_is_fitted(self, "model_")
+        meta = X._meta.copy()  # what each partition comes back as: its own dtypes, but integers imputed as floats
+        for c in self.schema_.columns:
+            if c.integer and not self.schema_.round_integers:
+                meta[c.name] = meta[c.name].astype(np.float64)
+        return X.map_partitions(self.transform, meta=meta)
+
+    @_threaded
+    def _transform(self, X):
         X, values, observed = self._encode(X)
         completed = self._in_batches(self._single, values, observed)
         return self.schema_.assemble(self.schema_.decode(completed.cpu().numpy(), X), X)
@@ -565,6 +596,9 @@ class VAEImputer(_TabularImputer):
     device : "cpu", "cuda", "cuda:N" or "auto"
         Where the model trains and imputes; "auto" is the GPU where torch sees one. A GPU named but absent
         is an error, never a silent fall-back to the CPU.
+    fit_rows : int or None
+        Fit on a sample of this many rows, drawn from random_state, where the table has more (fit_rows_ says how
+        many it used); None: on every row. transform and sample take every row either way.
     round_integers : bool
         Integer columns (numpy's or pandas' nullable integers) have their imputations rounded and kept within
         the observed range, and come back in their dtype; False: imputed as any number, they come back as
@@ -630,6 +664,7 @@ class MIWAEImputer(_TabularImputer):
         device="cpu",
         max_steps="auto",
         round_integers=True,
+        fit_rows=None,
     ):
         super().__init__(
             categorical,
@@ -647,6 +682,7 @@ class MIWAEImputer(_TabularImputer):
             device,
             max_steps,
             round_integers,
+            fit_rows,
         )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
@@ -742,6 +778,7 @@ class NotMIWAEImputer(MIWAEImputer):
         device="cpu",
         max_steps="auto",
         round_integers=True,
+        fit_rows=None,
         missingness="self-masking",
     ):
         super().__init__(
@@ -762,6 +799,7 @@ class NotMIWAEImputer(MIWAEImputer):
             device,
             max_steps,
             round_integers,
+            fit_rows,
         )
         self.missingness = missingness
 
@@ -797,6 +835,7 @@ class NotMIWAEImputer(MIWAEImputer):
 IMPUTERS = (VAEImputer, MIWAEImputer, NotMIWAEImputer)
 # What fit learns besides the network and the schema, with its type: what `save` writes and `load` checks.
 _FITTED = {
+    "fit_rows_": int,
     "latent_": int,
     "seed_": int,
     "precision_": str,
