@@ -115,6 +115,14 @@ def test_what_no_model_takes_is_refused_in_one_sentence_naming_the_column(values
         assert "mivae takes numbers, true/false, text, categories, dates" in str(error.value)
 
 
+def test_a_list_met_only_in_transform_is_refused_naming_the_column(typed):
+    _, incomplete, _, imputer, _, _ = typed
+    later = incomplete.astype({"city": object})
+    later.loc[0, "city"] = ["Oslo", "Lund"]
+    with pytest.raises(InputError, match=r"column 'city' holds \['Oslo', 'Lund'\], a list"):
+        imputer.transform(later)
+
+
 def test_arrow_lists_structs_and_binaries_from_parquet_are_refused_naming_the_type():
     pa = pytest.importorskip("pyarrow")
     for arrow_type, values in (

@@ -272,6 +272,8 @@ class Schema:
         slot = 0
         modelled = [(c, col) for c, col in zip(self.columns, columns) if not c.empty]
         for j, (c, column) in enumerate(modelled):
+            if not c.time:  # a date column of a DataFrame arrives as Timestamp objects
+                check_supported(c.name, column, column.dtype)
             seen = ~is_missing(column)
             observed[:, j] = seen
             if c.kind == CONTINUOUS:
