@@ -14,6 +14,7 @@ mivae's imputers run with several seeds (the protocol itself has no randomness);
 
 import argparse
 import json
+import runpy
 import sys
 import time
 import warnings
@@ -31,6 +32,7 @@ from mivae.artifacts import atomic_path
 from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH = runpy.run_path(str(Path(__file__).with_name("run.py")))  # the suite's description of the machine
 TABLES = {
     "breast-cancer": load_breast_cancer,
     "wine": load_wine,
@@ -147,8 +149,9 @@ def main(argv=None):
         [
             "# Missing not at random: the not-MIWAE paper's UCI protocol",
             "",
-            f"Measured {date.today().isoformat()} by `python benchmarks/mnar.py` (seeds {seeds}); machine and times in "
-            "BENCHMARKS.md. " + __doc__.split("\n\n")[1].replace("\n", " "),
+            f"Measured {date.today().isoformat()} by `python benchmarks/mnar.py` (seeds {seeds}) on "
+            f"{BENCH['machine_label']()}; the times are in `benchmarks/mnar.json`. "
+            + __doc__.split("\n\n")[1].replace("\n", " "),
             "",
             "RMSE on the missing entries in standard deviations (mivae's: mean (sd) over seeds; the best of each table "
             "in bold). `mivae not-miwae` learns the direction in which each column's values go missing; "

@@ -26,7 +26,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, MLPConfig, TrainConfig, VAEConfig
 from mivae.errors import MivaeError
-from mivae.hardware import bf16_supported, cpu_flags, measure_threads, resolve_device, resolve_precision, synchronize
+from mivae.hardware import (
+    bf16_supported,
+    cores,
+    cpu_flags,
+    measure_threads,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
 from mivae.images.data import load_splits
 from mivae.images.imputation import in_precision, multiple_imputation
 from mivae.images.runs import write_json
@@ -389,6 +397,13 @@ def _cpu_features():
     """Whether the CPU has AVX-512 BF16 and AMX."""
     flags = cpu_flags()
     return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
+
+
+def machine_label():
+    """This CPU's machine class as its section names it, and its cores: "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
+    cpu = torch.device("cpu")
+    machine = {"processor": _processor(cpu), "bf16_native": bf16_supported(cpu), **_cpu_features()}
+    return f"{machine_title(machine).removeprefix('## Machine: ')}, {cores()} cores"
 
 
 def machine_title(machine):

@@ -21,10 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mivae.artifacts import atomic_path
-from mivae.hardware import bf16_supported, cores
 from mivae.images.runs import write_json
 from mivae.tables.estimators import MIWAEImputer
 
@@ -87,14 +85,6 @@ def measure(rows, settings, seed=0):
     }
 
 
-def _machine():
-    """The machine class as benchmarks/run.py names its section, and the cores, as in
-    "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
-    cpu = torch.device("cpu")
-    machine = {"processor": BENCH["_processor"](cpu), "bf16_native": bf16_supported(cpu), **BENCH["_cpu_features"]()}
-    return f"{BENCH['machine_title'](machine).removeprefix('## Machine: ')}, {cores()} cores"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", help="table sizes (default: 10000 100000 1000000)")
@@ -123,7 +113,7 @@ def main(argv=None):
         row = {
             **measure(rows, settings),
             "label": label,
-            "machine": _machine(),
+            "machine": BENCH["machine_label"](),
             "command": command,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }

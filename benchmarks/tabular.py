@@ -19,6 +19,7 @@ scaled back), so KNNImputer's distances are not dominated by the widest column.
 
 import argparse
 import json
+import runpy
 import sys
 import time
 import warnings
@@ -40,6 +41,7 @@ from mivae.tables.amputation import ampute, rmse_missing
 from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH = runpy.run_path(str(Path(__file__).with_name("run.py")))  # the suite's description of the machine
 DATASETS = {"breast-cancer": load_breast_cancer, "wine": load_wine, "digits": load_digits}
 SETTINGS = [("mcar", 0.2), ("mcar", 0.5), ("mcar", 0.8), ("mar", 0.5), ("mnar", 0.5)]
 MULTIPLE = 10  # M, imputations per row for the multiple-imputation accuracy
@@ -123,6 +125,7 @@ def run_one(name, load, mechanism, rate, seed, quick, skip=()):
             "accuracy": accuracy,
             "fit_s": fitted - start,
             "transform_s": done - fitted,
+            "machine": BENCH["machine_label"](),
         }
         if method.startswith("mivae"):
             row["accuracy_multiple"] = multiple_accuracy(
@@ -226,7 +229,7 @@ def main(argv=None):
     table = summarise(rows)
     print(table)
     if out:
-        _write(out, _document(table, wins(rows), command, seeds))
+        _write(out, _document(table, wins(rows), command, seeds, _machines(rows)))
     return rows
 
 
@@ -235,7 +238,18 @@ def _write(path, text):
         Path(tmp).write_text(text)
 
 
-def _document(table, won, command, seeds):
+def _machines(rows):
+    """The sentence naming where the rows were measured: rows are kept across runs, which may be on other machines."""
+    found = {}
+    for r in rows:
+        found.setdefault(r.get("machine", "a 2-core machine not recorded in the rows"), set()).add(r["method"])
+    if len(found) == 1:
+        return f"Every row was measured on {next(iter(found))}."
+    parts = [f"{', '.join(sorted(methods))} on {name}" for name, methods in found.items()]
+    return "Rows are kept across runs, so they come from more than one machine: " + "; ".join(parts) + "."
+
+
+def _document(table, won, command, seeds, machines=""):
     settings, count = won
     tally = "; ".join(f"{m} {c[0]} and {c[1]}" for m, c in count.items())
     return f"""# Tabular benchmark
@@ -253,7 +267,7 @@ averages its probabilities over 10 imputations of each test row. Each cell is th
 deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold.
 scikit-learn's imputers run on standardised columns; IterativeImputer has 10 rounds, KNNImputer 5
 neighbours. mivae's imputers use their defaults (500 epochs at most, early stopping on 10 % of the
-training rows; MIWAE with K = 20), on one CPU thread. In the MNAR settings not-MIWAE runs twice: as
+training rows; MIWAE with K = 20), on one CPU thread. {machines} In the MNAR settings not-MIWAE runs twice: as
 `NotMIWAEImputer()`, which learns in which direction each column's values go missing, and told that high values
 do (`missingness="self-masking-high"`), which is true of this amputation. Times are wall seconds of one process; other
 work shared the machine's second core during the run, so read them as orders of magnitude.
