@@ -48,8 +48,8 @@ def fast(Imputer, **params):
 # --- 1. scikit-learn's estimator suite ------------------------------------------------------------------------
 
 # Checks that cannot apply to an estimator, by class name, each with the reason. Every check of the
-# suite applies to all three estimators today, so none is excused: a failing check is a bug to fix.
-# (The three array-API checks skip themselves unless SCIPY_ARRAY_API is set; that is no failure.)
+# suite applies to all four estimators today, so none is excused: a failing check is a bug to fix.
+# (The array-API check skips itself, once per estimator, unless SCIPY_ARRAY_API is set; that is no failure.)
 NOT_APPLICABLE = {
     "VAEImputer": {},
     "MIWAEImputer": {},
