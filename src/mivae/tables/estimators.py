@@ -142,7 +142,7 @@ def _rows(X):
 
 
 class _TabularImputer(TransformerMixin, BaseEstimator):
-    """What the two imputers share: validation, the schema, training, and turning encoded imputations into tables."""
+    """What the imputers share: validation, the schema, training, saving, and turning encoded imputations into tables."""
 
     @property
     def training_samples(self):
