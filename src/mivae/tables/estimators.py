@@ -1,4 +1,5 @@
-"""scikit-learn estimators for any table with missing values: VAEImputer, MIWAEImputer, MultipleImputationClassifier.
+"""scikit-learn estimators for any table with missing values: VAEImputer, MIWAEImputer, NotMIWAEImputer,
+MultipleImputationClassifier.
 
 They follow the contract of `sklearn.impute`: `__init__` only stores parameters, `fit` validates its
 input and returns self, learned state ends in `_`, `transform` checks that the estimator was fitted
@@ -7,7 +8,7 @@ cross_val_score. Input is a DataFrame (column types from its dtypes) or a 2-D ar
 unless `categorical` names columns), NaN or None where missing; output has the same form, columns
 and order, with every observed entry kept exactly.
 
-Both imputers are mask-aware VAEs over the encoded rows (mivae.tables.schema, mivae.models.tabular) that
+The imputers are mask-aware VAEs over the encoded rows (mivae.tables.schema, mivae.models.tabular) that
 learn from the observed entries alone; no complete row is needed.
 
 - `VAEImputer` trains on the masked ELBO and imputes as the thesis does: single imputation decodes
@@ -15,6 +16,11 @@ learn from the observed entries alone; no complete row is needed.
 - `MIWAEImputer` trains on the importance-weighted bound with K samples (Mattei and Frellsen 2019)
   and imputes by self-normalised importance sampling (single) and sampling-importance-resampling
   (multiple).
+- `NotMIWAEImputer` is MIWAE with a model of why values go missing (Ipsen, Mattei and Frellsen 2021), for
+  values missing not at random.
+
+A fitted imputer is saved as JSON and safetensors (`save`, `load_imputer`; mivae.tables.saved), and its
+`transform` takes a Dask DataFrame too, partition by partition.
 
 Multiple imputations draw the missing entries from p(x | z), observation noise and all, so M
 completed tables carry the uncertainty of the missing values, as proper multiple imputation needs.
@@ -142,7 +148,7 @@ def _rows(X):
 
 
 class _TabularImputer(TransformerMixin, BaseEstimator):
-    """What the imputers share: validation, the schema, training, saving, and turning encoded imputations into tables."""
+    """What the imputers share: validation, the schema, training, saving, and encoded imputations made tables."""
 
     @property
     def training_samples(self):
