@@ -89,7 +89,7 @@ def run(name, seeds, quick):
             rmse = float(np.sqrt(np.mean((filled[mask] - X[mask]) ** 2)))
             rows.append({"table": name, "method": method, "seed": seed, "rmse": rmse, "seconds": seconds})
             print(f"{name:14s} {method:22s} seed {seed} rmse {rmse:.4f} {seconds:.1f}s", file=sys.stderr, flush=True)
-    return rows, float(mask.mean()), X.shape
+    return rows
 
 
 def markdown(rows, shapes, seeds):
@@ -134,7 +134,7 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown table {unknown[0]!r}; known tables are {', '.join(TABLES)}")
         seeds, machine, day = 1 if args.quick else args.seeds, BENCH["machine_label"](), date.today().isoformat()
-        rows = [row for name in names for row in run(name, seeds, args.quick)[0]]
+        rows = [row for name in names for row in run(name, seeds, args.quick)]
     shapes = {}
     for name in names:  # the protocol has no randomness: its shape and share of gaps are recomputed, not stored
         X, mask = protocol(TABLES[name](return_X_y=True)[0].astype(np.float64))

@@ -181,8 +181,7 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     assert np.allclose(X.mean(axis=0), 0) and np.allclose(X.std(axis=0), 1)
     assert not mask[:, 1::2].any()  # every other column stays complete
     assert (mask[:, ::2] == (X[:, ::2] > 0)).all() and mask.any()  # the rest lose every value above their mean
-    rows, missing, shape = mnar["run"]("iris", 1, True)
-    assert shape == (150, 4) and 0 < missing < 0.5
+    rows = mnar["run"]("iris", 1, True)
     assert {r["method"] for r in rows} == set(mnar["imputers"](0, True))
     rmse = {r["method"]: r["rmse"] for r in rows}
     assert rmse["mean"] > 1 and all(0 < v < 3 for v in rmse.values()), rmse

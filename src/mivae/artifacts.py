@@ -1,4 +1,4 @@
-"""Atomic file writes: a killed process never leaves a half-written file behind.
+"""Files on disk: atomic writes, and reading a weights file as one sentence when it fails.
 
 A temporary's name carries its writer's host and process id: .NAME.HOST-PID-RANDOM.part. A process
 killed mid-write (SIGKILL, a power cut) leaves it behind; `remove_stale_temporaries` removes those whose
@@ -11,6 +11,10 @@ import re
 import socket
 import tempfile
 from pathlib import Path
+
+from safetensors import SafetensorError
+
+from mivae.errors import MivaeError
 
 _TEMPORARY = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)-[^-]*\.part$")
 
@@ -85,3 +89,15 @@ def check_writable_folder(folder):
         raise MivaeError(f"cannot write to {folder}: {existing} is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise MivaeError(f"cannot write to {folder}: {existing} is not writable.")
+
+
+@contextlib.contextmanager
+def weights_read(weights, missing, error=MivaeError):
+    """Runs the reading of the safetensors file `weights` in its block, turning a failure into one sentence:
+    `missing` where the file does not exist, "damaged or not a safetensors file" for anything else it cannot read."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{weights} is damaged or not a safetensors file ({e}).") from None

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mivae import __version__
-from mivae.artifacts import atomic_path
+from mivae.artifacts import atomic_path, weights_read
 from mivae.config import CNNConfig, DataConfig, MIWAEConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
@@ -135,14 +135,10 @@ def load_run(path, device="cpu"):
     model = build_model(kind, model_config, image_shape, n_classes, vae=vae, imputer_config=vae_config)
 
     weights = path / "model.safetensors"
-    try:
+    with weights_read(weights, f"{path} is not a complete run: model.safetensors is missing."):
         with safe_open(str(weights), framework="pt") as f:
             saved_digest = (f.metadata() or {}).get("architecture_sha256")
         state = load_file(str(weights))
-    except FileNotFoundError:
-        raise MivaeError(f"{path} is not a complete run: model.safetensors is missing.") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise MivaeError(f"{weights} is damaged or not a safetensors file ({e}).") from None
     if saved_digest != _architecture_digest(config):
         raise MivaeError(f"{weights} was saved for a different configuration than {path / 'config.json'}.")
     try:

@@ -490,7 +490,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             raise InputError(f"{where} holds {name!r}, not one of mivae's imputers ({', '.join(classes)}).")
         if cls is not _TabularImputer and classes[name] is not cls:
             raise InputError(f"{where} holds a {name}, not a {cls.__name__}: load it with {name}.load or load_imputer.")
-        imputer = classes[name]._from_params(content.get("params"), where, device)
+        imputer, device = classes[name]._from_params(content.get("params"), where, device)
         imputer._restore(content, where)
         probe_args = (imputer.schema_.layout(), tuple(imputer.hidden), imputer.latent_, imputer.likelihood)
         with torch.device("meta"):  # the shapes the file must hold, computed without allocating them
@@ -498,12 +498,12 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         state = saved.checked_weights(path, content, probe)
         model = TabularVAE(*probe_args, imputer._missingness)
         model.load_state_dict(state)
-        imputer.model_ = model.to(imputer._check_params()).eval()
+        imputer.model_ = model.to(device).eval()
         return imputer
 
     @classmethod
     def _from_params(cls, params, where, device):
-        """Returns an unfitted imputer of this class with the saved `params`, every one checked."""
+        """Returns (an unfitted imputer of this class with the saved `params`, every one checked; its device)."""
         names = set(cls().get_params())
         if not isinstance(params, dict) or set(params) != names:
             raise InputError(f"{where} is damaged: its parameters are not those of a {cls.__name__}.")
@@ -515,8 +515,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if device is not None:
             params["device"] = device
         imputer = cls(**params)
-        imputer._check_params()  # every parameter's type and range; the device must exist here
-        return imputer
+        return imputer, imputer._check_params()  # every parameter's type and range; the device must exist here
 
     def _restore(self, content, where):
         """Sets the fitted attributes but the network from saved `content`, checking each."""

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mivae.artifacts import atomic_path
+from mivae.artifacts import atomic_path, weights_read
 from mivae.errors import InputError
 from mivae.tables.schema import CATEGORICAL, CONTINUOUS, Column, Schema
 
@@ -199,22 +199,17 @@ def checked_weights(path, content, probe):
     from the header before any weight is; raises InputError for any mismatch."""
     weights = Path(path) / WEIGHTS_NAME
     expected = {k: (tuple(v.shape), v.dtype) for k, v in probe.state_dict().items()}
-    try:
+    missing = f"{Path(path)} is not a complete saved imputer: {WEIGHTS_NAME} is missing."
+    with weights_read(weights, missing, InputError):
         with safe_open(str(weights), framework="pt") as f:
             digest = (f.metadata() or {}).get("architecture_sha256")
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
-    except FileNotFoundError:
-        raise InputError(f"{Path(path)} is not a complete saved imputer: {WEIGHTS_NAME} is missing.") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{weights} is damaged or not a safetensors file ({e}).") from None
     if digest != architecture_digest(content):
         raise InputError(f"{weights} was saved for another imputer than {Path(path) / JSON_NAME} describes.")
     if shapes != {k: shape for k, (shape, _) in expected.items()}:
         raise InputError(f"{weights} does not hold the weights of the network that {JSON_NAME} describes.")
-    try:
+    with weights_read(weights, missing, InputError):
         state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{weights} is damaged or not a safetensors file ({e}).") from None
     if any(v.dtype != expected[k][1] for k, v in state.items()):
         raise InputError(f"{weights} holds tensors of another type than the network's.")
     return state

@@ -188,14 +188,13 @@ def numbers_of(column, name, time=""):
 
 
 def _times(seconds, c):
-    """Returns float seconds as the dates or durations of column `c`, in its dtype (time zone and unit)."""
+    """Returns float seconds as the dates or durations of column `c`, in its dtype (time zone and unit): only a
+    DataFrame's column has a `time`, so `c.dtype` is always there."""
     delta = pd.to_timedelta(np.round(seconds * 1e9).astype(np.int64), unit="ns")
-    if c.time == "timedelta":
-        return pd.Series(delta).astype(c.dtype).to_numpy() if c.dtype is not None else delta.to_numpy()
-    tz = getattr(c.dtype, "tz", None)
-    stamps = pd.Timestamp(0, tz="UTC" if tz is not None else None) + delta
-    stamps = stamps.tz_convert(tz) if tz is not None else stamps
-    return pd.Series(stamps).astype(c.dtype).to_numpy() if c.dtype is not None else stamps.to_numpy()
+    if c.time == "datetime":
+        tz = getattr(c.dtype, "tz", None)
+        delta = (pd.Timestamp(0, tz="UTC") + delta).tz_convert(tz) if tz is not None else pd.Timestamp(0) + delta
+    return pd.Series(delta).astype(c.dtype).to_numpy()
 
 
 def _is_number(value):
