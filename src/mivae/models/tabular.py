@@ -149,9 +149,7 @@ class TabularVAE(GaussianVAE):
         going missing, by the uniform `uniform_pick` (..., B, n_continuous); a label is drawn from its tilted
         distribution by `uniform_categorical` (..., B, n_categorical). Only the missing columns are used."""
         candidates = self._continuous_draws(params, candidates_noise)  # (R, ..., B, n_continuous)
-        masking = self.self_masking
-        log_missing = F.logsigmoid(masking.slopes() * (candidates - masking.shift))
-        cdf = torch.softmax(log_missing, dim=0).cumsum(0)
+        cdf = torch.softmax(self.self_masking.log_missing(candidates), dim=0).cumsum(0)
         pick = (cdf < uniform_pick).sum(0, keepdim=True).clamp(max=len(candidates) - 1)
         chosen = candidates.gather(0, pick)[0]
         resampled = {**params, "mean": chosen, "scale": torch.zeros_like(chosen), "logits": params["tilted"]}
@@ -214,6 +212,10 @@ class SelfMasking(nn.Module):
             return self.slope
         return (1 if self.kind == "self-masking-high" else -1) * F.softplus(self.slope)
 
+    def log_missing(self, continuous):
+        """Returns log p(missing | x) (..., n_continuous) of continuous values, log sigmoid(a (x - b))."""
+        return F.logsigmoid(self.slopes() * (continuous - self.shift))
+
     def forward(self, continuous, continuous_observed, logits, labels, label_observed):
         """Returns (log p(s | x) (..., B), the label logits tilted for missing labels).
 
@@ -222,11 +224,9 @@ class SelfMasking(nn.Module):
         the one-hot (B, labels) and label_observed (B,) of each. A missing label is summed out:
         p(missing) = sum_l p(l | z) sigmoid(-c_l).
         """
-        logit_observed = -self.slopes() * (continuous - self.shift)
-        log_ps = (
-            F.logsigmoid(logit_observed) * continuous_observed
-            + F.logsigmoid(-logit_observed) * (1 - continuous_observed)
-        ).sum(-1)
+        log_missing = self.log_missing(continuous)
+        log_observed = F.logsigmoid(-self.slopes() * (continuous - self.shift))
+        log_ps = (log_observed * continuous_observed + log_missing * (1 - continuous_observed)).sum(-1)
         tilted = []
         for c, decoded, onehot, seen in zip(self.label_logits.split(self.label_counts), logits, labels, label_observed):
             log_p = F.log_softmax(decoded, dim=-1)
