@@ -55,8 +55,8 @@ MULTIPLE = 10  # M, imputations per row for the multiple-imputation accuracy
 # miceforest 6.0.5 calls a LightGBM internal that 4.7 changed, hence the pin.
 OPTIONAL = {
     "miceforest": ("miceforest", "pip install miceforest==6.0.5 lightgbm==4.6.0"),
-    "hyperimpute": ("hyperimpute", "pip install hyperimpute==0.1.17 torch==2.13.0 lightgbm==4.6.0"),
-}
+    "hyperimpute": ("hyperimpute", "pip install hyperimpute==0.1.17 torch==2.13.0 lightgbm==4.6.0 pandas==2.3.3"),
+}  # HyperImpute 0.1.17 writes through chained assignment, which pandas 3 ignores: it then imputes nothing
 
 
 def imputers(quick, seed, mechanism):
@@ -129,20 +129,26 @@ class MiceForest:
 
 
 class HyperImpute:
-    """HyperImpute's `hyperimpute` plugin with its defaults: iterative imputation choosing each column's learner."""
+    """HyperImpute's `hyperimpute` plugin with its defaults: iterative imputation choosing each column's learner.
+
+    The plugin learns at transform time from the rows it is given (its fit keeps nothing), so new rows are imputed
+    together with the training rows, and the training rows alone when they are what is imputed.
+    """
 
     def __init__(self, seed):
         self.seed = seed
 
     def fit(self, X):
-        from hyperimpute.plugins.imputers import Imputers
-
-        self.plugin = Imputers().get("hyperimpute", random_state=self.seed)
-        self.plugin.fit(MiceForest._frame(X))
+        self.train = X
         return self
 
     def transform(self, X):
-        filled = np.asarray(self.plugin.transform(MiceForest._frame(X)), dtype=np.float64)
+        from hyperimpute.plugins.imputers import Imputers
+
+        plugin = Imputers().get("hyperimpute", random_state=self.seed)
+        same = X.shape == self.train.shape and np.array_equal(X, self.train, equal_nan=True)
+        rows = X if same else np.concatenate([self.train, X])
+        filled = np.asarray(plugin.fit_transform(MiceForest._frame(rows)), dtype=np.float64)[len(rows) - len(X) :]
         return np.where(np.isnan(X), filled, X)
 
 
@@ -266,6 +272,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one seed, 150 rows, 20 epochs: a check that it runs")
     parser.add_argument("--seeds", type=int, default=3, help="repetitions with new amputation and split (default: 3)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
+    parser.add_argument("--skip", default="", help="comma-separated methods not to run now (their rows are kept)")
     parser.add_argument("--out", help="Markdown file (default: docs/tabular-benchmark.md, or none with --quick)")
     parser.add_argument("--json", help="raw results (default: benchmarks/tabular.json, or none with --quick)")
     args = parser.parse_args(argv)
@@ -288,9 +295,10 @@ def main(argv=None):
             for seed in range(seeds):
                 unit = (name, mechanism, rate, seed)
                 done = {r["method"] for r in rows if (r["dataset"], r["mechanism"], r["rate"], r["seed"]) == unit}
-                if set(imputers(args.quick, seed, mechanism)) <= done:
+                skip = done | set(args.skip.split(","))
+                if set(imputers(args.quick, seed, mechanism)) <= skip:
                     continue
-                rows += run_one(name, DATASETS[name], mechanism, rate, seed, args.quick, done)
+                rows += run_one(name, DATASETS[name], mechanism, rate, seed, args.quick, skip)
                 if raw:
                     _write(
                         raw, json.dumps({"command": command, "date": date.today().isoformat(), "rows": rows}, indent=1)

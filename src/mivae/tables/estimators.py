@@ -419,16 +419,19 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         completed = self._in_batches(self._single, values, observed)
         return self.schema_.assemble(self.schema_.decode(completed.cpu().numpy(), X), X)
 
-    @_threaded
     def sample(self, X, n_imputations=10):
         """Returns a list of `n_imputations` completed copies of table X, each drawn from p(x_miss | x_obs).
 
         Each copy has X's form, columns and order; observed entries are kept exactly. The draws come
         from random_state, so an int random_state gives the same copies on every call.
         """
+        return self._sample(X, n_imputations, int(check_random_state(self.random_state).randint(2**31 - 1)))
+
+    @_threaded
+    def _sample(self, X, n_imputations, seed):
+        """`sample` with the seed of its draws given (mivae.tables.stream draws each row group with its own)."""
         check_whole("n_imputations", n_imputations, 1, error=InputError)
         X, values, observed = self._encode(X)
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         draws = self._drawn(values, observed, n_imputations, seed, shared=False)
         return [self.schema_.assemble(self.schema_.decode(d.numpy(), X), X) for d in draws.cpu()]
 

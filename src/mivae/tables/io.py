@@ -52,7 +52,14 @@ def read_table(path, categorical=(), continuous=()):
         raise MivaeError(f"{path} has no columns.")
     if len(frame) == 0:
         raise MivaeError(f"{path} has a header but no rows.")
-    names = _csv_header(path) if fmt == "csv" else [str(c) for c in frame.columns]
+    return checked_table(frame, path, categorical, continuous, _csv_header(path) if fmt == "csv" else None)
+
+
+def checked_table(frame, path, categorical=(), continuous=(), names=None, first_row=0):
+    """Returns a table read from `path` (the whole file, or the part of it from row `first_row` on) checked as
+    `read_table` describes: every column named once (`names`: as the file writes them, where the reader renamed
+    repeats), the declared columns present, text columns of numbers made numbers."""
+    names = [str(c) for c in frame.columns] if names is None else names
     if len(set(names)) < len(names) or any(not n.strip() for n in names):
         raise MivaeError(f"{path} needs a header line naming every column once; it has {', '.join(map(repr, names))}.")
     frame.columns = [str(c) for c in frame.columns]
@@ -63,7 +70,7 @@ def read_table(path, categorical=(), continuous=()):
         if name in categorical:
             frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
         elif _text(frame[name].dtype):  # dates, durations, categories and true/false keep their types
-            frame[name] = _numbers_or_labels(frame[name], path, declared_numeric=name in continuous)
+            frame[name] = _numbers_or_labels(frame[name], path, name in continuous, first_row)
     return frame
 
 
@@ -80,7 +87,7 @@ def _csv_header(path):
         return [n.strip() for n in next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))]
 
 
-def _numbers_or_labels(column, path, declared_numeric):
+def _numbers_or_labels(column, path, declared_numeric, first_row):
     """Returns a text column as floats when it is numbers, else as it is; refuses numbers with a stray entry."""
     present = column.notna()
     if column[present].map(lambda v: isinstance(v, (bool, np.bool_))).all():
@@ -92,7 +99,7 @@ def _numbers_or_labels(column, path, declared_numeric):
     if declared_numeric or bad.sum() < present.sum() / 2:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise MivaeError(
-            f"column {column.name!r} of {path} holds numbers but row {row + 1} holds "
+            f"column {column.name!r} of {path} holds numbers but row {first_row + row + 1} holds "
             f"{column.iloc[row]!r}; fix that entry, leave it empty for missing, or declare the column "
             "categorical."
         )
