@@ -337,21 +337,21 @@ def _document(table, won, command, seeds, machines=""):
 {tally}. One of mivae's imputers has the best mean RMSE in **{mivae} of the {settings}** settings.
 {"Left out of this run: " + ", ".join(absent) + "." if absent else ""}
 
-Made by `{command}` on {date.today().isoformat()} (2 CPU cores, no GPU); raw results in
-`benchmarks/tabular.json`. Protocol in the script's docstring: each table amputed (MCAR, MAR
-logistic on 10 % always-observed columns, MNAR self-masking), split 70/30 stratified, imputers fitted
-on the incomplete training rows. RMSE is on the missing test entries in units of each column's
-training standard deviation; accuracy is a standardised logistic regression trained on the imputed
-training rows and tested on the imputed test rows; "M = 10" trains it on 10 imputations stacked and
-averages its probabilities over 10 imputations of each test row. Each cell is the mean (standard
-deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold.
-scikit-learn's imputers run on standardised columns; IterativeImputer has 10 rounds, KNNImputer 5
-neighbours; missForest is IterativeImputer with a random forest of 100 trees over the square root of the
-features at each split (missForest's own settings), 10 rounds; miceforest runs 5 rounds of LightGBM with its
-defaults; HyperImpute its `hyperimpute` plugin with its defaults. mivae's imputers use their defaults (500 epochs at most, early stopping on 10 % of the
-training rows; MIWAE with K = 20), on one CPU thread. {machines} In the MNAR settings not-MIWAE runs twice: as
-`NotMIWAEImputer()`, which learns in which direction each column's values go missing, and told that high values
-do (`missingness="self-masking-high"`), which is true of this amputation. Times are wall seconds of one process; other
+Made by `{command}` on {date.today().isoformat()} (2 CPU cores, no GPU); raw results in `benchmarks/tabular.json`.
+Protocol in the script's docstring: each table amputed (MCAR, MAR logistic on 10 % always-observed columns, MNAR
+self-masking), split 70/30 stratified, imputers fitted on the incomplete training rows. RMSE is on the missing test
+entries in units of each column's training standard deviation; accuracy is a standardised logistic regression
+trained on the imputed training rows and tested on the imputed test rows; "M = 10" trains it on 10 imputations
+stacked and averages its probabilities over 10 imputations of each test row. Each cell is the mean (standard
+deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold. scikit-learn's
+imputers run on standardised columns; IterativeImputer has 10 rounds, KNNImputer 5 neighbours; missForest is
+IterativeImputer with a random forest of 100 trees over the square root of the features at each split (missForest's
+own settings), 10 rounds; miceforest runs 5 rounds of LightGBM with its defaults; HyperImpute its `hyperimpute`
+plugin with its defaults, which learns from the rows it imputes (test rows are imputed together with the training
+rows; pandas 2.3.3, as it needs). mivae's imputers use their defaults (500 epochs at most, early stopping on 10 % of
+the training rows; MIWAE with K = 20), on one CPU thread. {machines} In the MNAR settings not-MIWAE runs twice: as
+`NotMIWAEImputer()`, which learns in which direction each column's values go missing, and told that high values do
+(`missingness="self-masking-high"`), which is true of this amputation. Times are wall seconds of one process; other
 work shared the machine's second core during the run, so read them as orders of magnitude.
 
 {table}
