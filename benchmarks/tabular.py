@@ -119,7 +119,8 @@ class MiceForest:
         return self
 
     def transform(self, X):
-        return self.kernel.impute_new_data(self._frame(X), random_state=self.seed).complete_data(0).to_numpy()
+        imputed = self.kernel.impute_new_data(self._frame(X), random_state=self.seed)
+        return imputed.complete_data(0, iteration=self.rounds).to_numpy()  # without it: the random first fill
 
     @staticmethod
     def _frame(X):

@@ -14,9 +14,11 @@ def add_commands(commands):
         description="Fits a VAE on the observed entries of a table (CSV or Parquet, empty cells missing) and writes "
         "--imputations completed tables to --out, each with the input's columns in the input's order: "
         "OUT/STEM.imputed-K.EXT. Numeric columns are continuous, text and true/false columns categorical, unless "
-        "declared otherwise.",
+        "declared otherwise. A Parquet file, or a folder of them (a dataset), is imputed one row group at a time and "
+        "written in the same layout (OUT/NAME.imputed-K/ for a folder), so that with --fit-rows memory holds the "
+        "model, the fitting sample and one row group, however large the table.",
     )
-    impute.add_argument("data", help="the table: .csv, .tsv or .parquet")
+    impute.add_argument("data", help="the table: .csv, .tsv or .parquet, or a folder of .parquet files")
     impute.add_argument("--out", required=True, help="folder for the completed tables")
     impute.add_argument(
         "--imputations", "--samples", dest="imputations", metavar="M", type=int, default=10,
@@ -26,6 +28,10 @@ def add_commands(commands):
         "--single", action="store_true", help="also write the single best imputation, OUT/STEM.single.EXT"
     )
     impute.add_argument("--format", choices=("csv", "parquet"), help="output format (default: that of the input)")
+    impute.add_argument(
+        "--fit-rows", type=int, metavar="N",
+        help="fit on a sample of N rows, drawn by --seed, where the table has more (default: every row)",
+    )  # fmt: skip
     _add_table_model_flags(impute)
     impute.set_defaults(run=_impute)
 
@@ -88,7 +94,7 @@ def _add_table_model_flags(parser):
     )
 
 
-def _table_imputer(args, categorical):
+def _table_imputer(args, categorical, fit_rows=None):
     from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
 
     check_whole("--epochs", args.epochs, 1)
@@ -105,6 +111,7 @@ def _table_imputer(args, categorical):
         max_epochs=args.epochs,
         random_state=args.seed,
         device=args.device,
+        fit_rows=fit_rows,
         **missingness,
     )
 
@@ -116,33 +123,55 @@ def _impute(args):
     from mivae.tables.io import read_table, table_format, write_table
 
     check_whole("--imputations", args.imputations, 1)
+    if args.fit_rows is not None:
+        check_whole("--fit-rows", args.fit_rows, 1)
     data = Path(args.data)
-    ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or table_format(data)]
-    frame = read_table(data, args.categorical, args.continuous)
+    streamed = data.is_dir() or table_format(data) == "parquet"
+    ext = {"csv": ".csv", "parquet": ".parquet"}[args.format or ("parquet" if streamed else table_format(data))]
+    if streamed:
+        from mivae.tables.stream import ParquetSource, sample_rows
+
+        source = ParquetSource(data, args.categorical, args.continuous)
+        frame, missing = sample_rows(source, args.fit_rows, args.seed)
+        rows, fit_rows = source.rows, None  # the sample is drawn here: the imputer fits on all it is given
+    else:
+        frame = read_table(data, args.categorical, args.continuous)
+        rows, missing, fit_rows = len(frame), frame.isna().to_numpy().mean(), args.fit_rows
     out = Path(args.out)
     check_writable_folder(out)  # before training: a folder that cannot take the tables should not cost a fit
-    imputer = _table_imputer(args, [c for c in args.categorical if c in frame.columns])
+    imputer = _table_imputer(args, [c for c in args.categorical if c in frame.columns], fit_rows)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         api_errors(lambda: imputer.fit(frame))
     trained = time.perf_counter() - start
     print_notes(caught)
-    tables = api_errors(lambda: imputer.sample(frame, args.imputations))
     kinds = [c.kind for c in imputer.schema_.columns]
     print(
-        f"{data.name}: {len(frame)} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
-        f"categorical columns, {frame.isna().to_numpy().mean():.1%} of entries missing"
+        f"{data.name}: {rows} rows, {kinds.count('continuous')} continuous and {kinds.count('categorical')} "
+        f"categorical columns, {missing:.1%} of entries missing"
     )
     print(
         f"{args.model} trained {len(imputer.history_.train_loss)} epochs (best {imputer.history_.best_epoch}) "
-        f"in {trained:.1f}s"
+        f"on {imputer.fit_rows_} of {rows} rows in {trained:.1f}s"
     )
     digits = len(str(args.imputations))
-    for k, table in enumerate(tables, 1):
-        write_table(table, out / f"{data.stem}.imputed-{k:0{digits}d}{ext}")
-    if args.single:
-        write_table(api_errors(lambda: imputer.transform(frame)), out / f"{data.stem}.single{ext}")
+    stem = data.name if data.is_dir() else data.stem
+    names = [out / f"{stem}.imputed-{k:0{digits}d}" for k in range(1, args.imputations + 1)]
+    single = out / f"{stem}.single"
+    if not data.is_dir():
+        names, single = [n.with_name(n.name + ext) for n in names], single.with_name(single.name + ext)
+    if streamed:
+        from mivae.tables.stream import impute_parquet
+
+        api_errors(lambda: impute_parquet(imputer, source, names, args.imputations, args.seed, suffix=ext))
+        if args.single:
+            api_errors(lambda: impute_parquet(imputer, source, single, suffix=ext))
+    else:
+        for name, table in zip(names, api_errors(lambda: imputer.sample(frame, args.imputations))):
+            write_table(table, name)
+        if args.single:
+            write_table(api_errors(lambda: imputer.transform(frame)), single)
     print(f"wrote {args.imputations} completed tables{' and the single imputation' if args.single else ''} to {out}")
 
 

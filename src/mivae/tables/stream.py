@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
-from mivae.tables.io import FORMATS, checked_table
+from mivae.tables.io import FORMATS, checked_table, table_format
 
 SUFFIXES = tuple(s for s, f in FORMATS.items() if f == "parquet")
 
@@ -64,8 +64,9 @@ class ParquetSource:
                 )
             self.groups[f] = []
             for g in range(meta.num_row_groups):
-                self.groups[f].append((g, rows))
-                rows += meta.row_group(g).num_rows
+                if meta.row_group(g).num_rows:  # pandas writes a frame of no rows as one row group of none
+                    self.groups[f].append((g, rows))
+                    rows += meta.row_group(g).num_rows
         if rows == 0:
             raise MivaeError(f"{self.path} has no rows.")
         self.columns, self.rows = first, rows
@@ -89,8 +90,6 @@ class ParquetSource:
 
     def table(self, arrow, file, first_row=0):
         """Returns an Arrow table of this source's as a checked DataFrame (`read_table`'s checks)."""
-        if arrow.num_rows == 0:
-            raise MivaeError(f"{file} has a row group with no rows.")  # never handed to an imputer
         return checked_table(arrow.to_pandas(), file, self.categorical, self.continuous, first_row=first_row)
 
 
@@ -117,14 +116,16 @@ def sample_rows(source, rows, seed):
     return source.table(whole, source.path), missing / (source.rows * len(source.columns))
 
 
-def impute_parquet(imputer, source, outputs, imputations=None, seed=None, progress=True):
+def impute_parquet(imputer, source, outputs, imputations=None, seed=None, suffix=None, progress=True):
     """Imputes a Parquet file or dataset with a fitted imputer, row group by row group; returns the paths written.
 
     `imputations` None writes the single imputation (`transform`) to `outputs`, a path; a whole number M writes M
     imputations (`sample`) to `outputs`, a list of M paths. Each output is a file where `source` is a file, a folder
-    of the source's files where it is a folder. A row's single imputation depends on that row alone, so it is what
-    `transform` gives for the whole table in memory. The M imputations of each row group are drawn with a seed of
-    their own, made from `seed`, so that no two row groups share their random draws.
+    of the source's files where it is a folder: the files keep their names, with `suffix` (".csv" or ".parquet")
+    where given. A Parquet output has one row group per row group read; a CSV output has the rows in the same order.
+    A row's single imputation depends on that row alone, so it is what `transform` gives for the whole table in
+    memory. The M imputations of each row group are drawn with a seed of their own, made from `seed`, so that no two
+    row groups share their random draws.
     """
     source = source if isinstance(source, ParquetSource) else ParquetSource(source)
     targets = [Path(outputs)] if imputations is None else [Path(p) for p in outputs]
@@ -134,9 +135,11 @@ def impute_parquet(imputer, source, outputs, imputations=None, seed=None, progre
 
     with tqdm(total=source.rows, unit="row", desc=source.path.name, disable=None if progress else True) as bar:
         for file, groups in source.groups.items():
-            names = [t / source.relative(file) if source.path.is_dir() else t for t in targets]
+            inside = source.relative(file)
+            inside = inside.with_suffix(suffix) if suffix else inside
+            names = [t / inside if source.path.is_dir() else t for t in targets]
             with contextlib.ExitStack() as stack:
-                writers = [_Writer(stack.enter_context(atomic_path(n)), file) for n in names]
+                writers = [_Writer(stack.enter_context(atomic_path(n)), n, file) for n in names]
                 for group, first in groups:
                     frame = source.table(source.arrow(file, group), file, first)
                     if imputations is None:
@@ -153,25 +156,36 @@ def impute_parquet(imputer, source, outputs, imputations=None, seed=None, progre
 
 
 class _Writer:
-    """Writes each table handed to it as one more row group of a Parquet file, opened at the first; a source file
-    with no rows gives a file with no rows and the source's columns."""
+    """Writes each table handed to it after the ones before: as one more row group of a Parquet file, or as more
+    lines of a CSV file (by the suffix of `name`, the file's name; `path` is where it is written until it is whole).
+    A source file with no rows gives a file with no rows and the source's columns."""
 
-    def __init__(self, path, source):
+    def __init__(self, path, name, source):
         self.path, self.source, self.writer = path, source, None
+        self.csv = table_format(name) == "csv"
+        self.sep = "\t" if Path(name).suffix.lower() == ".tsv" else ","
 
     def write(self, frame):
+        if self.csv:
+            with open(self.path, "a", encoding="utf-8", newline="") as f:
+                frame.to_csv(f, index=False, header=self.writer is None, sep=self.sep)
+            self.writer = True
+            return
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
         try:
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.path, table.schema)
             self.writer.write_table(table, row_group_size=max(1, table.num_rows))
         except (ValueError, pa.ArrowException) as e:
             raise MivaeError(f"the imputed rows cannot be written to {self.path} ({_reason(e)}).") from None
 
     def close(self):
-        if self.writer is None:
-            pq.write_table(pq.read_schema(self.source).empty_table(), self.path)
-        else:
+        empty = pq.read_schema(self.source).empty_table()
+        if self.writer is None and self.csv:
+            self.write(empty.to_pandas())
+        elif self.writer is None:
+            pq.write_table(empty, self.path)
+        elif not self.csv:
             self.writer.close()
 
 
