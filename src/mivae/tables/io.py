@@ -52,7 +52,24 @@ def read_table(path, categorical=(), continuous=()):
         raise MivaeError(f"{path} has no columns.")
     if len(frame) == 0:
         raise MivaeError(f"{path} has a header but no rows.")
+    if fmt == "csv":
+        frame = _gappy_integers(frame, path, categorical)
     return checked_table(frame, path, categorical, continuous, _csv_header(path) if fmt == "csv" else None)
+
+
+def _gappy_integers(frame, path, categorical):
+    """Returns the frame with every column of whole numbers written without a decimal point but with gaps (which
+    pandas reads as floats, NaN having no integer) as nullable integers, Int64, as a Parquet file would give it."""
+    gappy = [c for c in frame.columns if frame[c].dtype == np.float64 and frame[c].isna().any() and c not in categorical]
+    if not gappy:
+        return frame
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    text = pd.read_csv(path, sep=sep, skipinitialspace=True, dtype=str, usecols=gappy)
+    for name in gappy:
+        written = text[name].dropna().str.strip()
+        if len(written) and written.str.fullmatch(r"[+-]?\d{1,15}").all():  # 15 digits: exact as floats
+            frame[name] = frame[name].astype("Int64")
+    return frame
 
 
 def checked_table(frame, path, categorical=(), continuous=(), names=None, first_row=0):
