@@ -63,10 +63,14 @@ def test_a_streamed_dataset_keeps_its_layout_and_gets_the_in_memory_single_imput
         "batch=0/part-0.parquet",
         "batch=1/part-0.parquet",
     ]  # _SUCCESS is not data, and is not copied
-    assert layout(tmp_path / "out") == layout(source) == {
-        "batch=0/part-0.parquet": [25, 25, 20],
-        "batch=1/part-0.parquet": [30, 20],
-    }
+    assert (
+        layout(tmp_path / "out")
+        == layout(source)
+        == {
+            "batch=0/part-0.parquet": [25, 25, 20],
+            "batch=1/part-0.parquet": [30, 20],
+        }
+    )
     streamed = pd.concat([pd.read_parquet(p) for p in written], ignore_index=True)
     assert not streamed.isna().any().any()
     assert_close(streamed, imputer.transform(whole), whole)

@@ -60,7 +60,8 @@ def read_table(path, categorical=(), continuous=()):
 def _gappy_integers(frame, path, categorical):
     """Returns the frame with every column of whole numbers written without a decimal point but with gaps (which
     pandas reads as floats, NaN having no integer) as nullable integers, Int64, as a Parquet file would give it."""
-    gappy = [c for c in frame.columns if frame[c].dtype == np.float64 and frame[c].isna().any() and c not in categorical]
+    floats = [c for c in frame.columns if frame[c].dtype == np.float64 and c not in categorical]
+    gappy = [c for c in floats if frame[c].isna().any()]
     if not gappy:
         return frame
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
