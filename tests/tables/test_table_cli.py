@@ -201,7 +201,7 @@ def test_impute_refuses_an_unwritable_folder(tmp_path, capsys):
 def test_read_table_types_and_declarations(tmp_path):
     path = _write(tmp_path / "t.csv", "n,code,word\n1.5,1,a\n,2,b\n2.5,,\n")
     frame = read_table(path)
-    assert frame["n"].dtype == np.float64 and frame["code"].dtype == np.float64 and frame["n"].isna().sum() == 1
+    assert frame["n"].dtype == np.float64 and frame["code"].dtype == "Int64" and frame["n"].isna().sum() == 1
     declared = read_table(path, categorical=["code"])
     assert declared["code"].dtype == object and declared["code"].tolist()[:2] == [1.0, 2.0]
     with pytest.raises(MivaeError, match="column 'word' .* holds numbers but row 1 holds 'a'"):
