@@ -50,7 +50,8 @@ class ParquetSource:
             files = [self.path]
         else:
             raise MivaeError(f"{self.path} does not exist.")
-        self.files, self.groups = files, {}  # per file: (index in the file, its first row in the whole table)
+        self.files = files
+        self.groups: dict[Path, list[tuple[int, int]]] = {}  # per file: (index in it, its first row in the table)
         first, rows = None, 0
         for f in files:
             meta = _footer(f)
