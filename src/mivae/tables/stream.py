@@ -50,7 +50,6 @@ class ParquetSource:
             files = [self.path]
         else:
             raise MivaeError(f"{self.path} does not exist.")
-        self.files = files
         self.groups: dict[Path, list[tuple[int, int]]] = {}  # per file: (index in it, its first row in the table)
         first, rows = None, 0
         for f in files:
