@@ -308,7 +308,7 @@ def main(argv=None):
     table = summarise(rows)
     print(table)
     if out:
-        _write(out, _document(table, wins(rows), command, seeds, _machines(rows)))
+        _write(out, _document(table, wins(rows), command, seeds, _machines(rows) + _gaps(rows)))
     return rows
 
 
@@ -326,6 +326,17 @@ def _machines(rows):
         return f"Every row was measured on {next(iter(found))}."
     parts = [f"{', '.join(sorted(methods))} on {name}" for name, methods in found.items()]
     return "Rows are kept across runs, so they come from more than one machine: " + "; ".join(parts) + "."
+
+
+def _gaps(rows):
+    """The sentence naming the datasets where a method has no rows (a run that left it out), or none."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    missing = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        lacking = [d for d in datasets if not any(r["method"] == m and r["dataset"] == d for r in rows)]
+        if lacking:
+            missing.append(f"{m} on {', '.join(lacking)}")
+    return f" Not run: {'; '.join(missing)}; those settings are decided without it." if missing else ""
 
 
 def _document(table, won, command, seeds, machines=""):
