@@ -171,7 +171,9 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     text = out.read_text()
     assert text.count("| wine |") == len(rows)
     assert ("Left out of this run" in text) == (present != set(tabular["OPTIONAL"]))
-    assert "mivae's imputers has the best mean RMSE in **" in text
+    assert "mivae's imputers has the best mean RMSE in **" in text and "Not run:" not in text
+    two = [{"dataset": d, "method": m} for d, m in (("wine", "knn"), ("wine", "hyperimpute"), ("digits", "knn"))]
+    assert tabular["_gaps"](two) == " Not run: hyperimpute on digits; those settings are decided without it."
     # a rerun with one method's rows dropped runs that method alone and puts its rows back
     kept = [r for r in rows if r["method"] != "mivae not-miwae, high"]
     raw.write_text(json.dumps({"rows": kept}))
