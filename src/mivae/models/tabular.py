@@ -33,6 +33,7 @@ from mivae.models.distributions import gaussian_log_density, gaussian_log_prob, 
 from mivae.models.vae import GaussianVAE
 
 LIKELIHOODS = ("gaussian", "student-t")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # of the hidden layers
 # The self-masking models: a continuous column's slope free in sign, or known: its high (low) values go missing more.
 MISSINGNESS = ("self-masking", "self-masking-high", "self-masking-low")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
@@ -42,7 +43,9 @@ MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its varianc
 class TabularVAE(GaussianVAE):
     """A mask-aware VAE over encoded rows with the given column `layout` of (kind, width) pairs."""
 
-    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian", missingness=None):
+    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian", missingness=None, activation="relu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}.")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}.")
         if missingness not in (None, *MISSINGNESS):
@@ -54,7 +57,8 @@ class TabularVAE(GaussianVAE):
         starts = [sum(w for _, w in layout[:j]) for j in range(len(layout))]
         blocks = [(j, s, w) for j, (s, (kind, w)) in enumerate(zip(starts, layout)) if kind == "categorical"]
         heads = (3 if likelihood == "student-t" else 2) * kinds.count("continuous") + sum(w for _, _, w in blocks)
-        super().__init__(len(column_of_slot) + len(layout), hidden, latent, heads)  # values and the observed mask
+        inputs = len(column_of_slot) + len(layout)  # values and the observed mask
+        super().__init__(inputs, hidden, latent, heads, ACTIVATIONS[activation])
         self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
         self.n_continuous = kinds.count("continuous")
         self.missingness = missingness

@@ -14,24 +14,26 @@ from torch.nn import functional as F
 from mivae.models.distributions import bounded_logvar, kl_divergence, reparameterize
 
 
-def dense_stack(sizes):
-    """Returns Linear+ReLU layers through `sizes` (the first entry is the input width)."""
+def dense_stack(sizes, activation=nn.ReLU):
+    """Returns Linear layers through `sizes` (the first entry is the input width), each followed by `activation`."""
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers += [nn.Linear(n_in, n_out), activation()]
     return nn.Sequential(*layers)
 
 
 class GaussianVAE(nn.Module):
     """The frame every VAE here shares: a dense ReLU encoder of `inputs` numbers to a diagonal Gaussian q(z | x)
-    of dimension `latent`, and a dense decoder mirroring it to `outputs` numbers (the heads of p(x | z))."""
+    of dimension `latent`, and a dense decoder mirroring it to `outputs` numbers (the heads of p(x | z)); its hidden
+    layers' `activation` may be another (the tables' VAE offers tanh, as the not-MIWAE paper's networks have)."""
 
-    def __init__(self, inputs, hidden, latent, outputs):
+    def __init__(self, inputs, hidden, latent, outputs, activation=nn.ReLU):
         super().__init__()
-        self.encoder = dense_stack([inputs, *hidden])
+        self.encoder = dense_stack([inputs, *hidden], activation)
         self.to_mu = nn.Linear(hidden[-1], latent)
         self.to_logvar = nn.Linear(hidden[-1], latent)
-        self.decoder = nn.Sequential(dense_stack([latent, *reversed(hidden)]), nn.Linear(hidden[0], outputs))
+        layers = dense_stack([latent, *reversed(hidden)], activation)
+        self.decoder = nn.Sequential(layers, nn.Linear(hidden[0], outputs))
 
     def posterior(self, flat):
         """Returns (mu, logvar), each (B, L), of q(z | x) for flat inputs (B, inputs); logvar bounded."""

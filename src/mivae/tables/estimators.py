@@ -53,7 +53,7 @@ from mivae.hardware import (
     torch_threads,
 )
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
-from mivae.models.tabular import LIKELIHOODS, MISSINGNESS, TabularVAE
+from mivae.models.tabular import ACTIVATIONS, LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
 from mivae.training import History, adam, fit
@@ -178,6 +178,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         max_steps="auto",
         round_integers=True,
         fit_rows=None,
+        activation="relu",
+        standardize=True,
     ):
         self.categorical = categorical
         self.likelihood = likelihood
@@ -195,6 +197,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.max_steps = max_steps
         self.round_integers = round_integers
         self.fit_rows = fit_rows
+        self.activation = activation
+        self.standardize = standardize
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -220,6 +224,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         fraction = self.validation_fraction
         check_number("validation_fraction", fraction, 0, 1, low_open=False, high_open=True, error=InputError)
         check_choice("precision", self.precision, PRECISIONS, error=InputError)
+        check_choice("activation", self.activation, tuple(ACTIVATIONS), error=InputError)
+        if not isinstance(self.standardize, bool):
+            raise InputError(f"standardize must be True or False; got {self.standardize!r}.")
         try:
             return resolve_device(self.device)
         except MivaeError as e:
@@ -242,7 +249,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if not isinstance(self.round_integers, bool):
             raise InputError(f"round_integers must be True or False; got {self.round_integers!r}.")
         try:
-            self.schema_ = Schema.fit(X, kinds, self.round_integers)
+            self.schema_ = Schema.fit(X, kinds, self.round_integers, self.standardize)
         except ValueError as e:
             raise InputError(str(e)) from None
         empty = [c.name for c in self.schema_.columns if c.empty]
@@ -263,7 +270,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         torch.manual_seed(seed)  # the initial weights
         self.model_ = TabularVAE(
-            self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood, self._missingness
+            self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood, self._missingness, self.activation
         ).to(device)
         self.seed_ = seed
         self.history_ = self._train(values, observed, seed)
@@ -497,9 +504,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         imputer._restore(content, where)
         probe_args = (imputer.schema_.layout(), tuple(imputer.hidden), imputer.latent_, imputer.likelihood)
         with torch.device("meta"):  # the shapes the file must hold, computed without allocating them
-            probe = TabularVAE(*probe_args, imputer._missingness)
+            probe = TabularVAE(*probe_args, imputer._missingness, imputer.activation)
         state = saved.checked_weights(path, content, probe)
-        model = TabularVAE(*probe_args, imputer._missingness)
+        model = TabularVAE(*probe_args, imputer._missingness, imputer.activation)
         model.load_state_dict(state)
         imputer.model_ = model.to(device).eval()
         return imputer
@@ -508,6 +515,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
     def _from_params(cls, params, where, device):
         """Returns (an unfitted imputer of this class with the saved `params`, every one checked; its device)."""
         names = set(cls().get_params())
+        if isinstance(params, dict):  # files saved before these parameters were offered had their defaults
+            params = {"activation": "relu", "standardize": True, **params}
         if not isinstance(params, dict) or set(params) != names:
             raise InputError(f"{where} is damaged: its parameters are not those of a {cls.__name__}.")
         params = dict(params)
@@ -572,7 +581,7 @@ class VAEImputer(_TabularImputer):
     likelihood : "gaussian" or "student-t"
         The decoder's distribution for continuous columns (standardised internally).
     hidden : tuple of int
-        Nodes per hidden ReLU layer of the encoder; the decoder mirrors them.
+        Nodes per hidden layer of the encoder; the decoder mirrors them.
     latent : int or None
         Latent dimension L; None takes the number of columns minus one, between 1 and 16.
     lr : float or "auto"
@@ -607,6 +616,13 @@ class VAEImputer(_TabularImputer):
     fit_rows : int or None
         Fit on a sample of this many rows, drawn from random_state, where the table has more (fit_rows_ says how
         many it used); None: on every row. transform and sample take every row either way.
+    activation : "relu" or "tanh"
+        The hidden layers' activation (the not-MIWAE paper's networks use tanh).
+    standardize : bool
+        Continuous columns are modelled standardised by the mean and standard deviation of their observed entries;
+        False: on the scale given (dates and durations, in seconds, are standardised either way). Where values
+        go missing because of their size, the observed entries' mean and spread are biased; data already on a
+        sensible scale (say standardised on a complete reference sample) may be better left as it is.
     round_integers : bool
         Integer columns (numpy's or pandas' nullable integers) have their imputations rounded and kept within
         the observed range, and come back in their dtype; False: imputed as any number, they come back as
@@ -673,6 +689,8 @@ class MIWAEImputer(_TabularImputer):
         max_steps="auto",
         round_integers=True,
         fit_rows=None,
+        activation="relu",
+        standardize=True,
     ):
         super().__init__(
             categorical,
@@ -691,6 +709,8 @@ class MIWAEImputer(_TabularImputer):
             max_steps,
             round_integers,
             fit_rows,
+            activation,
+            standardize,
         )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
@@ -787,6 +807,8 @@ class NotMIWAEImputer(MIWAEImputer):
         max_steps="auto",
         round_integers=True,
         fit_rows=None,
+        activation="relu",
+        standardize=True,
         missingness="self-masking",
     ):
         super().__init__(
@@ -808,6 +830,8 @@ class NotMIWAEImputer(MIWAEImputer):
             max_steps,
             round_integers,
             fit_rows,
+            activation,
+            standardize,
         )
         self.missingness = missingness
 

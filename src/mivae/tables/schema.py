@@ -215,8 +215,9 @@ class Schema:
         self.round_integers = round_integers  # integer columns' imputations rounded within the observed range
 
     @classmethod
-    def fit(cls, X, kinds, round_integers=True):
-        """Returns the schema of table X with the given column kinds, scaled on its observed entries.
+    def fit(cls, X, kinds, round_integers=True, standardize=True):
+        """Returns the schema of table X with the given column kinds, scaled on its observed entries (with
+        `standardize` False, numbers are modelled on the scale given; dates and durations, in seconds, are scaled).
 
         Raises ValueError naming a column that holds what no model takes (ACCEPTED) or values too large to
         standardise."""
@@ -235,12 +236,13 @@ class Schema:
                         f"squares pass the largest float); rescale it, say to other units, to below {MAX_MAGNITUDE:g}."
                     )
                 std = float(values.std()) if len(values) else 1.0
+                scaled = standardize or time is not None
                 columns.append(
                     Column(
                         name,
                         kind,
-                        float(values.mean()) if len(values) else 0.0,
-                        std if std > 1e-12 else 1.0,
+                        float(values.mean()) if len(values) and scaled else 0.0,
+                        std if std > 1e-12 and scaled else 1.0,
                         empty=not len(values),
                         dtype=dtype,
                         time=time,
