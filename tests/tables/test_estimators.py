@@ -635,3 +635,18 @@ def test_an_imputer_then_logistic_regression_in_a_pipeline_cross_validates_well(
     pipeline = make_pipeline(fast(Imputer, max_epochs=20), StandardScaler(), LogisticRegression(max_iter=1000))
     scores = cross_val_score(pipeline, data.missing, y, cv=3)
     assert scores.mean() > 0.75, scores  # chance is 0.40; measured 0.90 with MIWAEImputer
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_activation_and_standardize_are_checked_and_standardize_false_keeps_the_scale_given(Imputer, table):
+    with pytest.raises(ValueError, match=re.escape("activation must be relu or tanh; got 'gelu'.")):
+        fast(Imputer, activation="gelu").fit(table.missing)
+    with pytest.raises(ValueError, match=re.escape("standardize must be True or False; got 'no'.")):
+        fast(Imputer, standardize="no").fit(table.missing)
+    given = fast(Imputer, standardize=False).fit(table.missing)
+    scaled = fast(Imputer).fit(table.missing)
+    assert all(c.mean == 0.0 and c.std == 1.0 for c in given.schema_.columns)
+    observed = table.missing[:, 0][~np.isnan(table.missing[:, 0])]
+    assert scaled.schema_.columns[0].mean == pytest.approx(observed.mean())
+    filled, seen = given.transform(table.missing), ~np.isnan(table.missing)
+    assert np.isfinite(filled).all() and (filled[seen] == table.missing[seen]).all()

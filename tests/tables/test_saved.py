@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from sklearn.exceptions import NotFittedError
 
@@ -216,3 +217,22 @@ def test_a_saved_not_miwae_keeps_its_missingness_model(frame, tmp_path):
     back = NotMIWAEImputer.load(tmp_path / "x")
     assert back.missingness == "self-masking-low"
     assert (back.model_.self_masking.slopes() == imputer.model_.self_masking.slopes()).all()
+
+
+def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_with_the_defaults(frame, tmp_path):
+    imputer = NotMIWAEImputer(activation="tanh", standardize=False, **FAST).fit(frame)
+    assert any(isinstance(m, torch.nn.Tanh) for m in imputer.model_.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in imputer.model_.modules())
+    imputer.save(tmp_path / "tanh")
+    back = load_imputer(tmp_path / "tanh")
+    assert back.activation == "tanh" and back.standardize is False
+    assert any(isinstance(m, torch.nn.Tanh) for m in back.model_.modules())
+    pd.testing.assert_frame_equal(back.transform(frame), imputer.transform(frame))
+    # a file written before activation and standardize were parameters: read with their defaults
+    relu = MIWAEImputer(**FAST).fit(frame)
+    relu.save(tmp_path / "older")
+    path = tmp_path / "older" / "imputer.json"
+    content = json.loads(path.read_text())
+    del content["params"]["activation"], content["params"]["standardize"]
+    path.write_text(json.dumps(content))
+    pd.testing.assert_frame_equal(load_imputer(tmp_path / "older").transform(frame), relu.transform(frame))

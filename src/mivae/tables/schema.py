@@ -236,7 +236,7 @@ class Schema:
                         f"squares pass the largest float); rescale it, say to other units, to below {MAX_MAGNITUDE:g}."
                     )
                 std = float(values.std()) if len(values) else 1.0
-                scaled = standardize or time is not None
+                scaled = standardize or bool(time)
                 columns.append(
                     Column(
                         name,
