@@ -83,12 +83,12 @@ def imputers(seed, quick, columns=2):
 
 
 def run(name, seeds, quick, only=None):
-    """Returns the result rows of one table: one per imputer and seed (one seed for those outside mivae); with
-    `only`, of those methods alone."""
+    """Returns the result rows of one table: one per imputer and seed (`seeds`: how many, or which; the first
+    alone for those outside mivae); with `only`, of those methods alone."""
     X, mask = protocol(TABLES[name](return_X_y=True)[0].astype(np.float64))
     incomplete = np.where(mask, np.nan, X)
     rows = []
-    for seed in range(seeds):
+    for seed in range(seeds) if isinstance(seeds, int) else seeds:
         for method, imputer in imputers(seed, quick, X.shape[1]).items():
             if (seed > 0 and method not in MIVAE) or (only is not None and method not in only):
                 continue
