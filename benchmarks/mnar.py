@@ -113,16 +113,20 @@ def markdown(rows, shapes, seeds):
     ]
     best_mivae, beats_mice = {}, {}
     for name in names:
-        means = {m: np.mean([r["rmse"] for r in rows if r["table"] == name and r["method"] == m]) for m in methods}
-        sds = {m: np.std([r["rmse"] for r in rows if r["table"] == name and r["method"] == m]) for m in methods}
+        ran = [m for m in methods if any(r["table"] == name and r["method"] == m for r in rows)]
+        means = {m: np.mean([r["rmse"] for r in rows if r["table"] == name and r["method"] == m]) for m in ran}
+        sds = {m: np.std([r["rmse"] for r in rows if r["table"] == name and r["method"] == m]) for m in ran}
         best = min(means.values())
         cells = []
         for m in methods:
+            if m not in means:
+                cells.append("not run")
+                continue
             text = f"{means[m]:.3f}" + (f" ({sds[m]:.3f})" if m in MIVAE and seeds > 1 else "")
             cells.append(f"**{text}**" if means[m] == best else text)
         (n, d), missing = shapes[name]
         lines.append(f"| {name} | {n} x {d} | {missing:.1%} | " + " | ".join(cells) + " |")
-        best_mivae[name] = min(MIVAE, key=lambda m: means[m])
+        best_mivae[name] = min((m for m in MIVAE if m in means), key=lambda m: means[m])
         beats_mice[name] = means[best_mivae[name]] < means["mice"]
     return "\n".join(lines), best_mivae, beats_mice
 
@@ -171,10 +175,29 @@ def main(argv=None):
         with atomic_path(raw) as tmp:
             tmp.write_text(json.dumps({"seeds": seeds, "machine": machine, "date": day, "rows": rows}, indent=1) + "\n")
     with atomic_path(REPO / "docs" / "mnar-benchmark.md") as tmp:
-        tmp.write_text(_page(table, best, beats, names, seeds, machine, day))
+        tmp.write_text(_page(table, best, beats, names, seeds, machine, day, rows))
 
 
-def _page(table, best, beats, names, seeds, machine, day):
+def _not_run(rows):
+    """The sentence naming the tables a method has no rows for, or none."""
+    names = list(dict.fromkeys(r["table"] for r in rows))
+    gaps = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        lacking = [n for n in names if not any(r["table"] == n and r["method"] == m for r in rows)]
+        if lacking:
+            gaps.append(f"{m} on {', '.join(lacking)}")
+    later = {}
+    for r in rows:
+        if "date" in r:  # rows rerun with --only carry their own date and machine
+            later.setdefault((r["method"], r["date"], r["machine"]), None)
+    again = "".join(
+        f" The rows of {m} were measured {day} by `python benchmarks/mnar.py --only '{m}'` on {machine}."
+        for m, day, machine in later
+    )
+    return (f" Not run: {'; '.join(gaps)}." if gaps else "") + again
+
+
+def _page(table, best, beats, names, seeds, machine, day, rows):
     paper = [
         f"| {name} | "
         + " | ".join(str(PAPER[name].get(m, "-")) for m in ("mean", "mice", "missforest", "mivae miwae"))
@@ -192,11 +215,18 @@ def _page(table, best, beats, names, seeds, machine, day):
             "RMSE on the missing entries in standard deviations (mivae's: mean (sd) over seeds; the best of each table "
             "in bold). `mivae not-miwae` learns the direction in which each column's values go missing; "
             '`mivae not-miwae, high` is told that high values go missing (`missingness="self-masking-high"`), as the '
-            "paper's runs were. missForest is IterativeImputer with 100 extra trees per column, 10 rounds.",
+            "paper's runs were. `mivae not-miwae, paper` is told so too and has the settings of the paper's released "
+            'code: `activation="tanh"`, a latent of one less than the columns, 1,200 epochs on every row at a '
+            "constant rate (`validation_fraction=0`, `max_steps=None`), and `standardize=False`: the columns on the "
+            "scale given. The protocol standardises each column on the complete table, which puts 0 where its values "
+            "start going missing; the default rescales on the observed entries, as a table in its own units needs, "
+            "and so does not know that. missForest is IterativeImputer with 100 extra trees per column, 10 rounds."
+            + _not_run(rows),
             "",
             table,
             "",
-            "mivae's best imputer beats MICE on "
+            "mivae's best imputer (the best of its variants on each table, by the RMSE above: no variant is picked "
+            "by validation) beats MICE on "
             + f"{sum(beats.values())} of {len(beats)} tables: "
             + ", ".join(f"{name} ({'yes' if beats[name] else 'no'}, {best[name]})" for name in beats)
             + ".",
