@@ -127,7 +127,7 @@ def markdown(rows, shapes, seeds):
         (n, d), missing = shapes[name]
         lines.append(f"| {name} | {n} x {d} | {missing:.1%} | " + " | ".join(cells) + " |")
         best_mivae[name] = min((m for m in MIVAE if m in means), key=lambda m: means[m])
-        beats_mice[name] = means[best_mivae[name]] < means["mice"]
+        beats_mice[name] = "mice" in means and means[best_mivae[name]] < means["mice"]
     return "\n".join(lines), best_mivae, beats_mice
 
 

@@ -191,6 +191,16 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     assert {r["method"] for r in rows} == set(mnar["imputers"](0, True))
     rmse = {r["method"]: r["rmse"] for r in rows}
     assert rmse["mean"] > 1 and all(0 < v < 3 for v in rmse.values()), rmse
+    paper = mnar["imputers"](0, True, 5)["mivae not-miwae, paper"]
+    assert (paper.activation, paper.latent, paper.standardize, paper.validation_fraction) == ("tanh", 4, False, 0)
+    table, best, beats = mnar["markdown"](rows + [{**rows[-1], "table": "wine"}], {"iris": ((150, 4), 0.2),
+                                          "wine": ((178, 13), 0.3)}, 1)  # fmt: skip
+    assert "| wine | 178 x 13 | 30.0% | " in table and table.count("not run") == len(rows) - 1
+    assert best["wine"] == rows[-1]["method"] == "mivae not-miwae, paper" and beats["wine"] is False  # no MICE there
+    late = {"table": "iris", "method": "m", "rmse": 1.0, "date": "2026-12-07", "machine": "X"}
+    assert mnar["_not_run"](rows + [late]) == (
+        " The rows of m were measured 2026-12-07 by `python benchmarks/mnar.py --only 'm'` on X."
+    )
 
 
 def test_the_imputation_benchmark_quick_run_scores_every_imputer_and_states_the_targets(tmp_path):
