@@ -148,7 +148,7 @@ def main(argv=None):
         seeds, machine, day = saved["seeds"], saved["machine"], saved["date"]
         kept = [r for r in saved["rows"] if r["method"] not in only]
         names = list(dict.fromkeys(r["table"] for r in kept))
-        new = [row for name in names for row in run(name, seeds, False, only)]
+        new = [row for name in names if name in args.tables.split(",") for row in run(name, seeds, False, only)]
         for row in new:
             row["machine"], row["date"] = BENCH["machine_label"](), date.today().isoformat()
         rows = kept + new
@@ -190,10 +190,11 @@ def _not_run(rows):
     for r in rows:
         if "date" in r:  # rows rerun with --only carry their own date and machine
             later.setdefault((r["method"], r["date"], r["machine"]), None)
-    again = "".join(
-        f" The rows of {m} were measured {day} by `python benchmarks/mnar.py --only '{m}'` on {machine}."
-        for m, day, machine in later
-    )
+    again = ""
+    for m, day, machine in later:
+        tables = ",".join(dict.fromkeys(r["table"] for r in rows if r["method"] == m))
+        again += f" The rows of {m} were measured {day} by `python benchmarks/mnar.py --only '{m}' --tables {tables}`"
+        again += f" on {machine}."
     return (f" Not run: {'; '.join(gaps)}." if gaps else "") + again
 
 

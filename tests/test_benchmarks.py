@@ -199,7 +199,7 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     assert best["wine"] == rows[-1]["method"] == "mivae not-miwae, paper" and beats["wine"] is False  # no MICE there
     late = {"table": "iris", "method": "m", "rmse": 1.0, "date": "2026-12-07", "machine": "X"}
     assert mnar["_not_run"](rows + [late]) == (
-        " The rows of m were measured 2026-12-07 by `python benchmarks/mnar.py --only 'm'` on X."
+        " The rows of m were measured 2026-12-07 by `python benchmarks/mnar.py --only 'm' --tables iris` on X."
     )
 
 
