@@ -180,12 +180,7 @@ def main(argv=None):
 
 def _not_run(rows):
     """The sentence naming the tables a method has no rows for, or none."""
-    names = list(dict.fromkeys(r["table"] for r in rows))
-    gaps = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        lacking = [n for n in names if not any(r["table"] == n and r["method"] == m for r in rows)]
-        if lacking:
-            gaps.append(f"{m} on {', '.join(lacking)}")
+    gaps = BENCH["not_run"](rows, "table")
     later = {}
     for r in rows:
         if "date" in r:  # rows rerun with --only carry their own date and machine
@@ -195,7 +190,7 @@ def _not_run(rows):
         tables = ",".join(dict.fromkeys(r["table"] for r in rows if r["method"] == m))
         again += f" The rows of {m} were measured {day} by `python benchmarks/mnar.py --only '{m}' --tables {tables}`"
         again += f" on {machine}."
-    return (f" Not run: {'; '.join(gaps)}." if gaps else "") + again
+    return (f" Not run: {gaps}." if gaps else "") + again
 
 
 def _page(table, best, beats, names, seeds, machine, day, rows):

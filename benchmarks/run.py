@@ -399,6 +399,15 @@ def _cpu_features():
     return {"avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags}
 
 
+def not_run(rows, key):
+    """Returns "method on A, B; ..." naming, per method with rows, the values of `key` (the dataset) it has none
+    for: what a benchmark's page must say where a run left a method out. Empty where none is lacking."""
+    groups = list(dict.fromkeys(r[key] for r in rows))
+    lacking = {m: [g for g in groups if not any(r["method"] == m and r[key] == g for r in rows)] for m in
+               dict.fromkeys(r["method"] for r in rows)}  # fmt: skip
+    return "; ".join(f"{m} on {', '.join(gs)}" for m, gs in lacking.items() if gs)
+
+
 def machine_label():
     """This CPU's machine class as its section names it, and its cores: "AMD EPYC, AVX-512 BF16, no AMX, 2 cores"."""
     cpu = torch.device("cpu")

@@ -330,13 +330,8 @@ def _machines(rows):
 
 def _gaps(rows):
     """The sentence naming the datasets where a method has no rows (a run that left it out), or none."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    missing = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        lacking = [d for d in datasets if not any(r["method"] == m and r["dataset"] == d for r in rows)]
-        if lacking:
-            missing.append(f"{m} on {', '.join(lacking)}")
-    return f" Not run: {'; '.join(missing)}; those settings are decided without it." if missing else ""
+    missing = BENCH["not_run"](rows, "dataset")
+    return f" Not run: {missing}; those settings are decided without it." if missing else ""
 
 
 def _document(table, won, command, seeds, machines=""):
