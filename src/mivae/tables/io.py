@@ -65,7 +65,10 @@ def _gappy_integers(frame, path, categorical):
     if not gappy:
         return frame
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    text = pd.read_csv(path, sep=sep, skipinitialspace=True, dtype=str, usecols=gappy)
+    try:
+        text = pd.read_csv(path, sep=sep, skipinitialspace=True, dtype=str, usecols=gappy)
+    except (ValueError, pd.errors.ParserError):  # a name pandas made up for a repeated one: refused just after
+        return frame
     for name in gappy:
         written = text[name].dropna().str.strip()
         if len(written) and written.str.fullmatch(r"[+-]?\d{1,15}").all():  # 15 digits: exact as floats
