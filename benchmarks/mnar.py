@@ -59,9 +59,9 @@ def protocol(X):
 def imputers(seed, quick, columns=2):
     """Returns the imputers by name, unfitted, for a table of `columns` columns.
 
-    "mivae not-miwae, paper" is not-MIWAE with the settings of the paper's released code: tanh layers, a latent of
-    one less than the columns, 1,200 epochs on every row at a constant rate (no rows held out, no early stopping),
-    and the columns on the scale given. The last matters: the protocol standardises each column on the complete
+    "mivae not-miwae, paper" is not-MIWAE with settings near those of the paper's released code: tanh layers, a
+    latent of one less than the columns, long training on every row at a constant rate (1,200 epochs, no rows held
+    out, no early stopping), and the columns on the scale given. The last matters: the protocol standardises each column on the complete
     table, so 0 is where its values start going missing, which the default (rescaling on the observed entries,
     as it must for a table in its own units) does not know.
     """
@@ -211,10 +211,11 @@ def _page(table, best, beats, names, seeds, machine, day, rows):
             "RMSE on the missing entries in standard deviations (mivae's: mean (sd) over seeds; the best of each table "
             "in bold). `mivae not-miwae` learns the direction in which each column's values go missing; "
             '`mivae not-miwae, high` is told that high values go missing (`missingness="self-masking-high"`), as the '
-            "paper's runs were. `mivae not-miwae, paper` is told so too and has the settings of the paper's released "
-            'code: `activation="tanh"`, a latent of one less than the columns, 1,200 epochs on every row at a '
-            "constant rate (`validation_fraction=0`, `max_steps=None`), and `standardize=False`: the columns on the "
-            "scale given. The protocol standardises each column on the complete table, which puts 0 where its values "
+            "paper's runs were. `mivae not-miwae, paper` is told so too and has settings near those of the paper's "
+            'released code: `activation="tanh"` and a latent of one less than the columns as there, long training on '
+            "every row at a constant rate (here 1,200 epochs of 64-row batches, `validation_fraction=0`, "
+            "`max_steps=None`; there 100,000 steps of 16 rows), and `standardize=False`: the columns on the scale "
+            "given. The protocol standardises each column on the complete table, which puts 0 where its values "
             "start going missing; the default rescales on the observed entries, as a table in its own units needs, "
             "and so does not know that. missForest is IterativeImputer with 100 extra trees per column, 10 rounds."
             + _not_run(rows),
