@@ -61,9 +61,9 @@ def imputers(seed, quick, columns=2):
 
     "mivae not-miwae, paper" is not-MIWAE with settings near those of the paper's released code: tanh layers, a
     latent of one less than the columns, long training on every row at a constant rate (1,200 epochs, no rows held
-    out, no early stopping), and the columns on the scale given. The last matters: the protocol standardises each column on the complete
-    table, so 0 is where its values start going missing, which the default (rescaling on the observed entries,
-    as it must for a table in its own units) does not know.
+    out, no early stopping), and the columns on the scale given. The last matters: the protocol standardises each
+    column on the complete table, so 0 is where its values start going missing, which the default (rescaling on
+    the observed entries, as it must for a table in its own units) does not know.
     """
     fast = {"max_epochs": 30} if quick else {}
     paper = dict(activation="tanh", latent=max(1, columns - 1), validation_fraction=0.0, max_epochs=1200)
