@@ -157,34 +157,34 @@ def impute_parquet(imputer, source, outputs, imputations=None, seed=None, suffix
 
 class _Writer:
     """Writes each table handed to it after the ones before: as one more row group of a Parquet file, or as more
-    lines of a CSV file (by the suffix of `name`, the file's name; `path` is where it is written until it is whole).
-    A source file with no rows gives a file with no rows and the source's columns."""
+    lines of a CSV file (by the suffix of `name`, the file's name), into `tmp`, atomic_path's temporary, which
+    becomes the file when it is whole. A source file with no rows gives a file with no rows and its columns."""
 
-    def __init__(self, path, name, source):
-        self.path, self.source, self.writer = path, source, None
+    def __init__(self, tmp, name, source):
+        self.tmp, self.name, self.source, self.writer = tmp, name, source, None
         self.csv = table_format(name) == "csv"
         self.sep = "\t" if Path(name).suffix.lower() == ".tsv" else ","
 
     def write(self, frame):
         if self.csv:
-            with open(self.path, "a", encoding="utf-8", newline="") as f:
-                frame.to_csv(f, index=False, header=self.writer is None, sep=self.sep)
+            with open(self.tmp, "a", encoding="utf-8", newline="") as tmp_file:
+                frame.to_csv(tmp_file, index=False, header=self.writer is None, sep=self.sep)
             self.writer = True
             return
         table = pa.Table.from_pandas(frame, preserve_index=False)
         try:
             if self.writer is None:
-                self.writer = pq.ParquetWriter(self.path, table.schema)
+                self.writer = pq.ParquetWriter(self.tmp, table.schema)
             self.writer.write_table(table, row_group_size=max(1, table.num_rows))
         except (ValueError, pa.ArrowException) as e:
-            raise MivaeError(f"the imputed rows cannot be written to {self.path} ({_reason(e)}).") from None
+            raise MivaeError(f"the imputed rows cannot be written to {self.name} ({_reason(e)}).") from None
 
     def close(self):
         empty = pq.read_schema(self.source).empty_table()
         if self.writer is None and self.csv:
             self.write(empty.to_pandas())
         elif self.writer is None:
-            pq.write_table(empty, self.path)
+            pq.write_table(empty, self.tmp)
         elif not self.csv:
             self.writer.close()
 
