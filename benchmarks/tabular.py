@@ -114,19 +114,20 @@ class MiceForest:
     def fit(self, X):
         import miceforest
 
-        self.kernel = miceforest.ImputationKernel(self._frame(X), num_datasets=1, random_state=self.seed)
+        self.kernel = miceforest.ImputationKernel(_frame(X), num_datasets=1, random_state=self.seed)
         self.kernel.mice(self.rounds, num_threads=1)
         return self
 
     def transform(self, X):
-        imputed = self.kernel.impute_new_data(self._frame(X), random_state=self.seed)
+        imputed = self.kernel.impute_new_data(_frame(X), random_state=self.seed)
         return imputed.complete_data(0, iteration=self.rounds).to_numpy()  # without it: the random first fill
 
-    @staticmethod
-    def _frame(X):
-        import pandas as pd
 
-        return pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])  # a fresh index from 0, as it needs
+def _frame(X):
+    """An array as a DataFrame with named columns and a fresh index from 0, as miceforest and HyperImpute need."""
+    import pandas as pd
+
+    return pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
 
 
 class HyperImpute:
@@ -149,7 +150,7 @@ class HyperImpute:
         plugin = Imputers().get("hyperimpute", random_state=self.seed)
         same = X.shape == self.train.shape and np.array_equal(X, self.train, equal_nan=True)
         rows = X if same else np.concatenate([self.train, X])
-        filled = np.asarray(plugin.fit_transform(MiceForest._frame(rows)), dtype=np.float64)[len(rows) - len(X) :]
+        filled = np.asarray(plugin.fit_transform(_frame(rows)), dtype=np.float64)[len(rows) - len(X) :]
         return np.where(np.isnan(X), filled, X)
 
 

@@ -85,7 +85,7 @@ def test_multiple_imputations_draw_every_row_group_anew_and_keep_what_was_observ
     repeated.to_parquet(path, row_group_size=20)
     imputer = MIWAEImputer(**FAST).fit(repeated)
     outs = [tmp_path / "o1.parquet", tmp_path / "o2.parquet"]
-    impute_parquet(imputer, path, outs, imputations=2, seed=7, progress=False)
+    impute_parquet(imputer, path, imputations=outs, seed=7, progress=False)
     first, second = (pd.read_parquet(p) for p in outs)
     gaps = repeated["a"].isna().to_numpy()
     for table in (first, second):
@@ -95,7 +95,7 @@ def test_multiple_imputations_draw_every_row_group_anew_and_keep_what_was_observ
         assert not np.allclose(table["a"][:20][gaps[:20]], table["a"][20:][gaps[20:]])
     assert not np.allclose(first["a"][gaps], second["a"][gaps])  # two imputations differ
     again = [tmp_path / "a1.parquet", tmp_path / "a2.parquet"]
-    impute_parquet(imputer, path, again, imputations=2, seed=7, progress=False)
+    impute_parquet(imputer, path, imputations=again, seed=7, progress=False)
     pd.testing.assert_frame_equal(pd.read_parquet(again[0]), first)  # seeded: drawn again alike
 
 

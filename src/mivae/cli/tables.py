@@ -164,9 +164,8 @@ def _impute(args):
     if streamed:
         from mivae.tables.stream import impute_parquet
 
-        api_errors(lambda: impute_parquet(imputer, source, names, args.imputations, args.seed, suffix=ext))
-        if args.single:
-            api_errors(lambda: impute_parquet(imputer, source, single, suffix=ext))
+        chosen = single if args.single else None
+        api_errors(lambda: impute_parquet(imputer, source, chosen, names, args.seed, suffix=ext))
     else:
         for name, table in zip(names, api_errors(lambda: imputer.sample(frame, args.imputations))):
             write_table(table, name)

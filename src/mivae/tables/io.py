@@ -25,6 +25,11 @@ def table_format(path):
     return FORMATS[suffix]
 
 
+def separator(path):
+    """The field separator of a CSV-like file, by its suffix: a tab for .tsv, else a comma."""
+    return "\t" if Path(path).suffix.lower() == ".tsv" else ","
+
+
 def read_table(path, categorical=(), continuous=()):
     """Returns the table in a CSV or Parquet file as a DataFrame, empty cells as NaN.
 
@@ -40,7 +45,7 @@ def read_table(path, categorical=(), continuous=()):
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True)
+            frame = pd.read_csv(path, sep=separator(path), skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise MivaeError(f"{path} is empty: a table needs a header line and at least one row.") from None
     except UnicodeDecodeError:
@@ -64,9 +69,8 @@ def _gappy_integers(frame, path, categorical):
     gappy = [c for c in floats if frame[c].isna().any()]
     if not gappy:
         return frame
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        text = pd.read_csv(path, sep=sep, skipinitialspace=True, dtype=str, usecols=gappy)
+        text = pd.read_csv(path, sep=separator(path), skipinitialspace=True, dtype=str, usecols=gappy)
     except (ValueError, pd.errors.ParserError):  # a name pandas made up for a repeated one: refused just after
         return frame
     for name in gappy:
@@ -105,7 +109,7 @@ def _text(dtype):
 def _csv_header(path):
     """Returns the names on a CSV file's first line as written (pandas renames a repeated name)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [n.strip() for n in next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))]
+        return [n.strip() for n in next(csv.reader(f, delimiter=separator(path)))]
 
 
 def _numbers_or_labels(column, path, declared_numeric, first_row):
@@ -136,7 +140,7 @@ def write_table(frame, path):
             if fmt == "parquet":
                 frame.to_parquet(tmp, index=False)
             else:
-                frame.to_csv(tmp, index=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+                frame.to_csv(tmp, index=False, sep=separator(path))
     except OSError as e:
         raise MivaeError(f"cannot write {path}: {e.strerror or e}.") from None
     return path

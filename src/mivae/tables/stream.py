@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
-from mivae.tables.io import FORMATS, checked_table, table_format
+from mivae.tables.io import FORMATS, checked_table, separator, table_format
 
 SUFFIXES = tuple(s for s, f in FORMATS.items() if f == "parquet")
 
@@ -116,19 +116,20 @@ def sample_rows(source, rows, seed):
     return source.table(whole, source.path), missing / (source.rows * len(source.columns))
 
 
-def impute_parquet(imputer, source, outputs, imputations=None, seed=None, suffix=None, progress=True):
-    """Imputes a Parquet file or dataset with a fitted imputer, row group by row group; returns the paths written.
+def impute_parquet(imputer, source, single=None, imputations=(), seed=None, suffix=None, progress=True):
+    """Imputes a Parquet file or dataset with a fitted imputer in one pass, row group by row group; returns the
+    paths written.
 
-    `imputations` None writes the single imputation (`transform`) to `outputs`, a path; a whole number M writes M
-    imputations (`sample`) to `outputs`, a list of M paths. Each output is a file where `source` is a file, a folder
-    of the source's files where it is a folder: the files keep their names, with `suffix` (".csv" or ".parquet")
-    where given. A Parquet output has one row group per row group read; a CSV output has the rows in the same order.
+    `single` (a path, or None) receives the single imputation (`transform`); `imputations` (a list of M paths)
+    the M multiple imputations (`sample`). Each output is a file where `source` is a file, a folder of the
+    source's files where it is a folder: the files keep their names, with `suffix` (".csv" or ".parquet") where
+    given. A Parquet output has one row group per row group read; a CSV output has the rows in the same order.
     A row's single imputation depends on that row alone, so it is what `transform` gives for the whole table in
     memory. The M imputations of each row group are drawn with a seed of their own, made from `seed`, so that no two
     row groups share their random draws.
     """
     source = source if isinstance(source, ParquetSource) else ParquetSource(source)
-    targets = [Path(outputs)] if imputations is None else [Path(p) for p in outputs]
+    targets = ([Path(single)] if single is not None else []) + [Path(p) for p in imputations]
     seeds = iter(np.random.SeedSequence(seed).generate_state(sum(map(len, source.groups.values()))))
     written = []
     from tqdm.auto import tqdm
@@ -142,10 +143,9 @@ def impute_parquet(imputer, source, outputs, imputations=None, seed=None, suffix
                 writers = [_Writer(stack.enter_context(atomic_path(n)), n, file) for n in names]
                 for group, first in groups:
                     frame = source.table(source.arrow(file, group), file, first)
-                    if imputations is None:
-                        done = [imputer.transform(frame)]
-                    else:
-                        done = imputer._sample(frame, imputations, int(next(seeds)))
+                    group_seed = int(next(seeds))
+                    done = [imputer.transform(frame)] if single is not None else []
+                    done += imputer._sample(frame, len(imputations), group_seed) if imputations else []
                     for writer, table in zip(writers, done):
                         writer.write(table)
                     bar.update(len(frame))
@@ -163,7 +163,7 @@ class _Writer:
     def __init__(self, tmp, name, source):
         self.tmp, self.name, self.source, self.writer = tmp, name, source, None
         self.csv = table_format(name) == "csv"
-        self.sep = "\t" if Path(name).suffix.lower() == ".tsv" else ","
+        self.sep = separator(name)
 
     def write(self, frame):
         if self.csv:
