@@ -250,7 +250,7 @@ CLI_CASES = {
 }
 
 RUN_DAMAGE = {
-    "model file of another configuration": (_other_configuration, "saved for a different configuration"),
+    "model file of another configuration": (_other_configuration, "saved for another configuration"),
     "damaged model file": (_truncated_weights, "is damaged or not a safetensors file"),
     "model file that is a malicious pickle": (_malicious_weights, "is damaged or not a safetensors file"),
 }

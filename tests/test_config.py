@@ -33,8 +33,8 @@ def test_from_dict_builds_the_config_with_each_value_in_its_field_type():
         (VAEConfig, {"latent": True}, "model.latent must be a whole number; got True."),
         (VAEConfig, {"denoising": "yes"}, "model.denoising must be true or false; got 'yes'."),
         (VAEConfig, {"hidden": 512}, "model.hidden must be a list of int; got 512."),
-        (VAEConfig, {"latent": 0}, "latent must be a whole number of at least 1; got 0."),
-        (VAEConfig, {"hidden": []}, "hidden needs at least one layer of at least one node; got []."),
+        (VAEConfig, {"latent": 0}, "latent must be a whole number from 1 to 4,096; got 0."),
+        (VAEConfig, {"hidden": []}, "hidden needs 1 to 16 layers of 1 to 65,536 nodes; got []."),
         (MIWAEConfig, {"holdout_shape": "rows"}, "holdout_shape must be pixels or columns; got 'rows'."),
         (MLPConfig, {"init": "he"}, "init must be glorot or torch; got 'he'."),
     ],
@@ -52,7 +52,7 @@ def test_a_train_config_settles_auto_to_the_device_it_will_run_on_and_checks_its
         TrainConfig(device="cpu", precision="fp8")
     with pytest.raises(MivaeError, match="min_delta must be a number of at least 0; got -0.1."):
         TrainConfig(device="cpu", min_delta=-0.1)
-    with pytest.raises(MivaeError, match="batch_size must be a whole number of at least 1; got 0."):
+    with pytest.raises(MivaeError, match="batch_size must be a whole number from 1 to 1,048,576; got 0."):
         TrainConfig(device="cpu", batch_size=0)
 
 

@@ -22,10 +22,27 @@ def _require(condition, message):
         raise MivaeError(message)
 
 
+# The largest sizes a config may ask for. A config read from a file (a run directory shared by anyone) is checked
+# against them before any network is built, so that a typing error or a crafted file is refused in one sentence
+# instead of allocating hundreds of gigabytes. Each is far above anything the thesis or mivae's searches use.
+MAX_LAYERS = 16  # hidden layers of one network
+MAX_WIDTH = 65_536  # nodes of one layer
+MAX_LATENT = 4_096  # latent dimensions
+MAX_SAMPLES = 100_000  # importance samples per image
+MAX_BATCH = 1 << 20  # images per batch
+
+
 def _check_layers(name, hidden):
     _require(
-        len(hidden) > 0 and all(n >= 1 for n in hidden),
-        f"{name} needs at least one layer of at least one node; got {list(hidden)}.",
+        0 < len(hidden) <= MAX_LAYERS and all(1 <= n <= MAX_WIDTH for n in hidden),
+        f"{name} needs 1 to {MAX_LAYERS} layers of 1 to {MAX_WIDTH:,} nodes; got {list(hidden)}.",
+    )
+
+
+def _check_rates(lr, l2):
+    _require(
+        math.isfinite(lr) and math.isfinite(l2) and lr > 0 and l2 >= 0,
+        f"lr must be above 0 and l2 at least 0, both finite; got lr {lr}, l2 {l2}.",
     )
 
 
@@ -79,8 +96,8 @@ class VAEConfig:
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
-        check_whole("latent", self.latent, 1)
-        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+        check_whole("latent", self.latent, 1, high=MAX_LATENT)
+        _check_rates(self.lr, self.l2)
         _check_init(self.init)
 
 
@@ -101,11 +118,11 @@ class MIWAEConfig:
 
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
-        check_whole("latent", self.latent, 1)
-        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
-        check_whole("samples", self.samples, 1)
-        check_whole("eval_samples", self.eval_samples, 1)
-        check_whole("refine", self.refine)
+        check_whole("latent", self.latent, 1, high=MAX_LATENT)
+        _check_rates(self.lr, self.l2)
+        check_whole("samples", self.samples, 1, high=MAX_SAMPLES)
+        check_whole("eval_samples", self.eval_samples, 1, high=MAX_SAMPLES)
+        check_whole("refine", self.refine, high=MAX_WIDTH)
         _require(0 < self.holdout < 1, f"holdout must be in (0, 1); got {self.holdout}.")
         check_choice("holdout_shape", self.holdout_shape, ("pixels", "columns"))
 
@@ -123,7 +140,7 @@ class MLPConfig:
     def __post_init__(self):
         _check_layers("hidden", self.hidden)
         _check_init(self.init)
-        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+        _check_rates(self.lr, self.l2)
 
 
 @dataclass(frozen=True)
@@ -142,8 +159,8 @@ class CNNConfig:
         _check_init(self.init)
         _check_rate("dropout_conv", self.dropout_conv)
         _check_rate("dropout_dense", self.dropout_dense)
-        check_whole("dense", self.dense, 1)
-        _require(self.lr > 0 and self.l2 >= 0, f"lr must be above 0 and l2 at least 0; got lr {self.lr}, l2 {self.l2}.")
+        check_whole("dense", self.dense, 1, high=MAX_WIDTH)
+        _check_rates(self.lr, self.l2)
 
 
 @dataclass(frozen=True)
@@ -168,8 +185,10 @@ class TrainConfig:
             math.isfinite(self.min_delta) and self.min_delta >= 0,
             f"min_delta must be a number of at least 0; got {self.min_delta}.",
         )
-        for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "patience"):
             check_whole(name, getattr(self, name), 1)
+        for name in ("batch_size", "eval_batch_size"):
+            check_whole(name, getattr(self, name), 1, high=MAX_BATCH)
         check_whole("seed", self.seed)
         check_choice("precision", self.precision, PRECISIONS)
         # "auto" is settled here, so a saved run names the device it ran on; a named GPU is checked where it is used

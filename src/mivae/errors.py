@@ -34,13 +34,20 @@ def _allowed(value, also):
     return any(value is a or isinstance(value, str) and value == a for a in also)  # never compares an array
 
 
-def check_whole(name, value, low=0, also=(), error=MivaeError):
-    """Returns `value` if it is a whole number (a bool is not one) of at least `low`, or one of the values `also`
-    allows (such as "auto" or None); raises `error` naming `name` and what it accepts otherwise."""
+def check_whole(name, value, low=0, also=(), error=MivaeError, high=None):
+    """Returns `value` if it is a whole number (a bool is not one) of at least `low` (and at most `high`, where
+    given), or one of the values `also` allows (such as "auto" or None); raises `error` naming `name` and what it
+    accepts otherwise."""
     if _allowed(value, also):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise error(f"{name} must be {_alternatives(f'a whole number of at least {low}', also)}; got {value!r}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        what = f"a whole number of at least {low}" if high is None else f"a whole number from {low} to {high:,}"
+        raise error(f"{name} must be {_alternatives(what, also)}; got {value!r}.")
     return value
 
 

@@ -296,11 +296,11 @@ def test_clean_trained_classifier_is_tested_directly_and_on_an_imputation(tmp_pa
         (["data", "info", "--dataset", "digits", "--seed", "-1"], "seed must be a whole number of at least 0; got -1."),
         (
             ["train", "mlp", "--dataset", "digits", "--batch-size", "0", "--out", "r"],
-            "batch_size must be a whole number of at least 1; got 0.",
+            "batch_size must be a whole number from 1 to 1,048,576; got 0.",
         ),
         (
             ["train", "mlp", "--dataset", "digits", "--hidden", ",", "--out", "r"],
-            "hidden needs at least one layer of at least one node; got [].",
+            "hidden needs 1 to 16 layers of 1 to 65,536 nodes; got [].",
         ),
         (
             ["train", "mlp", "--dataset", "digits", "--limit", "0", "--out", "r"],

@@ -1,8 +1,11 @@
 import gzip
+import hashlib
+import os
 import shutil
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +184,52 @@ def test_structurally_valid_file_with_altered_content_fails_its_checksum(mnist_d
         load_idx_dataset("mnist", folder, download=False)
 
 
+def _recompressed(source, folder, files, how):
+    """Copies the IDX `files` from `source` into `folder` as `how` says: "level 1" (gzip anew at level 1, with no
+    name or time in its header) or "plain" (decompressed); returns the folder."""
+    folder.mkdir()
+    for entry in files:
+        content = gzip.decompress((source / entry.name).read_bytes())
+        if how == "plain":
+            (folder / entry.name.removesuffix(".gz")).write_bytes(content)
+        else:
+            (folder / entry.name).write_bytes(gzip.compress(content, compresslevel=1, mtime=0))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["level 1", "plain"])
+def test_a_copy_of_mnist_is_known_by_its_content_however_compressed(mnist_dir, tmp_path, how):
+    folder = _recompressed(mnist_dir, tmp_path / "mnist", MNIST.files, how)
+    if how == "level 1":  # other bytes than the published archive's, the same content
+        assert (folder / MNIST.train_images.name).read_bytes() != (mnist_dir / MNIST.train_images.name).read_bytes()
+    train, test = load_idx_dataset("mnist", folder, download=False)
+    assert (len(train), len(test)) == (60_000, 10_000)
+
+
+# Debian's dataset-fashion-mnist package: the official files compressed anew (their gzip headers differ, so their
+# MD5s are not the published ones). .ci/run installs it; elsewhere the test skips.
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_debians_recompressed_fashion_mnist_is_accepted_and_one_byte_changed_is_not(tmp_path):
+    if not (DEBIAN_FASHION / FASHION_MNIST.test_labels.name).is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"Debian's dataset-fashion-mnist package is not installed ({DEBIAN_FASHION}).")
+        pytest.skip("Debian's dataset-fashion-mnist package is not installed")
+    raw = (DEBIAN_FASHION / FASHION_MNIST.test_labels.name).read_bytes()
+    assert hashlib.md5(raw, usedforsecurity=False).hexdigest() != "bb300cfdad3c16e7a12a480ee83cd310"  # not as published
+    train, test = load_idx_dataset("fashion-mnist", DEBIAN_FASHION, download=False)
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert np.bincount(test.labels).tolist() == [1_000] * 10
+    folder = _recompressed(DEBIAN_FASHION, tmp_path / "fashion", FASHION_MNIST.files, "plain")
+    labels = folder / FASHION_MNIST.test_labels.name.removesuffix(".gz")
+    content = bytearray(labels.read_bytes())
+    content[-1] = (content[-1] + 1) % 10  # a valid label still, so only the digest can tell
+    labels.write_bytes(bytes(content))
+    with pytest.raises(MivaeError, match="t10k-labels-idx1-ubyte does not match the published SHA-256"):
+        load_idx_dataset("fashion-mnist", folder, download=False)
+
+
 def test_wrong_image_size_and_count_mismatch_are_named(mnist_dir, tmp_path):
     folder = _copy_mnist(mnist_dir, tmp_path / "mnist")
     write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10_000, 27, 28)))
@@ -223,7 +272,7 @@ def test_fashion_mnist_goes_through_the_same_reader(tmp_path):
     folder = _fake_fashion(tmp_path / "fashion")
     splits = load_splits("fashion-mnist", folder, verify=False)
     assert [len(s) for s in splits] == [50_000, 10_000, 10_000]
-    with pytest.raises(MivaeError, match="does not match the published MD5 of train-images-idx3-ubyte.gz"):
+    with pytest.raises(MivaeError, match="does not match the published SHA-256 of train-images-idx3-ubyte.gz's content"):
         load_splits("fashion-mnist", folder)
 
 

@@ -65,7 +65,7 @@ def test_weights_from_another_configuration_are_refused(saved):
     config = json.loads((saved / "config.json").read_text())
     config["model"]["hidden"] = [30, 10]
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MivaeError, match="was saved for a different configuration than"):
+    with pytest.raises(MivaeError, match="was saved for another configuration than"):
         load_run(saved)
 
 

@@ -2,8 +2,9 @@
 
 Images are float32 in [0, 1] with shape (N, H, W); labels are int64 with shape (N,).
 Every IDX file is validated as it is read (gzip stream, magic number, dimensions,
-counts, label range) and checked against its published digest, so a truncated, empty
-or foreign file is one clear `MivaeError`, never a reshape traceback.
+counts, label range) and checked against the SHA-256 of its published content, decompressed, so
+a truncated, empty or foreign file is one clear `MivaeError`, never a reshape traceback, and a copy
+compressed anew (as Debian's packages are) or not compressed at all is accepted.
 
 Where the files are looked for, in order: the `data_dir` argument (`--data-dir`), the
 environment variable `MIVAE_DATA_DIR`, then a per-user cache directory
@@ -38,8 +39,7 @@ class IdxFile:
     """One published IDX file and the digest it is checked against."""
 
     name: str  # standard file name, gzip-compressed
-    sha256: str | None = None  # of the decompressed content (survives re-compression)
-    md5: str | None = None  # of the gzip file as published, where no content digest is known
+    sha256: str  # of the decompressed content: a copy is known by what it holds, however it was compressed
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,32 @@ FASHION_MNIST = IdxDataset(
     name="fashion-mnist",
     title="Fashion-MNIST",
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    # MD5 of the gzip files as published by the dataset's authors.
-    train_images=IdxFile("train-images-idx3-ubyte.gz", md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-    train_labels=IdxFile("train-labels-idx1-ubyte.gz", md5="25c81989df183df01b3e8a0aad5dffbe"),
-    test_images=IdxFile("t10k-images-idx3-ubyte.gz", md5="bef4ecab320f06d8554ea6380940ec79"),
-    test_labels=IdxFile("t10k-labels-idx1-ubyte.gz", md5="bb300cfdad3c16e7a12a480ee83cd310"),
+    # SHA-256 of the decompressed files as published by the dataset's authors, Zalando Research. Computed from
+    # Debian's dataset-fashion-mnist package (0.0~git20200523.55506a9-1), whose files are the published gzip
+    # streams with the file name and time left out of their headers: put back (times 1504176606 for the training
+    # files, 1504176627 for the test files), they give the published MD5s of the archives, 8d4fb7e6c68d591d4c3dfef9
+    # ec88bf0d, 25c81989df183df01b3e8a0aad5dffbe, bef4ecab320f06d8554ea6380940ec79 and bb300cfdad3c16e7a12a480ee83cd
+    # 310, in this order.
+    train_images=IdxFile(
+        "train-images-idx3-ubyte.gz", sha256="c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+    ),
+    train_labels=IdxFile(
+        "train-labels-idx1-ubyte.gz", sha256="bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+    ),
+    test_images=IdxFile(
+        "t10k-images-idx3-ubyte.gz", sha256="5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+    ),
+    test_labels=IdxFile(
+        "t10k-labels-idx1-ubyte.gz", sha256="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+    ),
     n_train=60_000,
     n_test=10_000,
 )
 
 IDX_DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST)}
 DATASETS = (*IDX_DATASETS, "digits")  # digits: scikit-learn's bundled 8x8 digits, always offline
+# The shape of each dataset's images and its number of classes.
+SHAPES = {**{d.name: (d.image_shape, d.n_classes) for d in IDX_DATASETS.values()}, "digits": ((8, 8), 10)}
 
 
 @dataclass(frozen=True)
@@ -223,18 +238,12 @@ def parse_idx(content, path, ndim):
     return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _check_digest(path, entry, raw, content):
-    if entry.sha256 is not None:
-        if hashlib.sha256(content).hexdigest() != entry.sha256:
-            raise MivaeError(
-                f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another "
-                "dataset's file."
-            )
-    elif entry.md5 is not None and raw is not content:  # an archive digest says nothing of a plain file
-        if hashlib.md5(raw, usedforsecurity=False).hexdigest() != entry.md5:
-            raise MivaeError(
-                f"{path} does not match the published MD5 of {entry.name}; it is damaged or another dataset's file."
-            )
+def _check_digest(path, entry, content):
+    if hashlib.sha256(content).hexdigest() != entry.sha256:
+        raise MivaeError(
+            f"{path} does not match the published SHA-256 of {entry.name}'s content; it is damaged or another "
+            "dataset's file."
+        )
 
 
 def read_idx(path, entry=None, ndim=3, verify=True):
@@ -252,7 +261,7 @@ def read_idx(path, entry=None, ndim=3, verify=True):
     content = _decompress(path, raw)
     array = parse_idx(content, path, ndim)
     if verify and entry is not None:
-        _check_digest(path, entry, raw, content)
+        _check_digest(path, entry, content)
     return array
 
 
@@ -278,7 +287,7 @@ def _download_file(spec, entry, folder):
                         out.write(chunk)
                         bar.update(len(chunk))
                 raw = tmp.read_bytes()
-                _check_digest(url, entry, raw, _decompress(url, raw))
+                _check_digest(url, entry, _decompress(url, raw))
             return
         except MivaeError as e:  # a wrong digest; before ValueError, which it is too
             failures.append(str(e).rstrip("."))

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from mivae.errors import MivaeError
-from mivae.images.corruption import FILL_POLICIES, corrupt, fill, pixel_means
-from mivae.images.data import load_splits
+from mivae.images.corruption import FILL_POLICIES, check_level, check_method, corrupt, fill, pixel_means
+from mivae.images.data import DATASETS, load_splits
 
 IMPUTER_FILLS = ("iterative", "knn")
 FILLS = FILL_POLICIES + IMPUTER_FILLS
@@ -69,10 +69,20 @@ class Problem:
     n_classes: int
 
 
-def make_problem(config, data_dir=None):
-    """Returns the `Problem` described by a `DataConfig`: load, split, corrupt, fill."""
+def check_data(config):
+    """Returns the `DataConfig` `config` after checking that it names a dataset, a corruption and a fill mivae has."""
+    if config.dataset not in DATASETS:
+        raise MivaeError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}.")
     if config.fill not in FILLS:
         raise MivaeError(f"unknown fill policy {config.fill!r}; expected one of {', '.join(FILLS)}.")
+    check_method(config.method)
+    check_level(config.level)
+    return config
+
+
+def make_problem(config, data_dir=None):
+    """Returns the `Problem` described by a `DataConfig`: load, split, corrupt, fill."""
+    check_data(config)
     splits = load_splits(config.dataset, data_dir, seed=config.seed)
     corrupted = {
         s.name: corrupt(

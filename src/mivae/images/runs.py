@@ -18,16 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mivae import __version__
-from mivae.artifacts import atomic_path, weights_read
+from mivae import __version__, readback
+from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, DataConfig, MIWAEConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
 from mivae.hardware import resolve_precision
+from mivae.images.data import SHAPES
+from mivae.images.problem import check_data
 from mivae.models import KINDS, build_model
 from mivae.training import History
+
+MAX_SIDE = 4_096  # pixels on a side of a run's images
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -94,13 +98,36 @@ def save_run(run, path):
     return path
 
 
-def _read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MivaeError(f"{path.parent} is not a mivae run directory: {path.name} is missing.") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MivaeError(f"{path} is damaged and cannot be read ({e}).") from None
+# What each JSON file of a run directory holds; a config's sections are checked field by field by mivae.config.
+_SECTION = readback.Either(None, readback.Map(readback.ANY))
+CONFIG_SHAPE = {
+    "kind": str,
+    "data": _SECTION,
+    "model": _SECTION,
+    "vae": _SECTION,
+    "train": _SECTION,
+    "image_shape": [readback.whole(1, MAX_SIDE)],
+    "n_classes": readback.whole(2, MAX_CLASSES),
+    "versions": readback.Optional(readback.Map(str)),
+    "resolved": readback.Optional(readback.Map(readback.Either(str, readback.WHOLE))),
+    "created": readback.Optional(str),
+}
+_NUMBERS = [readback.NUMBER]
+HISTORY_SHAPE = {
+    "train_loss": readback.Optional(_NUMBERS),
+    "val_score": readback.Optional(_NUMBERS),
+    "seconds": readback.Optional(_NUMBERS),
+    "best_epoch": readback.Optional(readback.WHOLE),
+    "stopped_early": readback.Optional(bool),
+}
+HEALTH_SHAPE = {
+    "ok": bool,
+    "reason": str,
+    "measured": readback.Map(readback.NUMBER),
+    "held_out": readback.Optional(bool),
+}
+# Every metric is a number, but for the health check's verdict.
+METRICS_SHAPE = readback.Map(readback.Either(readback.NUMBER, HEALTH_SHAPE))
 
 
 # Settings added after runs were saved, with the value those older runs were trained with: a run directory whose
@@ -116,49 +143,67 @@ def _config(cls, table, section):
     return from_dict(cls, table, section)
 
 
+def _checked_config(path):
+    """Returns (kind, data, model config, VAE config or None, train config, image shape, classes) of the run in
+    `path`, every field of its config.json checked, and the shape and classes checked against the dataset's."""
+    file = path / "config.json"
+    config = readback.read_json(file, CONFIG_SHAPE, f"{path} is not a mivae run directory: config.json is missing.")
+    kind = config["kind"]
+    if kind not in KINDS:
+        raise MivaeError(f"{file} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    try:
+        model_config = _config(KINDS[kind].config, config["model"], "model")
+        imputer = KINDS[kind].imputer
+        vae_config = _config(KINDS[imputer].config, config["vae"], "vae") if imputer else None
+        data = check_data(from_dict(DataConfig, config["data"], "data"))
+        train = _config(TrainConfig, config["train"], "train")
+    except MivaeError as e:
+        raise MivaeError(f"{file} is damaged: {str(e).rstrip('.')}.") from None
+    image_shape, n_classes = tuple(config["image_shape"]), config["n_classes"]
+    if (image_shape, n_classes) != SHAPES[data.dataset]:
+        (height, width), classes = SHAPES[data.dataset]
+        raise MivaeError(
+            f"{file} is damaged: its image_shape {list(image_shape)} and n_classes {n_classes} are not those of "
+            f"{data.dataset} ({height}x{width} images, {classes} classes)."
+        )
+    return config, kind, data, model_config, vae_config, train, image_shape, n_classes
+
+
 def load_run(path, device="cpu"):
-    """Returns the `Run` saved in directory `path`, its model rebuilt and its weights loaded."""
+    """Returns the `Run` saved in directory `path`, its model rebuilt and its weights loaded.
+
+    Every file is checked before anything is built: config.json field by field, and the weights' names and
+    shapes, read from the safetensors header, against the network config.json describes (built on the meta
+    device), so that no size a file states is allocated before the weights file is found to hold it."""
     path = Path(path)
     if not path.is_dir():
         raise MivaeError(f"run directory {path} does not exist.")
-    config = _read_json(path / "config.json")
-    kind = config.get("kind")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise MivaeError(f"{path / 'config.json'} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
-    model_config = _config(KINDS[kind].config, config.get("model"), "model")
+    config, kind, data, model_config, vae_config, train, image_shape, n_classes = _checked_config(path)
     imputer = KINDS[kind].imputer
-    vae_config = _config(KINDS[imputer].config, config.get("vae"), "vae") if imputer else None
-    image_shape, n_classes = tuple(config.get("image_shape") or ()), config.get("n_classes")
-    if len(image_shape) != 2 or not isinstance(n_classes, int):
-        raise MivaeError(f"{path / 'config.json'} is damaged: it lacks a valid image_shape or n_classes.")
-    vae = build_model(imputer, vae_config, image_shape) if imputer else None
-    model = build_model(kind, model_config, image_shape, n_classes, vae=vae, imputer_config=vae_config)
 
-    weights = path / "model.safetensors"
-    with weights_read(weights, f"{path} is not a complete run: model.safetensors is missing."):
-        with safe_open(str(weights), framework="pt") as f:
-            saved_digest = (f.metadata() or {}).get("architecture_sha256")
-        state = load_file(str(weights))
-    if saved_digest != _architecture_digest(config):
-        raise MivaeError(f"{weights} was saved for a different configuration than {path / 'config.json'}.")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise MivaeError(f"{weights} does not hold the weights of the model that config.json describes.") from None
+    def build():
+        vae = build_model(imputer, vae_config, image_shape) if imputer else None
+        return build_model(kind, model_config, image_shape, n_classes, vae=vae, imputer_config=vae_config)
+
+    state = readback.checked_state(
+        path / "model.safetensors",
+        readback.on_meta(build),
+        _architecture_digest(config),
+        f"{path} is not a complete run: model.safetensors is missing.",
+        path / "config.json",
+    )
+    model = build()
+    model.load_state_dict(state)
     model.to(device).eval()
-
     history = None
     if (path / "history.json").exists():
-        try:
-            history = History(**_read_json(path / "history.json"))
-        except TypeError:
-            raise MivaeError(f"{path / 'history.json'} is damaged: it does not hold a training history.") from None
-    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+        history = History(**readback.read_json(path / "history.json", HISTORY_SHAPE))
+    metrics = readback.read_json(path / "metrics.json", METRICS_SHAPE) if (path / "metrics.json").exists() else {}
     return Run(
         kind=kind,
-        data=from_dict(DataConfig, config.get("data"), "data"),
+        data=data,
         model_config=model_config,
-        train=_config(TrainConfig, config.get("train"), "train"),
+        train=train,
         model=model,
         image_shape=image_shape,
         n_classes=n_classes,

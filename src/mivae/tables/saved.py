@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mivae.artifacts import atomic_path, weights_read
+from mivae.artifacts import atomic_path
 from mivae.errors import InputError
+from mivae.readback import checked_state
 from mivae.tables.schema import CATEGORICAL, CONTINUOUS, Column, Schema
 
 FORMAT = 1  # the layout of imputer.json; bumped when it changes, and an unknown one is refused
@@ -195,21 +195,8 @@ def read(path):
 
 def checked_weights(path, content, probe):
     """Returns the saved state dict after checking the file's digest against `content` and every tensor's name,
-    shape and type against `probe`, the network `content` describes (on the meta device: no memory). Shapes are read
-    from the header before any weight is; raises InputError for any mismatch."""
-    weights = Path(path) / WEIGHTS_NAME
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in probe.state_dict().items()}
-    missing = f"{Path(path)} is not a complete saved imputer: {WEIGHTS_NAME} is missing."
-    with weights_read(weights, missing, InputError):
-        with safe_open(str(weights), framework="pt") as f:
-            digest = (f.metadata() or {}).get("architecture_sha256")
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
-    if digest != architecture_digest(content):
-        raise InputError(f"{weights} was saved for another imputer than {Path(path) / JSON_NAME} describes.")
-    if shapes != {k: shape for k, (shape, _) in expected.items()}:
-        raise InputError(f"{weights} does not hold the weights of the network that {JSON_NAME} describes.")
-    with weights_read(weights, missing, InputError):
-        state = load_file(str(weights))
-    if any(v.dtype != expected[k][1] for k, v in state.items()):
-        raise InputError(f"{weights} holds tensors of another type than the network's.")
-    return state
+    shape and type against `probe`, the network `content` describes (on the meta device: no memory), from the
+    header before any weight is read; raises InputError for any mismatch."""
+    path = Path(path)
+    missing = f"{path} is not a complete saved imputer: {WEIGHTS_NAME} is missing."
+    return checked_state(path / WEIGHTS_NAME, probe, architecture_digest(content), missing, path / JSON_NAME, InputError)
