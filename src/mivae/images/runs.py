@@ -151,14 +151,20 @@ def _checked_config(path):
     kind = config["kind"]
     if kind not in KINDS:
         raise MivaeError(f"{file} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
-    try:
-        model_config = _config(KINDS[kind].config, config["model"], "model")
-        imputer = KINDS[kind].imputer
-        vae_config = _config(KINDS[imputer].config, config["vae"], "vae") if imputer else None
-        data = check_data(from_dict(DataConfig, config["data"], "data"))
-        train = _config(TrainConfig, config["train"], "train")
-    except MivaeError as e:
-        raise MivaeError(f"{file} is damaged: {str(e).rstrip('.')}.") from None
+    def section(name, read):
+        try:
+            return read(config[name])
+        except MivaeError as e:
+            message = str(e).rstrip(".")
+            if not message.startswith(f"{name}.") and f"[{name}]" not in message:
+                message = f"its {name} settings are wrong: {message}"
+            raise MivaeError(f"{file} is damaged: {message}.") from None
+
+    imputer = KINDS[kind].imputer
+    model_config = section("model", lambda t: _config(KINDS[kind].config, t, "model"))
+    vae_config = section("vae", lambda t: _config(KINDS[imputer].config, t, "vae")) if imputer else None
+    data = section("data", lambda t: check_data(from_dict(DataConfig, t, "data")))
+    train = section("train", lambda t: _config(TrainConfig, t, "train"))
     image_shape, n_classes = tuple(config["image_shape"]), config["n_classes"]
     if (image_shape, n_classes) != SHAPES[data.dataset]:
         (height, width), classes = SHAPES[data.dataset]
