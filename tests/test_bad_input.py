@@ -310,11 +310,11 @@ RUN_DAMAGE = {
     ),
     "a damaged history": (
         _edited("history.json", lambda h: h.update(train_loss="low")),
-        "history.json is damaged: train_loss must be a list; got \"low\"",
+        'history.json is damaged: train_loss must be a list; got "low"',
     ),
     "damaged metrics": (
         _edited("metrics.json", lambda m: m.update(health="fine")),
-        "metrics.json is damaged: health must be a number or an object; got \"fine\"",
+        'metrics.json is damaged: health must be a number or an object; got "fine"',
     ),
     "damaged model file": (_truncated_weights, "is damaged or not a safetensors file"),
     "model file that is a malicious pickle": (_malicious_weights, "is damaged or not a safetensors file"),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mivae import readback
 from mivae.models.distributions import kl_divergence
 
 COLLAPSED_SHARE = 0.5  # one class above this share of the predictions: collapsed
@@ -23,6 +24,14 @@ CHANCE_MARGIN = 0.02  # accuracy at most this above the largest class share: no 
 MIN_KL = 1.0  # nats per image: below it the encoder tells the decoder (almost) nothing
 CONSTANT_MARGIN = 5.0 / 784  # nats per pixel: a VAE this close to the best constant image has not used its latent
 FAILED_MARK = "✗"  # how reports mark a result resting on a model that failed its check
+# A verdict as files hold it (`Health.to_dict`, with "held_out" where a run was evaluated); a search whose every
+# trial failed keeps no measurements.
+SHAPE = {
+    "ok": bool,
+    "reason": str,
+    "measured": readback.Either(None, readback.Map(readback.NUMBER)),
+    "held_out": readback.Optional(bool),
+}
 
 
 @dataclass(frozen=True)

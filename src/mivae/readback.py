@@ -48,9 +48,10 @@ class Optional:
 
 @dataclass(frozen=True)
 class Map:
-    """An object of any string keys, every value of `shape`."""
+    """An object of any string keys, every value of `shape` but those of the keys in `fields`, of their own."""
 
     shape: object
+    fields: dict | None = None
 
 
 class Either:
@@ -67,7 +68,9 @@ def _number(value):
 def whole(low=0, high=None):
     """A whole number from `low` (to `high`)."""
     what = f"a whole number of at least {low}" if high is None else f"a whole number from {low} to {high:,}"
-    return Check(what, lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v and (high is None or v <= high))
+    return Check(
+        what, lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v and (high is None or v <= high)
+    )
 
 
 WHOLE = whole()
@@ -93,9 +96,12 @@ def _describe(shape):
 def mismatch(value, shape, at="the file"):
     """Returns where and how `value` differs from `shape` ("model.hidden[0] must be ...; got ..."), or None."""
     if isinstance(shape, Either):
-        if any(mismatch(value, s, at) is None for s in shape.shapes):
+        problems = [mismatch(value, s, at) for s in shape.shapes]
+        if None in problems:
             return None
-        return f"{at} must be {_describe(shape)}; got {_short(value)}"
+        # an object or a list that only one of the shapes could be: what is wrong inside it
+        alike = [p for s, p in zip(shape.shapes, problems, strict=True) if _container(s) is type(value)]
+        return alike[0] if len(alike) == 1 else f"{at} must be {_describe(shape)}; got {_short(value)}"
     if isinstance(shape, Check):
         return None if shape.test(value) else f"{at} must be {shape.what}; got {_short(value)}"
     if shape is None or isinstance(shape, type):  # null, str or bool
@@ -107,7 +113,8 @@ def mismatch(value, shape, at="the file"):
     if not isinstance(value, dict):
         return _wrong(value, shape, at)
     if isinstance(shape, Map):
-        return next((m for k, v in value.items() if (m := mismatch(v, shape.shape, _key(at, k)))), None)
+        fields = shape.fields or {}
+        return next((m for k, v in value.items() if (m := mismatch(v, fields.get(k, shape.shape), _key(at, k)))), None)
     unknown = sorted(set(value) - set(shape))
     if unknown:
         return f"{at} holds the unknown field {unknown[0]!r}; its fields are {', '.join(shape)}"
@@ -120,6 +127,19 @@ def mismatch(value, shape, at="the file"):
         if m:
             return m
     return None
+
+
+def walk(value, path=()):
+    """Every (path, value) inside a JSON value, itself first; a path is the keys and indices leading to it."""
+    yield path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        yield from walk(inner, (*path, key))
+
+
+def _container(shape):
+    """dict or list where `shape` is one, else None."""
+    return dict if isinstance(shape, (dict, Map)) else list if isinstance(shape, list) else None
 
 
 def _key(at, key):
@@ -135,9 +155,10 @@ def _short(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check(value, shape, path):
-    """Returns `value` if it has `shape`; raises MivaeError naming the file `path` and the field otherwise."""
-    m = mismatch(value, shape)
+def check(value, shape, path, at="the file"):
+    """Returns `value` if it has `shape`; raises MivaeError naming the file `path` and the field (`at` the value
+    itself: "identity.preset") otherwise."""
+    m = mismatch(value, shape, at)
     if m:
         raise MivaeError(f"{path} is damaged: {m}.")
     return value

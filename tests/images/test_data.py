@@ -272,7 +272,9 @@ def test_fashion_mnist_goes_through_the_same_reader(tmp_path):
     folder = _fake_fashion(tmp_path / "fashion")
     splits = load_splits("fashion-mnist", folder, verify=False)
     assert [len(s) for s in splits] == [50_000, 10_000, 10_000]
-    with pytest.raises(MivaeError, match="does not match the published SHA-256 of train-images-idx3-ubyte.gz's content"):
+    with pytest.raises(
+        MivaeError, match="does not match the published SHA-256 of train-images-idx3-ubyte.gz's content"
+    ):
         load_splits("fashion-mnist", folder)
 
 

@@ -703,3 +703,89 @@ def test_an_unfinished_run_cannot_be_reported(tmp_path, capsys):
     reproduce.Study("smoke", tmp_path / "run", progress=False)
     assert main(["report", str(tmp_path / "run")]) == 2
     assert "is not finished" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# A finished study damaged at random (tests/fuzzing.py): `mivae report` on each copy draws its report or says what is
+# wrong in one sentence with exit status 2, writes nothing outside report/, and stays within a memory bound. A damaged
+# study that still reads draws its whole report (seconds), so there are fewer cases than for run directories.
+
+FUZZED_STUDIES = 12
+
+
+def test_a_study_directory_damaged_at_random_is_reported_or_refused_in_one_sentence(smoke, tmp_path):
+    from fuzzing import copy, damage, failures, run_cases, snapshot
+
+    source = tmp_path / "source"
+    shutil.copytree(smoke["out"], source, ignore=shutil.ignore_patterns("units", "report", "checkpoints"))
+    read = sorted(
+        str(p.relative_to(source)) for p in source.rglob("*.json") if p.parts[len(source.parts)] in ("results", "clock")
+    )
+    read.append("study.json")
+    rng = np.random.default_rng(1)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    folders, descriptions = [], []
+    for i in range(FUZZED_STUDIES + 1):
+        folder = copy(source, tmp_path / "cases" / str(i))
+        descriptions.append("undamaged" if i == 0 else damage(folder, rng, read))
+        folders.append(folder)
+    before = [snapshot(f, leave_out=["report"]) for f in folders]
+    results = run_cases([["report", str(f)] for f in folders], 1 << 30, cwd)
+    assert results[0][0] == 0, results[0]
+    assert failures(results, descriptions) == []
+    assert [snapshot(f, leave_out=["report"]) for f in folders] == before
+    assert list(cwd.iterdir()) == []
+    assert sum(status == 2 for status, _ in results) >= FUZZED_STUDIES // 2
+
+
+def _first_unit(out):
+    """The folder of the study's first unit: the search that resuming reads first."""
+    (unit,) = (out / "units").glob("vae-random-pixels-0.5-*")
+    return unit
+
+
+def _json_edit(path, change):
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+STUDY_DAMAGE = {
+    "a unit's record of another shape": (
+        lambda out: _json_edit(_first_unit(out) / "unit.json", lambda c: c.update(seconds="x")),
+        'unit.json is damaged: seconds must be a number; got "x"',
+    ),
+    "a search record cut short": (
+        lambda out: (_first_unit(out) / "search.json").write_text('{"kind": "vae", "stu'),
+        "search.json is damaged and cannot be read",
+    ),
+    "a search record whose trials are not trials": (
+        lambda out: _json_edit(_first_unit(out) / "search.json", lambda c: c.update(trials=[3])),
+        "search.json is damaged: trials[0] must be an object; got 3",
+    ),
+    "a study record whose seed is a word": (
+        lambda out: _json_edit(out / "study.json", lambda c: c["identity"].update(seed="zero")),
+        'study.json is damaged: identity.seed must be a whole number of at least 0; got "zero"',
+    ),
+    "a unit's model of two billion nodes": (
+        lambda out: _json_edit(
+            _first_unit(out) / "final" / "config.json", lambda c: c["model"].update(hidden=[2_000_000_000])
+        ),
+        "config.json is damaged: its model settings are wrong: hidden needs 1 to 16 layers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STUDY_DAMAGE)
+def test_resuming_a_damaged_study_is_one_sentence(case, smoke, tmp_path, capsys):
+    damage, expected = STUDY_DAMAGE[case]
+    out = tmp_path / "study"
+    shutil.copytree(smoke["out"], out, ignore=shutil.ignore_patterns("report"))
+    damage(out)
+    status = main(["reproduce", "--preset", "smoke", "--out", str(out), "--threads", "1"])
+    err = capsys.readouterr().err  # the progress bar's lines, and the error's
+    assert status == 2 and err.count("mivae: error: ") == 1 and "Traceback" not in err, err
+    message = err.split("mivae: error: ")[1].split("\n")[0]
+    assert expected in message, err
+    assert not (out / "report").exists()

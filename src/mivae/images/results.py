@@ -7,9 +7,13 @@ the classification ran in; a model's health (mivae.health) comes as the dict `He
 """
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
+from mivae import readback
 from mivae.errors import MivaeError
+from mivae.health import SHAPE as HEALTH_SHAPE
+from mivae.images.data import SHAPES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +49,94 @@ class Evaluation:
                 "or damaged."
             )
         names = {f.name for f in fields}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        kept = {k: v for k, v in values.items() if k in names}
+        problem = readback.mismatch(kept, _shape(cls), "the evaluation")
+        if problem:
+            raise MivaeError(f"an evaluation of {values.get('kind', 'a model')!r:.40} is damaged: {problem}.")
+        return cls(**kept)
+
+
+# The shape (mivae.readback) of a field's value in JSON, from its type; a health verdict has its own.
+_FIELD_SHAPES = {
+    float: readback.NUMBER,
+    int: readback.WHOLE,
+    str: str,
+    bool: bool,
+    dict: readback.Map(readback.ANY),
+    list: [readback.ANY],
+}
+
+
+def _shape(cls):
+    """The shape of the values of an evaluation of class `cls`, every field optional (`from_json` names those a
+    class requires)."""
+    shape = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        field = HEALTH_SHAPE if name == "health" else _FIELD_SHAPES.get(inner[0] if inner else tp, readback.ANY)
+        shape[name] = readback.Optional(readback.Either(None, field) if inner else field)
+    return shape
+
+
+def check_content(values, where, setting=None, extra=None):
+    """Returns the JSON values of an evaluation after checking that every field is one an evaluation has, of its
+    type (`extra`: other fields allowed, a dict of their shapes), that they describe one test set of a dataset
+    mivae has (and `setting`, (method, level), where given), and that what they say of its images fits it: every
+    list of predicted classes has one class per test image, every class distribution one count per class, and
+    every accuracy lies in [0, 1]. Raises MivaeError naming `where` (the file) otherwise."""
+    lacking = [k for k in ("kind", "data", "test_images") if k not in values] if isinstance(values, dict) else None
+    fields = {**_every_field(), **(extra or {})}
+    problem = readback.mismatch(values, fields) or (f"it lacks {', '.join(lacking)}" if lacking else None)
+    if problem:
+        raise MivaeError(f"{where} is damaged: {problem}.")
+    data = values["data"]
+    if setting is not None and (data["method"], data["level"]) != setting:
+        raise MivaeError(
+            f"{where} holds the results of {data['method']} at {data['level']}, not of {setting[0]} at {setting[1]}: "
+            "it was moved or damaged."
+        )
+    (_, classes), images = SHAPES[data["dataset"]], values["test_images"]
+    for path, value in readback.walk(values):
+        name = str(path[-1]) if path else ""
+        if name.startswith("predicted") and value is not None:  # the class of each test image
+            shape, size, of = [readback.whole(0, classes - 1)], images, "test images"
+        elif name.endswith("class_distribution"):  # the images predicted (or labelled) as each class
+            shape, size, of = [readback.whole(0, images)], classes, "classes"
+        elif name == "accuracy_curve":  # the accuracy with 1, 2, ... imputations
+            shape, size, of = [_ACCURACY], None, None
+        elif "accuracy" in name and not isinstance(value, (dict, list)) and value is not None:
+            shape, size, of = _ACCURACY, None, None
+        else:
+            continue
+        at = ".".join(map(str, path))
+        problem = readback.mismatch(value, shape, at)
+        if problem is None and size is not None and len(value) != size:
+            problem = f"{at} has {len(value)} entries for {size} {of}"
+        if problem:
+            raise MivaeError(f"{where} is damaged: {problem}.")
+    return values
+
+
+_ACCURACY = readback.Check("an accuracy in [0, 1]", lambda v: readback.FINITE.test(v) and 0 <= v <= 1)
+
+
+def _every_field():
+    """The shape of every field an evaluation of any kind may hold, each optional."""
+    shape, classes = {}, [Evaluation]
+    while classes:
+        cls = classes.pop()
+        shape.update(_shape(cls))
+        classes += cls.__subclasses__()
+    shape["data"] = readback.Optional(
+        {
+            "dataset": readback.Check(f"one of {', '.join(SHAPES)}", lambda v: isinstance(v, str) and v in SHAPES),
+            "method": str,
+            "level": readback.FINITE,
+            "seed": readback.WHOLE,
+        }
+    )
+    shape["test_images"] = readback.Optional(readback.whole(1))
+    return shape
 
 
 def _plain(value):

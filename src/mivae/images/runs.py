@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mivae import __version__, readback
+from mivae import __version__, health, readback
 from mivae.artifacts import atomic_path
 from mivae.config import CNNConfig, DataConfig, MIWAEConfig, MLPConfig, TrainConfig, VAEConfig, from_dict, to_dict
 from mivae.errors import MivaeError
@@ -120,14 +120,8 @@ HISTORY_SHAPE = {
     "best_epoch": readback.Optional(readback.WHOLE),
     "stopped_early": readback.Optional(bool),
 }
-HEALTH_SHAPE = {
-    "ok": bool,
-    "reason": str,
-    "measured": readback.Map(readback.NUMBER),
-    "held_out": readback.Optional(bool),
-}
 # Every metric is a number, but for the health check's verdict.
-METRICS_SHAPE = readback.Map(readback.Either(readback.NUMBER, HEALTH_SHAPE))
+METRICS_SHAPE = readback.Map(readback.NUMBER, fields={"health": health.SHAPE})
 
 
 # Settings added after runs were saved, with the value those older runs were trained with: a run directory whose
@@ -151,6 +145,7 @@ def _checked_config(path):
     kind = config["kind"]
     if kind not in KINDS:
         raise MivaeError(f"{file} names model kind {kind!r}; expected one of {', '.join(KINDS)}.")
+
     def section(name, read):
         try:
             return read(config[name])
@@ -204,6 +199,8 @@ def load_run(path, device="cpu"):
     history = None
     if (path / "history.json").exists():
         history = History(**readback.read_json(path / "history.json", HISTORY_SHAPE))
+        if history.best_epoch > len(history.train_loss):
+            raise MivaeError(f"{path / 'history.json'} is damaged: its best epoch is after its last.")
     metrics = readback.read_json(path / "metrics.json", METRICS_SHAPE) if (path / "metrics.json").exists() else {}
     return Run(
         kind=kind,

@@ -12,24 +12,34 @@ Built from RUN_DIR/results/ alone (never trains, never reads the dataset):
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mivae import readback
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError
 from mivae.health import FAILED_MARK
+from mivae.health import SHAPE as HEALTH_SHAPE
 from mivae.images.figures import image_grid, plt, save_figure
-from mivae.images.results import ClassifierEvaluation, Type2Evaluation, VAEEvaluation
+from mivae.images.results import ClassifierEvaluation, Type2Evaluation, VAEEvaluation, check_content
 from mivae.images.runs import write_json
 from mivae.models import KINDS
 from mivae.study import markdown
 from mivae.study.report_beyond import RESULTS as BEYOND_RESULTS
 from mivae.study.report_beyond import section as beyond_section
-from mivae.study.reproduce import LEVELS, METHODS, current_identity, setting_name, wall_time
-from mivae.study.search import trial_outcome
+from mivae.study.reproduce import (
+    LEVELS,
+    METHODS,
+    PRESET_SHAPE,
+    RESULT_SHAPE,
+    STUDY_SHAPE,
+    current_identity,
+    setting_name,
+    wall_time,
+)
+from mivae.study.search import SEARCH_SHAPE, trial_outcome
 
 # The thesis' Tables 1-7 (§4), cell by cell.
 THESIS = {
@@ -63,11 +73,81 @@ TITLES = {"random-pixels": "Random Pixels", "vertical-lines": "Vertical Lines"}
 THESIS_RESULTS = ("vae", "mlp", "cnn", "vae+mlp", "vae+cnn", "clean-mlp", "clean-cnn")
 
 
-def _read(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MivaeError(f"{path} is damaged and cannot be read ({e}).") from None
+# A row of table3.json, as reproduce writes it.
+TABLE3_ROW = {
+    "vae": str,
+    "config": readback.Map(readback.ANY),
+    "test_negative_elbo": readback.NUMBER,
+    "test_accuracy": readback.NUMBER,
+    "health": readback.Optional(readback.Either(None, HEALTH_SHAPE)),  # the selected VAE's is Table 1's
+}
+
+
+def _read(path, shape=RESULT_SHAPE):
+    return readback.read_json(path, shape)
+
+
+# What the study adds to an evaluation in its results: the key it is cached under, the seconds it took, and for the
+# thesis' results the search that chose the model (checked in `_result`).
+STUDY_FIELDS = {"key": str, "seconds": readback.NUMBER, "search": readback.Optional(readback.ANY)}
+
+
+def _result(path, name, setting):
+    """The result `name` of `setting` (method, level) read from `path`, checked: its content (images.results), and
+    for the thesis' results their kind and their search."""
+    result = check_content(_read(path), path, setting, STUDY_FIELDS)
+    if name in THESIS_RESULTS:
+        kind = name.removeprefix("clean-")
+        if result["kind"] != kind:
+            raise MivaeError(
+                f"{path} holds the results of a {result['kind']!r:.40}, not of a {kind}: it was moved or damaged."
+            )
+        readback.check(result.get("search"), {**SEARCH_SHAPE, "seconds": readback.NUMBER}, path, "search")
+    return result
+
+
+def _images(content, path):
+    """`content` (examples.json or figure8.json) if every image in it has the size of the first; raises MivaeError
+    naming `path` otherwise."""
+    images = [
+        v for k, v in content.items() if k not in ("imputations", "test_labels", "predicted") and isinstance(v, list)
+    ]
+    images += content.get("imputations", [])
+    sizes = {(len(image), len(image[0])) for image in images}
+    if len(sizes) > 1:
+        raise MivaeError(f"{path} is damaged: its images are not all of one size.")
+    return content
+
+
+def _is_image(value):
+    """Whether `value` is an image as the study writes one: rows of one length of finite numbers."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(row, list) and len(row) == len(value[0]) > 0 for row in value)
+        and all(readback.FINITE.test(v) for row in value for v in row)
+    )
+
+
+IMAGE = readback.Check("an image (rows of one length of finite numbers)", _is_image)
+EXAMPLES_SHAPE = {  # the first test image, clean and in each setting that ran, and the test labels
+    "key": str,
+    "index": readback.WHOLE,
+    "clean": IMAGE,
+    **{setting_name(m, lv): readback.Optional(IMAGE) for m in METHODS for lv in LEVELS},
+    "test_labels": [readback.WHOLE],
+    "seconds": readback.Optional(readback.NUMBER),
+}
+FIGURE8_SHAPE = {  # Figure 8: one hard test image, clean, corrupted, and its imputations with their predictions
+    "key": str,
+    "index": readback.WHOLE,
+    "label": readback.WHOLE,
+    "predicted": [readback.WHOLE],
+    "clean": IMAGE,
+    "corrupted": IMAGE,
+    "imputations": [IMAGE],
+    "seconds": readback.Optional(readback.NUMBER),
+}
 
 
 def load_results(run_dir):
@@ -85,7 +165,7 @@ def load_results(run_dir):
             paths = {n: results_dir / setting / f"{n}.json" for n in (*THESIS_RESULTS, *BEYOND_RESULTS)}
             if not all(paths[n].exists() for n in THESIS_RESULTS):
                 continue
-            results[setting] = {n: _read(path) for n, path in paths.items() if path.exists()}
+            results[setting] = {n: _result(path, n, (method, level)) for n, path in paths.items() if path.exists()}
             present.append(setting)
             if all(n in results[setting] for n in BEYOND_RESULTS):
                 beyond.append(setting)
@@ -95,15 +175,24 @@ def load_results(run_dir):
             f"{run_dir} is not finished: no setting has all its results yet; run 'mivae reproduce' again to "
             f"complete it."
         )
-    results["figures"] = {"examples": _read(examples)}
-    if (results_dir / "figures" / "figure8.json").exists():
-        results["figures"]["figure8"] = _read(results_dir / "figures" / "figure8.json")
+    results["figures"] = {"examples": _images(_read(examples, EXAMPLES_SHAPE), examples)}
+    labels = len(results["figures"]["examples"]["test_labels"])
+    for setting in present:
+        for name, result in results[setting].items():
+            if result["test_images"] != labels:
+                raise MivaeError(
+                    f"{results_dir / setting / name}.json is damaged: it counts {result['test_images']} test images, "
+                    f"and the study's test set has {labels}."
+                )
+    figure8 = results_dir / "figures" / "figure8.json"
+    if figure8.exists():
+        results["figures"]["figure8"] = _images(_read(figure8, FIGURE8_SHAPE), figure8)
     if (results_dir / "table3.json").exists():
-        try:
-            results["table3"] = _read(results_dir / "table3.json")["rows"]
-        except (KeyError, TypeError):
-            raise MivaeError(f"{results_dir / 'table3.json'} is damaged: it holds no rows.") from None
-    results["study"] = _read(run_dir / "study.json")
+        results["table3"] = _read(results_dir / "table3.json", {"rows": [TABLE3_ROW]})["rows"]
+    results["study"] = study = _read(run_dir / "study.json", STUDY_SHAPE)
+    readback.check(
+        current_identity(study["identity"])["preset"], PRESET_SHAPE, run_dir / "study.json", "identity.preset"
+    )
     results["settings"], results["beyond"] = present, beyond
     results["wall"] = wall_time(run_dir)
     return results

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
+from mivae import readback
 from mivae.artifacts import remove_stale_temporaries
 from mivae.config import DataConfig, TrainConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError
@@ -53,7 +54,7 @@ from mivae.images.runs import load_run, save_run, write_json
 from mivae.models import KINDS
 from mivae.models.distributions import reparameterize
 from mivae.study import beyond
-from mivae.study.search import search, space_of
+from mivae.study.search import SEARCH_SHAPE, search, space_of
 
 LEVELS = (0.5, 0.7, 0.9)
 # The six settings of §4 by short name, in the order the study runs them: rp70 = Random Pixels 70 %.
@@ -213,11 +214,8 @@ class Study:
         existing = self.out / "study.json"
         with _locked(self.out / ".study.lock"):  # two workers starting at once: one creates it, the other checks it
             if existing.exists():
-                try:
-                    earlier = json.loads(existing.read_text())
-                except (OSError, json.JSONDecodeError):
-                    earlier = None
-                if earlier is None or _without_about(earlier.get("identity")) != _without_about(identity):
+                earlier = readback.read_json(existing, STUDY_SHAPE)
+                if _without_about(earlier["identity"]) != _without_about(identity):
                     raise MivaeError(
                         f"{self.out} holds a study with another preset, seed or limit; give another --out."
                     )
@@ -275,7 +273,7 @@ class Study:
             result = work(directory, finished)
             seconds = time.monotonic() - start
             if finished:
-                trained_in = json.loads((directory / "unit.json").read_text())["seconds"]
+                trained_in = readback.read_json(directory / "unit.json", UNIT_SHAPE)["seconds"]
             else:
                 trained_in = round(seconds, 2)
                 write_json(directory / "unit.json", {"label": label, "spec": spec, "seconds": trained_in})
@@ -343,7 +341,9 @@ class Study:
                     )
                 finally:
                     trials.close()
-            return load_run(directory / "final", self.device), json.loads((directory / "search.json").read_text())
+            return load_run(directory / "final", self.device), readback.read_json(
+                directory / "search.json", SEARCH_SHAPE
+            )
 
         (run, summary), key, seconds = self._unit(label, spec, work)
         return run, {**summary, "seconds": seconds}, key
@@ -373,7 +373,7 @@ class Study:
         key = key_of({"run": run_key, "version": EVALUATION_VERSION, **spec})
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._claimed(path.parent / f".{name}.lock", f"evaluate {group}/{name}"):
-            result = json.loads(path.read_text()) if path.exists() else {}
+            result = readback.read_json(path, RESULT_SHAPE) if path.exists() else {}
             if result.get("key") != key:
                 start = time.monotonic()
                 result = {"key": key, **compute(), **(extra or {})}
@@ -388,6 +388,48 @@ class Study:
             self._problems.clear()  # one setting at a time: each holds the whole dataset
             self._problems[key] = make_problem(key, self.data_dir)
         return self._problems[key]
+
+
+# What study.json and a unit's unit.json hold. The preset in a study's identity is checked where it is compared with
+# today's presets (`current_identity`).
+_INVOCATION = {
+    "finished": str,
+    "seconds": readback.NUMBER,
+    "settings": [str],
+    "beyond": bool,
+    "units_run": readback.WHOLE,
+    "units_reused": readback.WHOLE,
+}
+STUDY_SHAPE = {
+    "identity": {
+        "preset": readback.Map(readback.ANY),
+        "seed": readback.WHOLE,
+        "limit": readback.Either(None, readback.whole(1)),
+    },
+    "started": str,
+    "clocked": readback.Optional(bool),
+    "finished": readback.Optional(str),
+    "machine": readback.Optional(readback.Map(readback.ANY)),
+    "invocations": readback.Optional([_INVOCATION]),
+    "units": readback.Optional([{"label": str, "seconds": readback.NUMBER, "reused": bool}]),
+}
+PRESET_SHAPE = {  # a Preset as a study's identity holds it, in today's terms (`current_identity`)
+    "name": str,
+    "dataset": str,
+    "trials": readback.Map(readback.whole(1)),
+    "mlp_layers": [readback.whole(1)],
+    "epochs": readback.Map(readback.whole(1)),
+    "patience": readback.Map(readback.whole(1)),
+    "min_delta": readback.Map(readback.FINITE),
+    "min_epochs": readback.WHOLE,
+    "batch_size": readback.whole(1),
+    "imputations": {"mlp": readback.whole(1), "cnn": readback.whole(1)},
+    "retrain": bool,
+    "beyond_epochs": readback.Map(readback.whole(1)),
+    "about": str,
+}
+UNIT_SHAPE = {"label": str, "spec": readback.Map(readback.ANY), "seconds": readback.NUMBER}
+RESULT_SHAPE = readback.Map(readback.ANY)  # an evaluation's fields are checked as it is read (images.results)
 
 
 @contextlib.contextmanager
@@ -831,7 +873,7 @@ def _table3(study, vaes, vae_mlps):
 def _record_invocation(study, started):
     """Adds this invocation, with its units, to study.json."""
     chosen, beyond_stage = study.settings, study.beyond_stage
-    finished = json.loads((study.out / "study.json").read_text())
+    finished = readback.read_json(study.out / "study.json", STUDY_SHAPE)
     machine = {
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -31,6 +31,8 @@ import numpy as np
 import optuna
 import torch
 
+from mivae import health as health_check
+from mivae import readback
 from mivae.config import CNNConfig, MLPConfig, VAEConfig, to_dict
 from mivae.errors import MivaeError, check_interrupt, check_whole
 from mivae.hardware import resolve_device, resolve_precision
@@ -500,6 +502,34 @@ def run_study(
 def _discard(checkpoint):
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
+
+
+# What search.json holds, as `search` writes it.
+_MAYBE = lambda shape: readback.Either(None, shape)  # noqa: E731
+SEARCH_SHAPE = {
+    "kind": str,
+    "study": str,
+    "studies": readback.Map(_MAYBE(readback.NUMBER)),
+    "best_trial": readback.WHOLE,
+    "best_value": readback.NUMBER,
+    "health": _MAYBE(health_check.SHAPE),
+    "best_epoch": readback.WHOLE,
+    "retrained": bool,
+    "best_config": readback.Map(readback.ANY),
+    "test_metrics": readback.Map(readback.NUMBER),
+    "trials": [
+        {
+            "number": readback.WHOLE,
+            "state": str,
+            "value": _MAYBE(readback.NUMBER),
+            "params": readback.Map(readback.ANY),
+            "best_epoch": _MAYBE(readback.WHOLE),
+            "failure": _MAYBE(str),
+            "pruned_at": _MAYBE(readback.WHOLE),
+            "interrupted": bool,
+        }
+    ],
+}
 
 
 def search(

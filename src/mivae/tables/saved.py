@@ -199,4 +199,6 @@ def checked_weights(path, content, probe):
     header before any weight is read; raises InputError for any mismatch."""
     path = Path(path)
     missing = f"{path} is not a complete saved imputer: {WEIGHTS_NAME} is missing."
-    return checked_state(path / WEIGHTS_NAME, probe, architecture_digest(content), missing, path / JSON_NAME, InputError)
+    return checked_state(
+        path / WEIGHTS_NAME, probe, architecture_digest(content), missing, path / JSON_NAME, InputError
+    )
