@@ -16,7 +16,9 @@ A shape is written as the data it describes:
 import json
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ class Check:
     """One value: `test(value)` true, described as `what` ("a whole number of at least 0")."""
 
     what: str
-    test: object
+    test: Callable[[Any], bool]
 
 
 @dataclass(frozen=True)

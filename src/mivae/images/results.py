@@ -96,6 +96,7 @@ def check_content(values, where, setting=None, extra=None):
             "it was moved or damaged."
         )
     (_, classes), images = SHAPES[data["dataset"]], values["test_images"]
+    shape: object
     for path, value in readback.walk(values):
         name = str(path[-1]) if path else ""
         if name.startswith("predicted") and value is not None:  # the class of each test image
