@@ -173,13 +173,14 @@ def read_json(path, shape=ANY, missing=None):
     path = Path(path)
     try:
         size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise MivaeError(f"{path} is damaged: it holds {size:,} bytes, more than any file mivae writes there.")
-        content = json.loads(path.read_bytes())
     except FileNotFoundError:
-        if missing is None:
-            raise MivaeError(f"{path} is missing.") from None
-        raise MivaeError(missing) from None
+        raise MivaeError(missing or f"{path} is missing.") from None
+    except OSError as e:
+        raise MivaeError(f"cannot read {path}: {_reason(e)}.") from None
+    if size > MAX_JSON_BYTES:
+        raise MivaeError(f"{path} is damaged: it holds {size:,} bytes, more than any file mivae writes there.")
+    try:
+        content = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MivaeError(f"{path} is damaged and cannot be read ({_reason(e)}).") from None
     return check(content, shape, path)

@@ -138,8 +138,9 @@ def _config(cls, table, section):
 
 
 def _checked_config(path):
-    """Returns (kind, data, model config, VAE config or None, train config, image shape, classes) of the run in
-    `path`, every field of its config.json checked, and the shape and classes checked against the dataset's."""
+    """Returns (config.json's content, kind, data, model config, VAE config or None, train config, image shape,
+    classes) of the run in `path`, every field of its config.json checked, and the shape and classes checked against
+    the dataset's."""
     file = path / "config.json"
     config = readback.read_json(file, CONFIG_SHAPE, f"{path} is not a mivae run directory: config.json is missing.")
     kind = config["kind"]
