@@ -1,4 +1,4 @@
-"""Reading back files from anywhere (mivae.readback): JSON against its shape, safetensors headers against the network."""
+"""Reading back files from anywhere (mivae.readback): JSON against its shape, weights against the network."""
 
 import json
 
