@@ -63,6 +63,15 @@ class IdxDataset:
         return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
 
+def _standard_files(*sha256s):
+    """The four files of an MNIST-shaped dataset under their standard names (training images and labels, test images
+    and labels), each with the SHA-256 of its decompressed content, as IdxDataset's fields."""
+    fields = ("train_images", "train_labels", "test_images", "test_labels")
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+    names += ("t10k-labels-idx1-ubyte.gz",)
+    return {f: IdxFile(n, sha256) for f, n, sha256 in zip(fields, names, sha256s, strict=True)}
+
+
 MNIST = IdxDataset(
     name="mnist",
     title="MNIST",
@@ -72,17 +81,11 @@ MNIST = IdxDataset(
         "http://yann.lecun.com/exdb/mnist/",
     ),
     # SHA-256 of the decompressed files as published with the original database.
-    train_images=IdxFile(
-        "train-images-idx3-ubyte.gz", sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
-    ),
-    train_labels=IdxFile(
-        "train-labels-idx1-ubyte.gz", sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
-    ),
-    test_images=IdxFile(
-        "t10k-images-idx3-ubyte.gz", sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
-    ),
-    test_labels=IdxFile(
-        "t10k-labels-idx1-ubyte.gz", sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    **_standard_files(
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     ),
     n_train=60_000,
     n_test=10_000,
@@ -94,21 +97,17 @@ FASHION_MNIST = IdxDataset(
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     # SHA-256 of the decompressed files as published by the dataset's authors, Zalando Research. Computed from
     # Debian's dataset-fashion-mnist package (0.0~git20200523.55506a9-1), whose files are the published gzip
-    # streams with the file name and time left out of their headers: put back (times 1504176606 for the training
-    # files, 1504176627 for the test files), they give the published MD5s of the archives, 8d4fb7e6c68d591d4c3dfef9
-    # ec88bf0d, 25c81989df183df01b3e8a0aad5dffbe, bef4ecab320f06d8554ea6380940ec79 and bb300cfdad3c16e7a12a480ee83cd
-    # 310, in this order.
-    train_images=IdxFile(
-        "train-images-idx3-ubyte.gz", sha256="c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
-    ),
-    train_labels=IdxFile(
-        "train-labels-idx1-ubyte.gz", sha256="bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
-    ),
-    test_images=IdxFile(
-        "t10k-images-idx3-ubyte.gz", sha256="5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
-    ),
-    test_labels=IdxFile(
-        "t10k-labels-idx1-ubyte.gz", sha256="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+    # streams with the file name and time left out of their headers. Put back (time 1504176606 for the training
+    # files, 1504176627 for the test files), they give the MD5s the authors published for their archives:
+    #   8d4fb7e6c68d591d4c3dfef9ec88bf0d  train-images-idx3-ubyte.gz
+    #   25c81989df183df01b3e8a0aad5dffbe  train-labels-idx1-ubyte.gz
+    #   bef4ecab320f06d8554ea6380940ec79  t10k-images-idx3-ubyte.gz
+    #   bb300cfdad3c16e7a12a480ee83cd310  t10k-labels-idx1-ubyte.gz
+    **_standard_files(
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     ),
     n_train=60_000,
     n_test=10_000,
