@@ -1,5 +1,6 @@
 """Random damage to a folder of mivae's files, and the harness that runs mivae on each damaged copy under a memory
-limit: the fuzz tests of run directories (test_fuzz.py) and study directories (study/test_reproduce.py).
+limit: the fuzz tests of run directories (test_fuzz.py), study directories (study/test_reproduce.py) and saved
+imputers (tables/test_saved.py; the case ["load-imputer", folder, table.parquet] loads one through the API).
 
 A damage is one of: a JSON field dropped, changed to a value of another type or an absurd size, enlarged, or a
 field added; a file truncated, swapped with another, or deleted. Each case must end in success or in one sentence
@@ -115,11 +116,25 @@ HARNESS = textwrap.dedent(
     torch.set_num_threads(1)
     from mivae.cli import main
 
+    def call(argv):
+        if argv[0] != "load-imputer":
+            return main(argv)
+        # the API: load a saved imputer and impute a Parquet table with it; MivaeError is its one-sentence refusal
+        import pandas as pd
+        from mivae.errors import MivaeError
+        from mivae.tables.estimators import load_imputer
+        try:
+            load_imputer(argv[1]).transform(pd.read_parquet(argv[2]))
+        except MivaeError as e:
+            print(f"mivae: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+
     def one(argv):
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
-                return main(argv), err.getvalue()
+                return call(argv), err.getvalue()
             except BaseException:
                 return "traceback", traceback.format_exc()[-2000:]
 

@@ -236,3 +236,30 @@ def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_w
     del content["params"]["activation"], content["params"]["standardize"]
     path.write_text(json.dumps(content))
     pd.testing.assert_frame_equal(load_imputer(tmp_path / "older").transform(frame), relu.transform(frame))
+
+
+def test_a_saved_imputer_damaged_at_random_is_loaded_or_refused_in_one_sentence(frame, tmp_path):
+    """tests/fuzzing.py: each damaged copy loads and imputes, or is refused with InputError in one sentence; never a
+    traceback, never more than a gigabyte more address space."""
+    from fuzzing import copy, damage, failures, run_cases, snapshot
+
+    sources = {}
+    for name, imputer in (("miwae", MIWAEImputer(**FAST)), ("not-miwae", NotMIWAEImputer(**FAST))):
+        sources[name] = tmp_path / "sources" / name
+        imputer.fit(frame).save(sources[name])
+    table = tmp_path / "table.parquet"
+    frame.to_parquet(table)
+    rng = np.random.default_rng(2)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    folders, descriptions = [], []
+    for i in range(41):
+        folder = copy(sources[("miwae", "not-miwae")[i % 2]], tmp_path / "cases" / str(i))
+        descriptions.append("undamaged" if i == 0 else damage(folder, rng, ["imputer.json"], ["model.safetensors"]))
+        folders.append(folder)
+    before = [snapshot(f) for f in folders]
+    results = run_cases([["load-imputer", str(f), str(table)] for f in folders], 1 << 30, cwd)
+    assert results[0][0] == 0, results[0]
+    assert failures(results, descriptions) == []
+    assert [snapshot(f) for f in folders] == before and list(cwd.iterdir()) == []
+    assert sum(status == 2 for status, _ in results) >= 20

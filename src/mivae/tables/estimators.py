@@ -54,6 +54,7 @@ from mivae.hardware import (
 )
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
 from mivae.models.tabular import ACTIVATIONS, LIKELIHOODS, MISSINGNESS, TabularVAE
+from mivae.readback import on_meta
 from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
 from mivae.training import History, adam, fit
@@ -503,8 +504,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         imputer, device = classes[name]._from_params(content.get("params"), where, device)
         imputer._restore(content, where)
         probe_args = (imputer.schema_.layout(), tuple(imputer.hidden), imputer.latent_, imputer.likelihood)
-        with torch.device("meta"):  # the shapes the file must hold, computed without allocating them
-            probe = TabularVAE(*probe_args, imputer._missingness, imputer.activation)
+        # the shapes the file must hold, computed without allocating them
+        probe = on_meta(lambda: TabularVAE(*probe_args, imputer._missingness, imputer.activation))
         state = saved.checked_weights(path, content, probe)
         model = TabularVAE(*probe_args, imputer._missingness, imputer.activation)
         model.load_state_dict(state)
@@ -527,7 +528,10 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if device is not None:
             params["device"] = device
         imputer = cls(**params)
-        return imputer, imputer._check_params()  # every parameter's type and range; the device must exist here
+        try:
+            return imputer, imputer._check_params()  # every parameter's type and range; the device must exist here
+        except InputError as e:
+            raise InputError(f"{where} cannot be loaded: {str(e).rstrip('.')}.") from None
 
     def _restore(self, content, where):
         """Sets the fitted attributes but the network from saved `content`, checking each."""

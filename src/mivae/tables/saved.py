@@ -58,7 +58,7 @@ def value_from_json(data, where):
             return float(value)
         if kind is not None and type(value) is kind:
             return value
-    raise InputError(f"{where} is damaged: {data!r} is not a saved name or label.")
+    raise InputError(f"{where} is damaged: {data!r:.60} is not a saved name or label.")
 
 
 def dtype_to_json(dtype, name):
@@ -92,7 +92,7 @@ def dtype_from_json(data, where):
             return pd.api.types.pandas_dtype(data)
         except TypeError:
             pass
-    raise InputError(f"{where} is damaged: {data!r} is not a saved dtype.")
+    raise InputError(f"{where} is damaged: {data!r:.60} is not a saved dtype.")
 
 
 def schema_to_json(schema):
