@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from mivae import readback
 from mivae.artifacts import atomic_path
 from mivae.errors import MivaeError, check_interrupt
 from mivae.hardware import resolve_precision, steady_heap
@@ -182,6 +183,27 @@ class History:
     seconds: list[float] = field(default_factory=list)  # wall time of each epoch, scoring included
     best_epoch: int = 0  # 1-based epoch whose weights were kept
     stopped_early: bool = False
+
+
+# A History as files hold it (run directories, saved imputers, checkpoints); fields added later may be absent.
+_NUMBERS = readback.Optional([readback.NUMBER])
+HISTORY_SHAPE = {
+    "train_loss": _NUMBERS,
+    "val_score": _NUMBERS,
+    "seconds": _NUMBERS,
+    "best_epoch": readback.Optional(readback.WHOLE),
+    "stopped_early": readback.Optional(bool),
+}
+
+
+def history_from_json(content, where, at="the file"):
+    """Returns the History that `dataclasses.asdict` wrote as `content`, checked; raises MivaeError naming the file
+    `where` (and `at`, the field that holds it)."""
+    readback.check(content, HISTORY_SHAPE, where, at)
+    history = History(**content)
+    if history.best_epoch > len(history.train_loss):
+        raise MivaeError(f"{where} is damaged: its history's best epoch is after its last.")
+    return history
 
 
 # A checkpointed training saves its state after an epoch once this many seconds have passed since its last save

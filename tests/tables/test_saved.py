@@ -149,7 +149,8 @@ JSON_EDITS = [
     (_edit(("schema", 1, "categories", 0), {"pickle": "x"}), "is not a saved name or label"),
     (_edit(("schema", 1, "dtype"), "no such dtype"), "is not a saved dtype"),
     (_edit(("feature_names",), ["a"]), "its feature names are not one string per column"),
-    (_drop(("history", "best_epoch")), "does not hold a training history"),
+    (_edit(("history", "train_loss"), "low"), 'history.train_loss must be a list; got "low"'),
+    (_edit(("history", "best_epoch"), 10**6), "its history's best epoch is after its last"),
     (_edit(("architecture", "latent"), 3), "its network, schema and parameters disagree"),
 ]
 

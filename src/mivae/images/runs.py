@@ -28,7 +28,7 @@ from mivae.hardware import resolve_precision
 from mivae.images.data import SHAPES
 from mivae.images.problem import check_data
 from mivae.models import KINDS, build_model
-from mivae.training import History
+from mivae.training import History, history_from_json
 
 MAX_SIDE = 4_096  # pixels on a side of a run's images
 MAX_CLASSES = 100_000
@@ -112,14 +112,6 @@ CONFIG_SHAPE = {
     "resolved": readback.Optional(readback.Map(readback.Either(str, readback.WHOLE))),
     "created": readback.Optional(str),
 }
-_NUMBERS = [readback.NUMBER]
-HISTORY_SHAPE = {
-    "train_loss": readback.Optional(_NUMBERS),
-    "val_score": readback.Optional(_NUMBERS),
-    "seconds": readback.Optional(_NUMBERS),
-    "best_epoch": readback.Optional(readback.WHOLE),
-    "stopped_early": readback.Optional(bool),
-}
 # Every metric is a number, but for the health check's verdict.
 METRICS_SHAPE = readback.Map(readback.NUMBER, fields={"health": health.SHAPE})
 
@@ -199,9 +191,7 @@ def load_run(path, device="cpu"):
     model.to(device).eval()
     history = None
     if (path / "history.json").exists():
-        history = History(**readback.read_json(path / "history.json", HISTORY_SHAPE))
-        if history.best_epoch > len(history.train_loss):
-            raise MivaeError(f"{path / 'history.json'} is damaged: its best epoch is after its last.")
+        history = history_from_json(readback.read_json(path / "history.json"), path / "history.json")
     metrics = readback.read_json(path / "metrics.json", METRICS_SHAPE) if (path / "metrics.json").exists() else {}
     return Run(
         kind=kind,

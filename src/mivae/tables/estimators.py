@@ -57,7 +57,7 @@ from mivae.models.tabular import ACTIVATIONS, LIKELIHOODS, MISSINGNESS, TabularV
 from mivae.readback import on_meta
 from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
-from mivae.training import History, adam, fit
+from mivae.training import adam, fit, history_from_json
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
 CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
@@ -560,11 +560,10 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             ):
                 raise InputError(f"{where} is damaged: its feature names are not one string per column.")
             self.feature_names_in_ = np.asarray(names, dtype=object)
-        history = content.get("history")
-        fields = {f.name for f in dataclasses.fields(History)}
-        if not isinstance(history, dict) or set(history) != fields:
-            raise InputError(f"{where} is damaged: it does not hold a training history.")
-        self.history_ = History(**history)
+        try:
+            self.history_ = history_from_json(content.get("history"), where, "history")
+        except MivaeError as e:
+            raise InputError(str(e)) from None
 
     @_threaded
     def encoded_imputations(self, X, n_imputations, seed=0, shared=True):
