@@ -314,7 +314,7 @@ RUN_DAMAGE = {
     ),
     "damaged metrics": (
         _edited("metrics.json", lambda m: m.update(health="fine")),
-        'metrics.json is damaged: health must be a number or an object; got "fine"',
+        'metrics.json is damaged: health must be an object; got "fine"',
     ),
     "damaged model file": (_truncated_weights, "is damaged or not a safetensors file"),
     "model file that is a malicious pickle": (_malicious_weights, "is damaged or not a safetensors file"),
