@@ -297,6 +297,7 @@ BAD_PARAMETERS = [
     ("batch_size", 0),
     ("precision", "fp8"),
     ("threads", 0),
+    ("n_init", 0),
 ]
 
 
@@ -650,3 +651,35 @@ def test_activation_and_standardize_are_checked_and_standardize_false_keeps_the_
     assert scaled.schema_.columns[0].mean == pytest.approx(observed.mean())
     filled, seen = given.transform(table.missing), ~np.isnan(table.missing)
     assert np.isfinite(filled).all() and (filled[seen] == table.missing[seen]).all()
+
+
+def _kept_bound(imputer):
+    history = imputer.history_
+    return history.val_score[history.best_epoch - 1]
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_n_init_keeps_the_start_with_the_best_validation_bound(Imputer, table, monkeypatch):
+    one = fast(Imputer, max_epochs=8, random_state=5).fit(table.missing)
+    again = fast(Imputer, max_epochs=8, random_state=5, n_init=1).fit(table.missing)
+    assert np.array_equal(one.transform(table.missing), again.transform(table.missing))  # the default, as before
+    bounds = [_kept_bound(fast(Imputer, max_epochs=8, random_state=5, n_init=k).fit(table.missing)) for k in (1, 2, 4)]
+    assert bounds[0] == _kept_bound(one) and bounds[0] <= bounds[1] <= bounds[2]  # more starts, never a worse one
+    four = fast(Imputer, max_epochs=8, random_state=5, n_init=4).fit(table.missing)
+    starts = [(one.seed_ + 7919 * i) % (2**31 - 1) for i in range(4)]
+    assert four.seed_ in starts and _kept_bound(four) == bounds[2]
+
+    starts_seen = []  # each start's kept bound and network, as fit trains them
+    train = Imputer._train
+
+    def spy(self, *args, **kwargs):
+        history = train(self, *args, **kwargs)
+        starts_seen.append((history.val_score[history.best_epoch - 1], self.model_))
+        return history
+
+    monkeypatch.setattr(Imputer, "_train", spy)
+    four = fast(Imputer, max_epochs=8, random_state=5, n_init=4).fit(table.missing)
+    assert len({bound for bound, _ in starts_seen}) == 4  # the starts differ
+    assert four.model_ is max(starts_seen, key=lambda start: start[0])[1]
+    with pytest.raises(ValueError, match="n_init=3 keeps the fit with the best validation bound, so it needs held-out"):
+        fast(Imputer, n_init=3, validation_fraction=0.0).fit(table.missing)

@@ -85,6 +85,12 @@ def _add_table_model_flags(parser):
         help="distribution of continuous columns (default: gaussian)",
     )
     parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
+    parser.add_argument(
+        "--n-init",
+        type=int,
+        default=1,
+        help="fit from this many starts and keep the one with the best validation bound (default: 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the imputations (default: 0)")
     parser.add_argument(
         "--device",
@@ -98,6 +104,7 @@ def _table_imputer(args, categorical, fit_rows=None):
     from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
 
     check_whole("--epochs", args.epochs, 1)
+    check_whole("--n-init", args.n_init, 1)
     overlap = set(args.categorical) & set(args.continuous)
     if overlap:
         raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
@@ -109,6 +116,7 @@ def _table_imputer(args, categorical, fit_rows=None):
         categorical=categorical or None,
         likelihood=args.likelihood,
         max_epochs=args.epochs,
+        n_init=args.n_init,
         random_state=args.seed,
         device=args.device,
         fit_rows=fit_rows,

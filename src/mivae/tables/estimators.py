@@ -181,6 +181,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         fit_rows=None,
         activation="relu",
         standardize=True,
+        n_init=1,
     ):
         self.categorical = categorical
         self.likelihood = likelihood
@@ -200,6 +201,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.fit_rows = fit_rows
         self.activation = activation
         self.standardize = standardize
+        self.n_init = n_init
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -228,6 +230,12 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         check_choice("activation", self.activation, tuple(ACTIVATIONS), error=InputError)
         if not isinstance(self.standardize, bool):
             raise InputError(f"standardize must be True or False; got {self.standardize!r}.")
+        check_whole("n_init", self.n_init, 1, error=InputError)
+        if self.n_init > 1 and self.validation_fraction == 0:
+            raise InputError(
+                f"n_init={self.n_init} keeps the fit with the best validation bound, so it needs held-out rows: "
+                "give validation_fraction above 0, or n_init=1."
+            )
         try:
             return resolve_device(self.device)
         except MivaeError as e:
@@ -269,19 +277,30 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         columns = len(self.schema_.modelled)
         self.latent_ = self.latent or max(1, min(columns - 1, 16))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        torch.manual_seed(seed)  # the initial weights
-        self.model_ = TabularVAE(
-            self.schema_.layout(), tuple(self.hidden), self.latent_, self.likelihood, self._missingness, self.activation
-        ).to(device)
-        self.seed_ = seed
-        self.history_ = self._train(values, observed, seed)
+        best = None
+        for start in range(self.n_init):
+            # Each start has its own initial weights and training noise; all hold out the same rows, scored with
+            # the same noise, so that their validation bounds compare, and the best is kept (as GaussianMixture's
+            # n_init keeps the best of its starts).
+            start_seed = (seed + 7919 * start) % (2**31 - 1)
+            torch.manual_seed(start_seed)  # the initial weights
+            layout = self.schema_.layout()
+            self.model_ = TabularVAE(
+                layout, tuple(self.hidden), self.latent_, self.likelihood, self._missingness, self.activation
+            ).to(device)
+            history = self._train(values, observed, start_seed, split_seed=seed)
+            bound = history.val_score[history.best_epoch - 1] if history.val_score else -math.inf
+            if best is None or bound > best[0]:
+                best = (bound, self.model_, history, start_seed, self.steps_)
+        _, self.model_, self.history_, self.seed_, self.steps_ = best
         return self
 
-    def _train(self, values, observed, seed):
-        """Trains model_ on the encoded rows, holding out validation_fraction of them for early stopping."""
+    def _train(self, values, observed, seed, split_seed):
+        """Trains model_ on the encoded rows from `seed`, holding out validation_fraction of them (drawn from
+        `split_seed`, as is the noise that scores them) for early stopping."""
         n = len(values)
         n_val = min(int(n * self.validation_fraction), VALIDATION_ROWS)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(values.device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).to(values.device)
         val, train = order[:n_val], order[n_val:]
         rows = torch.cat([values, observed], dim=1)  # (n, W + C): one tensor, sliced into batches by fit
         width = values.shape[1]
@@ -295,7 +314,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
 
         score = None
         if n_val >= 1:
-            generator = torch.Generator().manual_seed(seed + 1)
+            generator = torch.Generator().manual_seed(split_seed + 1)
             val_eps = torch.randn((samples, n_val, latent), generator=generator).to(values.device)
             # a missingness model's draws of the missing values, fixed too (None: the model has none to draw)
             val_noise = None
@@ -517,7 +536,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         """Returns (an unfitted imputer of this class with the saved `params`, every one checked; its device)."""
         names = set(cls().get_params())
         if isinstance(params, dict):  # files saved before these parameters were offered had their defaults
-            params = {"activation": "relu", "standardize": True, **params}
+            params = {"activation": "relu", "standardize": True, "n_init": 1, **params}
         if not isinstance(params, dict) or set(params) != names:
             raise InputError(f"{where} is damaged: its parameters are not those of a {cls.__name__}.")
         params = dict(params)
@@ -626,6 +645,11 @@ class VAEImputer(_TabularImputer):
         False: on the scale given (dates and durations, in seconds, are standardised either way). Where values
         go missing because of their size, the observed entries' mean and spread are biased; data already on a
         sensible scale (say standardised on a complete reference sample) may be better left as it is.
+    n_init : int
+        Fits from this many starts (initial weights and training noise of their own, the same held-out rows) and
+        keeps the one with the best validation bound, as GaussianMixture's n_init keeps the best of its starts:
+        on a small table, where one fit's outcome varies from start to start, the bound picks a better one. Fit
+        takes n_init times as long; it needs validation_fraction above 0 where above 1.
     round_integers : bool
         Integer columns (numpy's or pandas' nullable integers) have their imputations rounded and kept within
         the observed range, and come back in their dtype; False: imputed as any number, they come back as
@@ -694,6 +718,7 @@ class MIWAEImputer(_TabularImputer):
         fit_rows=None,
         activation="relu",
         standardize=True,
+        n_init=1,
     ):
         super().__init__(
             categorical,
@@ -714,6 +739,7 @@ class MIWAEImputer(_TabularImputer):
             fit_rows,
             activation,
             standardize,
+            n_init,
         )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
@@ -812,6 +838,7 @@ class NotMIWAEImputer(MIWAEImputer):
         fit_rows=None,
         activation="relu",
         standardize=True,
+        n_init=1,
         missingness="self-masking",
     ):
         super().__init__(
@@ -835,6 +862,7 @@ class NotMIWAEImputer(MIWAEImputer):
             fit_rows,
             activation,
             standardize,
+            n_init,
         )
         self.missingness = missingness
 
