@@ -4,7 +4,8 @@ known)."""
 from mivae.images.results import ClassifierEvaluation, MultipleRow, Type2Evaluation, VAEEvaluation
 from mivae.study.report import THESIS, _markdown_table, failures, observations, type2_table
 
-OK, FAILED = {"ok": True, "reason": "fine"}, {"ok": False, "reason": "its predictions collapsed to one class"}
+OK = {"ok": True, "reason": "fine", "measured": {}}
+FAILED = {"ok": False, "reason": "its predictions collapsed to one class", "measured": {}}
 
 
 def _type2(single, multiple, z, health=OK):
