@@ -43,7 +43,13 @@ TABLES = {
 # The paper's numbers (Table 1) where it ran the same table: RMSE of mean, MICE, missForest, MIWAE, not-MIWAE.
 PAPER = {"breast-cancer": {"mean": 1.82, "mice": 1.17, "missforest": 1.57, "mivae miwae": 1.20}}
 PAPER_NOT_MIWAE = {"breast-cancer": 0.76}
-MIVAE = ("mivae miwae", "mivae not-miwae", "mivae not-miwae, high", "mivae not-miwae, paper")
+MIVAE = (
+    "mivae miwae",
+    "mivae not-miwae",
+    "mivae not-miwae, high",
+    "mivae not-miwae, high, 5 starts",
+    "mivae not-miwae, paper",
+)
 
 
 def protocol(X):
@@ -64,6 +70,9 @@ def imputers(seed, quick, columns=2):
     out, no early stopping), and the columns on the scale given. The last matters: the protocol standardises each
     column on the complete table, so 0 is where its values start going missing, which the default (rescaling on
     the observed entries, as it must for a table in its own units) does not know.
+
+    "mivae not-miwae, high, 5 starts" fits from five starts and keeps the one with the best bound on its held-out
+    rows (`n_init=5`): a choice made without the protocol's truths.
     """
     fast = {"max_epochs": 30} if quick else {}
     paper = dict(activation="tanh", latent=max(1, columns - 1), validation_fraction=0.0, max_epochs=1200)
@@ -78,6 +87,9 @@ def imputers(seed, quick, columns=2):
         "mivae miwae": MIWAEImputer(random_state=seed, **fast),
         "mivae not-miwae": NotMIWAEImputer(random_state=seed, **fast),
         "mivae not-miwae, high": NotMIWAEImputer(missingness="self-masking-high", random_state=seed, **fast),
+        "mivae not-miwae, high, 5 starts": NotMIWAEImputer(
+            missingness="self-masking-high", n_init=5, random_state=seed, **fast
+        ),
         "mivae not-miwae, paper": NotMIWAEImputer(missingness="self-masking-high", random_state=seed, **paper),
     }
 
@@ -138,13 +150,13 @@ def main(argv=None):
     parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated: " + ", ".join(TABLES))
     parser.add_argument("--report", action="store_true", help="rewrite the page from benchmarks/mnar.json alone")
     parser.add_argument(
-        "--only", help="comma-separated methods to run, their rows replacing those in benchmarks/mnar.json"
+        "--only", help="methods to run, separated by ';', their rows replacing those in benchmarks/mnar.json"
     )
     args = parser.parse_args(argv)
     raw = REPO / "benchmarks" / "mnar.json"
     if args.only:
         saved = json.loads(raw.read_text())
-        only = args.only.split(",")
+        only = args.only.split(";")  # method names hold commas
         seeds, machine, day = saved["seeds"], saved["machine"], saved["date"]
         kept = [r for r in saved["rows"] if r["method"] not in only]
         names = list(dict.fromkeys(r["table"] for r in kept))
