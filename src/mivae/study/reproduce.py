@@ -390,8 +390,8 @@ class Study:
         return self._problems[key]
 
 
-# What study.json and a unit's unit.json hold. The preset in a study's identity is checked where it is compared with
-# today's presets (`current_identity`).
+# What study.json and a unit's unit.json hold. The preset in a study's identity is checked field by field by the
+# report, in today's terms (`current_identity`); resuming compares it whole with the preset asked for.
 _INVOCATION = {
     "finished": str,
     "seconds": readback.NUMBER,
