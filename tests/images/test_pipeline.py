@@ -91,7 +91,8 @@ def test_an_evaluation_read_back_without_its_fields_is_one_sentence_naming_them(
         VAEEvaluation.from_json(
             {"kind": "vae", "data": {}, "test_images": 1, "precision": "float32", "val_negative_elbo": 1.0}
         )
-    type2 = {"kind": "vae+mlp", "data": {}, "test_images": 1, "precision": "float32", "health": {},
+    health = {"ok": True, "reason": "fine", "measured": {}}
+    type2 = {"kind": "vae+mlp", "data": {}, "test_images": 1, "precision": "float32", "health": health,
              "single_accuracy": 1.0, "single_uncertainty": {}, "multiple_uncertainty": {},
              "single_class_distribution": [], "true_class_distribution": [], "accuracy_curve": []}  # fmt: skip
     with pytest.raises(MivaeError, match="the multiple imputations of an evaluation of vae\\+mlp are damaged"):
