@@ -145,7 +145,7 @@ def _container(shape):
 
 
 def _key(at, key):
-    return key if at == "the file" else f"{at}.{key}"
+    return key if at.startswith("the ") else f"{at}.{key}"  # "the file", "the evaluation": the whole value
 
 
 def _wrong(value, shape, at):

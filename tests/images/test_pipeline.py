@@ -95,5 +95,7 @@ def test_an_evaluation_read_back_without_its_fields_is_one_sentence_naming_them(
     type2 = {"kind": "vae+mlp", "data": {}, "test_images": 1, "precision": "float32", "health": health,
              "single_accuracy": 1.0, "single_uncertainty": {}, "multiple_uncertainty": {},
              "single_class_distribution": [], "true_class_distribution": [], "accuracy_curve": []}  # fmt: skip
+    with pytest.raises(MivaeError, match="an evaluation of 'vae\\+mlp' is damaged: single_accuracy must be a number"):
+        Type2Evaluation.from_json({**type2, "single_accuracy": "high", "multiple": {}})
     with pytest.raises(MivaeError, match="the multiple imputations of an evaluation of vae\\+mlp are damaged"):
         Type2Evaluation.from_json({**type2, "multiple": {"10": {"accuracy": 0.5}}})
