@@ -425,7 +425,7 @@ def _load_checkpoint(path, model, optimizer, generator):
             torch.cuda.set_rng_state(tensors["rng.cuda"])
         device = next(iter(model.state_dict().values())).device
         best_state = {k: v.to(device) for k, v in part("best.").items()} if meta["has_best"] else None
-        history = History(**meta["history"])
+        history = history_from_json(meta["history"], path, "history")
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise MivaeError(
             f"the training checkpoint {path} is damaged or from another training ({e}); "

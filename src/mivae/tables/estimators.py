@@ -57,7 +57,7 @@ from mivae.models.tabular import ACTIVATIONS, LIKELIHOODS, MISSINGNESS, TabularV
 from mivae.readback import on_meta
 from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
-from mivae.training import adam, fit, history_from_json
+from mivae.training import History, adam, fit, history_from_json
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
 CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
@@ -150,6 +150,9 @@ def _rows(X):
 
 class _TabularImputer(TransformerMixin, BaseEstimator):
     """What the imputers share: validation, the schema, training, saving, and encoded imputations made tables."""
+
+    model_: TabularVAE  # fitted attributes fit sets from more than one place (their types, for the type check)
+    steps_: int
 
     @property
     def training_samples(self):
@@ -277,7 +280,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         columns = len(self.schema_.modelled)
         self.latent_ = self.latent or max(1, min(columns - 1, 16))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        best = None
+        # (validation bound, network, history, seed, steps) of the best start so far
+        starts: list[tuple[float, TabularVAE, History, int, int]] = []
         for start in range(self.n_init):
             # Each start has its own initial weights and training noise; all hold out the same rows, scored with
             # the same noise, so that their validation bounds compare, and the best is kept (as GaussianMixture's
@@ -285,14 +289,15 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             start_seed = (seed + 7919 * start) % (2**31 - 1)
             torch.manual_seed(start_seed)  # the initial weights
             layout = self.schema_.layout()
-            self.model_ = TabularVAE(
+            model = TabularVAE(
                 layout, tuple(self.hidden), self.latent_, self.likelihood, self._missingness, self.activation
             ).to(device)
+            self.model_ = model
             history = self._train(values, observed, start_seed, split_seed=seed)
             bound = history.val_score[history.best_epoch - 1] if history.val_score else -math.inf
-            if best is None or bound > best[0]:
-                best = (bound, self.model_, history, start_seed, self.steps_)
-        _, self.model_, self.history_, self.seed_, self.steps_ = best
+            starts.append((bound, model, history, start_seed, self.steps_))
+            starts = [max(starts, key=lambda s: s[0])]  # the best so far: one network kept besides the one training
+        _, self.model_, self.history_, self.seed_, self.steps_ = starts[0]
         return self
 
     def _train(self, values, observed, seed, split_seed):

@@ -22,8 +22,8 @@ import pandas as pd
 from safetensors.torch import save_file
 
 from mivae.artifacts import atomic_path
-from mivae.errors import InputError
-from mivae.readback import checked_state
+from mivae.errors import InputError, MivaeError
+from mivae.readback import checked_state, read_json
 from mivae.tables.schema import CATEGORICAL, CONTINUOUS, Column, Schema
 
 FORMAT = 1  # the layout of imputer.json; bumped when it changes, and an unknown one is refused
@@ -182,11 +182,9 @@ def read(path):
     if not path.is_dir():
         raise InputError(f"{path} is not a saved imputer: no such folder.")
     try:
-        content = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} is not a saved imputer: {JSON_NAME} is missing.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{file} is damaged and cannot be read ({e}).") from None
+        content = read_json(file, missing=f"{path} is not a saved imputer: {JSON_NAME} is missing.")
+    except MivaeError as e:
+        raise InputError(str(e)) from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         found = content.get("format") if isinstance(content, dict) else None
         raise InputError(f"{file} is not a saved imputer of format {FORMAT} (its format: {found!r}).")
