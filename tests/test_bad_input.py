@@ -40,6 +40,12 @@ def files(tmp_path_factory, mnist_dir):
                 raw = gzip.decompress(data)
                 data = gzip.compress(b"\x00\x00\x09\x01" + raw[4:])  # an IDX file whose magic is not a label file's
             (root / folder / name).write_bytes(damage(data) if damage else data)
+    (root / "altered").mkdir()  # MNIST decompressed (a copy accepted by its content), one label changed
+    for name in names:
+        content = bytearray(gzip.decompress((mnist_dir / name).read_bytes()))
+        if name.startswith("t10k-labels"):
+            content[-1] = (content[-1] + 1) % 10  # still a valid label: only the digest tells
+        (root / "altered" / name.removesuffix(".gz")).write_bytes(bytes(content))
     (root / "missing").mkdir()
     (root / "a-file").write_text("not a folder")
     (root / "words.csv").write_text("a,b\n1,2\n3,x7\n5,6\n")
@@ -124,6 +130,11 @@ CLI_CASES = {
     "IDX file empty": (["data", "info", "--data-dir", "{root}/empty"], "is empty", None),
     "IDX file truncated": (["data", "info", "--data-dir", "{root}/truncated"], "is truncated", None),
     "IDX file of the wrong magic": (["data", "info", "--data-dir", "{root}/magic"], "magic number 2305", None),
+    "a copy of the dataset with one label changed": (
+        ["data", "info", "--data-dir", "{root}/altered"],
+        "t10k-labels-idx1-ubyte does not match the published SHA-256 of t10k-labels-idx1-ubyte.gz's content",
+        None,
+    ),
     "unknown dataset": (["data", "info", "--dataset", "cifar"], "invalid choice: 'cifar' (choose from", None),
     "a device mivae does not run on": (
         ["train", "mlp", "--dataset", "digits", "--device", "tpu", "--out", "{tmp}/run"],
