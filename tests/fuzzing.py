@@ -16,18 +16,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from mivae.readback import walk
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 # What a changed field becomes: every JSON type, and numbers from absurd to out of range.
 VALUES = [None, -3, 0, 1, 2_000_000_000, 1e308, -0.5, "x", "", [], {}, True, [1, 2], {"a": 1}, [[0]]]
 DAMAGES = ("drop", "change", "enlarge", "add", "truncate", "swap", "delete")
-
-
-def _nodes(value, path=()):
-    """Every (path, value) inside a JSON value, itself first."""
-    yield path, value
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, inner in items:
-        yield from _nodes(inner, (*path, key))
 
 
 def _set(content, path, value):
@@ -62,7 +56,7 @@ def damage(folder, rng, json_files, other_files=()):
         name = json_files[int(rng.integers(len(json_files)))]
         path = folder / name
         content = json.loads(path.read_text())
-        nodes = list(_nodes(content))
+        nodes = list(walk(content))
         if kind == "drop" or kind == "add":
             parents = [(p, v) for p, v in nodes if isinstance(v, (dict, list)) and (v or kind == "add")]
             if not parents:
