@@ -515,3 +515,22 @@ def test_a_trial_killed_mid_training_goes_on_from_its_checkpoint_when_run_again(
         (t["state"], t["value"]) for t in expected["trials"]
     ]
     assert resumed.best_value == reference.best_value and resumed.best_params == reference.best_params
+
+
+def test_search_json_of_an_older_version_reads_and_a_damaged_one_does_not():
+    from mivae.readback import mismatch
+    from mivae.study.search import SEARCH_SHAPE
+
+    older = {  # before trials recorded where they were pruned or whether they were interrupted, and before studies
+        "kind": "mlp",
+        "best_value": 0.9,
+        "best_epoch": 4,
+        "best_config": {"hidden": [512]},
+        "trials": [{"number": 0, "state": "COMPLETE", "value": 0.9, "params": {}}],
+    }
+    assert mismatch(older, SEARCH_SHAPE) is None
+    assert (
+        mismatch({**older, "best_epoch": "4"}, SEARCH_SHAPE)
+        == 'best_epoch must be a whole number of at least 0; got "4"'
+    )
+    assert mismatch({**older, "trials": [{"number": 0}]}, SEARCH_SHAPE) == "trials[0].state is missing"

@@ -7,6 +7,7 @@ the classification ran in; a model's health (mivae.health) comes as the dict `He
 """
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ _FIELD_SHAPES = {
 }
 
 
+@functools.cache
 def _shape(cls):
     """The shape of the values of an evaluation of class `cls`, every field optional (`from_json` names those a
     class requires)."""
@@ -121,6 +123,7 @@ def check_content(values, where, setting=None, extra=None):
 _ACCURACY = readback.Check("an accuracy in [0, 1]", lambda v: readback.FINITE.test(v) and 0 <= v <= 1)
 
 
+@functools.cache
 def _every_field():
     """The shape of every field an evaluation of any kind may hold, each optional."""
     shape, classes = {}, [Evaluation]

@@ -504,29 +504,31 @@ def _discard(checkpoint):
         checkpoint.unlink(missing_ok=True)
 
 
-# What search.json holds, as `search` writes it.
+# What search.json holds, as `search` writes it. Fields that searches of older versions did not write, and that no
+# reader needs, may be absent (readers take them with .get).
 _MAYBE = lambda shape: readback.Either(None, shape)  # noqa: E731
+_LATER = lambda shape: readback.Optional(_MAYBE(shape))  # noqa: E731
 SEARCH_SHAPE = {
     "kind": str,
-    "study": str,
-    "studies": readback.Map(_MAYBE(readback.NUMBER)),
-    "best_trial": readback.WHOLE,
+    "study": _LATER(str),
+    "studies": _LATER(readback.Map(_MAYBE(readback.NUMBER))),
+    "best_trial": _LATER(readback.WHOLE),
     "best_value": readback.NUMBER,
-    "health": _MAYBE(health_check.SHAPE),
+    "health": _LATER(health_check.SHAPE),
     "best_epoch": readback.WHOLE,
-    "retrained": bool,
+    "retrained": _LATER(bool),
     "best_config": readback.Map(readback.ANY),
-    "test_metrics": readback.Map(readback.NUMBER),
+    "test_metrics": _LATER(readback.Map(readback.NUMBER)),
     "trials": [
         {
             "number": readback.WHOLE,
             "state": str,
             "value": _MAYBE(readback.NUMBER),
             "params": readback.Map(readback.ANY),
-            "best_epoch": _MAYBE(readback.WHOLE),
-            "failure": _MAYBE(str),
-            "pruned_at": _MAYBE(readback.WHOLE),
-            "interrupted": bool,
+            "best_epoch": _LATER(readback.WHOLE),
+            "failure": _LATER(str),
+            "pruned_at": _LATER(readback.WHOLE),
+            "interrupted": _LATER(bool),
         }
     ],
 }
