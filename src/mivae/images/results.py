@@ -68,16 +68,20 @@ _FIELD_SHAPES = {
 }
 
 
-@functools.cache
+_SHAPES: dict = {}  # _shape's, by class: each computed once
+
+
 def _shape(cls):
     """The shape of the values of an evaluation of class `cls`, every field optional (`from_json` names those a
     class requires)."""
-    shape = {}
-    for name, tp in typing.get_type_hints(cls).items():
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        field = HEALTH_SHAPE if name == "health" else _FIELD_SHAPES.get(inner[0] if inner else tp, readback.ANY)
-        shape[name] = readback.Optional(readback.Either(None, field) if inner else field)
-    return shape
+    if cls not in _SHAPES:
+        shape = {}
+        for name, tp in typing.get_type_hints(cls).items():
+            inner = [a for a in typing.get_args(tp) if a is not type(None)]
+            field = HEALTH_SHAPE if name == "health" else _FIELD_SHAPES.get(inner[0] if inner else tp, readback.ANY)
+            shape[name] = readback.Optional(readback.Either(None, field) if inner else field)
+        _SHAPES[cls] = shape
+    return _SHAPES[cls]
 
 
 def check_content(values, where, setting=None, extra=None):
