@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mivae.models.tabular import TabularVAE
+from mivae.models.tabular import MIN_DF, MIN_SCALE, LinearDecoder, TabularVAE
 
 
 def log_sigmoid(t):
@@ -96,3 +96,27 @@ def test_a_fresh_draw_given_the_latent_favours_the_values_likely_to_go_missing()
     exact = (x * density).sum() / density.sum()
     assert draws.mean().item() == pytest.approx(exact.item(), abs=0.05)  # 2,000 draws: standard error about 0.02
     assert exact.item() > 0.5 and draws.std().item() < 1.0  # well above the untilted mean 0, and narrower
+
+
+def test_a_linear_decoder_is_affine_in_the_latent_with_one_scale_and_df_per_column():
+    torch.manual_seed(2)
+    layout = [("continuous", 1), ("categorical", 3), ("continuous", 1)]
+    model = TabularVAE(layout, hidden=(8,), latent=2, likelihood="student-t", decoder="linear")
+    assert isinstance(model.decoder, LinearDecoder)
+    assert sorted(n for n, _ in model.decoder.named_parameters()) == ["affine.bias", "affine.weight", "constant"]
+    assert model.decoder.affine.weight.shape == (2 + 3, 2) and model.decoder.constant.shape == (2 * 2,)
+    with torch.no_grad():
+        model.decoder.constant.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))  # two scales, then two df
+    z1, z2 = torch.randn(4, 2), torch.randn(4, 2)
+    a, b, mix = model.decode(z1), model.decode(z2), model.decode(0.3 * z1 + 0.7 * z2)
+    torch.testing.assert_close(mix["mean"], 0.3 * a["mean"] + 0.7 * b["mean"])
+    torch.testing.assert_close(mix["logits"][0], 0.3 * a["logits"][0] + 0.7 * b["logits"][0])
+    scales = F.softplus(torch.tensor([0.5, -1.0])) + MIN_SCALE
+    dfs = F.softplus(torch.tensor([2.0, 0.0])) + MIN_DF
+    for params in (a, b, mix):  # the same for every latent
+        torch.testing.assert_close(params["scale"], scales.expand(4, 2))
+        torch.testing.assert_close(params["df"], dfs.expand(4, 2))
+    gaussian = TabularVAE(layout, hidden=(8,), latent=2, decoder="linear")
+    assert gaussian.decoder.constant.shape == (2,) and "df" not in gaussian.decode(z1)
+    with pytest.raises(ValueError, match="unknown decoder 'pca'; expected one of mlp, linear."):
+        TabularVAE(layout, decoder="pca")

@@ -229,14 +229,36 @@ def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_w
     assert back.activation == "tanh" and back.standardize is False
     assert any(isinstance(m, torch.nn.Tanh) for m in back.model_.modules())
     pd.testing.assert_frame_equal(back.transform(frame), imputer.transform(frame))
-    # a file written before activation and standardize were parameters: read with their defaults
+    # a file written before activation, standardize and decoder were parameters: read with their defaults
     relu = MIWAEImputer(**FAST).fit(frame)
     relu.save(tmp_path / "older")
     path = tmp_path / "older" / "imputer.json"
     content = json.loads(path.read_text())
-    del content["params"]["activation"], content["params"]["standardize"]
+    del content["params"]["activation"], content["params"]["standardize"], content["params"]["decoder"]
+    del content["architecture"]["decoder"]
     path.write_text(json.dumps(content))
-    pd.testing.assert_frame_equal(load_imputer(tmp_path / "older").transform(frame), relu.transform(frame))
+    weights = tmp_path / "older" / "model.safetensors"  # its digest was of an architecture without the decoder
+    save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
+    older = load_imputer(tmp_path / "older")
+    assert older.decoder == "mlp"
+    pd.testing.assert_frame_equal(older.transform(frame), relu.transform(frame))
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "student-t"])
+def test_a_linear_decoder_round_trips_and_is_built_as_one_on_load(frame, tmp_path, likelihood):
+    imputer = NotMIWAEImputer(decoder="linear", likelihood=likelihood, **FAST).fit(frame)
+    imputer.save(tmp_path / "linear")
+    back = load_imputer(tmp_path / "linear")
+    assert back.decoder == "linear" and type(back.model_.decoder) is type(imputer.model_.decoder)
+    pd.testing.assert_frame_equal(back.transform(frame), imputer.transform(frame))
+    # the same file read as an MLP's: refused before any weight is read
+    content = json.loads((tmp_path / "linear" / "imputer.json").read_text())
+    content["params"]["decoder"] = content["architecture"]["decoder"] = "mlp"
+    (tmp_path / "linear" / "imputer.json").write_text(json.dumps(content))
+    weights = tmp_path / "linear" / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
+    with pytest.raises(InputError, match="model.safetensors"):
+        load_imputer(tmp_path / "linear")
 
 
 def test_a_saved_imputer_damaged_at_random_is_loaded_or_refused_in_one_sentence(frame, tmp_path):

@@ -77,6 +77,21 @@ def test_impute_with_not_miwae_keeps_observed_entries_and_fills_every_type(tmp_p
             assert (table.loc[seen, column] == original.loc[seen, column]).all(), column
 
 
+def test_impute_passes_the_decoder_and_patience_to_the_imputer(tmp_path, capsys, monkeypatch):
+    from mivae.tables.estimators import NotMIWAEImputer
+
+    fitted = []
+    fit = NotMIWAEImputer.fit
+    monkeypatch.setattr(NotMIWAEImputer, "fit", lambda self, X, y=None: fitted.append(self) or fit(self, X, y))
+    frame, _ = mixed_frame()
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    argv = ["--model", "not-miwae", "--decoder", "linear", "--patience", 7, "--single", "--out", tmp_path / "out"]
+    status, _, err = run(capsys, "impute", tmp_path / "people.csv", *argv, *FAST)
+    assert status == 0, err
+    assert [(i.decoder, i.patience, i.max_epochs) for i in fitted] == [("linear", 7, 15)]
+    assert not pd.read_csv(tmp_path / "out" / "people.single.csv").isna().any().any()
+
+
 def test_impute_parquet_in_and_out(tmp_path, capsys):
     frame, _ = mixed_frame()
     frame["colour"] = frame["colour"].astype("category")
@@ -183,6 +198,7 @@ def test_impute_refuses_bad_settings_before_training(tmp_path, capsys):
         (["--samples", "0"], "--imputations must be a whole number of at least 1"),
         (["--samples", "-3"], "--imputations must be a whole number of at least 1"),
         (["--epochs", "0"], "--epochs must be a whole number of at least 1"),
+        (["--patience", "0"], "--patience must be a whole number of at least 1"),
         (["--categorical", "a", "--continuous", "a"], "both categorical and continuous"),
         (["--categorical", "zzz"], "column 'zzz' is not in"),
         (["--missingness", "self-masking"], "--missingness is a setting of --model not-miwae, not of --model miwae"),

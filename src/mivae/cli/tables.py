@@ -56,7 +56,7 @@ def add_commands(commands):
 
 
 def _add_table_model_flags(parser):
-    from mivae.models.tabular import LIKELIHOODS, MISSINGNESS
+    from mivae.models.tabular import DECODERS, LIKELIHOODS, MISSINGNESS
 
     parser.add_argument(
         "--model",
@@ -84,7 +84,21 @@ def _add_table_model_flags(parser):
         default="gaussian",
         help="distribution of continuous columns (default: gaussian)",
     )
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="mlp",
+        help="mlp (the default: hidden layers mirroring the encoder's) or linear (probabilistic PCA's: means affine "
+        "in the latent, a scale per column; for columns that hang together linearly, and slower to learn: give it "
+        "--epochs 3000 --patience 300)",
+    )
     parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=50,
+        help="epochs without a better validation bound before training stops (default: 50)",
+    )
     parser.add_argument(
         "--n-init",
         type=int,
@@ -104,6 +118,7 @@ def _table_imputer(args, categorical, fit_rows=None):
     from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
 
     check_whole("--epochs", args.epochs, 1)
+    check_whole("--patience", args.patience, 1)
     check_whole("--n-init", args.n_init, 1)
     overlap = set(args.categorical) & set(args.continuous)
     if overlap:
@@ -116,7 +131,9 @@ def _table_imputer(args, categorical, fit_rows=None):
         categorical=categorical or None,
         likelihood=args.likelihood,
         max_epochs=args.epochs,
+        patience=args.patience,
         n_init=args.n_init,
+        decoder=args.decoder,
         random_state=args.seed,
         device=args.device,
         fit_rows=fit_rows,

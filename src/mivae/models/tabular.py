@@ -3,7 +3,8 @@
 The row arrives encoded (mivae.tables.schema): values (B, W), zero where missing, beside observed (B, C),
 1 where column c is observed. The encoder sees both; the decoder gives, per continuous column, a
 Gaussian or Student-t (Mattei and Frellsen 2019 use the latter for UCI tables) with a mean and a
-scale (and degrees of freedom), and per categorical column a softmax over its labels.
+scale (and degrees of freedom), and per categorical column a softmax over its labels. The decoder is an
+MLP mirroring the encoder, or linear in z with a scale per column (`LinearDecoder`, probabilistic PCA's).
 
 For K samples z_k ~ q(z | x_obs, s) the log importance weights are
 
@@ -34,6 +35,8 @@ from mivae.models.vae import GaussianVAE
 
 LIKELIHOODS = ("gaussian", "student-t")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # of the hidden layers
+# The decoders: an MLP mirroring the encoder, or linear as probabilistic PCA's (`LinearDecoder`).
+DECODERS = ("mlp", "linear")
 # The self-masking models: a continuous column's slope free in sign, or known: its high (low) values go missing more.
 MISSINGNESS = ("self-masking", "self-masking-high", "self-masking-low")
 MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
@@ -43,13 +46,24 @@ MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its varianc
 class TabularVAE(GaussianVAE):
     """A mask-aware VAE over encoded rows with the given column `layout` of (kind, width) pairs."""
 
-    def __init__(self, layout, hidden=(128, 128), latent=8, likelihood="gaussian", missingness=None, activation="relu"):
+    def __init__(
+        self,
+        layout,
+        hidden=(128, 128),
+        latent=8,
+        likelihood="gaussian",
+        missingness=None,
+        activation="relu",
+        decoder="mlp",
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}.")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}.")
         if missingness not in (None, *MISSINGNESS):
             raise ValueError(f"unknown missingness model {missingness!r}; expected one of {', '.join(MISSINGNESS)}.")
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; expected one of {', '.join(DECODERS)}.")
         layout = tuple(layout)
         kinds = [kind for kind, _ in layout]
         # Which encoded slot belongs to which column, and where the continuous slots and categorical blocks sit.
@@ -61,6 +75,9 @@ class TabularVAE(GaussianVAE):
         super().__init__(inputs, hidden, latent, heads, ACTIVATIONS[activation])
         self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
         self.n_continuous = kinds.count("continuous")
+        if decoder == "linear":
+            per_column = 2 if likelihood == "student-t" else 1  # the scale, and the degrees of freedom
+            self.decoder = LinearDecoder(latent, self.n_continuous, per_column, heads)
         self.missingness = missingness
         if missingness is not None:
             self.self_masking = SelfMasking(self.n_continuous, [w for _, _, w in blocks], missingness)
@@ -191,6 +208,28 @@ class TabularVAE(GaussianVAE):
                 parts.append(F.one_hot(label, w).to(cdf.dtype))
                 b += 1
         return torch.cat(parts, dim=-1)
+
+
+class LinearDecoder(nn.Module):
+    """The decoder of probabilistic PCA (Tipping and Bishop 1999), as the not-MIWAE paper's PPCA model: the means
+    and label logits affine in z, and each continuous column's scale (and degrees of freedom) a number of its own,
+    the same for every z. Its outputs are laid out as the MLP decoder's: means, scales, [df], logits.
+
+    Where the columns hang together linearly (measurements of one size, as in iris), a linear model extrapolates
+    beyond the observed values the way the truth does, which matters where the large values are the missing ones.
+    """
+
+    def __init__(self, latent, n_continuous, per_column, outputs):
+        super().__init__()
+        self.n_continuous = n_continuous
+        self.affine = nn.Linear(latent, outputs - per_column * n_continuous)
+        self.constant = nn.Parameter(torch.zeros(per_column * n_continuous))
+
+    def forward(self, z):
+        out = self.affine(z)
+        constant = self.constant.to(out.dtype).expand(*out.shape[:-1], -1)
+        n = self.n_continuous
+        return torch.cat([out[..., :n], constant, out[..., n:]], dim=-1)
 
 
 class SelfMasking(nn.Module):

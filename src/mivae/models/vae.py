@@ -33,7 +33,7 @@ class GaussianVAE(nn.Module):
         self.to_mu = nn.Linear(hidden[-1], latent)
         self.to_logvar = nn.Linear(hidden[-1], latent)
         layers = dense_stack([latent, *reversed(hidden)], activation)
-        self.decoder = nn.Sequential(layers, nn.Linear(hidden[0], outputs))
+        self.decoder: nn.Module = nn.Sequential(layers, nn.Linear(hidden[0], outputs))
 
     def posterior(self, flat):
         """Returns (mu, logvar), each (B, L), of q(z | x) for flat inputs (B, inputs); logvar bounded."""

@@ -53,7 +53,7 @@ from mivae.hardware import (
     torch_threads,
 )
 from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
-from mivae.models.tabular import ACTIVATIONS, LIKELIHOODS, MISSINGNESS, TabularVAE
+from mivae.models.tabular import ACTIVATIONS, DECODERS, LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.readback import on_meta
 from mivae.tables import saved
 from mivae.tables.schema import Schema, infer_kinds
@@ -185,6 +185,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         activation="relu",
         standardize=True,
         n_init=1,
+        decoder="mlp",
     ):
         self.categorical = categorical
         self.likelihood = likelihood
@@ -205,6 +206,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.activation = activation
         self.standardize = standardize
         self.n_init = n_init
+        self.decoder = decoder
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -231,6 +233,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         check_number("validation_fraction", fraction, 0, 1, low_open=False, high_open=True, error=InputError)
         check_choice("precision", self.precision, PRECISIONS, error=InputError)
         check_choice("activation", self.activation, tuple(ACTIVATIONS), error=InputError)
+        check_choice("decoder", self.decoder, DECODERS, error=InputError)
         if not isinstance(self.standardize, bool):
             raise InputError(f"standardize must be True or False; got {self.standardize!r}.")
         check_whole("n_init", self.n_init, 1, error=InputError)
@@ -274,6 +277,12 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
+        if self.n_init > 1 and int(len(X) * self.validation_fraction) == 0:
+            raise InputError(
+                f"n_init={self.n_init} keeps the fit with the best validation bound, but "
+                f"validation_fraction={self.validation_fraction} of {len(X)} rows holds out none: "
+                "give a larger validation_fraction, or n_init=1."
+            )
         values, observed = (torch.from_numpy(a).to(device) for a in self.schema_.encode(X))
         big = len(X) >= BIG_TABLE and bf16_supported(device)
         self.precision_ = ("bf16" if big else "fp32") if self.precision == "auto" else self.precision
@@ -288,10 +297,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             # n_init keeps the best of its starts).
             start_seed = (seed + 7919 * start) % (2**31 - 1)
             torch.manual_seed(start_seed)  # the initial weights
-            layout = self.schema_.layout()
-            model = TabularVAE(
-                layout, tuple(self.hidden), self.latent_, self.likelihood, self._missingness, self.activation
-            ).to(device)
+            model = self._network().to(device)
             self.model_ = model
             history = self._train(values, observed, start_seed, split_seed=seed)
             bound = history.val_score[history.best_epoch - 1] if history.val_score else -math.inf
@@ -503,6 +509,18 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         }
         saved.write(path, content, self.model_)
 
+    def _network(self):
+        """Returns the network this imputer's parameters and fitted schema describe, freshly initialised."""
+        return TabularVAE(
+            self.schema_.layout(),
+            tuple(self.hidden),
+            self.latent_,
+            self.likelihood,
+            self._missingness,
+            self.activation,
+            self.decoder,
+        )
+
     def _architecture(self):
         return {
             "layout": [list(pair) for pair in self.schema_.layout()],
@@ -510,6 +528,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             "latent": self.latent_,
             "likelihood": self.likelihood,
             "missingness": self._missingness,
+            "decoder": self.decoder,
         }
 
     @classmethod
@@ -527,11 +546,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             raise InputError(f"{where} holds a {name}, not a {cls.__name__}: load it with {name}.load or load_imputer.")
         imputer, device = classes[name]._from_params(content.get("params"), where, device)
         imputer._restore(content, where)
-        probe_args = (imputer.schema_.layout(), tuple(imputer.hidden), imputer.latent_, imputer.likelihood)
-        # the shapes the file must hold, computed without allocating them
-        probe = on_meta(lambda: TabularVAE(*probe_args, imputer._missingness, imputer.activation))
+        probe = on_meta(imputer._network)  # the shapes the file must hold, computed without allocating them
         state = saved.checked_weights(path, content, probe)
-        model = TabularVAE(*probe_args, imputer._missingness, imputer.activation)
+        model = imputer._network()
         model.load_state_dict(state)
         imputer.model_ = model.to(device).eval()
         return imputer
@@ -541,7 +558,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         """Returns (an unfitted imputer of this class with the saved `params`, every one checked; its device)."""
         names = set(cls().get_params())
         if isinstance(params, dict):  # files saved before these parameters were offered had their defaults
-            params = {"activation": "relu", "standardize": True, "n_init": 1, **params}
+            params = {"activation": "relu", "standardize": True, "n_init": 1, "decoder": "mlp", **params}
         if not isinstance(params, dict) or set(params) != names:
             raise InputError(f"{where} is damaged: its parameters are not those of a {cls.__name__}.")
         params = dict(params)
@@ -573,7 +590,10 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 raise InputError(f"{where} is damaged: {name} is {value!r}.")
             setattr(self, name, float(value) if kind is float else value)
         self.schema_ = saved.schema_from_json(content.get("schema"), where, self.round_integers)
-        if self.n_features_in_ != len(self.schema_.columns) or content.get("architecture") != self._architecture():
+        architecture = content.get("architecture")
+        if isinstance(architecture, dict):  # files saved before the decoder was a parameter had the MLP's
+            architecture = {"decoder": "mlp", **architecture}
+        if self.n_features_in_ != len(self.schema_.columns) or architecture != self._architecture():
             raise InputError(f"{where} is damaged: its network, schema and parameters disagree.")
         names = content.get("feature_names")
         if names is not None:
@@ -608,7 +628,7 @@ class VAEImputer(_TabularImputer):
     likelihood : "gaussian" or "student-t"
         The decoder's distribution for continuous columns (standardised internally).
     hidden : tuple of int
-        Nodes per hidden layer of the encoder; the decoder mirrors them.
+        Nodes per hidden layer of the encoder; the MLP decoder mirrors them.
     latent : int or None
         Latent dimension L; None takes the number of columns minus one, between 1 and 16.
     lr : float or "auto"
@@ -655,6 +675,13 @@ class VAEImputer(_TabularImputer):
         keeps the one with the best validation bound, as GaussianMixture's n_init keeps the best of its starts:
         on a small table, where one fit's outcome varies from start to start, the bound picks a better one. Fit
         takes n_init times as long; it needs validation_fraction above 0 where above 1.
+    decoder : "mlp" or "linear"
+        "mlp": the decoder mirrors the encoder's hidden layers. "linear": probabilistic PCA's decoder, as the
+        not-MIWAE paper's PPCA model: the means (and label logits) affine in z, each continuous column's scale one
+        number of its own. It suits columns that hang together linearly, and under values missing not at random
+        it extrapolates beyond the observed ones as a linear truth does (docs/mnar-benchmark.md). It learns more
+        slowly than the MLP: give it thousands of epochs (the benchmarks: max_epochs=3000, patience=300,
+        max_steps=None); a fit whose history_.best_epoch is near max_epochs was still improving.
     round_integers : bool
         Integer columns (numpy's or pandas' nullable integers) have their imputations rounded and kept within
         the observed range, and come back in their dtype; False: imputed as any number, they come back as
@@ -724,6 +751,7 @@ class MIWAEImputer(_TabularImputer):
         activation="relu",
         standardize=True,
         n_init=1,
+        decoder="mlp",
     ):
         super().__init__(
             categorical,
@@ -745,6 +773,7 @@ class MIWAEImputer(_TabularImputer):
             activation,
             standardize,
             n_init,
+            decoder,
         )
         self.importance_samples = importance_samples
         self.imputation_samples = imputation_samples
@@ -844,6 +873,7 @@ class NotMIWAEImputer(MIWAEImputer):
         activation="relu",
         standardize=True,
         n_init=1,
+        decoder="mlp",
         missingness="self-masking",
     ):
         super().__init__(
@@ -868,6 +898,7 @@ class NotMIWAEImputer(MIWAEImputer):
             activation,
             standardize,
             n_init,
+            decoder,
         )
         self.missingness = missingness
 
