@@ -155,10 +155,14 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
     rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
     present = {m for m in tabular["OPTIONAL"] if tabular["installed"](m)}  # miceforest, HyperImpute: not in CI
-    methods = {"mean", "knn", "iterative", "missforest", "mivae vae", "mivae miwae"} | present
-    not_miwae = {"mivae not-miwae", "mivae not-miwae, high"}
+    methods = {"mean", "knn", "iterative", "missforest", "mivae vae", "mivae miwae", "mivae miwae, linear"} | present
+    not_miwae = {"mivae not-miwae", "mivae not-miwae, high", "mivae not-miwae, high, linear"}
     assert {r["method"] for r in rows} == methods | not_miwae
-    assert len(rows) == 5 * len(methods) + 2  # five missingness settings; not-MIWAE in the MNAR one only
+    assert len(rows) == 5 * len(methods) + 3  # five missingness settings; not-MIWAE in the MNAR one only
+    linear = tabular["imputers"](False, 0, "mnar")
+    assert [(i.decoder, i.max_epochs, i.patience, i.max_steps) for m, i in linear.items() if m.endswith("linear")] == [
+        ("linear", 3000, 300, None)
+    ] * 2
     assert {r["mechanism"] for r in rows if r["method"] in not_miwae} == {"mnar"}
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
@@ -196,7 +200,11 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     table, best, beats = mnar["markdown"](rows + [{**rows[-1], "table": "wine"}], {"iris": ((150, 4), 0.2),
                                           "wine": ((178, 13), 0.3)}, 1)  # fmt: skip
     assert "| wine | 178 x 13 | 30.0% | " in table and table.count("not run") == len(rows) - 1
-    assert best["wine"] == rows[-1]["method"] == "mivae not-miwae, paper" and beats["wine"] is False  # no MICE there
+    assert best["wine"] == rows[-1]["method"] == "mivae not-miwae, high, linear" and beats["wine"] is False  # no MICE
+    linear = mnar["imputers"](0, False)["mivae not-miwae, high, linear"]
+    assert (linear.decoder, linear.missingness, linear.max_epochs, linear.patience, linear.max_steps) == (
+        "linear", "self-masking-high", 3000, 300, None
+    )  # fmt: skip
     late = {"table": "iris", "method": "m", "rmse": 1.0, "date": "2026-12-07", "machine": "X"}
     assert mnar["_not_run"](rows + [late]) == (
         " The rows of m were measured 2026-12-07 by `python benchmarks/mnar.py --only 'm' --tables iris` on X."
