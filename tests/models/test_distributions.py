@@ -10,6 +10,7 @@ from scipy import stats
 from mivae.models.distributions import (
     LOGVAR_BOUND,
     bounded_logvar,
+    gaussian_conditional,
     gaussian_log_density,
     gaussian_log_prob,
     importance_weights,
@@ -60,3 +61,26 @@ def test_the_importance_weighted_bound_and_weights():
     assert iwae_bound(log_w[:1]).tolist() == pytest.approx([0.0, -1.0])  # K = 1: the ELBO itself
     weights = importance_weights(log_w)
     assert weights[:, 0].tolist() == pytest.approx([0.25, 0.75]) and weights[:, 1].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_gaussian_conditioning_matches_the_textbook_formulas_for_every_pattern_of_gaps():
+    rng = np.random.default_rng(3)
+    d = 5
+    a = rng.normal(size=(d, d))
+    cov, mean = a @ a.T + np.eye(d), rng.normal(size=d)
+    x = rng.normal(size=(8, d))
+    observed = np.array([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0], *(rng.random((6, d)) < 0.6)], dtype=float)
+    means, factors = gaussian_conditional(*(torch.tensor(v) for v in (mean, cov, x, observed)))
+    for row in range(len(x)):
+        o, m = observed[row] == 1, observed[row] == 0
+        regression = cov[np.ix_(m, o)] @ np.linalg.inv(cov[np.ix_(o, o)])  # empty where nothing or all is seen
+        expected_mean = mean[m] + regression @ (x[row, o] - mean[o])
+        expected_cov = cov[np.ix_(m, m)] - regression @ cov[np.ix_(o, m)]
+        spread = (factors[row] @ factors[row].T).numpy()
+        np.testing.assert_allclose(means[row].numpy()[o], x[row, o], atol=1e-12)  # observed: as given
+        np.testing.assert_allclose(means[row].numpy()[m], expected_mean, atol=1e-12)
+        np.testing.assert_allclose(spread[np.ix_(m, m)], expected_cov, atol=1e-12)
+        np.testing.assert_allclose(spread[np.ix_(o, o)], np.eye(o.sum()))  # no spread where observed ...
+        assert np.abs(spread[np.ix_(o, m)]).max(initial=0) < 1e-12  # ... and none shared with the gaps
+    np.testing.assert_allclose(means[1].numpy(), mean)  # nothing observed: the marginal
+    np.testing.assert_allclose((factors[1] @ factors[1].T).numpy(), cov, atol=1e-12)

@@ -64,3 +64,25 @@ def iwae_bound(log_w):
 def importance_weights(log_w):
     """Returns the self-normalised importance weights (K, B): non-negative, summing to one over K."""
     return torch.softmax(log_w, dim=0)
+
+
+def gaussian_conditional(mean, cov, values, observed):
+    """Returns (conditional means (B, d), Cholesky factors (B, d, d)) of N(mean, cov) given each row's observed
+    entries: `values` (B, d) hold them where `observed` (B, d) is 1.
+
+    The means are the observed values where observed and mean_m + cov_mo cov_oo^-1 (x_o - mean_o) where missing;
+    the factors are those of the conditional covariance cov_mm - cov_mo cov_oo^-1 cov_om over the missing entries,
+    with identity rows and columns at the observed ones (so mean + (factor @ eps) * (1 - observed) is a draw). One
+    batched solve serves every pattern of gaps: each row's cov_oo is embedded in a matrix with 1 on the diagonal
+    where it has gaps.
+    """
+    o = observed.to(cov.dtype)
+    m = 1 - o
+    outer = o[:, :, None] * o[:, None, :]
+    embedded = cov * outer + torch.diag_embed(m)  # (B, d, d): cov_oo on the observed block, identity elsewhere
+    gap = (values.to(cov.dtype) - mean) * o
+    solved = torch.linalg.solve(embedded, torch.cat([gap[:, :, None], o[:, :, None] * cov], dim=2))
+    means = mean + (cov @ solved[:, :, :1]).squeeze(-1)  # the observed values, and the regression of the rest
+    conditional = cov - cov @ solved[:, :, 1:]  # zero on the observed block, cov_mm - cov_mo cov_oo^-1 cov_om
+    missing = m[:, :, None] * m[:, None, :]
+    return means, torch.linalg.cholesky(conditional * missing + torch.diag_embed(o))

@@ -52,7 +52,7 @@ from mivae.hardware import (
     resolve_precision,
     torch_threads,
 )
-from mivae.models.distributions import importance_weights, iwae_bound, reparameterize
+from mivae.models.distributions import gaussian_conditional, importance_weights, iwae_bound, reparameterize
 from mivae.models.tabular import ACTIVATIONS, DECODERS, LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.readback import on_meta
 from mivae.tables import saved
@@ -60,6 +60,7 @@ from mivae.tables.schema import Schema, infer_kinds
 from mivae.training import History, adam, fit, history_from_json
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
+EXACT_ELEMENTS = 2**22  # entries of the (rows, W, W) matrices of one batched Gaussian conditioning: 32 MiB of float64
 CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
 # The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
 # - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
@@ -726,6 +727,11 @@ class MIWAEImputer(_TabularImputer):
     imputation_samples : int
         Proposals per row for imputation: the self-normalised importance-sampling mean (transform)
         and the pool that sampling-importance-resampling draws from (sample).
+
+    With decoder="linear", Gaussian heads and continuous columns alone, the model's p(x) is Gaussian (probabilistic
+    PCA's N(b, W W^T + diag(scale^2))), and imputation is exact rather than importance-sampled: transform gives the
+    conditional mean of the gaps given the observed entries, sample draws from that Gaussian conditional, and
+    imputation_samples goes unused.
     """
 
     def __init__(
@@ -801,17 +807,42 @@ class MIWAEImputer(_TabularImputer):
         """Returns encoded rows (M, B, W) drawn from the proposals `chosen` by resampling, one per imputation."""
         return self.model_.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
 
+    def _conditionals(self, values, observed):
+        """Yields (rows, conditional means (b, W), Cholesky factors (b, W, W)) for slices of the rows, under the
+        model's p(x) where it is Gaussian (TabularVAE.gaussian_marginal: the linear decoder over continuous columns
+        alone, whose encoding is the columns themselves); nothing where it is not."""
+        marginal = self.model_.gaussian_marginal()
+        if marginal is None:
+            return
+        mean, cov = marginal
+        step = max(1, EXACT_ELEMENTS // values.shape[1] ** 2)  # rows per solve: (rows, W, W) float64 matrices
+        with torch.autocast(values.device.type, enabled=False):
+            for i in range(0, len(values), step):
+                rows = slice(i, i + step)
+                yield rows, *gaussian_conditional(mean, cov, values[rows], observed[rows])
+
     @torch.no_grad()
     def _single(self, values, observed):
+        keep = self._observed_slots(observed)
+        exact = [means for _, means, _ in self._conditionals(values, observed)]
+        if exact:  # p(x) is Gaussian: its conditional mean itself, which importance sampling approximates
+            return values * keep + torch.cat(exact).float() * (1 - keep)
         # The same K proposals for every row and call: the imputation is a fixed function of its row.
         log_w, params = self._proposals(values, observed, torch.Generator().manual_seed(self.seed_), shared=True)
         expected = (importance_weights(log_w)[..., None] * self._expected(params)).sum(0)  # (B, W)
-        keep = self._observed_slots(observed)
         return values * keep + expected * (1 - keep)
 
     @torch.no_grad()
     def _draw(self, values, observed, imputations, generator, shared):
         rows = len(values)
+        if self.model_.gaussian_marginal() is not None:  # exact draws from the Gaussian conditional
+            keep = self._observed_slots(observed)
+            noise = self._noise((imputations, values.shape[1]), rows, generator, shared).double()  # (M, B or 1, W)
+            draws = torch.empty((imputations, rows, values.shape[1]), device=values.device)
+            for part, means, factors in self._conditionals(values, observed):
+                eps = noise if shared else noise[:, part]
+                draws[:, part] = (means + (factors @ eps[..., None]).squeeze(-1)).float()
+            return values * keep + draws * (1 - keep)
         log_w, params = self._proposals(values, observed, generator, shared)  # (K, B)
         cdf = importance_weights(log_w).cumsum(0).T  # (B, K)
         u = self._noise((imputations,), rows, generator, shared, uniform=True).expand(imputations, rows)
