@@ -241,8 +241,11 @@ def _page(table, best, beats, names, seeds, machine, day, rows):
             "start going missing; the default rescales on the observed entries, as a table in its own units needs, "
             "and so does not know that. `mivae not-miwae, high, 5 starts` is told the direction too and fits from "
             "five starts, keeping the one with the best bound on its held-out rows (`n_init=5`): a choice made "
-            "without the protocol's truths. missForest is IterativeImputer with 100 extra trees per column, 10 rounds."
-            + _not_run(rows),
+            "without the protocol's truths. `mivae not-miwae, high, linear` is told the direction too and has "
+            'probabilistic PCA\'s linear decoder (`decoder="linear"`: the means affine in the latent, a scale per '
+            "column, as the paper's PPCA model), trained for up to 3,000 epochs with patience 300 and no step budget, "
+            "as it learns more slowly than the MLP. missForest is IterativeImputer with 100 extra trees per column, "
+            "10 rounds." + _not_run(rows),
             "",
             table,
             "",

@@ -13,6 +13,7 @@ from mivae.models.distributions import (
     gaussian_conditional,
     gaussian_log_density,
     gaussian_log_prob,
+    gaussian_observed_log_density,
     importance_weights,
     iwae_bound,
     kl_divergence,
@@ -84,3 +85,17 @@ def test_gaussian_conditioning_matches_the_textbook_formulas_for_every_pattern_o
         assert np.abs(spread[np.ix_(o, m)]).max(initial=0) < 1e-12  # ... and none shared with the gaps
     np.testing.assert_allclose(means[1].numpy(), mean)  # nothing observed: the marginal
     np.testing.assert_allclose((factors[1] @ factors[1].T).numpy(), cov, atol=1e-12)
+
+
+def test_the_density_of_the_observed_entries_is_scipys_on_each_row_s_observed_block():
+    rng = np.random.default_rng(5)
+    d = 4
+    a = rng.normal(size=(d, d))
+    cov, mean = a @ a.T + 0.5 * np.eye(d), rng.normal(size=d)
+    x = rng.normal(size=(6, d))
+    observed = np.array([[1, 1, 1, 1], [0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1]], float)
+    got = gaussian_observed_log_density(*(torch.tensor(v) for v in (mean, cov, x, observed))).numpy()
+    for row, value in enumerate(got):
+        o = observed[row] == 1
+        expected = stats.multivariate_normal(mean[o], cov[np.ix_(o, o)]).logpdf(x[row, o]) if o.any() else 0.0
+        assert value == pytest.approx(expected, abs=1e-10)

@@ -27,6 +27,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.hardware import cores
+from mivae.models.distributions import gaussian_observed_log_density
 from mivae.tables.amputation import ampute, rmse_missing
 from mivae.tables.estimators import (
     MIWAEImputer,
@@ -408,6 +409,33 @@ def test_a_linear_decoder_extrapolates_a_linear_table_beyond_the_values_that_sta
     assert linear.model_.decoder.affine.in_features == linear.latent_  # no hidden layer between the latent and x
 
 
+def test_miwae_with_a_linear_decoder_trains_on_the_exact_likelihood_and_leaves_the_encoder_alone():
+    data = correlated_table(300, seed=2)
+    torch.manual_seed(0)
+    imputer = MIWAEImputer(decoder="linear", hidden=(16,), max_epochs=30, random_state=0)
+    initial = {}
+    train = MIWAEImputer._train
+
+    def spy(self, *args, **kwargs):  # the network as fit built it, before training
+        initial.update({k: v.clone() for k, v in self.model_.state_dict().items()})
+        return train(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MIWAEImputer, "_train", spy)
+        imputer.fit(data.missing)
+    state = imputer.model_.state_dict()
+    assert all(torch.equal(state[k], initial[k]) for k in state if k.startswith(("encoder", "to_mu", "to_logvar")))
+    assert not torch.equal(state["decoder.affine.weight"], initial["decoder.affine.weight"])
+    # the validation score is log p(x_obs) of the held-out rows under the kept network, exactly
+    values, observed = (torch.from_numpy(a) for a in imputer.schema_.encode(data.missing))
+    held_out = torch.randperm(300, generator=torch.Generator().manual_seed(imputer.seed_))[:30]
+    with torch.no_grad():
+        exact = gaussian_observed_log_density(*imputer.model_.gaussian_marginal(), values[held_out], observed[held_out])
+    history = imputer.history_
+    assert history.val_score[history.best_epoch - 1] == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert max(history.val_score) == history.val_score[history.best_epoch - 1]
+
+
 def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_conditional():
     data = correlated_table(300, seed=2)
     imputer = MIWAEImputer(decoder="linear", hidden=(16,), max_epochs=30, random_state=0).fit(data.missing)
@@ -417,7 +445,8 @@ def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_c
     imputer.model_.gaussian_marginal = lambda: None
     sampled = imputer.transform(data.missing)
     del imputer.model_.gaussian_marginal
-    assert np.abs(exact - sampled).mean() < 0.01, np.abs(exact - sampled).mean()  # measured 0.002
+    # measured 0.005, from proposals of an encoder that exact training leaves as it was initialised
+    assert np.abs(exact - sampled).mean() < 0.01, np.abs(exact - sampled).mean()
     # 4,000 draws of one row with gaps: their mean and spread are the conditional's
     row = data.missing[np.isnan(data.missing).sum(axis=1) == 2][:1]
     draws, observed = imputer.encoded_imputations(row, 4000)

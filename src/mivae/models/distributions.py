@@ -3,7 +3,9 @@ densities of the decoders' heads, and the importance-weighted bound with its sel
 
 Log densities come in two forms: `gaussian_log_density` of a latent vector (summed over its last dimension,
 parametrised by the log variance, as an encoder gives it) and `gaussian_log_prob` of each entry of a table row
-(elementwise, parametrised by the scale, as a decoder head gives it).
+(elementwise, parametrised by the scale, as a decoder head gives it). Where a model's p(x) is a full Gaussian
+(a linear decoder), the density of a row's observed entries and the conditional of its gaps are exact
+(`gaussian_observed_log_density`, `gaussian_conditional`).
 """
 
 import math
@@ -66,22 +68,36 @@ def importance_weights(log_w):
     return torch.softmax(log_w, dim=0)
 
 
+def _embedded(cov, observed):
+    """Returns (B, d, d): each row's cov_oo on its observed block and the identity where it has gaps, so that one
+    batched factorisation or solve serves every pattern of gaps."""
+    o = observed.to(cov.dtype)
+    return cov * (o[:, :, None] * o[:, None, :]) + torch.diag_embed(1 - o)
+
+
+def gaussian_observed_log_density(mean, cov, values, observed):
+    """Returns log N(x_o; mean_o, cov_oo) per row (B,): the density of each row's observed entries under N(mean,
+    cov), its gaps integrated out. `values` (B, d) hold the observed entries where `observed` (B, d) is 1."""
+    o = observed.to(cov.dtype)
+    factor = torch.linalg.cholesky(_embedded(cov, o))  # the identity block adds nothing to the log determinant
+    gap = ((values.to(cov.dtype) - mean) * o)[:, :, None]
+    quadratic = (gap * torch.cholesky_solve(gap, factor)).sum((1, 2))
+    log_det = 2 * torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
+    return -0.5 * (quadratic + log_det + o.sum(1) * math.log(2 * math.pi))
+
+
 def gaussian_conditional(mean, cov, values, observed):
     """Returns (conditional means (B, d), Cholesky factors (B, d, d)) of N(mean, cov) given each row's observed
     entries: `values` (B, d) hold them where `observed` (B, d) is 1.
 
     The means are the observed values where observed and mean_m + cov_mo cov_oo^-1 (x_o - mean_o) where missing;
     the factors are those of the conditional covariance cov_mm - cov_mo cov_oo^-1 cov_om over the missing entries,
-    with identity rows and columns at the observed ones (so mean + (factor @ eps) * (1 - observed) is a draw). One
-    batched solve serves every pattern of gaps: each row's cov_oo is embedded in a matrix with 1 on the diagonal
-    where it has gaps.
+    with identity rows and columns at the observed ones (so mean + (factor @ eps) * (1 - observed) is a draw).
     """
     o = observed.to(cov.dtype)
     m = 1 - o
-    outer = o[:, :, None] * o[:, None, :]
-    embedded = cov * outer + torch.diag_embed(m)  # (B, d, d): cov_oo on the observed block, identity elsewhere
     gap = (values.to(cov.dtype) - mean) * o
-    solved = torch.linalg.solve(embedded, torch.cat([gap[:, :, None], o[:, :, None] * cov], dim=2))
+    solved = torch.linalg.solve(_embedded(cov, o), torch.cat([gap[:, :, None], o[:, :, None] * cov], dim=2))
     means = mean + (cov @ solved[:, :, :1]).squeeze(-1)  # the observed values, and the regression of the rest
     conditional = cov - cov @ solved[:, :, 1:]  # zero on the observed block, cov_mm - cov_mo cov_oo^-1 cov_om
     missing = m[:, :, None] * m[:, None, :]

@@ -52,7 +52,13 @@ from mivae.hardware import (
     resolve_precision,
     torch_threads,
 )
-from mivae.models.distributions import gaussian_conditional, importance_weights, iwae_bound, reparameterize
+from mivae.models.distributions import (
+    gaussian_conditional,
+    gaussian_observed_log_density,
+    importance_weights,
+    iwae_bound,
+    reparameterize,
+)
 from mivae.models.tabular import ACTIVATIONS, DECODERS, LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.readback import on_meta
 from mivae.tables import saved
@@ -308,8 +314,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         return self
 
     def _train(self, values, observed, seed, split_seed):
-        """Trains model_ on the encoded rows from `seed`, holding out validation_fraction of them (drawn from
-        `split_seed`, as is the noise that scores them) for early stopping."""
+        """Trains model_ on the encoded rows from `seed` (on the importance-weighted bound with training_samples, or
+        the exact log-likelihood where `_exact_likelihood` gives one), holding out validation_fraction of them (drawn
+        from `split_seed`, as is the noise that scores them) for early stopping."""
         n = len(values)
         n_val = min(int(n * self.validation_fraction), VALIDATION_ROWS)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).to(values.device)
@@ -318,14 +325,23 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         width = values.shape[1]
         samples = self.training_samples
         latent = self.latent_
+        exact = self._exact_likelihood()
 
         def loss(model, batch, _):
+            if exact:
+                return -exact(model, batch[:, :width], batch[:, width:]).mean()
             eps = torch.randn(samples, len(batch), latent, device=batch.device)
             log_w, _ = model.log_weights(batch[:, :width], batch[:, width:], eps)
             return -iwae_bound(log_w).mean()
 
         score = None
-        if n_val >= 1:
+        if n_val >= 1 and exact:
+
+            @torch.no_grad()
+            def score(model):
+                return exact(model, values[val], observed[val]).mean().item()
+
+        elif n_val >= 1:
             generator = torch.Generator().manual_seed(split_seed + 1)
             val_eps = torch.randn((samples, n_val, latent), generator=generator).to(values.device)
             # a missingness model's draws of the missing values, fixed too (None: the model has none to draw)
@@ -509,6 +525,11 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             "schema": saved.schema_to_json(self.schema_),
         }
         saved.write(path, content, self.model_)
+
+    def _exact_likelihood(self):
+        """Returns a function (model, values, observed) -> log p(x_obs) per row where training maximises the exact
+        log-likelihood instead of a bound, or None: the VAE's masked ELBO is the thesis' objective."""
+        return None
 
     def _network(self):
         """Returns the network this imputer's parameters and fitted schema describe, freshly initialised."""
@@ -729,9 +750,10 @@ class MIWAEImputer(_TabularImputer):
         and the pool that sampling-importance-resampling draws from (sample).
 
     With decoder="linear", Gaussian heads and continuous columns alone, the model's p(x) is Gaussian (probabilistic
-    PCA's N(b, W W^T + diag(scale^2))), and imputation is exact rather than importance-sampled: transform gives the
-    conditional mean of the gaps given the observed entries, sample draws from that Gaussian conditional, and
-    imputation_samples goes unused.
+    PCA's N(b, W W^T + diag(scale^2))), and everything the bound and importance sampling approximate is exact: fit
+    maximises log p(x_obs) itself, the bound's limit as K grows (the encoder takes no part, importance_samples goes
+    unused); transform gives the conditional mean of the gaps given the observed entries, and sample draws from
+    that Gaussian conditional (imputation_samples goes unused).
     """
 
     def __init__(
@@ -806,6 +828,19 @@ class MIWAEImputer(_TabularImputer):
     def _resampled(self, chosen, imputations, rows, generator, shared):
         """Returns encoded rows (M, B, W) drawn from the proposals `chosen` by resampling, one per imputation."""
         return self.model_.draw(chosen, *self._observation_noise(imputations, rows, generator, shared))
+
+    def _exact_likelihood(self):
+        # Where p(x) is Gaussian (the linear decoder over continuous columns), the bound's limit as K grows, log
+        # p(x_obs) itself, is computable: training maximises it, and the encoder takes no part.
+        if self.model_.gaussian_marginal() is None:
+            return None
+
+        def log_likelihood(model, values, observed):
+            mean, cov = model.gaussian_marginal()
+            with torch.autocast(values.device.type, enabled=False):
+                return gaussian_observed_log_density(mean, cov, values, observed).float()
+
+        return log_likelihood
 
     def _conditionals(self, values, observed):
         """Yields (rows, conditional means (b, W), Cholesky factors (b, W, W)) for slices of the rows, under the
