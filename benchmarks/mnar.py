@@ -153,6 +153,18 @@ def markdown(rows, shapes, seeds):
     return "\n".join(lines), best_mivae, beats_mice
 
 
+def everywhere(rows):
+    """Returns mivae's variants that beat MICE's mean RMSE on every table, each having run on all of them: one
+    setting, not a choice per table."""
+    names = list(dict.fromkeys(r["table"] for r in rows))
+
+    def mean(name, method):
+        scores = [r["rmse"] for r in rows if r["table"] == name and r["method"] == method]
+        return np.mean(scores) if scores else np.inf
+
+    return [m for m in MIVAE if all(mean(name, m) < mean(name, "mice") for name in names)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="breast cancer, one seed, 30 epochs")
@@ -253,7 +265,12 @@ def _page(table, best, beats, names, seeds, machine, day, rows):
             "picked by validation) beats MICE on "
             + f"{sum(beats.values())} of {len(beats)} tables: "
             + ", ".join(f"{name} ({'yes' if beats[name] else 'no'}, {best[name]})" for name in beats)
-            + ".",
+            + ". "
+            + (
+                f"One setting alone, chosen once for every table, beats MICE on all of them: {', '.join(uniform)}."
+                if (uniform := everywhere(rows))
+                else "No one setting of mivae's beats MICE on every table."
+            ),
             "",
             "The paper's numbers on the same table (not-MIWAE with the direction known; its released code hides the "
             "values of the first half of the columns rather than of every other one, so they compare in kind, not to "

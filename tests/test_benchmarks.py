@@ -205,6 +205,17 @@ def test_the_mnar_benchmark_quick_run_follows_the_protocol_and_scores_every_impu
     assert (linear.decoder, linear.missingness, linear.max_epochs, linear.patience, linear.max_steps) == (
         "linear", "self-masking-high", 3000, 300, None
     )  # fmt: skip
+    scores = [
+        ("a", "mice", 1.0),
+        ("b", "mice", 1.0),
+        ("a", "mivae miwae", 0.9),
+        ("b", "mivae miwae", 0.8),
+        ("a", "mivae not-miwae", 0.5),
+        ("b", "mivae not-miwae", 1.2),
+        ("a", "mivae not-miwae, high", 0.5),
+    ]
+    # one setting that beats MICE everywhere; one beaten on b; one that never ran on b
+    assert mnar["everywhere"]([{"table": t, "method": m, "rmse": v} for t, m, v in scores]) == ["mivae miwae"]
     late = {"table": "iris", "method": "m", "rmse": 1.0, "date": "2026-12-07", "machine": "X"}
     assert mnar["_not_run"](rows + [late]) == (
         " The rows of m were measured 2026-12-07 by `python benchmarks/mnar.py --only 'm' --tables iris` on X."
