@@ -411,7 +411,6 @@ def test_a_linear_decoder_extrapolates_a_linear_table_beyond_the_values_that_sta
 
 def test_miwae_with_a_linear_decoder_trains_on_the_exact_likelihood_and_leaves_the_encoder_alone():
     data = correlated_table(300, seed=2)
-    torch.manual_seed(0)
     imputer = MIWAEImputer(decoder="linear", hidden=(16,), max_epochs=30, random_state=0)
     initial = {}
     train = MIWAEImputer._train
