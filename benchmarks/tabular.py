@@ -238,12 +238,13 @@ def summarise(rows):
         present = [m for m in methods if any(r["method"] == m for r in group)]
         best_rmse = min(np.mean([r["rmse"] for r in group if r["method"] == m]) for m in present)
         best_acc = max(np.mean([r["accuracy"] for r in group if r["method"] == m]) for m in present)
+        floor = np.mean([r["rmse"] for r in group if r["method"] == "mean"]) if "mean" in present else np.inf
         for m in present:
             mine = [r for r in group if r["method"] == m]
             rmse, acc = [r["rmse"] for r in mine], [r["accuracy"] for r in mine]
             multi = [r["accuracy_multiple"] for r in mine if "accuracy_multiple" in r]
             cells = [
-                _cell(rmse, np.mean(rmse) == best_rmse),
+                _cell(rmse, np.mean(rmse) == best_rmse) + (" ✗" if np.mean(rmse) > floor else ""),
                 _cell(acc, np.mean(acc) == best_acc),
                 _cell(multi) if multi else "-",
                 f"{np.mean([r['fit_s'] for r in mine]):.2f}",
@@ -361,7 +362,8 @@ self-masking), split 70/30 stratified, imputers fitted on the incomplete trainin
 entries in units of each column's training standard deviation; accuracy is a standardised logistic regression
 trained on the imputed training rows and tested on the imputed test rows; "M = 10" trains it on 10 imputations
 stacked and averages its probabilities over 10 imputations of each test row. Each cell is the mean (standard
-deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold. scikit-learn's
+deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold, and ✗ marks a
+mean RMSE above the column mean's: that imputer failed in that setting, whatever its other scores. scikit-learn's
 imputers run on standardised columns; IterativeImputer has 10 rounds, KNNImputer 5 neighbours; missForest is
 IterativeImputer with a random forest of 100 trees over the square root of the features at each split (missForest's
 own settings), 10 rounds; miceforest runs 5 rounds of LightGBM with its defaults; HyperImpute its `hyperimpute`

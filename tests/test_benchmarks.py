@@ -176,6 +176,10 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     assert text.count("| wine |") == len(rows)
     assert ("Left out of this run" in text) == (present != set(tabular["OPTIONAL"]))
     assert "mivae's imputers has the best mean RMSE in **" in text and "Not run:" not in text
+    cell = {"dataset": "wine", "mechanism": "mcar", "rate": 0.2, "accuracy": 0.9, "fit_s": 1.0, "transform_s": 1.0}
+    scored = [{**cell, "method": m, "rmse": v} for m, v in (("mean", 1.0), ("knn", 0.8), ("mivae miwae", 1.3))]
+    marked = [line for line in tabular["summarise"](scored).splitlines() if "✗" in line]
+    assert len(marked) == 1 and "| mivae miwae | 1.300 ✗ |" in marked[0]  # worse than the column mean: failed
     two = [{"dataset": d, "method": m} for d, m in (("wine", "knn"), ("wine", "hyperimpute"), ("digits", "knn"))]
     assert tabular["_gaps"](two) == " Not run: hyperimpute on digits; those settings are decided without it."
     # a rerun with one method's rows dropped runs that method alone and puts its rows back
