@@ -461,6 +461,20 @@ def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_c
     assert (draws[:, 0, ~gaps] == values[0].numpy()[~gaps]).all()  # observed entries kept in every draw
 
 
+def test_single_imputations_far_outside_the_observed_range_are_warned_of(table, monkeypatch):
+    imputer = fast(MIWAEImputer).fit(table.missing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sound model's imputations: no warning
+        imputer.transform(table.missing)
+    # 50 standard deviations from each column's mean: beyond its observed range by more than twice its width
+    far = lambda values, observed: torch.where(imputer._observed_slots(observed) > 0, values, 50.0)  # noqa: E731
+    monkeypatch.setattr(imputer, "_single", far)
+    names = ", ".join(f"{c.name!r} ({table.mask[:, j].sum()})" for j, c in enumerate(imputer.schema_.columns))
+    with pytest.warns(UserWarning, match=re.escape(f"more than twice its width in column(s) {names}: the model")):
+        filled = imputer.transform(table.missing)
+    assert (filled[table.mask] > table.complete.max()).all()  # warned of, not changed
+
+
 # --- 4. Mixed types through a DataFrame -----------------------------------------------------------------------
 
 COLOURS = {"red", "green", "blue"}

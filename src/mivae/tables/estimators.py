@@ -62,7 +62,7 @@ from mivae.models.distributions import (
 from mivae.models.tabular import ACTIVATIONS, DECODERS, LIKELIHOODS, MISSINGNESS, TabularVAE
 from mivae.readback import on_meta
 from mivae.tables import saved
-from mivae.tables.schema import Schema, infer_kinds
+from mivae.tables.schema import CONTINUOUS, Schema, infer_kinds
 from mivae.training import History, adam, fit, history_from_json
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
@@ -472,7 +472,30 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
     def _transform(self, X):
         X, values, observed = self._encode(X)
         completed = self._in_batches(self._single, values, observed)
+        self._warn_far(completed, observed)
         return self.schema_.assemble(self.schema_.decode(completed.cpu().numpy(), X), X)
+
+    def _warn_far(self, completed, observed):
+        """Warns where single imputations (encoded rows) lie outside their column's observed range by more than twice
+        its width: the model extrapolates far beyond the data it learned from there. (Values missing because they
+        are large lie beyond the observed ones, which is why the margin is wide.)"""
+        far, slot = [], 0
+        for j, column in enumerate(self.schema_.modelled):
+            span = 2 * (column.high - column.low)
+            if column.kind == CONTINUOUS and span > 0:
+                imputed = completed[:, slot][observed[:, j] == 0].double() * column.std + column.mean
+                count = int(((imputed < column.low - span) | (imputed > column.high + span)).sum())
+                if count:
+                    far.append(f"{column.name!r} ({count})")
+            slot += column.width
+        if far:
+            warnings.warn(
+                f"imputed values lie outside the observed range by more than twice its width in column(s) "
+                f"{', '.join(far)}: the model extrapolates far beyond the data it learned from (a linear decoder can, "
+                "on columns far from Gaussian); check its fit before trusting them.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def sample(self, X, n_imputations=10):
         """Returns a list of `n_imputations` completed copies of table X, each drawn from p(x_miss | x_obs).
