@@ -455,6 +455,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         X may be a Dask DataFrame: the result is then a Dask DataFrame too, imputed partition by partition
         (`map_partitions`) where it is computed, on whichever workers hold the partitions. Each row's imputation
         depends on that row alone, so the result is the same as the whole table's in memory, row for row.
+
+        Imputations beyond their column's observed range by more than twice its width are warned of (a UserWarning
+        naming the columns): the model extrapolates far past its data there.
         """
         if _is_dask(X):
             return self._transform_dask(X)
