@@ -374,8 +374,9 @@ the training rows; MIWAE with K = 20), on one CPU thread. {machines} In the MNAR
 `NotMIWAEImputer()`, which learns in which direction each column's values go missing, and told that high values do
 (`missingness="self-masking-high"`), which is true of this amputation. `mivae miwae, linear` and `mivae not-miwae,
 high, linear` have probabilistic PCA's linear decoder (`decoder="linear"`), which learns more slowly than the MLP:
-3,000 epochs at most, patience 300, no step budget. With it MIWAE's model of these tables of numbers is Gaussian,
-and its imputations are the exact Gaussian conditional (mean and draws), not importance-sampled. Times are wall
+3,000 epochs at most, patience 300, no step budget. With it MIWAE's model of these tables of numbers is Gaussian:
+it is fitted by the exact log-likelihood of the observed entries, and its imputations are the exact Gaussian
+conditional (mean and draws), not importance-sampled. Times are wall
 seconds of one process; other work shared the machine's second core during the run, so read them as orders of
 magnitude.
 
