@@ -10,10 +10,10 @@ from scipy import stats
 from mivae.models.distributions import (
     LOGVAR_BOUND,
     bounded_logvar,
-    gaussian_conditional,
+    factor_observed_log_density,
+    factor_posterior,
     gaussian_log_density,
     gaussian_log_prob,
-    gaussian_observed_log_density,
     importance_weights,
     iwae_bound,
     kl_divergence,
@@ -64,38 +64,42 @@ def test_the_importance_weighted_bound_and_weights():
     assert weights[:, 0].tolist() == pytest.approx([0.25, 0.75]) and weights[:, 1].tolist() == pytest.approx([0.5, 0.5])
 
 
-def test_gaussian_conditioning_matches_the_textbook_formulas_for_every_pattern_of_gaps():
+def _factor_model(rng, d=5, latent=2):
+    """(bias, weight, scale) of a factor model, and its covariance W W^T + diag(scale^2)."""
+    bias, weight, scale = rng.normal(size=d), rng.normal(size=(d, latent)), rng.uniform(0.3, 1.5, size=d)
+    return (bias, weight, scale), weight @ weight.T + np.diag(scale**2)
+
+
+def test_the_factor_posterior_gives_the_textbook_gaussian_conditional_for_every_pattern_of_gaps():
     rng = np.random.default_rng(3)
-    d = 5
-    a = rng.normal(size=(d, d))
-    cov, mean = a @ a.T + np.eye(d), rng.normal(size=d)
-    x = rng.normal(size=(8, d))
-    observed = np.array([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0], *(rng.random((6, d)) < 0.6)], dtype=float)
-    means, factors = gaussian_conditional(*(torch.tensor(v) for v in (mean, cov, x, observed)))
+    (bias, weight, scale), cov = _factor_model(rng)
+    x = rng.normal(size=(8, 5))
+    observed = np.array([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0], *(rng.random((6, 5)) < 0.6)], dtype=float)
+    means, factors = factor_posterior(*(torch.tensor(v) for v in (bias, weight, scale, x, observed)))
     for row in range(len(x)):
         o, m = observed[row] == 1, observed[row] == 0
         regression = cov[np.ix_(m, o)] @ np.linalg.inv(cov[np.ix_(o, o)])  # empty where nothing or all is seen
-        expected_mean = mean[m] + regression @ (x[row, o] - mean[o])
+        expected_mean = bias[m] + regression @ (x[row, o] - bias[o])
         expected_cov = cov[np.ix_(m, m)] - regression @ cov[np.ix_(o, m)]
-        spread = (factors[row] @ factors[row].T).numpy()
-        np.testing.assert_allclose(means[row].numpy()[o], x[row, o], atol=1e-12)  # observed: as given
-        np.testing.assert_allclose(means[row].numpy()[m], expected_mean, atol=1e-12)
-        np.testing.assert_allclose(spread[np.ix_(m, m)], expected_cov, atol=1e-12)
-        np.testing.assert_allclose(spread[np.ix_(o, o)], np.eye(o.sum()))  # no spread where observed ...
-        assert np.abs(spread[np.ix_(o, m)]).max(initial=0) < 1e-12  # ... and none shared with the gaps
-    np.testing.assert_allclose(means[1].numpy(), mean)  # nothing observed: the marginal
-    np.testing.assert_allclose((factors[1] @ factors[1].T).numpy(), cov, atol=1e-12)
+        # the gaps are W z + bias + noise with z from the posterior: mean W mu + bias, cov W M^-1 W^T + diag(scale^2)
+        precision = (factors[row] @ factors[row].T).numpy()
+        latent_cov = np.linalg.inv(precision)
+        np.testing.assert_allclose(weight[m] @ means[row].numpy() + bias[m], expected_mean, atol=1e-12)
+        np.testing.assert_allclose(
+            weight[m] @ latent_cov @ weight[m].T + np.diag(scale[m] ** 2), expected_cov, atol=1e-12
+        )
+        np.testing.assert_allclose(precision, np.eye(2) + weight[o].T @ np.diag(scale[o] ** -2.0) @ weight[o])
+    np.testing.assert_allclose(means[1].numpy(), 0, atol=1e-15)  # nothing observed: the prior
+    np.testing.assert_allclose((factors[1] @ factors[1].T).numpy(), np.eye(2))
 
 
-def test_the_density_of_the_observed_entries_is_scipys_on_each_row_s_observed_block():
+def test_the_factor_model_density_of_the_observed_entries_is_scipys_on_each_row_s_observed_block():
     rng = np.random.default_rng(5)
-    d = 4
-    a = rng.normal(size=(d, d))
-    cov, mean = a @ a.T + 0.5 * np.eye(d), rng.normal(size=d)
-    x = rng.normal(size=(6, d))
+    (bias, weight, scale), cov = _factor_model(rng, d=4)
+    x = rng.normal(size=(6, 4))
     observed = np.array([[1, 1, 1, 1], [0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1]], float)
-    got = gaussian_observed_log_density(*(torch.tensor(v) for v in (mean, cov, x, observed))).numpy()
+    got = factor_observed_log_density(*(torch.tensor(v) for v in (bias, weight, scale, x, observed))).numpy()
     for row, value in enumerate(got):
         o = observed[row] == 1
-        expected = stats.multivariate_normal(mean[o], cov[np.ix_(o, o)]).logpdf(x[row, o]) if o.any() else 0.0
+        expected = stats.multivariate_normal(bias[o], cov[np.ix_(o, o)]).logpdf(x[row, o]) if o.any() else 0.0
         assert value == pytest.approx(expected, abs=1e-10)

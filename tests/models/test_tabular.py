@@ -122,18 +122,19 @@ def test_a_linear_decoder_is_affine_in_the_latent_with_one_scale_and_df_per_colu
         TabularVAE(layout, decoder="pca")
 
 
-def test_the_marginal_is_gaussian_exactly_for_a_linear_decoder_with_gaussian_heads_on_continuous_columns():
+def test_a_linear_decoder_with_gaussian_heads_on_continuous_columns_is_a_factor_model():
     torch.manual_seed(4)
     continuous = [("continuous", 1)] * 3
     model = TabularVAE(continuous, hidden=(8,), latent=2, decoder="linear")
-    mean, cov = model.gaussian_marginal()
+    bias, weight, scale = model.factor_model()
     params = model.decode(torch.zeros(1, 2))
-    weight = model.decoder.affine.weight.double()
-    torch.testing.assert_close(mean, params["mean"][0].double())  # the decoder's mean at z = 0, the prior's mean
-    torch.testing.assert_close(cov, weight @ weight.T + torch.diag(params["scale"][0].double() ** 2))
+    torch.testing.assert_close(bias, params["mean"][0].double())  # the decoder's mean at z = 0, the prior's mean
+    torch.testing.assert_close(weight, model.decoder.affine.weight.double())
+    torch.testing.assert_close(scale, params["scale"][0].double())
     # z ~ N(0, I), x = W z + b + scale * noise: the sample covariance of many draws is W W^T + diag(scale^2)
     z = torch.randn(200_000, 2)
     drawn = model.draw(model.decode(z), torch.randn(200_000, 3), None).double()
+    cov = weight @ weight.T + torch.diag(scale**2)
     torch.testing.assert_close(torch.cov(drawn.T), cov, atol=0.02, rtol=0.02)
     for other in (
         TabularVAE(continuous, hidden=(8,), latent=2),  # an MLP decoder
@@ -141,4 +142,4 @@ def test_the_marginal_is_gaussian_exactly_for_a_linear_decoder_with_gaussian_hea
         TabularVAE(continuous + [("categorical", 2)], hidden=(8,), latent=2, decoder="linear"),
         TabularVAE(continuous, hidden=(8,), latent=2, decoder="linear", missingness="self-masking"),
     ):
-        assert other.gaussian_marginal() is None
+        assert other.factor_model() is None

@@ -27,7 +27,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.hardware import cores
-from mivae.models.distributions import gaussian_observed_log_density
+from mivae.models.distributions import factor_observed_log_density
 from mivae.tables.amputation import ampute, rmse_missing
 from mivae.tables.estimators import (
     MIWAEImputer,
@@ -429,7 +429,7 @@ def test_miwae_with_a_linear_decoder_trains_on_the_exact_likelihood_and_leaves_t
     values, observed = (torch.from_numpy(a) for a in imputer.schema_.encode(data.missing))
     held_out = torch.randperm(300, generator=torch.Generator().manual_seed(imputer.seed_))[:30]
     with torch.no_grad():
-        exact = gaussian_observed_log_density(*imputer.model_.gaussian_marginal(), values[held_out], observed[held_out])
+        exact = factor_observed_log_density(*imputer.model_.factor_model(), values[held_out], observed[held_out])
     history = imputer.history_
     assert history.val_score[history.best_epoch - 1] == pytest.approx(exact.mean().item(), rel=1e-5)
     assert max(history.val_score) == history.val_score[history.best_epoch - 1]
@@ -441,24 +441,28 @@ def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_c
     exact = imputer.transform(data.missing)
     # importance sampling approximates the same conditional mean: with many proposals it comes close
     imputer.set_params(imputation_samples=20_000)
-    imputer.model_.gaussian_marginal = lambda: None
+    imputer.model_.factor_model = lambda: None
     sampled = imputer.transform(data.missing)
-    del imputer.model_.gaussian_marginal
+    del imputer.model_.factor_model
     # measured 0.005, from proposals of an encoder that exact training leaves as it was initialised
     assert np.abs(exact - sampled).mean() < 0.01, np.abs(exact - sampled).mean()
-    # 4,000 draws of one row with gaps: their mean and spread are the conditional's
+    # 4,000 draws of one row with two gaps: their mean and spread are those of the Gaussian p(x_gaps | x_seen)
     row = data.missing[np.isnan(data.missing).sum(axis=1) == 2][:1]
     draws, observed = imputer.encoded_imputations(row, 4000)
-    values = torch.from_numpy(np.nan_to_num(imputer.schema_.encode(row)[0]))
-    with torch.no_grad():
-        ((_, means, factors),) = imputer._conditionals(values, torch.from_numpy(observed))
-    gaps = observed[0] == 0
-    spread = (factors[0] @ factors[0].T).numpy()[np.ix_(gaps, gaps)]
+    values = np.nan_to_num(imputer.schema_.encode(row)[0][0]).astype(np.float64)
+    bias, weight, scale = (t.detach().numpy() for t in imputer.model_.factor_model())
+    cov = weight @ weight.T + np.diag(scale**2)
+    gaps, seen = observed[0] == 0, observed[0] == 1
+    regression = cov[np.ix_(gaps, seen)] @ np.linalg.inv(cov[np.ix_(seen, seen)])
+    mean = bias[gaps] + regression @ (values[seen] - bias[seen])
+    spread = cov[np.ix_(gaps, gaps)] - regression @ cov[np.ix_(seen, gaps)]
+    filled = imputer.schema_.encode(imputer.transform(row))[0][0]  # the single imputation, standardised
+    np.testing.assert_allclose(filled[gaps], mean, atol=1e-5)  # is the conditional mean
     error = np.sqrt(np.diag(spread) / 4000)
-    assert (np.abs(draws[:, 0, gaps].mean(axis=0) - means[0].numpy()[gaps]) < 4 * error).all()
+    assert (np.abs(draws[:, 0, gaps].mean(axis=0) - mean) < 4 * error).all()
     # a sample covariance of n draws has standard errors near sqrt(var_i var_j / n): within 4 of them
     np.testing.assert_allclose(np.cov(draws[:, 0, gaps].T), spread, atol=4 * np.diag(spread).max() / np.sqrt(4000))
-    assert (draws[:, 0, ~gaps] == values[0].numpy()[~gaps]).all()  # observed entries kept in every draw
+    assert (draws[:, 0, seen] == values[seen]).all()  # observed entries kept in every draw
 
 
 def test_single_imputations_far_outside_the_observed_range_are_warned_of(table, monkeypatch):

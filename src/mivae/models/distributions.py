@@ -3,9 +3,9 @@ densities of the decoders' heads, and the importance-weighted bound with its sel
 
 Log densities come in two forms: `gaussian_log_density` of a latent vector (summed over its last dimension,
 parametrised by the log variance, as an encoder gives it) and `gaussian_log_prob` of each entry of a table row
-(elementwise, parametrised by the scale, as a decoder head gives it). Where a model's p(x) is a full Gaussian
-(a linear decoder), the density of a row's observed entries and the conditional of its gaps are exact
-(`gaussian_observed_log_density`, `gaussian_conditional`).
+(elementwise, parametrised by the scale, as a decoder head gives it). Where a model's p(x) is a factor model's
+Gaussian (a linear decoder), the density of a row's observed entries and the posterior of its latent, hence the
+conditional of its gaps, are exact (`factor_observed_log_density`, `factor_posterior`).
 """
 
 import math
@@ -68,37 +68,34 @@ def importance_weights(log_w):
     return torch.softmax(log_w, dim=0)
 
 
-def _embedded(cov, observed):
-    """Returns (B, d, d): each row's cov_oo on its observed block and the identity where it has gaps, so that one
-    batched factorisation or solve serves every pattern of gaps."""
-    o = observed.to(cov.dtype)
-    return cov * (o[:, :, None] * o[:, None, :]) + torch.diag_embed(1 - o)
+def _posterior_factor(weight, precision):
+    """Returns the Cholesky factors (B, L, L) of I + W^T diag(precision_b) W for each row's precisions (B, d)."""
+    eye = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return torch.linalg.cholesky(eye + torch.einsum("dl,bd,dk->blk", weight, precision, weight))
 
 
-def gaussian_observed_log_density(mean, cov, values, observed):
-    """Returns log N(x_o; mean_o, cov_oo) per row (B,): the density of each row's observed entries under N(mean,
-    cov), its gaps integrated out. `values` (B, d) hold the observed entries where `observed` (B, d) is 1."""
-    o = observed.to(cov.dtype)
-    factor = torch.linalg.cholesky(_embedded(cov, o))  # the identity block adds nothing to the log determinant
-    gap = ((values.to(cov.dtype) - mean) * o)[:, :, None]
-    quadratic = (gap * torch.cholesky_solve(gap, factor)).sum((1, 2))
-    log_det = 2 * torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1)
+def factor_observed_log_density(bias, weight, scale, values, observed):
+    """Returns log N(x_o; bias_o, (W W^T + diag(scale^2))_oo) per row (B,): the density of each row's observed
+    entries under the factor model x = W z + bias + scale * noise, z ~ N(0, I_L) (probabilistic PCA's p(x)), its
+    gaps integrated out. `values` (B, d) hold the observed entries where `observed` (B, d) is 1. By the Woodbury
+    identity it goes through (L, L) matrices per row, never a (d, d) one."""
+    o = observed.to(weight.dtype)
+    precision = o / scale**2  # (B, d): 1 / scale^2 where observed, 0 in the gaps
+    gap = (values.to(weight.dtype) - bias) * o
+    factor = _posterior_factor(weight, precision)
+    projected = torch.linalg.solve_triangular(factor, ((gap * precision) @ weight)[:, :, None], upper=False)
+    quadratic = (gap * gap * precision).sum(1) - projected.square().sum((1, 2))  # gap^T cov_oo^-1 gap
+    log_det = 2 * torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1) + (o * torch.log(scale**2)).sum(1)
     return -0.5 * (quadratic + log_det + o.sum(1) * math.log(2 * math.pi))
 
 
-def gaussian_conditional(mean, cov, values, observed):
-    """Returns (conditional means (B, d), Cholesky factors (B, d, d)) of N(mean, cov) given each row's observed
-    entries: `values` (B, d) hold them where `observed` (B, d) is 1.
-
-    The means are the observed values where observed and mean_m + cov_mo cov_oo^-1 (x_o - mean_o) where missing;
-    the factors are those of the conditional covariance cov_mm - cov_mo cov_oo^-1 cov_om over the missing entries,
-    with identity rows and columns at the observed ones (so mean + (factor @ eps) * (1 - observed) is a draw).
-    """
-    o = observed.to(cov.dtype)
-    m = 1 - o
-    gap = (values.to(cov.dtype) - mean) * o
-    solved = torch.linalg.solve(_embedded(cov, o), torch.cat([gap[:, :, None], o[:, :, None] * cov], dim=2))
-    means = mean + (cov @ solved[:, :, :1]).squeeze(-1)  # the observed values, and the regression of the rest
-    conditional = cov - cov @ solved[:, :, 1:]  # zero on the observed block, cov_mm - cov_mo cov_oo^-1 cov_om
-    missing = m[:, :, None] * m[:, None, :]
-    return means, torch.linalg.cholesky(conditional * missing + torch.diag_embed(o))
+def factor_posterior(bias, weight, scale, values, observed):
+    """Returns (means (B, L), Cholesky factors C (B, L, L) of the precisions) of p(z | x_o) under the factor model
+    of `factor_observed_log_density`: the precision is M = I + W_o^T diag(scale_o^-2) W_o and the mean M^-1 W_o^T
+    diag(scale_o^-2) (x_o - bias_o). A draw of z is mean + C^-T eps; the gaps then follow as W z + bias + scale *
+    noise, so their conditional mean is W mean + bias, exactly that of the Gaussian p(x_m | x_o)."""
+    o = observed.to(weight.dtype)
+    precision = o / scale**2
+    factor = _posterior_factor(weight, precision)
+    weighted = ((values.to(weight.dtype) - bias) * precision) @ weight  # (B, L)
+    return torch.cholesky_solve(weighted[:, :, None], factor).squeeze(-1), factor

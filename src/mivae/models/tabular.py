@@ -176,18 +176,17 @@ class TabularVAE(GaussianVAE):
         resampled = {**params, "mean": chosen, "scale": torch.zeros_like(chosen), "logits": params["tilted"]}
         return self.draw(resampled, torch.zeros_like(chosen), uniform_categorical)
 
-    def gaussian_marginal(self):
-        """Returns (mean (n,), covariance (n, n)), float64, of p(x) = integral of p(x | z) p(z) dz where that is
-        Gaussian: a linear decoder with Gaussian heads over continuous columns alone and no missingness model
-        (probabilistic PCA's N(b, W W^T + diag(scale^2))); None for any other model."""
+    def factor_model(self):
+        """Returns (bias (n,), weight (n, L), scale (n,)), float64, where p(x) is the Gaussian of the factor model x =
+        W z + bias + scale * noise (probabilistic PCA's N(bias, W W^T + diag(scale^2))): a linear decoder with
+        Gaussian heads over continuous columns alone and no missingness model; None for any other model."""
         if not isinstance(self.decoder, LinearDecoder) or self.likelihood != "gaussian":
             return None
         if self.blocks or self.missingness is not None:
             return None
         n = self.n_continuous
         weight, bias = self.decoder.affine.weight[:n].double(), self.decoder.affine.bias[:n].double()
-        scale = F.softplus(self.decoder.constant.double()) + MIN_SCALE  # as `decode` makes it
-        return bias, weight @ weight.T + torch.diag(scale**2)
+        return bias, weight, F.softplus(self.decoder.constant.double()) + MIN_SCALE  # the scale as `decode` makes it
 
     def means(self, params):
         """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""

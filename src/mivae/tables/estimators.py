@@ -53,8 +53,8 @@ from mivae.hardware import (
     torch_threads,
 )
 from mivae.models.distributions import (
-    gaussian_conditional,
-    gaussian_observed_log_density,
+    factor_observed_log_density,
+    factor_posterior,
     importance_weights,
     iwae_bound,
     reparameterize,
@@ -66,7 +66,6 @@ from mivae.tables.schema import CONTINUOUS, Schema, infer_kinds
 from mivae.training import History, adam, fit, history_from_json
 
 BATCH_ROWS = 1024  # rows per forward pass when imputing: bounds memory at K proposals per row
-EXACT_ELEMENTS = 2**22  # entries of the (rows, W, W) matrices of one batched Gaussian conditioning: 32 MiB of float64
 CANDIDATES = 64  # NotMIWAEImputer.sample: draws of p(x | z) per missing value, resampled by its chance of going missing
 # The defaults that scale with the table (benchmarks/scale.py, BENCHMARKS.md "Big tables"):
 # - max_steps "auto" is a budget of MAX_STEPS gradient steps, or of MAX_ROWS rows' worth of steps where that is fewer
@@ -858,36 +857,34 @@ class MIWAEImputer(_TabularImputer):
     def _exact_likelihood(self):
         # Where p(x) is Gaussian (the linear decoder over continuous columns), the bound's limit as K grows, log
         # p(x_obs) itself, is computable: training maximises it, and the encoder takes no part.
-        if self.model_.gaussian_marginal() is None:
+        if self.model_.factor_model() is None:
             return None
 
         def log_likelihood(model, values, observed):
-            mean, cov = model.gaussian_marginal()
+            bias, weight, scale = model.factor_model()
             with torch.autocast(values.device.type, enabled=False):
-                return gaussian_observed_log_density(mean, cov, values, observed).float()
+                return factor_observed_log_density(bias, weight, scale, values, observed).float()
 
         return log_likelihood
 
-    def _conditionals(self, values, observed):
-        """Yields (rows, conditional means (b, W), Cholesky factors (b, W, W)) for slices of the rows, under the
-        model's p(x) where it is Gaussian (TabularVAE.gaussian_marginal: the linear decoder over continuous columns
-        alone, whose encoding is the columns themselves); nothing where it is not."""
-        marginal = self.model_.gaussian_marginal()
-        if marginal is None:
-            return
-        mean, cov = marginal
-        step = max(1, EXACT_ELEMENTS // values.shape[1] ** 2)  # rows per solve: (rows, W, W) float64 matrices
+    def _posterior(self, values, observed):
+        """Returns (factor model, posterior means (B, L), Cholesky factors of the posterior precisions (B, L, L)) of
+        the latent given each row's observed entries where p(x) is Gaussian (TabularVAE.factor_model: the linear
+        decoder over continuous columns alone, whose encoding is the columns themselves); None where it is not."""
+        model = self.model_.factor_model()
+        if model is None:
+            return None
+        bias, weight, scale = model
         with torch.autocast(values.device.type, enabled=False):
-            for i in range(0, len(values), step):
-                rows = slice(i, i + step)
-                yield rows, *gaussian_conditional(mean, cov, values[rows], observed[rows])
+            return model, *factor_posterior(bias, weight, scale, values, observed)
 
     @torch.no_grad()
     def _single(self, values, observed):
         keep = self._observed_slots(observed)
-        exact = [means for _, means, _ in self._conditionals(values, observed)]
-        if exact:  # p(x) is Gaussian: its conditional mean itself, which importance sampling approximates
-            return values * keep + torch.cat(exact).float() * (1 - keep)
+        exact = self._posterior(values, observed)
+        if exact is not None:  # p(x) is Gaussian: its conditional mean itself, which importance sampling approximates
+            (bias, weight, _), means, _ = exact
+            return values * keep + (bias + means @ weight.T).float() * (1 - keep)
         # The same K proposals for every row and call: the imputation is a fixed function of its row.
         log_w, params = self._proposals(values, observed, torch.Generator().manual_seed(self.seed_), shared=True)
         expected = (importance_weights(log_w)[..., None] * self._expected(params)).sum(0)  # (B, W)
@@ -896,13 +893,15 @@ class MIWAEImputer(_TabularImputer):
     @torch.no_grad()
     def _draw(self, values, observed, imputations, generator, shared):
         rows = len(values)
-        if self.model_.gaussian_marginal() is not None:  # exact draws from the Gaussian conditional
+        exact = self._posterior(values, observed)
+        if exact is not None:  # exact draws: the latent from its Gaussian posterior, then the gaps given it
+            (bias, weight, scale), means, factors = exact
+            latent, width = weight.shape[1], values.shape[1]
+            noise = self._noise((imputations, latent + width), rows, generator, shared).double()  # (M, B or 1, L + W)
+            eps = noise[..., :latent].expand(imputations, rows, latent)[..., None]
+            z = means + torch.linalg.solve_triangular(factors.mT, eps, upper=True).squeeze(-1)  # mean + C^-T eps
+            draws = (bias + z @ weight.T + scale * noise[..., latent:]).float()
             keep = self._observed_slots(observed)
-            noise = self._noise((imputations, values.shape[1]), rows, generator, shared).double()  # (M, B or 1, W)
-            draws = torch.empty((imputations, rows, values.shape[1]), device=values.device)
-            for part, means, factors in self._conditionals(values, observed):
-                eps = noise if shared else noise[:, part]
-                draws[:, part] = (means + (factors @ eps[..., None]).squeeze(-1)).float()
             return values * keep + draws * (1 - keep)
         log_w, params = self._proposals(values, observed, generator, shared)  # (K, B)
         cdf = importance_weights(log_w).cumsum(0).T  # (B, K)
