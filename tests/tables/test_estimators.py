@@ -474,8 +474,9 @@ def test_single_imputations_far_outside_the_observed_range_are_warned_of(table, 
     far = lambda values, observed: torch.where(imputer._observed_slots(observed) > 0, values, 50.0)  # noqa: E731
     monkeypatch.setattr(imputer, "_single", far)
     names = ", ".join(f"{c.name!r} ({table.mask[:, j].sum()})" for j, c in enumerate(imputer.schema_.columns))
-    with pytest.warns(UserWarning, match=re.escape(f"more than twice its width in column(s) {names}: the model")):
+    with pytest.warns(UserWarning, match=re.escape(f"more than twice its width in column(s) {names}: the model")) as w:
         filled = imputer.transform(table.missing)
+    assert w[0].filename == __file__  # it points at the caller of transform, not inside mivae
     assert (filled[table.mask] > table.complete.max()).all()  # warned of, not changed
 
 

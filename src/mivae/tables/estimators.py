@@ -496,7 +496,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 f"{', '.join(far)}: the model extrapolates far beyond the data it learned from (a linear decoder can, "
                 "on columns far from Gaussian); check its fit before trusting them.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=6,  # transform's caller: past scikit-learn's set_output wrapper, _threaded, _transform
             )
 
     def sample(self, X, n_imputations=10):
