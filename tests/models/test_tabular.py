@@ -143,3 +143,31 @@ def test_a_linear_decoder_with_gaussian_heads_on_continuous_columns_is_a_factor_
         TabularVAE(continuous, hidden=(8,), latent=2, decoder="linear", missingness="self-masking"),
     ):
         assert other.factor_model() is None
+
+
+@pytest.mark.parametrize("decoder", ["mlp", "linear"])
+def test_the_scale_of_every_continuous_head_is_floored_at_min_scale(decoder):
+    torch.manual_seed(5)
+    layout = [("continuous", 1), ("categorical", 2), ("continuous", 1)]
+    default = TabularVAE(layout, hidden=(8,), latent=2, decoder=decoder)
+    floored = TabularVAE(layout, hidden=(8,), latent=2, decoder=decoder, min_scale=0.7)
+    assert default.min_scale == MIN_SCALE == 1e-3 and floored.min_scale == 0.7
+
+    def set_raw_scales(model, value):  # the two continuous heads' scales before softplus, the same for every z
+        with torch.no_grad():
+            if decoder == "linear":
+                model.decoder.constant.fill_(value)
+            else:
+                model.decoder[-1].weight[2:4].zero_()
+                model.decoder[-1].bias[2:4].fill_(value)
+
+    for model in (default, floored):  # far below zero: softplus gives about 1e-22, and the floor is what is left
+        set_raw_scales(model, -50.0)
+        torch.testing.assert_close(model.decode(torch.randn(5, 2))["scale"], torch.full((5, 2), model.min_scale))
+    set_raw_scales(floored, 0.0)  # the floor adds to the softplus: log 2 + 0.7
+    torch.testing.assert_close(floored.decode(torch.randn(5, 2))["scale"], torch.full((5, 2), math.log(2) + 0.7))
+    if decoder == "linear":  # no categorical column: the factor model's scale is the floored one too
+        model = TabularVAE([("continuous", 1)] * 2, hidden=(8,), latent=1, decoder="linear", min_scale=0.7)
+        with torch.no_grad():
+            model.decoder.constant.fill_(-50.0)
+        torch.testing.assert_close(model.factor_model()[2], torch.full((2,), 0.7, dtype=torch.float64))

@@ -303,6 +303,9 @@ BAD_PARAMETERS = [
     ("threads", 0),
     ("n_init", 0),
     ("decoder", "pca"),
+    ("min_scale", 0),
+    ("min_scale", -1.0),
+    ("min_scale", float("nan")),
 ]
 
 
@@ -384,6 +387,23 @@ def test_not_miwae_imputes_values_that_went_missing_for_being_high_far_better_th
     copies = [copy[data.mask].mean() for copy in known.sample(data.missing, 3)]  # measured 0.54 to 0.56
     assert too_low > 0.5 and all(abs(mean - truth) < 0.5 * too_low for mean in copies), (copies, truth, too_low)
     assert learned.model_.self_masking.slopes()[::2].min() > 0  # it found the direction: high values go missing
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_min_scale_reaches_the_network_and_a_divergence_names_it_where_it_is_small(Imputer, table):
+    imputer = fast(Imputer, min_scale=0.5).fit(table.missing)
+    assert imputer.model_.min_scale == 0.5
+    values, observed = (torch.from_numpy(a) for a in imputer.schema_.encode(table.missing))
+    with torch.no_grad():
+        mu, _ = imputer.model_.encode(values, observed)
+        assert imputer.model_.decode(mu)["scale"].min().item() >= 0.5
+    # a learning rate that blows training up in its first steps: the advice names both remedies, then the rate alone
+    with pytest.raises(ValueError, match=r"lower learning rate \(now 100\) usually helps, and where columns repeat "):
+        fast(Imputer, lr=100.0).fit(table.missing)
+    with pytest.raises(ValueError, match=r"\(now 0.001; say 1\)\.$"):
+        fast(Imputer, lr=100.0).fit(table.missing)
+    with pytest.raises(ValueError, match=r"lower learning rate \(now 100\) usually helps\.$"):
+        fast(Imputer, lr=100.0, min_scale=1.0).fit(table.missing)
 
 
 def test_a_linear_decoder_extrapolates_a_linear_table_beyond_the_values_that_stayed():

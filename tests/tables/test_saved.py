@@ -235,12 +235,12 @@ def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_w
     path = tmp_path / "older" / "imputer.json"
     content = json.loads(path.read_text())
     del content["params"]["activation"], content["params"]["standardize"], content["params"]["decoder"]
-    del content["architecture"]["decoder"]
+    del content["params"]["min_scale"], content["architecture"]["decoder"], content["architecture"]["min_scale"]
     path.write_text(json.dumps(content))
     weights = tmp_path / "older" / "model.safetensors"  # its digest was of an architecture without the decoder
     save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
     older = load_imputer(tmp_path / "older")
-    assert older.decoder == "mlp"
+    assert older.decoder == "mlp" and older.min_scale == older.model_.min_scale == 1e-3
     pd.testing.assert_frame_equal(older.transform(frame), relu.transform(frame))
 
 
@@ -259,6 +259,19 @@ def test_a_linear_decoder_round_trips_and_is_built_as_one_on_load(frame, tmp_pat
     save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
     with pytest.raises(InputError, match="model.safetensors"):
         load_imputer(tmp_path / "linear")
+
+
+def test_min_scale_round_trips_and_a_file_whose_floor_disagrees_with_its_parameters_is_refused(frame, tmp_path):
+    imputer = MIWAEImputer(min_scale=0.5, **FAST).fit(frame)
+    imputer.save(tmp_path / "floored")
+    back = load_imputer(tmp_path / "floored")
+    assert back.min_scale == back.model_.min_scale == 0.5
+    pd.testing.assert_frame_equal(back.transform(frame), imputer.transform(frame))
+    content = json.loads((tmp_path / "floored" / "imputer.json").read_text())
+    content["params"]["min_scale"] = 1.0  # the parameters say one floor, the network was trained with another
+    (tmp_path / "floored" / "imputer.json").write_text(json.dumps(content))
+    with pytest.raises(InputError, match="its network, schema and parameters disagree"):
+        load_imputer(tmp_path / "floored")
 
 
 def test_a_saved_imputer_damaged_at_random_is_loaded_or_refused_in_one_sentence(frame, tmp_path):

@@ -92,6 +92,24 @@ def test_impute_passes_the_decoder_and_patience_to_the_imputer(tmp_path, capsys,
     assert not pd.read_csv(tmp_path / "out" / "people.single.csv").isna().any().any()
 
 
+def test_impute_passes_min_scale_and_refuses_one_that_is_not_positive(tmp_path, capsys, monkeypatch):
+    from mivae.tables.estimators import MIWAEImputer
+
+    fitted = []
+    fit = MIWAEImputer.fit
+    monkeypatch.setattr(MIWAEImputer, "fit", lambda self, X, y=None: fitted.append(self) or fit(self, X, y))
+    frame, _ = mixed_frame()
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    status, _, err = run(
+        capsys, "impute", tmp_path / "people.csv", "--min-scale", 1, "--single", "--out", tmp_path, *FAST
+    )
+    assert status == 0, err
+    assert [i.min_scale for i in fitted] == [1.0]
+    status, _, err = run(capsys, "impute", tmp_path / "people.csv", "--min-scale", 0, "--out", tmp_path / "no", *FAST)
+    assert status == 2 and err == "mivae: error: --min-scale must be a number in (0, inf); got 0.0.\n"
+    assert not (tmp_path / "no").exists()
+
+
 def test_impute_parquet_in_and_out(tmp_path, capsys):
     frame, _ = mixed_frame()
     frame["colour"] = frame["colour"].astype("category")

@@ -1,10 +1,11 @@
 """The table commands: impute and classify."""
 
+import math
 from pathlib import Path
 
 from mivae.artifacts import check_writable_folder
 from mivae.cli.options import api_errors, name_list, print_notes
-from mivae.errors import MivaeError, check_whole
+from mivae.errors import MivaeError, check_number, check_whole
 
 
 def add_commands(commands):
@@ -56,7 +57,7 @@ def add_commands(commands):
 
 
 def _add_table_model_flags(parser):
-    from mivae.models.tabular import DECODERS, LIKELIHOODS, MISSINGNESS
+    from mivae.models.tabular import DECODERS, LIKELIHOODS, MIN_SCALE, MISSINGNESS
 
     parser.add_argument(
         "--model",
@@ -92,6 +93,14 @@ def _add_table_model_flags(parser):
         "in the latent, a scale per column; for columns that hang together linearly, and slower to learn: give it "
         "--epochs 3000 --patience 300)",
     )
+    parser.add_argument(
+        "--min-scale",
+        type=float,
+        default=MIN_SCALE,
+        help=f"smallest scale of a continuous column's distribution, in standard deviations (default: {MIN_SCALE:g}); "
+        "where columns repeat values exactly (counts, pixel intensities), 1 keeps the model from concentrating on "
+        "them",
+    )
     parser.add_argument("--epochs", type=int, default=500, help="most training epochs (default: 500)")
     parser.add_argument(
         "--patience",
@@ -120,6 +129,7 @@ def _table_imputer(args, categorical, fit_rows=None):
     check_whole("--epochs", args.epochs, 1)
     check_whole("--patience", args.patience, 1)
     check_whole("--n-init", args.n_init, 1)
+    check_number("--min-scale", args.min_scale, 0, math.inf, high_open=True)
     overlap = set(args.categorical) & set(args.continuous)
     if overlap:
         raise MivaeError(f"column {sorted(overlap)[0]!r} is declared both categorical and continuous.")
@@ -134,6 +144,7 @@ def _table_imputer(args, categorical, fit_rows=None):
         patience=args.patience,
         n_init=args.n_init,
         decoder=args.decoder,
+        min_scale=args.min_scale,
         random_state=args.seed,
         device=args.device,
         fit_rows=fit_rows,

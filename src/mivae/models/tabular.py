@@ -39,7 +39,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # of the hidden layers
 DECODERS = ("mlp", "linear")
 # The self-masking models: a continuous column's slope free in sign, or known: its high (low) values go missing more.
 MISSINGNESS = ("self-masking", "self-masking-high", "self-masking-low")
-MIN_SCALE = 1e-3  # the smallest decoder scale in standardised units, as Mattei and Frellsen 2019: no degenerate spikes
+MIN_SCALE = 1e-3  # the default smallest decoder scale in standardised units, as Mattei and Frellsen 2019
 MIN_DF = 3.0  # the smallest degrees of freedom of a Student-t head: its variance stays finite
 
 
@@ -55,6 +55,7 @@ class TabularVAE(GaussianVAE):
         missingness=None,
         activation="relu",
         decoder="mlp",
+        min_scale=MIN_SCALE,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}.")
@@ -74,6 +75,9 @@ class TabularVAE(GaussianVAE):
         inputs = len(column_of_slot) + len(layout)  # values and the observed mask
         super().__init__(inputs, hidden, latent, heads, ACTIVATIONS[activation])
         self.layout, self.likelihood, self.blocks = layout, likelihood, blocks
+        # The continuous heads' smallest scale, in standardised units: the floor keeps a Gaussian from concentrating
+        # on values a column repeats exactly (a pixel's 0), where the density, unbounded, rewards spikes.
+        self.min_scale = float(min_scale)
         self.n_continuous = kinds.count("continuous")
         if decoder == "linear":
             per_column = 2 if likelihood == "student-t" else 1  # the scale, and the degrees of freedom
@@ -100,7 +104,7 @@ class TabularVAE(GaussianVAE):
         out = self.decoder(z).float()
         n = self.n_continuous
         # softplus of a contiguous copy: on a strided slice torch's CPU kernel took 9x as long (BENCHMARKS.md)
-        params = {"mean": out[..., :n], "scale": F.softplus(out[..., n : 2 * n].contiguous()) + MIN_SCALE}
+        params = {"mean": out[..., :n], "scale": F.softplus(out[..., n : 2 * n].contiguous()) + self.min_scale}
         offset = 2 * n
         if self.likelihood == "student-t":
             params["df"] = F.softplus(out[..., offset : offset + n].contiguous()) + MIN_DF
@@ -186,7 +190,7 @@ class TabularVAE(GaussianVAE):
             return None
         n = self.n_continuous
         weight, bias = self.decoder.affine.weight[:n].double(), self.decoder.affine.bias[:n].double()
-        return bias, weight, F.softplus(self.decoder.constant.double()) + MIN_SCALE  # the scale as `decode` makes it
+        return bias, weight, F.softplus(self.decoder.constant.double()) + self.min_scale  # as `decode` makes it
 
     def means(self, params):
         """Returns the expected encoded row (..., B, W) under decoder params: continuous means, label probabilities."""
