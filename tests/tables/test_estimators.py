@@ -485,6 +485,24 @@ def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_c
     assert (draws[:, 0, seen] == values[seen]).all()  # observed entries kept in every draw
 
 
+@pytest.mark.parametrize("decoder", ["mlp", "linear"])
+def test_a_fit_that_max_epochs_ended_still_improving_is_warned_of_and_no_other(decoder, table):
+    with pytest.warns(ConvergenceWarning, match=r"max_epochs=3 with the validation bound still improving") as w:
+        imputer = fast(MIWAEImputer, decoder=decoder).fit(table.missing)
+    assert w[0].filename == __file__  # it points at the caller of fit
+    assert f"best at epoch {imputer.history_.best_epoch}, under patience=50" in str(w[0].message)
+    assert ("the linear decoder needs thousands" in str(w[0].message)) == (decoder == "linear")
+    assert not imputer.history_.stopped_early and len(imputer.history_.train_loss) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        if decoder == "mlp":  # the linear one's exact likelihood rose at every one of 400 epochs here
+            stopped = fast(MIWAEImputer, max_epochs=400, patience=2).fit(table.missing)
+            assert stopped.history_.stopped_early  # early stopping ended it
+        fast(MIWAEImputer, decoder=decoder, validation_fraction=0.0).fit(table.missing)  # no bound to improve
+        budget = fast(MIWAEImputer, decoder=decoder, max_steps=2).fit(table.missing)  # its rate fell to zero
+        assert budget.steps_ == 2 and not budget.history_.stopped_early
+
+
 def test_single_imputations_far_outside_the_observed_range_are_warned_of(table, monkeypatch):
     imputer = fast(MIWAEImputer).fit(table.missing)
     with warnings.catch_warnings():

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
@@ -286,7 +287,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 f"column(s) {', '.join(repr(n) for n in empty)} have no observed value; they take no part "
                 "in the model and come back missing.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit, past the wrapper that sets torch's threads
             )
         if self.n_init > 1 and int(len(X) * self.validation_fraction) == 0:
             raise InputError(
@@ -300,8 +301,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         columns = len(self.schema_.modelled)
         self.latent_ = self.latent or max(1, min(columns - 1, 16))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        # (validation bound, network, history, seed, steps) of the best start so far
-        starts: list[tuple[float, TabularVAE, History, int, int]] = []
+        # (validation bound, network, history, seed, steps, whether max_epochs ended it still improving) of the best
+        # start so far
+        starts: list[tuple[float, TabularVAE, History, int, int, bool]] = []
         for start in range(self.n_init):
             # Each start has its own initial weights and training noise; all hold out the same rows, scored with
             # the same noise, so that their validation bounds compare, and the best is kept (as GaussianMixture's
@@ -312,9 +314,20 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             self.model_ = model
             history = self._train(values, observed, start_seed, split_seed=seed)
             bound = history.val_score[history.best_epoch - 1] if history.val_score else -math.inf
-            starts.append((bound, model, history, start_seed, self.steps_))
+            starts.append((bound, model, history, start_seed, self.steps_, self._cut_short))
             starts = [max(starts, key=lambda s: s[0])]  # the best so far: one network kept besides the one training
-        _, self.model_, self.history_, self.seed_, self.steps_ = starts[0]
+        _, self.model_, self.history_, self.seed_, self.steps_, cut_short = starts[0]
+        if cut_short:
+            history = self.history_
+            warnings.warn(
+                f"training ended at max_epochs={self.max_epochs} with the validation bound still improving (best at "
+                f"epoch {history.best_epoch}, under patience={self.patience}): the model may not have converged; "
+                "give a larger max_epochs"
+                + (" (the linear decoder needs thousands)" if self.decoder == "linear" else "")
+                + ".",
+                ConvergenceWarning,
+                stacklevel=3,  # the caller of fit, past the wrapper that sets torch's threads
+            )
         return self
 
     def _train(self, values, observed, seed, split_seed):
@@ -402,6 +415,8 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 f"larger min_scale (now {self.min_scale:g}; say 1)."
             ) from None
         self.steps_ = min(len(history.train_loss) * steps_per_epoch, budget or math.inf)
+        # Early stopping never ended it, nor the budget (whose rate falls to zero by design): max_epochs did.
+        self._cut_short = score is not None and not history.stopped_early and budget is None
         return history
 
     def _encode(self, X):
