@@ -155,7 +155,8 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     out, raw = tmp_path / "table.md", tmp_path / "rows.json"
     rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
     present = {m for m in tabular["OPTIONAL"] if tabular["installed"](m)}  # miceforest, HyperImpute: not in CI
-    methods = {"mean", "knn", "iterative", "missforest", "mivae vae", "mivae miwae", "mivae miwae, linear"} | present
+    methods = {"mean", "knn", "iterative", "missforest", "mivae vae", "mivae miwae", "mivae miwae, linear"}
+    methods |= {"mivae miwae, min scale 1"} | present
     not_miwae = {"mivae not-miwae", "mivae not-miwae, high", "mivae not-miwae, high, linear"}
     assert {r["method"] for r in rows} == methods | not_miwae
     assert len(rows) == 5 * len(methods) + 3  # five missingness settings; not-MIWAE in the MNAR one only
@@ -163,6 +164,8 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     assert [(i.decoder, i.max_epochs, i.patience, i.max_steps) for m, i in linear.items() if m.endswith("linear")] == [
         ("linear", 3000, 300, None)
     ] * 2
+    floored = linear["mivae miwae, min scale 1"]
+    assert (floored.min_scale, floored.max_epochs, floored.patience) == (1.0, 2000, 200)
     assert {r["mechanism"] for r in rows if r["method"] in not_miwae} == {"mnar"}
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
