@@ -77,12 +77,18 @@ def test_impute_with_not_miwae_keeps_observed_entries_and_fills_every_type(tmp_p
             assert (table.loc[seen, column] == original.loc[seen, column]).all(), column
 
 
+def fitted_imputers(monkeypatch, imputer_class):
+    """A list that collects each imputer of `imputer_class` as its fit is called."""
+    fitted = []
+    fit = imputer_class.fit
+    monkeypatch.setattr(imputer_class, "fit", lambda self, X, y=None: fitted.append(self) or fit(self, X, y))
+    return fitted
+
+
 def test_impute_passes_the_decoder_and_patience_to_the_imputer(tmp_path, capsys, monkeypatch):
     from mivae.tables.estimators import NotMIWAEImputer
 
-    fitted = []
-    fit = NotMIWAEImputer.fit
-    monkeypatch.setattr(NotMIWAEImputer, "fit", lambda self, X, y=None: fitted.append(self) or fit(self, X, y))
+    fitted = fitted_imputers(monkeypatch, NotMIWAEImputer)
     frame, _ = mixed_frame()
     frame.to_csv(tmp_path / "people.csv", index=False)
     argv = ["--model", "not-miwae", "--decoder", "linear", "--patience", 7, "--single", "--out", tmp_path / "out"]
@@ -95,9 +101,7 @@ def test_impute_passes_the_decoder_and_patience_to_the_imputer(tmp_path, capsys,
 def test_impute_passes_min_scale_and_refuses_one_that_is_not_positive(tmp_path, capsys, monkeypatch):
     from mivae.tables.estimators import MIWAEImputer
 
-    fitted = []
-    fit = MIWAEImputer.fit
-    monkeypatch.setattr(MIWAEImputer, "fit", lambda self, X, y=None: fitted.append(self) or fit(self, X, y))
+    fitted = fitted_imputers(monkeypatch, MIWAEImputer)
     frame, _ = mixed_frame()
     frame.to_csv(tmp_path / "people.csv", index=False)
     status, _, err = run(
