@@ -171,7 +171,19 @@ DIVERGED = 1e4
 
 
 class TrainingDiverged(MivaeError):
-    """The loss or the validation score became NaN or infinite: one sentence for a user, a pruned trial in a search."""
+    """The loss or the validation score became NaN or infinite: one sentence for a user, a pruned trial in a search.
+
+    It carries what training had reached: `history` up to the last whole epoch, and `best_state`, the weights of its
+    best validation score (None where no epoch was scored), for a caller that would rather keep them."""
+
+    history: "History | None" = None
+    best_state: dict | None = None
+
+
+def _diverged(message, history, best_state):
+    error = TrainingDiverged(message)
+    error.history, error.best_state = history, best_state
+    return error
 
 
 @dataclass
@@ -288,10 +300,12 @@ def fit(
             value = loss.item()
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or abs(value) > DIVERGED * max(abs(first_loss), 1.0):
-                raise TrainingDiverged(
+                raise _diverged(
                     f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
                     f"of epoch {epoch}; a lower learning rate (now "
-                    f"{base_lrs[0]:g}) usually helps."
+                    f"{base_lrs[0]:g}) usually helps.",
+                    history,
+                    best_state,
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -301,9 +315,11 @@ def fit(
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):
-                raise TrainingDiverged(
+                raise _diverged(
                     f"training diverged: the validation score became {value} after epoch {epoch}; "
-                    f"a lower learning rate (now {base_lrs[0]:g}) usually helps."
+                    f"a lower learning rate (now {base_lrs[0]:g}) usually helps.",
+                    _history_until(history, epoch - 1),
+                    best_state,
                 )
             history.val_score.append(value)
             if better(value, best):

@@ -28,6 +28,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mivae.hardware import cores
 from mivae.models.distributions import factor_observed_log_density
+from mivae.models.tabular import TabularVAE
 from mivae.tables.amputation import ampute, rmse_missing
 from mivae.tables.estimators import (
     MIWAEImputer,
@@ -484,6 +485,33 @@ def test_miwae_with_a_linear_decoder_imputes_and_draws_from_the_exact_gaussian_c
     # a sample covariance of n draws has standard errors near sqrt(var_i var_j / n): within 4 of them
     np.testing.assert_allclose(np.cov(draws[:, 0, gaps].T), spread, atol=4 * np.diag(spread).max() / np.sqrt(4000))
     assert (draws[:, 0, seen] == values[seen]).all()  # observed entries kept in every draw
+
+
+def test_a_fit_that_diverges_after_scored_epochs_keeps_its_best_weights_and_says_so(table, monkeypatch):
+    log_weights = TabularVAE.log_weights
+    calls = []
+
+    def exploding(self, *args, **kwargs):  # sane for 42 calls (10 epochs of 3 steps and a score, 2 steps), then 1e9 x
+        log_w, params = log_weights(self, *args, **kwargs)
+        calls.append(self.training)
+        return (log_w * 1e9 if len(calls) > 42 and self.training else log_w), params
+
+    monkeypatch.setattr(TabularVAE, "log_weights", exploding)
+    kept = r"; the weights of epoch \d+, its best before that, are kept\.$"
+    with pytest.warns(UserWarning, match=r"^training diverged: the loss went from .*say 1\)" + kept) as w:
+        imputer = fast(MIWAEImputer, max_epochs=100).fit(table.missing)
+    assert w[0].filename == __file__  # it points at the caller of fit
+    history = imputer.history_
+    epochs = len(history.train_loss)
+    assert 1 <= history.best_epoch <= epochs == len(history.val_score) and calls.count(False) == epochs
+    assert not any(issubclass(x.category, ConvergenceWarning) for x in w)
+    # the weights kept are those a fit stopped at the last whole epoch keeps: the best epoch's
+    monkeypatch.setattr(TabularVAE, "log_weights", log_weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        stopped = fast(MIWAEImputer, max_epochs=epochs).fit(table.missing)
+    assert stopped.history_.val_score == history.val_score
+    np.testing.assert_array_equal(stopped.transform(table.missing), imputer.transform(table.missing))
 
 
 @pytest.mark.parametrize("decoder", ["mlp", "linear"])

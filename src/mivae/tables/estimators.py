@@ -407,13 +407,27 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 max_steps=budget,
             )
         except TrainingDiverged as e:
-            if self.min_scale >= 0.1:
-                raise
-            # The usual cause on a table: a column repeating a value exactly, whose density the scale's floor bounds.
-            raise TrainingDiverged(
-                f"{str(e).rstrip('.')}, and where columns repeat values exactly (counts, pixel intensities) so does a "
-                f"larger min_scale (now {self.min_scale:g}; say 1)."
-            ) from None
+            message = str(e)
+            if self.min_scale < 0.1:
+                # The usual cause on a table: a column repeating a value exactly, whose density the floor bounds.
+                message = (
+                    f"{message.rstrip('.')}, and where columns repeat values exactly (counts, pixel intensities) so "
+                    f"does a larger min_scale (now {self.min_scale:g}; say 1)."
+                )
+            history = e.history
+            if e.best_state is None or history is None:  # diverged before any epoch was scored: nothing sane to keep
+                raise TrainingDiverged(message) from None
+            # Early stopping had a sane best epoch: it is kept, as if training had stopped there, and said so.
+            self.model_.load_state_dict(e.best_state)
+            self.model_.eval()
+            warnings.warn(
+                f"{message[:-1]}; the weights of epoch {history.best_epoch}, its best before that, are kept.",
+                UserWarning,
+                stacklevel=4,  # the caller of fit, past _train, fit and the wrapper that sets torch's threads
+            )
+            self.steps_ = len(history.train_loss) * steps_per_epoch
+            self._cut_short = False
+            return history
         self.steps_ = min(len(history.train_loss) * steps_per_epoch, budget or math.inf)
         # Early stopping never ended it, nor the budget (whose rate falls to zero by design): max_epochs did.
         self._cut_short = score is not None and not history.stopped_early and budget is None
