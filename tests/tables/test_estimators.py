@@ -516,7 +516,9 @@ def test_a_fit_that_diverges_after_scored_epochs_keeps_its_best_weights_and_says
 
 @pytest.mark.parametrize("decoder", ["mlp", "linear"])
 def test_a_fit_that_max_epochs_ended_still_improving_is_warned_of_and_no_other(decoder, table):
-    with pytest.warns(ConvergenceWarning, match=r"max_epochs=3 with the validation bound still improving") as w:
+    with pytest.warns(
+        ConvergenceWarning, match=r"epoch limit \(max_epochs=3\) with the validation bound still improving"
+    ) as w:
         imputer = fast(MIWAEImputer, decoder=decoder).fit(table.missing)
     assert w[0].filename == __file__  # it points at the caller of fit
     assert f"best at epoch {imputer.history_.best_epoch}, under patience=50" in str(w[0].message)

@@ -109,6 +109,8 @@ def test_impute_passes_min_scale_and_refuses_one_that_is_not_positive(tmp_path, 
     )
     assert status == 0, err
     assert [i.min_scale for i in fitted] == [1.0]
+    # 15 epochs under patience 50 cannot stop early: the epoch limit ends the fit, which is kept, said in a note
+    assert "note: training ended at its epoch limit (max_epochs=15)" in err and "more epochs" in err, err
     status, _, err = run(capsys, "impute", tmp_path / "people.csv", "--min-scale", 0, "--out", tmp_path / "no", *FAST)
     assert status == 2 and err == "mivae: error: --min-scale must be a number in (0, inf); got 0.0.\n"
     assert not (tmp_path / "no").exists()

@@ -320,9 +320,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         if cut_short:
             history = self.history_
             warnings.warn(
-                f"training ended at max_epochs={self.max_epochs} with the validation bound still improving (best at "
-                f"epoch {history.best_epoch}, under patience={self.patience}): the model may not have converged; "
-                "give a larger max_epochs"
+                f"training ended at its epoch limit (max_epochs={self.max_epochs}) with the validation bound still "
+                f"improving (best at epoch {history.best_epoch}, under patience={self.patience}): the model may not "
+                "have converged; give it more epochs"
                 + (" (the linear decoder needs thousands)" if self.decoder == "linear" else "")
                 + ".",
                 ConvergenceWarning,
