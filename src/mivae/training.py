@@ -176,14 +176,9 @@ class TrainingDiverged(MivaeError):
     It carries what training had reached: `history` up to the last whole epoch, and `best_state`, the weights of its
     best validation score (None where no epoch was scored), for a caller that would rather keep them."""
 
-    history: "History | None" = None
-    best_state: dict | None = None
-
-
-def _diverged(message, history, best_state):
-    error = TrainingDiverged(message)
-    error.history, error.best_state = history, best_state
-    return error
+    def __init__(self, message, history=None, best_state=None):
+        super().__init__(message)
+        self.history, self.best_state = history, best_state
 
 
 @dataclass
@@ -300,7 +295,7 @@ def fit(
             value = loss.item()
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or abs(value) > DIVERGED * max(abs(first_loss), 1.0):
-                raise _diverged(
+                raise TrainingDiverged(
                     f"training diverged: the loss went from {first_loss:.4g} to {value:.4g} at step {step} "
                     f"of epoch {epoch}; a lower learning rate (now "
                     f"{base_lrs[0]:g}) usually helps.",
@@ -315,7 +310,7 @@ def fit(
         if score is not None:
             value = float(score(model))
             if not math.isfinite(value):
-                raise _diverged(
+                raise TrainingDiverged(
                     f"training diverged: the validation score became {value} after epoch {epoch}; "
                     f"a lower learning rate (now {base_lrs[0]:g}) usually helps.",
                     _history_until(history, epoch - 1),

@@ -68,10 +68,13 @@ def importance_weights(log_w):
     return torch.softmax(log_w, dim=0)
 
 
-def _posterior_factor(weight, precision):
-    """Returns the Cholesky factors (B, L, L) of I + W^T diag(precision_b) W for each row's precisions (B, d)."""
+def _posterior_factor(weight, scale, observed):
+    """Returns (observed (B, d) in weight's dtype, each row's precisions (B, d): 1 / scale^2 where observed, 0 in the
+    gaps, and the Cholesky factors (B, L, L) of the latent's posterior precisions I + W^T diag(precision_b) W)."""
+    o = observed.to(weight.dtype)
+    precision = o / scale**2
     eye = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
-    return torch.linalg.cholesky(eye + torch.einsum("dl,bd,dk->blk", weight, precision, weight))
+    return o, precision, torch.linalg.cholesky(eye + torch.einsum("dl,bd,dk->blk", weight, precision, weight))
 
 
 def factor_observed_log_density(bias, weight, scale, values, observed):
@@ -79,10 +82,8 @@ def factor_observed_log_density(bias, weight, scale, values, observed):
     entries under the factor model x = W z + bias + scale * noise, z ~ N(0, I_L) (probabilistic PCA's p(x)), its
     gaps integrated out. `values` (B, d) hold the observed entries where `observed` (B, d) is 1. By the Woodbury
     identity it goes through (L, L) matrices per row, never a (d, d) one."""
-    o = observed.to(weight.dtype)
-    precision = o / scale**2  # (B, d): 1 / scale^2 where observed, 0 in the gaps
+    o, precision, factor = _posterior_factor(weight, scale, observed)
     gap = (values.to(weight.dtype) - bias) * o
-    factor = _posterior_factor(weight, precision)
     projected = torch.linalg.solve_triangular(factor, ((gap * precision) @ weight)[:, :, None], upper=False)
     quadratic = (gap * gap * precision).sum(1) - projected.square().sum((1, 2))  # gap^T cov_oo^-1 gap
     log_det = 2 * torch.log(torch.diagonal(factor, dim1=1, dim2=2)).sum(1) + (o * torch.log(scale**2)).sum(1)
@@ -94,8 +95,6 @@ def factor_posterior(bias, weight, scale, values, observed):
     of `factor_observed_log_density`: the precision is M = I + W_o^T diag(scale_o^-2) W_o and the mean M^-1 W_o^T
     diag(scale_o^-2) (x_o - bias_o). A draw of z is mean + C^-T eps; the gaps then follow as W z + bias + scale *
     noise, so their conditional mean is W mean + bias, exactly that of the Gaussian p(x_m | x_o)."""
-    o = observed.to(weight.dtype)
-    precision = o / scale**2
-    factor = _posterior_factor(weight, precision)
+    _, precision, factor = _posterior_factor(weight, scale, observed)
     weighted = ((values.to(weight.dtype) - bias) * precision) @ weight  # (B, L)
     return torch.cholesky_solve(weighted[:, :, None], factor).squeeze(-1), factor

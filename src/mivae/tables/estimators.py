@@ -684,7 +684,7 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
         self.schema_ = saved.schema_from_json(content.get("schema"), where, self.round_integers)
         architecture = content.get("architecture")
         if isinstance(architecture, dict):  # files saved before the decoder and floor were parameters had the defaults
-            architecture = {"decoder": "mlp", "min_scale": MIN_SCALE, **architecture}
+            architecture = {"decoder": OLD_PARAMS["decoder"], "min_scale": OLD_PARAMS["min_scale"], **architecture}
         if self.n_features_in_ != len(self.schema_.columns) or architecture != self._architecture():
             raise InputError(f"{where} is damaged: its network, schema and parameters disagree.")
         names = content.get("feature_names")
