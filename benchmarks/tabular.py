@@ -56,7 +56,7 @@ MULTIPLE = 10  # M, imputations per row for the multiple-imputation accuracy
 LINEAR = dict(max_epochs=3000, patience=300, max_steps=None)
 # A floor of one standard deviation on the continuous heads' scales (min_scale=1): on digits' pixels, which repeat
 # values exactly, the default floor lets the model concentrate on them. The bound rises slowly at first with it:
-# patience 50 ended some fits about 120 epochs in, where patience 200 went on to better imputations.
+# patience 50 ended some fits 50 to 120 epochs in, where patience 200 went on to better imputations.
 FLOORED = dict(min_scale=1.0, max_epochs=2000, patience=200)
 # Competitors from packages outside mivae's own dependencies, by method: the package and how it is installed.
 # miceforest 6.0.5 calls a LightGBM internal that 4.7 changed, hence the pin.
