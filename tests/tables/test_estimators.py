@@ -361,6 +361,36 @@ def test_imputation_is_far_better_than_column_means_on_correlated_data(Imputer):
     assert all(single < draw < 0.8 * baseline for draw in draws), (single, draws, baseline)  # draws carry the spread
 
 
+def test_a_model_that_imputes_the_columns_means_in_every_row_is_warned_of(fitted, table):
+    # columns that do not depend on each other: the VAE's best fit imputes each column's mean, whatever the row
+    rng = np.random.default_rng(0)
+    independent = rng.standard_normal((300, 6))
+    mask = ampute(independent, 0.3, "mcar", seed=0)
+    missing = np.where(mask, np.nan, independent)
+    collapsed = r"^the model imputes nearly the same value in every row, as the columns' means would \(its "
+    collapsed += r"imputations' spread is at most 0\.0\d\d of each .* a longer patience \(say patience=200\) can"
+    with pytest.warns(ConvergenceWarning, match=collapsed) as w:
+        imputer = VAEImputer(random_state=0).fit(missing)
+    assert w[0].filename == __file__  # it points at the caller of fit
+    best = imputer.history_.best_epoch
+    assert f"(best epoch {best} of {len(imputer.history_.train_loss)})" in str(w[0].message)
+    filled = imputer.transform(missing)
+    spreads = [filled[mask[:, j], j].std() / missing[~mask[:, j], j].std() for j in range(6)]
+    assert imputer.imputation_spread_ < 0.1 and max(spreads) < 0.1, (imputer.imputation_spread_, spreads)
+    means = np.nanmean(missing, axis=0)
+    assert np.all(np.abs(filled[mask] - np.broadcast_to(means, filled.shape)[mask]) < 0.2)
+    # a model that learned the shared table's structure imputes row by row: a wide spread, and no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the model imputes nearly", ConvergenceWarning)
+        learned = fast(type(fitted), hidden=(64,), latent=2, max_epochs=100, patience=100).fit(table.missing)
+    assert learned.imputation_spread_ > 0.5, learned.imputation_spread_
+    # where max_epochs ended a fit on the plateau, the advice is more epochs (the VAE's 20 epochs here)
+    if type(fitted) is VAEImputer:
+        assert fitted.imputation_spread_ < 0.1
+        with pytest.warns(ConvergenceWarning, match=r"\(best epoch 20 of 20\), which more epochs can let it leave\.$"):
+            fast(VAEImputer, max_epochs=20).fit(table.missing)
+
+
 def self_masked_table(n, seed, d=6):
     """Returns a Table of standardised correlated columns in which every other column's values above its mean are
     missing: the not-MIWAE paper's protocol, missing not at random."""
@@ -503,7 +533,8 @@ def test_a_fit_that_diverges_after_scored_epochs_keeps_its_best_weights_and_says
     assert w[0].filename == __file__  # it points at the caller of fit
     history = imputer.history_
     epochs = len(history.train_loss)
-    assert 1 <= history.best_epoch <= epochs == len(history.val_score) and calls.count(False) == epochs
+    assert 1 <= history.best_epoch <= epochs == len(history.val_score)
+    assert calls.count(False) == epochs + 1  # a validation pass per epoch, then the imputations' spread
     assert not any(issubclass(x.category, ConvergenceWarning) for x in w)
     # the weights kept are those a fit stopped at the last whole epoch keeps: the best epoch's
     monkeypatch.setattr(TabularVAE, "log_weights", log_weights)

@@ -58,6 +58,7 @@ def test_a_loaded_imputer_imputes_and_draws_exactly_as_the_saved_one(saved_imput
     for a, b in zip(back.sample(frame, 3), imputer.sample(frame, 3)):
         pd.testing.assert_frame_equal(a, b)
     assert list(back.feature_names_in_) == list(frame.columns) and back.history_ == imputer.history_
+    assert back.imputation_spread_ == imputer.imputation_spread_ > 0
     assert back.transform(frame)["grade"].dtype == frame["grade"].dtype  # the ordered category of numbers
 
 
@@ -143,6 +144,8 @@ JSON_EDITS = [
     (_edit(("params", "likelihood"), "cauchy"), "likelihood must be gaussian or student-t"),
     (_edit(("fitted", "latent_"), "8"), "latent_ is '8'"),
     (_edit(("fitted", "precision_"), "fp8"), "precision_ is 'fp8'"),
+    (_edit(("fitted", "imputation_spread_"), -0.5), "imputation_spread_ is -0.5"),
+    (_edit(("fitted", "imputation_spread_"), "wide"), "imputation_spread_ is 'wide'"),
     (_edit(("fitted", "n_features_in_"), 5), "its network, schema and parameters disagree"),
     (_edit(("schema", 0, "kind"), "pickle"), "column .* of its schema is not a valid column"),
     (_edit(("schema", 0, "std"), -1.0), "column .* of its schema is not a valid column"),
@@ -236,11 +239,13 @@ def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_w
     content = json.loads(path.read_text())
     del content["params"]["activation"], content["params"]["standardize"], content["params"]["decoder"]
     del content["params"]["min_scale"], content["architecture"]["decoder"], content["architecture"]["min_scale"]
+    del content["fitted"]["imputation_spread_"]
     path.write_text(json.dumps(content))
     weights = tmp_path / "older" / "model.safetensors"  # its digest was of an architecture without the decoder
     save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
     older = load_imputer(tmp_path / "older")
     assert older.decoder == "mlp" and older.min_scale == older.model_.min_scale == 1e-3
+    assert older.imputation_spread_ is None  # not measured when it was saved
     pd.testing.assert_frame_equal(older.transform(frame), relu.transform(frame))
 
 

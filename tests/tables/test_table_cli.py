@@ -116,6 +116,16 @@ def test_impute_passes_min_scale_and_refuses_one_that_is_not_positive(tmp_path, 
     assert not (tmp_path / "no").exists()
 
 
+def test_impute_says_in_a_note_where_the_model_imputes_the_columns_means(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    independent = rng.standard_normal((300, 4))  # columns that do not depend on each other: nothing to learn
+    independent[rng.random(independent.shape) < 0.3] = np.nan
+    pd.DataFrame(independent, columns=list("abcd")).to_csv(tmp_path / "noise.csv", index=False)
+    status, _, err = run(capsys, "impute", tmp_path / "noise.csv", "--model", "vae", "--single", "--out", tmp_path)
+    assert status == 0, err
+    assert "note: the model imputes nearly the same value in every row, as the columns' means would" in err, err
+
+
 def test_impute_parquet_in_and_out(tmp_path, capsys):
     frame, _ = mixed_frame()
     frame["colour"] = frame["colour"].astype("category")

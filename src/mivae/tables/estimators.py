@@ -84,6 +84,10 @@ MAX_BATCH = 256
 BASE_LR = 1e-3
 BIG_TABLE = 50_000
 VALIDATION_ROWS = 10_000
+# A fitted model has collapsed where its single imputations hardly vary from row to row: in every continuous column
+# their standard deviation is under COLLAPSED of the observed values' (they explain under 1 % of its variance), as the
+# column's mean would. Measured on up to VALIDATION_ROWS of the training rows.
+COLLAPSED = 0.1
 # The parameters added since imputers were first saved, as files saved before each had them: their defaults.
 OLD_PARAMS = {"activation": "relu", "standardize": True, "n_init": 1, "decoder": "mlp", "min_scale": MIN_SCALE}
 
@@ -317,6 +321,19 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             starts.append((bound, model, history, start_seed, self.steps_, self._cut_short))
             starts = [max(starts, key=lambda s: s[0])]  # the best so far: one network kept besides the one training
         _, self.model_, self.history_, self.seed_, self.steps_, cut_short = starts[0]
+        self.imputation_spread_ = self._imputation_spread(values, observed)
+        if self.imputation_spread_ is not None and self.imputation_spread_ < COLLAPSED:
+            history = self.history_
+            warnings.warn(
+                f"the model imputes nearly the same value in every row, as the columns' means would (its imputations' "
+                f"spread is at most {self.imputation_spread_:.3f} of each column's): either the columns barely "
+                f"depend on each other, or training stopped on the plateau where it learns their means alone (best "
+                f"epoch {history.best_epoch} of {len(history.train_loss)}), which "
+                + ("more epochs" if cut_short else "a longer patience (say patience=200)")
+                + " can let it leave.",
+                ConvergenceWarning,
+                stacklevel=3,  # the caller of fit, past the wrapper that sets torch's threads
+            )
         if cut_short:
             history = self.history_
             warnings.warn(
@@ -329,6 +346,24 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 stacklevel=3,  # the caller of fit, past the wrapper that sets torch's threads
             )
         return self
+
+    def _imputation_spread(self, values, observed):
+        """Returns how much the fitted model's single imputations vary across the encoded rows (up to
+        VALIDATION_ROWS of them, evenly spaced): over the continuous columns with two or more entries missing and
+        observed, the largest ratio of the standard deviation of its imputations to that of the observed values.
+        None where no column has them."""
+        rows = torch.linspace(0, len(values) - 1, min(len(values), VALIDATION_ROWS)).long().to(values.device)
+        values, observed = values[rows], observed[rows]
+        single = self._in_batches(self._single, values, observed)
+        seen = self._observed_slots(observed).bool()
+        spreads, slot = [], 0
+        for kind, width in self.schema_.layout():
+            if kind == CONTINUOUS and 2 <= seen[:, slot].sum() <= len(values) - 2:
+                given = values[seen[:, slot], slot].double().std()
+                if given > 0:
+                    spreads.append(float(single[~seen[:, slot], slot].double().std() / given))
+            slot += width
+        return max(spreads) if spreads else None
 
     def _train(self, values, observed, seed, split_seed):
         """Trains model_ on the encoded rows from `seed` (on the importance-weighted bound with training_samples, or
@@ -669,18 +704,22 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
     def _restore(self, content, where):
         """Sets the fitted attributes but the network from saved `content`, checking each."""
         fitted = content.get("fitted")
+        if isinstance(fitted, dict) and "imputation_spread_" not in fitted:  # saved before fit measured it
+            fitted = {**fitted, "imputation_spread_": None}
         if not isinstance(fitted, dict) or set(fitted) != set(_FITTED):
             raise InputError(f"{where} is damaged: it does not list the fitted attributes.")
         for name, kind in _FITTED.items():
             value = fitted[name]
             if kind is str:
                 valid = value in ("bf16", "fp32")
+            elif name == "imputation_spread_":
+                valid = value is None or (type(value) in (int, float) and math.isfinite(value) and value >= 0)
             else:
                 number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
                 valid = number and math.isfinite(value) and (value >= 0 if name == "seed_" else value > 0)
             if not valid:
                 raise InputError(f"{where} is damaged: {name} is {value!r}.")
-            setattr(self, name, float(value) if kind is float else value)
+            setattr(self, name, float(value) if kind is float and value is not None else value)
         self.schema_ = saved.schema_from_json(content.get("schema"), where, self.round_integers)
         architecture = content.get("architecture")
         if isinstance(architecture, dict):  # files saved before the decoder and floor were parameters had the defaults
@@ -793,6 +832,10 @@ class VAEImputer(_TabularImputer):
     model_ : mivae.models.tabular.TabularVAE, the trained network.
     history_ : mivae.training.History.
     latent_ : int, the latent dimension used.
+    imputation_spread_ : float or None, how much the fitted model's single imputations of the training rows vary from
+    row to row: over the continuous columns, the largest ratio of their standard deviation to the observed values'.
+    Under 0.1, the model has collapsed onto the columns' means, and fit warns of it (a ConvergenceWarning). None: no
+    continuous column with two or more entries missing and observed, or a file saved before fit measured it.
     batch_size_, threads_, steps_ : int, the batch size and thread count fit used, and the steps it took.
     lr_ : float, the learning rate fit started from; precision_ : "bf16" or "fp32", the one fit used, as do
     transform and sample.
@@ -1083,6 +1126,7 @@ IMPUTERS = (VAEImputer, MIWAEImputer, NotMIWAEImputer)
 _FITTED = {
     "fit_rows_": int,
     "latent_": int,
+    "imputation_spread_": float,  # or None: no column to measure it on, or a file saved before fit measured it
     "seed_": int,
     "precision_": str,
     "batch_size_": int,
