@@ -44,7 +44,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mivae.artifacts import atomic_path
 from mivae.tables.amputation import ampute, rmse_missing
-from mivae.tables.estimators import MIWAEImputer, NotMIWAEImputer, VAEImputer
+from mivae.tables.estimators import COLLAPSED, MIWAEImputer, NotMIWAEImputer, VAEImputer
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = runpy.run_path(str(Path(__file__).with_name("run.py")))  # the suite's description of the machine
@@ -218,6 +218,7 @@ def run_one(name, load, mechanism, rate, seed, quick, skip=()):
                 imputer, incomplete[train], y[train], incomplete[test], y[test]
             )
             row["epochs"] = len(imputer.history_.train_loss)
+            row["spread"] = imputer.imputation_spread_  # under COLLAPSED: it imputed the columns' means in every row
         rows.append(row)
         print(
             f"{name:14s} {mechanism} {rate:.0%} seed {seed} {method:12s} rmse {row['rmse']:.4f} "
@@ -248,8 +249,11 @@ def summarise(rows):
             mine = [r for r in group if r["method"] == m]
             rmse, acc = [r["rmse"] for r in mine], [r["accuracy"] for r in mine]
             multi = [r["accuracy_multiple"] for r in mine if "accuracy_multiple" in r]
+            collapsed = sum(r.get("spread") is not None and r["spread"] < COLLAPSED for r in mine)
             cells = [
-                _cell(rmse, np.mean(rmse) == best_rmse) + (" ✗" if np.mean(rmse) > floor else ""),
+                _cell(rmse, np.mean(rmse) == best_rmse)
+                + (" ✗" if np.mean(rmse) > floor else "")
+                + (f" ⊘{collapsed}" if collapsed else ""),
                 _cell(acc, np.mean(acc) == best_acc),
                 _cell(multi) if multi else "-",
                 f"{np.mean([r['fit_s'] for r in mine]):.2f}",
@@ -346,9 +350,18 @@ def _machines(rows):
 
 
 def _gaps(rows):
-    """The sentence naming the datasets where a method has no rows (a run that left it out), or none."""
+    """The sentences naming the datasets where a method has no rows (a run that left it out), and mivae's rows
+    measured before the imputations' spread was recorded, or none."""
     missing = BENCH["not_run"](rows, "dataset")
-    return f" Not run: {missing}; those settings are decided without it." if missing else ""
+    text = f" Not run: {missing}; those settings are decided without it." if missing else ""
+    unmeasured: dict[str, dict[str, None]] = {}  # method: the datasets (in order, once each)
+    for r in rows:
+        if r["method"].startswith("mivae") and "spread" not in r:
+            unmeasured.setdefault(r["method"], {})[r["dataset"]] = None
+    if unmeasured:
+        listed = "; ".join(f"{m} on {', '.join(datasets)}" for m, datasets in unmeasured.items())
+        text += f" The imputations' spread (⊘) was not recorded for {listed}: they were measured before it was."
+    return text
 
 
 def _document(table, won, command, seeds, machines=""):
@@ -369,7 +382,10 @@ trained on the imputed training rows and tested on the imputed test rows; "M = 1
 stacked and averages its probabilities over 10 imputations of each test row. Each cell is the mean (standard
 deviation) over {seeds} seeds, each a new amputation and split; the best mean per setting is bold, and ✗ marks a
 mean RMSE above the column mean's: that imputer did worse there than filling in each column's mean (at MCAR 80 % many
-do; elsewhere it is a failure of that imputer, whatever its other scores). scikit-learn's
+do; elsewhere it is a failure of that imputer, whatever its other scores). ⊘k marks a mivae imputer that in k of the
+seeds imputed nearly the same value in every row, as the columns' means would (its `imputation_spread_` under
+{COLLAPSED}; fit warns of it): a training that stopped on the plateau where the model learns the columns' means alone,
+a failure of that fit, not a finding about the model. scikit-learn's
 imputers run on standardised columns; IterativeImputer has 10 rounds, KNNImputer 5 neighbours; missForest is
 IterativeImputer with a random forest of 100 trees over the square root of the features at each split (missForest's
 own settings), 10 rounds; miceforest runs 5 rounds of LightGBM with its defaults; HyperImpute its `hyperimpute`

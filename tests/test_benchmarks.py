@@ -169,7 +169,8 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     assert {r["mechanism"] for r in rows if r["method"] in not_miwae} == {"mnar"}
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
-        assert ("accuracy_multiple" in r) == r["method"].startswith("mivae")
+        assert ("accuracy_multiple" in r) == ("spread" in r) == r["method"].startswith("mivae")
+        assert r.get("spread") is None or r["spread"] >= 0
     mcar = {r["rate"]: r["missing"] for r in rows if r["mechanism"] == "mcar"}
     assert all(abs(mcar[rate] - rate) < 0.05 for rate in mcar)
     mean_rmse = {r["rate"]: r["rmse"] for r in rows if r["method"] == "mean" and r["mechanism"] == "mcar"}
@@ -183,6 +184,15 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     scored = [{**cell, "method": m, "rmse": v} for m, v in (("mean", 1.0), ("knn", 0.8), ("mivae miwae", 1.3))]
     marked = [line for line in tabular["summarise"](scored).splitlines() if "✗" in line]
     assert len(marked) == 1 and "| mivae miwae | 1.300 ✗ |" in marked[0]  # worse than the column mean: failed
+    # fits that imputed the columns' means in every row, counted per cell; a row without the spread is not counted
+    spreads = [(0, 0.02), (1, 0.6), (2, 0.05)]
+    seeded = [{**cell, "method": "mivae vae", "rmse": 1.0, "seed": k, "spread": v} for k, v in spreads]
+    old = [{k: v for k, v in r.items() if k != "spread"} for r in seeded]
+    line = next(x for x in tabular["summarise"](seeded + [{**old[0], "seed": 3}]).splitlines() if "mivae vae" in x)
+    assert "| mivae vae | **1.000 (0.000)** ⊘2 |" in line, line
+    assert tabular["_gaps"](seeded[:1] + old) == (
+        " The imputations' spread (⊘) was not recorded for mivae vae on wine: they were measured before it was."
+    )
     two = [{"dataset": d, "method": m} for d, m in (("wine", "knn"), ("wine", "hyperimpute"), ("digits", "knn"))]
     assert tabular["_gaps"](two) == " Not run: hyperimpute on digits; those settings are decided without it."
     # a rerun with one method's rows dropped runs that method alone and puts its rows back
