@@ -384,6 +384,11 @@ def test_a_model_that_imputes_the_columns_means_in_every_row_is_warned_of(fitted
         warnings.filterwarnings("error", "the model imputes nearly", ConvergenceWarning)
         learned = fast(type(fitted), hidden=(64,), latent=2, max_epochs=100, patience=100).fit(table.missing)
     assert learned.imputation_spread_ > 0.5, learned.imputation_spread_
+    # no continuous column to measure it on: not measured, and no warning
+    labels = pd.DataFrame({"colour": pd.Categorical(np.random.default_rng(0).choice(["red", "blue", None], 60))})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the model imputes nearly", ConvergenceWarning)
+        assert fast(type(fitted)).fit(labels).imputation_spread_ is None
     # where max_epochs ended a fit on the plateau, the advice is more epochs (the VAE's 20 epochs here)
     if type(fitted) is VAEImputer:
         assert fitted.imputation_spread_ < 0.1
