@@ -321,9 +321,9 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
             starts.append((bound, model, history, start_seed, self.steps_, self._cut_short))
             starts = [max(starts, key=lambda s: s[0])]  # the best so far: one network kept besides the one training
         _, self.model_, self.history_, self.seed_, self.steps_, cut_short = starts[0]
+        history = self.history_
         self.imputation_spread_ = self._imputation_spread(values, observed)
         if self.imputation_spread_ is not None and self.imputation_spread_ < COLLAPSED:
-            history = self.history_
             warnings.warn(
                 f"the model imputes nearly the same value in every row, as the columns' means would (its imputations' "
                 f"spread is at most {self.imputation_spread_:.3f} of each column's): either the columns barely "
@@ -335,7 +335,6 @@ class _TabularImputer(TransformerMixin, BaseEstimator):
                 stacklevel=3,  # the caller of fit, past the wrapper that sets torch's threads
             )
         if cut_short:
-            history = self.history_
             warnings.warn(
                 f"training ended at its epoch limit (max_epochs={self.max_epochs}) with the validation bound still "
                 f"improving (best at epoch {history.best_epoch}, under patience={self.patience}): the model may not "
