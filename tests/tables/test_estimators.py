@@ -9,6 +9,7 @@ multiple-imputation classifier inside Pipeline, cross_val_score and GridSearchCV
 import itertools
 import re
 import warnings
+from copy import copy as shallow_copy
 from typing import NamedTuple
 
 import numpy as np
@@ -303,6 +304,8 @@ BAD_PARAMETERS = [
     ("precision", "fp8"),
     ("threads", 0),
     ("n_init", 0),
+    ("n_models", 0),
+    ("n_models", 1.5),
     ("decoder", "pca"),
     ("min_scale", 0),
     ("min_scale", -1.0),
@@ -576,7 +579,7 @@ def test_single_imputations_far_outside_the_observed_range_are_warned_of(table, 
         warnings.simplefilter("error")  # a sound model's imputations: no warning
         imputer.transform(table.missing)
     # 50 standard deviations from each column's mean: beyond its observed range by more than twice its width
-    far = lambda values, observed: torch.where(imputer._observed_slots(observed) > 0, values, 50.0)  # noqa: E731
+    far = lambda model, values, observed: torch.where(imputer._observed_slots(observed) > 0, values, 50.0)  # noqa
     monkeypatch.setattr(imputer, "_single", far)
     names = ", ".join(f"{c.name!r} ({table.mask[:, j].sum()})" for j, c in enumerate(imputer.schema_.columns))
     with pytest.warns(UserWarning, match=re.escape(f"more than twice its width in column(s) {names}: the model")) as w:
@@ -891,3 +894,44 @@ def test_n_init_keeps_the_start_with_the_best_validation_bound(Imputer, table, m
     with pytest.raises(ValueError, match=r"n_init=2 .* validation_fraction=0.1 of 9 rows holds out none"):
         fast(Imputer, n_init=2).fit(few)
     assert fast(Imputer, n_init=2, validation_fraction=0.2).fit(few).n_features_in_ == few.shape[1]
+
+
+def _member(ensemble, k):
+    """A copy of the fitted `ensemble` that imputes with its k-th network alone."""
+    alone = shallow_copy(ensemble)
+    alone.models_, alone.model_ = [ensemble.models_[k]], ensemble.models_[k]
+    return alone
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_n_models_averages_its_networks_imputations_and_draws_in_turn_from_each(Imputer, table, monkeypatch):
+    splits = []  # the seed of each network's held-out rows, as fit trains them
+    train = Imputer._train
+
+    def spy(self, values, observed, seed, split_seed):
+        splits.append(split_seed)
+        return train(self, values, observed, seed, split_seed)
+
+    monkeypatch.setattr(Imputer, "_train", spy)
+    one = fast(Imputer, max_epochs=8, random_state=5).fit(table.missing)
+    three = fast(Imputer, max_epochs=8, random_state=5, n_models=3).fit(table.missing)
+    assert len(three.models_) == 3 and three.model_ is three.models_[0] and len(one.models_) == 1
+    assert splits[0] == splits[1] and len(set(splits[1:])) == 3  # the first is n_models=1's; each holds out its own
+    first, second = (dict(m.named_parameters()) for m in three.models_[:2])
+    assert all(torch.equal(p, first[n]) for n, p in one.model_.named_parameters())  # the first: the one-network fit
+    assert not all(torch.equal(p, second[n]) for n, p in first.items())
+    assert three.history_.train_loss == one.history_.train_loss and three.seed_ == one.seed_
+    assert three.steps_ > one.steps_  # all three networks'
+
+    members = [_member(three, k).transform(table.missing) for k in range(3)]
+    filled = three.transform(table.missing)
+    np.testing.assert_allclose(filled, np.mean(members, axis=0), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # so the mean is not any one of them
+    # the i-th imputation comes from network i mod 3: the first network's are the ones it draws alone, in turn
+    draws, alone = three.sample(table.missing, 6), _member(three, 0).sample(table.missing, 2)
+    np.testing.assert_array_equal(draws[0], alone[0])
+    np.testing.assert_array_equal(draws[3], alone[1])
+    assert not np.array_equal(draws[1], alone[1])
+    seen = ~table.mask
+    assert all((d[seen] == table.missing[seen]).all() and not np.isnan(d).any() for d in draws)
+    assert len(three.sample(table.missing, 2)) == 2  # fewer imputations than networks: one from each of the first

@@ -239,12 +239,14 @@ def test_a_tanh_imputer_on_the_given_scale_round_trips_and_an_older_file_loads_w
     content = json.loads(path.read_text())
     del content["params"]["activation"], content["params"]["standardize"], content["params"]["decoder"]
     del content["params"]["min_scale"], content["architecture"]["decoder"], content["architecture"]["min_scale"]
+    del content["params"]["n_models"]
     del content["fitted"]["imputation_spread_"]
     path.write_text(json.dumps(content))
     weights = tmp_path / "older" / "model.safetensors"  # its digest was of an architecture without the decoder
     save_file(load_file(weights), weights, metadata={"architecture_sha256": saved.architecture_digest(content)})
     older = load_imputer(tmp_path / "older")
     assert older.decoder == "mlp" and older.min_scale == older.model_.min_scale == 1e-3
+    assert older.n_models == len(older.models_) == 1
     assert older.imputation_spread_ is None  # not measured when it was saved
     pd.testing.assert_frame_equal(older.transform(frame), relu.transform(frame))
 
@@ -277,6 +279,34 @@ def test_min_scale_round_trips_and_a_file_whose_floor_disagrees_with_its_paramet
     (tmp_path / "floored" / "imputer.json").write_text(json.dumps(content))
     with pytest.raises(InputError, match="its network, schema and parameters disagree"):
         load_imputer(tmp_path / "floored")
+
+
+@pytest.mark.parametrize("Imputer", IMPUTERS, ids=lambda c: c.__name__)
+def test_an_ensemble_round_trips_every_member_and_a_file_that_miscounts_them_is_refused(Imputer, frame, tmp_path):
+    imputer = Imputer(n_models=3, **FAST).fit(frame)
+    imputer.save(tmp_path / "ensemble")
+    names = load_file(tmp_path / "ensemble" / "model.safetensors")
+    assert {name.split(".")[0] for name in names} == {"0", "1", "2"}  # each member's weights, under its index
+    back = load_imputer(tmp_path / "ensemble")
+    assert back.n_models == len(back.models_) == 3 and back.model_ is back.models_[0]
+    for kept, loaded in zip(imputer.models_, back.models_):
+        assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), loaded.state_dict().values()))
+    pd.testing.assert_frame_equal(back.transform(frame), imputer.transform(frame))
+    for a, b in zip(back.sample(frame, 4), imputer.sample(frame, 4)):
+        pd.testing.assert_frame_equal(a, b)
+    path = tmp_path / "ensemble" / "imputer.json"
+    for count in (1, 2, 4):  # the parameters say another count than the weights hold
+        content = json.loads(path.read_text())
+        content["params"]["n_models"] = count
+        edited = tmp_path / f"says-{count}"
+        edited.mkdir()
+        (edited / "imputer.json").write_text(json.dumps(content))
+        weights = load_file(tmp_path / "ensemble" / "model.safetensors")
+        digest = saved.architecture_digest(content)
+        save_file(weights, edited / "model.safetensors", metadata={"architecture_sha256": digest})
+        with pytest.raises(InputError, match="model.safetensors") as error:
+            load_imputer(edited)
+        assert "\n" not in str(error.value)
 
 
 def test_a_saved_imputer_damaged_at_random_is_loaded_or_refused_in_one_sentence(frame, tmp_path):

@@ -116,6 +116,21 @@ def test_impute_passes_min_scale_and_refuses_one_that_is_not_positive(tmp_path, 
     assert not (tmp_path / "no").exists()
 
 
+def test_impute_passes_n_models_and_refuses_fewer_than_one(tmp_path, capsys, monkeypatch):
+    from mivae.tables.estimators import MIWAEImputer
+
+    fitted = fitted_imputers(monkeypatch, MIWAEImputer)
+    frame, _ = mixed_frame()
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    status, _, err = run(capsys, "impute", tmp_path / "people.csv", "--n-models", 2, "--out", tmp_path, *FAST)
+    assert status == 0, err
+    assert [(i.n_models, len(i.models_)) for i in fitted] == [(2, 2)]
+    assert not pd.read_csv(tmp_path / "people.imputed-10.csv").isna().any().any()  # the tenth: drawn by the second
+    status, _, err = run(capsys, "impute", tmp_path / "people.csv", "--n-models", 0, "--out", tmp_path / "no", *FAST)
+    assert status == 2 and err == "mivae: error: --n-models must be a whole number of at least 1; got 0.\n", err
+    assert not (tmp_path / "no").exists()
+
+
 def test_impute_says_in_a_note_where_the_model_imputes_the_columns_means(tmp_path, capsys):
     rng = np.random.default_rng(0)
     independent = rng.standard_normal((300, 4))  # columns that do not depend on each other: nothing to learn
