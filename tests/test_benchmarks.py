@@ -156,7 +156,7 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     rows = tabular["main"](["--quick", "--datasets", "wine", "--out", str(out), "--json", str(raw)])
     present = {m for m in tabular["OPTIONAL"] if tabular["installed"](m)}  # miceforest, HyperImpute: not in CI
     methods = {"mean", "knn", "iterative", "missforest", "mivae vae", "mivae miwae", "mivae miwae, linear"}
-    methods |= {"mivae miwae, min scale 1", "mivae miwae, 5 models"} | present
+    methods |= {"mivae miwae, min scale 1", "mivae miwae, 5 models", "mivae miwae, student-t, 5 models"} | present
     not_miwae = {"mivae not-miwae", "mivae not-miwae, high", "mivae not-miwae, high, linear"}
     assert {r["method"] for r in rows} == methods | not_miwae
     assert len(rows) == 5 * len(methods) + 3  # five missingness settings; not-MIWAE in the MNAR one only
@@ -166,7 +166,10 @@ def test_the_tabular_benchmark_quick_run_scores_every_imputer(tmp_path):
     ] * 2
     floored = linear["mivae miwae, min scale 1"]
     assert (floored.min_scale, floored.max_epochs, floored.patience) == (1.0, 2000, 200)
-    assert linear["mivae miwae, 5 models"].get_params() == {**linear["mivae miwae"].get_params(), "n_models": 5}
+    default = linear["mivae miwae"].get_params()
+    assert linear["mivae miwae, 5 models"].get_params() == {**default, "n_models": 5}
+    student = linear["mivae miwae, student-t, 5 models"].get_params()
+    assert student == {**default, "n_models": 5, "likelihood": "student-t"}
     assert {r["mechanism"] for r in rows if r["method"] in not_miwae} == {"mnar"}
     for r in rows:
         assert 0 < r["rmse"] < 3 and 0 <= r["accuracy"] <= 1 and r["fit_s"] >= 0
