@@ -864,7 +864,7 @@ class VAEImputer(_TabularImputer):
         imputations, and sample draws from their mixture, the i-th imputation from member i mod n_models. On a
         small table, where one network's imputations vary from start to start, the average varies less: in the
         tabular benchmark five MIWAEs imputed closer than one in 14 of its 15 settings, by 0.1 to 4.6 %
-        (docs/tabular-benchmark.md). Fit, transform and sample take n_models times as long; each member is the
+        (docs/tabular-benchmark.md). Fit, transform and sample take about n_models times as long; each member is the
         best of its own n_init starts.
     decoder : "mlp" or "linear"
         "mlp": the decoder mirrors the encoder's hidden layers. "linear": probabilistic PCA's decoder, as the
